@@ -1,0 +1,306 @@
+//! Node configuration: a TOML file, overridden by environment variables, overridden by flags.
+//!
+//! Everything a node needs to start is here: who it is (`node_id`), where it listens, where
+//! its data lives, the initial members, and the layout (shard count, replication factor). The
+//! members and layout must be the same on every node: together they determine the shard map,
+//! which every node computes for itself. The first start records them in the data directory;
+//! a later start with a different layout or member list is refused with an error that says
+//! what differs, instead of silently building a different cluster on old data.
+//!
+//! ```toml
+//! node_id = 1
+//! listen = "0.0.0.0:7001"
+//! data_dir = "/var/lib/ringkv"
+//! shards = 8
+//! replication_factor = 3
+//! metrics_listen = "0.0.0.0:9101"
+//! members = ["1=ringkv-0.ringkv:7001", "2=ringkv-1.ringkv:7001", "3=ringkv-2.ringkv:7001"]
+//!
+//! [raft]
+//! heartbeat_interval_ms = 100
+//! ```
+
+use clap::Parser;
+use ringkv_placement::shard_map::VNODES_PER_SHARD_DEFAULT;
+use ringkv_placement::{Layout, NodeId, NodeSpec};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Command-line flags (each also readable from a `RINGKV_*` environment variable).
+#[derive(Debug, Parser, Default)]
+#[command(name = "ringkv-node", version, about = "A ringkv storage node: many Raft-replicated shards behind one gRPC server")]
+pub struct Args {
+    /// TOML configuration file; flags and environment variables override its values.
+    #[arg(long, env = "RINGKV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (>= 1), or a StatefulSet pod name such as `ringkv-2` (id = ordinal + 1).
+    #[arg(long, env = "RINGKV_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address the gRPC server binds (default: this node's member address).
+    #[arg(long, env = "RINGKV_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (RocksDB and snapshots).
+    #[arg(long, env = "RINGKV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial members as `id=host:port[@weight]`, comma separated, the same on every node.
+    #[arg(long, env = "RINGKV_MEMBERS", value_delimiter = ',')]
+    pub members: Option<Vec<String>>,
+    /// Number of shards (Raft groups).
+    #[arg(long, env = "RINGKV_SHARDS")]
+    pub shards: Option<u32>,
+    /// Replicas per shard.
+    #[arg(long, env = "RINGKV_REPLICATION_FACTOR")]
+    pub replication_factor: Option<u32>,
+    /// Address of the Prometheus `/metrics` endpoint (off when unset).
+    #[arg(long, env = "RINGKV_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Raft heartbeat interval.
+    #[arg(long, env = "RINGKV_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Lower bound of the randomized election timeout.
+    #[arg(long, env = "RINGKV_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomized election timeout (also the leader lease).
+    #[arg(long, env = "RINGKV_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot after this many entries since the last one.
+    #[arg(long, env = "RINGKV_SNAPSHOT_AFTER_ENTRIES")]
+    pub snapshot_after_entries: Option<u64>,
+    /// Entries kept in the log behind a snapshot (for lagging followers).
+    #[arg(long, env = "RINGKV_LOG_ENTRIES_KEPT")]
+    pub log_entries_kept: Option<u64>,
+}
+
+/// Raft tuning. Defaults suit a LAN; raise them for many shards per node or slow links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_after_entries: u64,
+    pub log_entries_kept: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_after_entries: 10_000,
+            log_entries_kept: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<toml::Value>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    members: Option<Vec<String>>,
+    shards: Option<u32>,
+    replication_factor: Option<u32>,
+    vnodes_per_shard: Option<u32>,
+    metrics_listen: Option<SocketAddr>,
+    raft: Option<RaftTuning>,
+}
+
+/// The resolved configuration of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub members: Vec<NodeSpec>,
+    pub layout: Layout,
+    pub metrics_listen: Option<SocketAddr>,
+    pub raft: RaftTuning,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("missing setting {0} (flag --{1}, env RINGKV_{2}, or `{0}` in the config file)")]
+    Missing(&'static str, &'static str, &'static str),
+    #[error("invalid node id {0:?}: expected a number >= 1 or a pod name ending in -ORDINAL")]
+    NodeId(String),
+    #[error("invalid member {0:?}: expected id=host:port or id=host:port@weight")]
+    Member(String),
+    #[error("node {0} is not among the members")]
+    NotAMember(NodeId),
+    #[error("member address {0:?} of this node does not resolve to a socket address to listen on; set --listen")]
+    Listen(String),
+    #[error("invalid raft timing: {0}")]
+    Raft(String),
+}
+
+fn parse_node_id(raw: &str) -> Result<NodeId, ConfigError> {
+    let err = || ConfigError::NodeId(raw.to_string());
+    if let Ok(id) = raw.parse::<NodeId>() {
+        return if id >= 1 { Ok(id) } else { Err(err()) };
+    }
+    let ordinal = raw.rsplit_once('-').and_then(|(_, n)| n.parse::<NodeId>().ok()).ok_or_else(err)?;
+    ordinal.checked_add(1).ok_or_else(err)
+}
+
+fn parse_member(raw: &str) -> Result<NodeSpec, ConfigError> {
+    let err = || ConfigError::Member(raw.to_string());
+    let (id, rest) = raw.trim().split_once('=').ok_or_else(err)?;
+    let (addr, weight) = match rest.rsplit_once('@') {
+        Some((a, w)) => (a, w.parse::<u32>().map_err(|_| err())?),
+        None => (rest, 1),
+    };
+    let id = id.parse::<NodeId>().map_err(|_| err())?;
+    if addr.is_empty() || !addr.contains(':') {
+        return Err(err());
+    }
+    Ok(NodeSpec { id, addr: addr.to_string(), weight })
+}
+
+impl NodeConfig {
+    /// Resolves flags/env over the config file over defaults.
+    pub fn resolve(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.clone(), source: Box::new(source) })?
+            }
+            None => FileConfig::default(),
+        };
+        let node_id_raw = match (args.node_id, file.node_id) {
+            (Some(s), _) => s,
+            (None, Some(toml::Value::Integer(i))) => i.to_string(),
+            (None, Some(toml::Value::String(s))) => s,
+            (None, Some(other)) => other.to_string(),
+            (None, None) => return Err(ConfigError::Missing("node_id", "node-id", "NODE_ID")),
+        };
+        let node_id = parse_node_id(&node_id_raw)?;
+        let members = args
+            .members
+            .or(file.members)
+            .ok_or(ConfigError::Missing("members", "members", "MEMBERS"))?
+            .iter()
+            .filter(|m| !m.trim().is_empty())
+            .map(|m| parse_member(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let me = members.iter().find(|m| m.id == node_id).ok_or(ConfigError::NotAMember(node_id))?;
+        let listen = match args.listen.or(file.listen) {
+            Some(l) => l,
+            None => me.addr.parse().map_err(|_| ConfigError::Listen(me.addr.clone()))?,
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .ok_or(ConfigError::Missing("data_dir", "data-dir", "DATA_DIR"))?;
+        let layout = Layout {
+            shard_count: args.shards.or(file.shards).unwrap_or(8),
+            replication_factor: args.replication_factor.or(file.replication_factor).unwrap_or(3),
+            vnodes_per_shard: file.vnodes_per_shard.unwrap_or(VNODES_PER_SHARD_DEFAULT),
+        };
+        let mut raft = file.raft.unwrap_or_default();
+        let overrides = [
+            (args.heartbeat_interval_ms, &mut raft.heartbeat_interval_ms),
+            (args.election_timeout_min_ms, &mut raft.election_timeout_min_ms),
+            (args.election_timeout_max_ms, &mut raft.election_timeout_max_ms),
+            (args.snapshot_after_entries, &mut raft.snapshot_after_entries),
+            (args.log_entries_kept, &mut raft.log_entries_kept),
+        ];
+        for (flag, slot) in overrides {
+            if let Some(v) = flag {
+                *slot = v;
+            }
+        }
+        if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms * 2 {
+            return Err(ConfigError::Raft(format!(
+                "election_timeout_min_ms ({}) must exceed twice heartbeat_interval_ms ({}), which must be > 0",
+                raft.election_timeout_min_ms, raft.heartbeat_interval_ms
+            )));
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return Err(ConfigError::Raft(format!(
+                "election_timeout_max_ms ({}) must exceed election_timeout_min_ms ({})",
+                raft.election_timeout_max_ms, raft.election_timeout_min_ms
+            )));
+        }
+        if raft.snapshot_after_entries == 0 {
+            return Err(ConfigError::Raft("snapshot_after_entries must be >= 1".into()));
+        }
+        Ok(NodeConfig {
+            node_id,
+            listen,
+            data_dir,
+            members,
+            layout,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            raft,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(members: &str) -> Args {
+        Args {
+            node_id: Some("2".into()),
+            data_dir: Some("/tmp/x".into()),
+            members: Some(members.split(',').map(String::from).collect()),
+            ..Args::default()
+        }
+    }
+
+    #[test]
+    fn parses_members_weights_and_pod_names() {
+        assert_eq!(parse_node_id("ringkv-0").unwrap(), 1);
+        assert_eq!(parse_node_id("7").unwrap(), 7);
+        assert!(parse_node_id("0").is_err());
+        assert!(parse_node_id("ringkv").is_err());
+        let m = parse_member("3=host-3:7000@5").unwrap();
+        assert_eq!((m.id, m.addr.as_str(), m.weight), (3, "host-3:7000", 5));
+        assert!(parse_member("3:host").is_err());
+        assert!(parse_member("x=h:1").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "node_id = 1\nshards = 16\nmembers = [\"1=127.0.0.1:7001\", \"2=127.0.0.1:7002\"]\n[raft]\nheartbeat_interval_ms = 50\n",
+        )
+        .unwrap();
+        let mut a = args("1=127.0.0.1:7001,2=127.0.0.1:7002");
+        a.config = Some(path);
+        a.replication_factor = Some(2);
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.layout.shard_count, 16);
+        assert_eq!(c.layout.replication_factor, 2);
+        assert_eq!(c.raft.heartbeat_interval_ms, 50);
+        assert_eq!(c.listen, "127.0.0.1:7002".parse().unwrap());
+    }
+
+    #[test]
+    fn clear_errors_for_bad_settings() {
+        let e = NodeConfig::resolve(args("1=127.0.0.1:7001")).unwrap_err();
+        assert!(matches!(e, ConfigError::NotAMember(2)), "{e}");
+        let mut a = args("2=127.0.0.1:7002");
+        a.election_timeout_min_ms = Some(100);
+        a.heartbeat_interval_ms = Some(100);
+        assert!(NodeConfig::resolve(a).unwrap_err().to_string().contains("must exceed twice"));
+        let mut a = args("2=127.0.0.1:7002");
+        a.data_dir = None;
+        assert!(NodeConfig::resolve(a).unwrap_err().to_string().contains("--data-dir"));
+    }
+}

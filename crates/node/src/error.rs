@@ -1,0 +1,187 @@
+//! The node's errors, and the one table that maps them to gRPC statuses.
+//!
+//! Every variant carries what a client needs to recover, and [`NodeError::to_status`] puts it
+//! in the status details as a `google.rpc.ErrorInfo` (reason + metadata), so clients match on
+//! data, not on message strings. The reasons are the names of `ringkv.v1.ErrorReason`.
+//!
+//! | error               | gRPC code             | what the client should do                       |
+//! |---------------------|-----------------------|-------------------------------------------------|
+//! | InvalidArgument     | INVALID_ARGUMENT      | fix the request                                  |
+//! | NotLeader           | FAILED_PRECONDITION   | retry at `leader_addr` (nothing was applied)     |
+//! | WrongShard          | FAILED_PRECONDITION   | refresh the shard map (`epoch`), re-route        |
+//! | OutcomeUnknown      | UNKNOWN               | read back, or retry only if idempotent          |
+//! | ShardUnavailable    | UNAVAILABLE           | retry later / elsewhere                          |
+//! | QuorumUnavailable   | UNAVAILABLE           | retry later (no quorum confirmed leadership)     |
+//! | Timeout             | DEADLINE_EXCEEDED     | retry; a timed-out write may have been applied   |
+//! | Corrupted           | DATA_LOSS             | page an operator; read from another replica      |
+//! | Internal            | INTERNAL              | report a bug                                     |
+
+use ringkv_placement::{NodeId, ShardId};
+use std::collections::HashMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The domain of every ErrorInfo ringkv sends.
+pub const ERROR_DOMAIN: &str = "ringkv.io";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String, limit: Option<u64> },
+    #[error("node is not the leader of shard {shard}{}", leader_hint(.leader))]
+    NotLeader { shard: ShardId, leader: Option<(NodeId, String)> },
+    #[error("this node holds no replica of shard {shard} (shard map epoch {epoch})")]
+    WrongShard { shard: ShardId, epoch: u64 },
+    #[error("leadership of shard {shard} changed before the write's outcome was known; it may or may not have been applied")]
+    OutcomeUnknown { shard: ShardId },
+    #[error("shard {shard} is unavailable: {reason}")]
+    ShardUnavailable { shard: ShardId, reason: String },
+    #[error("shard {shard} could not confirm leadership with a quorum: {reason}")]
+    QuorumUnavailable { shard: ShardId, reason: String },
+    #[error("shard {shard}: {what} did not finish within {waited_ms} ms")]
+    Timeout { shard: ShardId, what: &'static str, waited_ms: u64 },
+    #[error("shard {shard} stopped serving after finding corrupt data: {reason}")]
+    Corrupted { shard: ShardId, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("; the leader is node {id} at {addr}"),
+        None => "; the leader is not known yet".to_string(),
+    }
+}
+
+impl NodeError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        NodeError::InvalidArgument { field, reason: reason.into(), limit: None }
+    }
+
+    pub fn too_large(field: &'static str, got: usize, limit: usize) -> Self {
+        NodeError::InvalidArgument {
+            field,
+            reason: format!("{got} bytes exceeds the limit of {limit} bytes"),
+            limit: Some(limit as u64),
+        }
+    }
+
+    /// The reason (an `ErrorReason` name), the code and the metadata of this error.
+    fn parts(&self) -> (Code, &'static str, HashMap<String, String>) {
+        let mut md = HashMap::new();
+        let code_reason = match self {
+            NodeError::InvalidArgument { field, limit, .. } => {
+                md.insert("field".into(), (*field).to_string());
+                if let Some(l) = limit {
+                    md.insert("limit".into(), l.to_string());
+                }
+                (Code::InvalidArgument, "INVALID_INPUT")
+            }
+            NodeError::NotLeader { shard, leader } => {
+                md.insert("shard_id".into(), shard.to_string());
+                if let Some((id, addr)) = leader {
+                    md.insert("leader_id".into(), id.to_string());
+                    md.insert("leader_addr".into(), addr.clone());
+                }
+                (Code::FailedPrecondition, "NOT_LEADER")
+            }
+            NodeError::WrongShard { shard, epoch } => {
+                md.insert("shard_id".into(), shard.to_string());
+                md.insert("epoch".into(), epoch.to_string());
+                (Code::FailedPrecondition, "WRONG_SHARD")
+            }
+            NodeError::OutcomeUnknown { shard } => {
+                md.insert("shard_id".into(), shard.to_string());
+                (Code::Unknown, "OUTCOME_UNKNOWN")
+            }
+            NodeError::ShardUnavailable { shard, .. } | NodeError::QuorumUnavailable { shard, .. } => {
+                md.insert("shard_id".into(), shard.to_string());
+                (Code::Unavailable, "SHARD_UNAVAILABLE")
+            }
+            NodeError::Timeout { shard, .. } => {
+                md.insert("shard_id".into(), shard.to_string());
+                (Code::DeadlineExceeded, "SHARD_UNAVAILABLE")
+            }
+            NodeError::Corrupted { shard, .. } => {
+                md.insert("shard_id".into(), shard.to_string());
+                (Code::DataLoss, "SHARD_CORRUPTED")
+            }
+            NodeError::Internal(_) => (Code::Internal, "INTERNAL"),
+        };
+        (code_reason.0, code_reason.1, md)
+    }
+
+    /// The gRPC status for this error, with an ErrorInfo (and, for bad input, a BadRequest
+    /// field violation) in its details.
+    pub fn to_status(&self) -> Status {
+        let (code, reason, metadata) = self.parts();
+        let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+        if let NodeError::InvalidArgument { field, reason, .. } = self {
+            details.add_bad_request_violation(*field, reason.clone());
+        }
+        Status::with_error_details(code, self.to_string(), details)
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Status {
+        e.to_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(status: &Status) -> (String, HashMap<String, String>) {
+        let d = status.get_error_details();
+        let i = d.error_info().expect("every ringkv error carries an ErrorInfo");
+        assert_eq!(i.domain, ERROR_DOMAIN);
+        (i.reason.clone(), i.metadata.clone())
+    }
+
+    #[test]
+    fn not_leader_names_the_leader_in_details() {
+        let s = NodeError::NotLeader { shard: 3, leader: Some((2, "10.0.0.2:7000".into())) }.to_status();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let (reason, md) = info(&s);
+        assert_eq!(reason, "NOT_LEADER");
+        assert_eq!(md["leader_id"], "2");
+        assert_eq!(md["leader_addr"], "10.0.0.2:7000");
+        assert_eq!(md["shard_id"], "3");
+        let unknown = NodeError::NotLeader { shard: 3, leader: None }.to_status();
+        assert!(!info(&unknown).1.contains_key("leader_id"));
+    }
+
+    #[test]
+    fn every_variant_maps_to_its_code_and_reason() {
+        let cases = [
+            (NodeError::too_large("value", 10, 5), Code::InvalidArgument, "INVALID_INPUT"),
+            (NodeError::WrongShard { shard: 1, epoch: 7 }, Code::FailedPrecondition, "WRONG_SHARD"),
+            (NodeError::OutcomeUnknown { shard: 1 }, Code::Unknown, "OUTCOME_UNKNOWN"),
+            (NodeError::ShardUnavailable { shard: 1, reason: "x".into() }, Code::Unavailable, "SHARD_UNAVAILABLE"),
+            (NodeError::QuorumUnavailable { shard: 1, reason: "x".into() }, Code::Unavailable, "SHARD_UNAVAILABLE"),
+            (NodeError::Corrupted { shard: 1, reason: "crc".into() }, Code::DataLoss, "SHARD_CORRUPTED"),
+            (NodeError::Timeout { shard: 1, what: "write", waited_ms: 5 }, Code::DeadlineExceeded, "SHARD_UNAVAILABLE"),
+            (NodeError::Internal("bug".into()), Code::Internal, "INTERNAL"),
+        ];
+        for (err, code, reason) in cases {
+            let s = err.to_status();
+            assert_eq!(s.code(), code, "{err}");
+            assert_eq!(info(&s).0, reason, "{err}");
+        }
+    }
+
+    #[test]
+    fn invalid_argument_has_field_limit_and_violation() {
+        let s = NodeError::too_large("key", 5000, 4096).to_status();
+        let (_, md) = info(&s);
+        assert_eq!(md["field"], "key");
+        assert_eq!(md["limit"], "4096");
+        let d = s.get_error_details();
+        let v = &d.bad_request().expect("bad request details").field_violations[0];
+        assert_eq!(v.field, "key");
+        assert!(v.description.contains("5000 bytes exceeds the limit of 4096"), "{}", v.description);
+        assert!(s.message().contains("invalid key"));
+    }
+}

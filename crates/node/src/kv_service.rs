@@ -1,0 +1,274 @@
+//! The public `ringkv.v1.KV` service of a node.
+//!
+//! Each handler validates its input (see [`crate::validate`]), finds the local replica of the
+//! key's shard (or answers `WrongShard`), and either proposes a command through Raft (writes)
+//! or passes the consistency level's read barrier and reads the applied state (reads). All
+//! errors leave through [`NodeError::to_status`].
+
+use crate::error::NodeError;
+use crate::metrics::NodeMetrics;
+use crate::registry::ShardRegistry;
+use crate::shard::{REQUEST_TIMEOUT_DEFAULT, Shard};
+use crate::validate;
+use ringkv_proto::v1::kv_server::Kv;
+use ringkv_proto::v1::{
+    BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse, Consistency, DeleteRequest,
+    DeleteResponse, GetRequest, GetResponse, KeyValue, PutRequest, PutResponse, ScanRequest, ScanResponse, compare,
+    write_op,
+};
+use ringkv_storage::{BatchOp, Command, CommandResult, Expected, ScanRange, Versioned};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+#[derive(Clone, Debug)]
+pub struct KvService {
+    registry: ShardRegistry,
+    metrics: NodeMetrics,
+}
+
+impl KvService {
+    pub fn new(registry: ShardRegistry, metrics: NodeMetrics) -> Self {
+        KvService { registry, metrics }
+    }
+}
+
+/// The caller's deadline (grpc-timeout) if it set one, else the default.
+fn deadline<T>(req: &Request<T>) -> Duration {
+    req.metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .unwrap_or(REQUEST_TIMEOUT_DEFAULT)
+}
+
+/// `grpc-timeout` is digits followed by a unit letter (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at_checked(v.len().checked_sub(1)?)?;
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn kv(key: Vec<u8>, v: Versioned) -> KeyValue {
+    KeyValue { key: key.into(), value: v.value.into(), version: v.version }
+}
+
+fn unexpected(result: &CommandResult) -> NodeError {
+    NodeError::Internal(format!("state machine returned {result:?} for another command kind"))
+}
+
+impl KvService {
+    async fn observed<T>(&self, method: &'static str, f: impl Future<Output = Result<T, NodeError>>) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = f.await;
+        self.metrics.observe_request(method, started.elapsed(), result.as_ref().err());
+        result.map(Response::new).map_err(|e| e.to_status())
+    }
+
+    async fn read_shard(&self, key: &[u8], consistency: Consistency, timeout: Duration) -> Result<Arc<Shard>, NodeError> {
+        let shard = self.registry.shard_for_key(key)?;
+        shard.read_barrier(consistency, timeout).await?;
+        Ok(shard)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let timeout = deadline(&req);
+        let req = req.into_inner();
+        self.observed("put", async {
+            validate::key(&req.key)?;
+            validate::value(&req.value)?;
+            let shard = self.registry.shard_for_key(&req.key)?;
+            let cmd = Command::Put { key: req.key.to_vec(), value: req.value.to_vec() };
+            match shard.write(cmd, timeout).await? {
+                CommandResult::Put { version } => {
+                    Ok(PutResponse { header: Some(shard.header(Consistency::Linearizable)), version })
+                }
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let timeout = deadline(&req);
+        let req = req.into_inner();
+        self.observed("get", async {
+            validate::key(&req.key)?;
+            let consistency = validate::consistency(req.consistency)?;
+            let shard = self.read_shard(&req.key, consistency, timeout).await?;
+            let header = shard.header(consistency);
+            let found = shard.reader.get(&req.key).map_err(|e| NodeError::Internal(e.to_string()))?;
+            Ok(GetResponse { header: Some(header), kv: found.map(|v| kv(req.key.to_vec(), v)) })
+        })
+        .await
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let timeout = deadline(&req);
+        let req = req.into_inner();
+        self.observed("delete", async {
+            validate::key(&req.key)?;
+            let shard = self.registry.shard_for_key(&req.key)?;
+            match shard.write(Command::Delete { key: req.key.to_vec() }, timeout).await? {
+                CommandResult::Delete { deleted } => {
+                    Ok(DeleteResponse { header: Some(shard.header(Consistency::Linearizable)), deleted })
+                }
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    async fn compare_and_swap(&self, req: Request<CompareAndSwapRequest>) -> Result<Response<CompareAndSwapResponse>, Status> {
+        let timeout = deadline(&req);
+        let req = req.into_inner();
+        self.observed("compare_and_swap", async {
+            validate::key(&req.key)?;
+            let expected = match req.expected.and_then(|c| c.target) {
+                Some(compare::Target::Value(v)) => {
+                    validate::value(&v)?;
+                    Expected::Value(v.to_vec())
+                }
+                Some(compare::Target::Version(v)) => Expected::Version(v),
+                Some(compare::Target::MustNotExist(true)) => Expected::Absent,
+                Some(compare::Target::MustNotExist(false)) | None => {
+                    return Err(NodeError::invalid(
+                        "expected",
+                        "set one of expected.value, expected.version or expected.must_not_exist = true",
+                    ));
+                }
+            };
+            let new = if req.delete {
+                None
+            } else {
+                validate::value(&req.new_value)?;
+                Some(req.new_value.to_vec())
+            };
+            let shard = self.registry.shard_for_key(&req.key)?;
+            match shard.write(Command::Cas { key: req.key.to_vec(), expected, new }, timeout).await? {
+                CommandResult::Cas { succeeded, version, current } => Ok(CompareAndSwapResponse {
+                    header: Some(shard.header(Consistency::Linearizable)),
+                    succeeded,
+                    version,
+                    current: current.map(|v| kv(req.key.to_vec(), v)),
+                }),
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let timeout = deadline(&req);
+        let req = req.into_inner();
+        self.observed("scan", async {
+            let consistency = validate::consistency(req.consistency)?;
+            let limit = validate::scan_limit(req.limit)?;
+            for (field, v) in [("start_key", &req.start_key), ("end_key", &req.end_key), ("prefix", &req.prefix)] {
+                if v.len() > validate::KEY_BYTES_MAX {
+                    return Err(NodeError::too_large(field, v.len(), validate::KEY_BYTES_MAX));
+                }
+            }
+            let shard_id = match req.shard_id {
+                Some(s) => s,
+                None if self.registry.map().layout().shard_count == 1 => 0,
+                None => {
+                    return Err(NodeError::invalid(
+                        "shard_id",
+                        "keys are hash-partitioned over several shards, so a node scans one shard at a time; \
+                         set shard_id, or scan through the router, which merges all shards",
+                    ));
+                }
+            };
+            let shard = self.registry.shard(shard_id)?;
+            shard.read_barrier(consistency, timeout).await?;
+            let header = shard.header(consistency);
+            // The continuation token is the first key of the next page.
+            let start = if req.continuation_token.is_empty() { &req.start_key[..] } else { &req.continuation_token[..] };
+            let range = ScanRange { start, end: (!req.end_key.is_empty()).then_some(&req.end_key[..]), prefix: &req.prefix };
+            let page = shard.reader.scan(&range, limit).map_err(|e| NodeError::Internal(e.to_string()))?;
+            Ok(ScanResponse {
+                header: Some(header),
+                kvs: page.items.into_iter().map(|(k, v)| kv(k, v)).collect(),
+                continuation_token: page.next_start.unwrap_or_default().into(),
+            })
+        })
+        .await
+    }
+
+    async fn batch_write(&self, req: Request<BatchWriteRequest>) -> Result<Response<BatchWriteResponse>, Status> {
+        let timeout = deadline(&req);
+        let req = req.into_inner();
+        self.observed("batch_write", async {
+            let bytes: usize = req
+                .ops
+                .iter()
+                .map(|op| match &op.op {
+                    Some(write_op::Op::Put(p)) => p.key.len() + p.value.len(),
+                    Some(write_op::Op::Delete(d)) => d.key.len(),
+                    None => 0,
+                })
+                .sum();
+            validate::batch(req.ops.len(), bytes)?;
+            let map = self.registry.map();
+            let mut shard_id = None;
+            let mut ops = Vec::with_capacity(req.ops.len());
+            for (i, op) in req.ops.into_iter().enumerate() {
+                let (key, op) = match op.op {
+                    Some(write_op::Op::Put(p)) => {
+                        validate::value(&p.value)?;
+                        (p.key.clone(), BatchOp::Put { key: p.key.to_vec(), value: p.value.to_vec() })
+                    }
+                    Some(write_op::Op::Delete(d)) => (d.key.clone(), BatchOp::Delete { key: d.key.to_vec() }),
+                    None => return Err(NodeError::invalid("ops", format!("operation {i} is neither put nor delete"))),
+                };
+                validate::key(&key)?;
+                let s = map.shard_of(&key);
+                match shard_id {
+                    None => shard_id = Some(s),
+                    Some(first) if first != s => {
+                        return Err(NodeError::invalid(
+                            "ops",
+                            format!("operation {i} is for shard {s} but operation 0 is for shard {first}; an atomic batch must stay in one shard (use keys that hash together, or separate batches)"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                ops.push(op);
+            }
+            let shard = self.registry.shard(shard_id.unwrap_or(0))?;
+            match shard.write(Command::Batch { ops }, timeout).await? {
+                CommandResult::Batch { version } => {
+                    Ok(BatchWriteResponse { header: Some(shard.header(Consistency::Linearizable)), version })
+                }
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("12x"), None);
+    }
+}

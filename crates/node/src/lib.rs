@@ -1,0 +1,38 @@
+//! The ringkv storage node.
+//!
+//! A node process holds one replica of many shards. Each shard is its own Raft group
+//! (openraft), all of them sharing one RocksDB, one WAL fsync thread and one gRPC server:
+//!
+//! ```text
+//!            gRPC :7001 ──┬── ringkv.v1.KV ────────┐
+//!                         ├── ringkv.v1.Admin      │  key ─▶ shard (placement)
+//!                         └── internal Raft ◀──┐   ▼
+//!                                              │  ShardRegistry ─▶ Shard { Raft group }
+//!            peers ◀── PeerPool (1 channel/node)┘         │
+//!                                                        ▼
+//!                                    NodeStorage: RocksDB (log, state, kv) + WAL syncer
+//! ```
+//!
+//! Modules: [`config`] (TOML/env/flags), [`node`] (start-up and shutdown), [`registry`] and
+//! [`shard`] (local replicas and their read/write paths), [`kv_service`] and
+//! [`admin_service`] (the public API), [`raft_service`] and [`network`] (the Raft transport),
+//! [`error`] (the one error-to-status table), [`validate`] (input limits), [`metrics`] and
+//! [`http`] (observability), [`wire`] (payload encoding).
+
+pub mod admin_service;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod kv_service;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod raft_service;
+pub mod registry;
+pub mod shard;
+pub mod validate;
+pub mod wire;
+
+pub use config::{Args, NodeConfig};
+pub use error::NodeError;
+pub use node::{NodeHandle, StartError, start};

@@ -1,0 +1,128 @@
+//! Node metrics in Prometheus text format, served at `/metrics`.
+//!
+//! Per shard (label `shard`): Raft role, term, last log / committed / applied index, refreshed
+//! every second from openraft's metrics. Per request method (label `method`, and `code` for
+//! the counter): request counts and latencies. Storage adds its group-commit figures.
+
+use crate::error::NodeError;
+use crate::registry::ShardRegistry;
+use openraft::ServerState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodCodeLabel {
+    pub method: &'static str,
+    pub code: String,
+}
+
+/// Shared handles to every node metric, plus the registry they are in.
+#[derive(Clone, Debug)]
+pub struct NodeMetrics {
+    registry: Arc<Mutex<Registry>>,
+    role: Family<ShardLabel, Gauge>,
+    term: Family<ShardLabel, Gauge>,
+    last_log_index: Family<ShardLabel, Gauge>,
+    committed_index: Family<ShardLabel, Gauge>,
+    applied_index: Family<ShardLabel, Gauge>,
+    requests: Family<MethodCodeLabel, Counter>,
+    latency: Family<MethodLabel, Histogram>,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl NodeMetrics {
+    pub fn new() -> Self {
+        let m = NodeMetrics {
+            registry: Arc::new(Mutex::new(Registry::default())),
+            role: Family::default(),
+            term: Family::default(),
+            last_log_index: Family::default(),
+            committed_index: Family::default(),
+            applied_index: Family::default(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        };
+        {
+            let mut reg = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            let r = reg.sub_registry_with_prefix("ringkv");
+            r.register("shard_role", "Raft role per shard: 0 follower, 1 leader, 2 candidate, 3 learner, 4 shutdown", m.role.clone());
+            r.register("shard_term", "Current Raft term per shard", m.term.clone());
+            r.register("shard_last_log_index", "Last log index per shard", m.last_log_index.clone());
+            r.register("shard_committed_index", "Committed log index per shard", m.committed_index.clone());
+            r.register("shard_applied_index", "Applied log index per shard", m.applied_index.clone());
+            r.register("requests", "KV requests by method and gRPC code", m.requests.clone());
+            r.register("request_duration_seconds", "KV request latency by method", m.latency.clone());
+        }
+        m
+    }
+
+    /// Lets other components (storage) add their metrics.
+    pub fn with_registry(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn observe_request(&self, method: &'static str, took: Duration, error: Option<&NodeError>) {
+        let code = match error {
+            None => "OK".to_string(),
+            Some(e) => format!("{:?}", e.to_status().code()),
+        };
+        self.requests.get_or_create(&MethodCodeLabel { method, code }).inc();
+        self.latency.get_or_create(&MethodLabel { method }).observe(took.as_secs_f64());
+    }
+
+    /// Copies every shard's Raft metrics into the gauges.
+    pub fn refresh(&self, registry: &ShardRegistry) {
+        for shard in registry.shards() {
+            let m = shard.metrics();
+            let l = ShardLabel { shard: shard.id };
+            let role = match m.state {
+                ServerState::Follower => 0,
+                ServerState::Leader => 1,
+                ServerState::Candidate => 2,
+                ServerState::Learner => 3,
+                ServerState::Shutdown => 4,
+            };
+            let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.role.get_or_create(&l).set(role);
+            self.term.get_or_create(&l).set(as_i64(m.current_term));
+            self.last_log_index.get_or_create(&l).set(as_i64(m.last_log_index.unwrap_or(0)));
+            self.committed_index.get_or_create(&l).set(as_i64(m.local_committed.map_or(0, |c| c.index)));
+            self.applied_index.get_or_create(&l).set(as_i64(m.last_applied.map_or(0, |c| c.index)));
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+            out = format!("# encoding failed: {e}\n");
+        }
+        out
+    }
+}

@@ -1,0 +1,272 @@
+//! The client side of the Raft transport: how a shard's leader talks to its followers.
+//!
+//! One gRPC channel (one HTTP/2 connection) per peer node is shared by every shard's Raft
+//! group ([`PeerPool`]); openraft asks for a client per (shard, target) often, so making one
+//! only clones a channel handle. Every message carries the shard id.
+//!
+//! Replication is pipelined: `stream_append` opens one bidirectional gRPC stream per
+//! replication session, sends AppendEntries requests as openraft produces them, and yields the
+//! replies in order, so the leader does not wait a round trip between batches.
+//!
+//! Snapshots stream as chunks of at most [`SNAPSHOT_CHUNK_BYTES`] with a CRC32 each, read from
+//! the snapshot file as they are sent (bounded memory on both sides).
+
+use crate::wire;
+use futures::{StreamExt, TryStreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use ringkv_placement::{NodeId, ShardId};
+use ringkv_proto::internal::raft_client::RaftClient;
+use ringkv_proto::internal::{RaftReply, RaftRequest, SnapshotChunk, raft_reply};
+use ringkv_storage::type_config::Vote;
+use ringkv_storage::{ShardSnapshot, SnapshotFile, TypeConfig};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Snapshot chunks read ahead of the network.
+const SNAPSHOT_CHUNKS_IN_FLIGHT: usize = 4;
+/// A whole snapshot transfer may take this long before it is abandoned and retried.
+const SNAPSHOT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One shared channel per peer node.
+#[derive(Clone, Default)]
+pub struct PeerPool {
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl std::fmt::Debug for PeerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerPool")
+    }
+}
+
+impl PeerPool {
+    /// The channel to `node` at `addr`, created lazily (it connects on first use and
+    /// reconnects by itself after failures).
+    pub fn channel(&self, node: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, ch)) = map.get(&node) {
+            if known == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad address {addr}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let ch = endpoint.connect_lazy();
+        map.insert(node, (addr.to_string(), ch.clone()));
+        Ok(ch)
+    }
+}
+
+/// Creates per-target clients for one shard.
+#[derive(Clone, Debug)]
+pub struct ShardNetwork {
+    pub shard: ShardId,
+    pub from: NodeId,
+    pub pool: PeerPool,
+}
+
+/// A shard's client to one peer.
+pub struct ShardPeer {
+    shard: ShardId,
+    from: NodeId,
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
+    type Network = ShardPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> ShardPeer {
+        let client = self.pool.channel(target, &node.addr).map(|ch| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(wire::PAYLOAD_BYTES_MAX)
+                .max_encoding_message_size(wire::PAYLOAD_BYTES_MAX)
+        });
+        ShardPeer { shard: self.shard, from: self.from, target, client }
+    }
+}
+
+fn status_to_rpc(s: tonic::Status) -> RPCError<TypeConfig> {
+    match s.code() {
+        // Connection refused/reset, peer down: openraft backs off before retrying.
+        tonic::Code::Unavailable | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&s)),
+        _ => RPCError::Network(NetworkError::new(&s)),
+    }
+}
+
+fn decode_reply<T: DeserializeOwned>(reply: RaftReply) -> Result<T, RPCError<TypeConfig>> {
+    match reply.result {
+        Some(raft_reply::Result::Payload(p)) => {
+            wire::decode(&p).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+        }
+        Some(raft_reply::Result::Error(e)) => Err(RPCError::Network(NetworkError::from_string(e))),
+        None => Err(RPCError::Network(NetworkError::from_string("empty reply"))),
+    }
+}
+
+impl ShardPeer {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
+    }
+
+    fn request<T: Serialize>(&self, msg: &T) -> Result<RaftRequest, RPCError<TypeConfig>> {
+        let payload = wire::encode(msg).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        Ok(RaftRequest { shard_id: self.shard, from_node_id: self.from, payload: payload.into() })
+    }
+
+    /// One unary call with openraft's deadline.
+    async fn unary<Req, Resp, F, Fut>(&self, action: RPCTypes, req: &Req, option: &RPCOption, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<RaftRequest>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
+    {
+        let ttl = option.hard_ttl();
+        let mut request = tonic::Request::new(self.request(req)?);
+        request.set_timeout(ttl);
+        let fut = call(self.client()?, request);
+        match tokio::time::timeout(ttl, fut).await {
+            Ok(Ok(resp)) => decode_reply(resp.into_inner()),
+            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Err(self.timeout(action, ttl)),
+            Ok(Err(s)) => Err(status_to_rpc(s)),
+            Err(_) => Err(self.timeout(action, ttl)),
+        }
+    }
+
+    fn timeout(&self, action: RPCTypes, timeout: Duration) -> RPCError<TypeConfig> {
+        RPCError::Timeout(Timeout { action, id: self.from, target: self.target, timeout })
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for ShardPeer {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, r| async move { c.append_entries(r).await })
+            .await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let (shard, from) = (self.shard, self.from);
+        let client = self.client();
+        Box::pin(async move {
+            let mut client = client?;
+            // An entry that cannot be encoded ends the outbound stream; openraft then sees the
+            // reply stream end early and starts a new session.
+            let outbound = input
+                .map(move |req| wire::encode(&req).map(|p| RaftRequest { shard_id: shard, from_node_id: from, payload: p.into() }))
+                .take_while(|r| futures::future::ready(r.is_ok()))
+                .filter_map(|r| futures::future::ready(r.ok()));
+            let replies = client.stream_append(outbound).await.map_err(status_to_rpc)?.into_inner();
+            let results = replies
+                .map_err(status_to_rpc)
+                .and_then(|reply| futures::future::ready(decode_reply::<StreamAppendResult<TypeConfig>>(reply)));
+            let boxed: BoxStream<'s, _> = Box::pin(results);
+            Ok(boxed)
+        })
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, r| async move { c.vote(r).await }).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, r| async move { c.pre_vote(r).await }).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(RPCTypes::TransferLeader, &req, &option, |mut c, r| async move { c.transfer_leader(r).await })
+            .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: ShardSnapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client()?;
+        let header = wire::encode(&(vote, snapshot.meta.clone())).map_err(|e| NetworkError::from_string(e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_IN_FLIGHT);
+        let (shard, from) = (self.shard, self.from);
+        let path = snapshot.snapshot.path.clone();
+        // Reads the file chunk by chunk; the bounded channel holds the reader back to the
+        // network's pace. Dropping the sender (end of file or error) ends the stream.
+        let reader = tokio::spawn(async move {
+            let first = SnapshotChunk { shard_id: shard, from_node_id: from, header: header.into(), data: Default::default(), crc32: 0 };
+            if tx.send(first).await.is_err() {
+                return Ok(());
+            }
+            let mut file = tokio::fs::File::open(&path).await?;
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = file.read(&mut buf[filled..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                buf.truncate(filled);
+                let crc32 = crc32fast::hash(&buf);
+                let chunk = SnapshotChunk { shard_id: shard, from_node_id: from, header: Default::default(), data: buf.into(), crc32 };
+                if tx.send(chunk).await.is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let result = tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = tokio::time::timeout(SNAPSHOT_TRANSFER_TIMEOUT, call) => match r {
+                Err(_) => Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot, id: self.from, target: self.target, timeout: SNAPSHOT_TRANSFER_TIMEOUT,
+                })),
+                Ok(Err(s)) => Err(StreamingError::from(status_to_rpc(s))),
+                Ok(Ok(resp)) => decode_reply::<SnapshotResponse<TypeConfig>>(resp.into_inner()).map_err(StreamingError::from),
+            },
+        };
+        reader.abort();
+        result
+    }
+}

@@ -1,0 +1,178 @@
+//! The server side of the Raft transport: routes each message to its shard's Raft group.
+//!
+//! Every request names its shard; the node looks the group up in its [`ShardRegistry`] and
+//! hands the decoded openraft message to it. Requests for a shard this node does not hold, or
+//! that do not decode, are answered with an error reply (never a panic), which the sender's
+//! openraft treats as a network error and retries with backoff.
+//!
+//! Incoming snapshots are written chunk by chunk to a file in the shard's snapshot directory,
+//! each chunk's CRC32 checked as it arrives, and only a complete, verified file is handed to
+//! openraft to install.
+
+use crate::registry::ShardRegistry;
+use crate::wire;
+use futures::StreamExt;
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use ringkv_proto::internal::raft_server::Raft as RaftRpc;
+use ringkv_proto::internal::{RaftReply, RaftRequest, SnapshotChunk, raft_reply};
+use ringkv_storage::type_config::{SnapshotMeta, Vote};
+use ringkv_storage::{SnapshotFile, TypeConfig};
+use serde::Serialize;
+use std::pin::Pin;
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Largest snapshot accepted from a peer, so a runaway sender cannot fill the disk.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
+
+#[derive(Clone, Debug)]
+pub struct RaftService {
+    registry: ShardRegistry,
+}
+
+impl RaftService {
+    pub fn new(registry: ShardRegistry) -> Self {
+        RaftService { registry }
+    }
+}
+
+fn ok<T: Serialize>(value: &T) -> RaftReply {
+    match wire::encode(value) {
+        Ok(p) => RaftReply { result: Some(raft_reply::Result::Payload(p.into())) },
+        Err(e) => err(e),
+    }
+}
+
+fn err(msg: impl ToString) -> RaftReply {
+    RaftReply { result: Some(raft_reply::Result::Error(msg.to_string())) }
+}
+
+type ReplyStream = Pin<Box<dyn futures::Stream<Item = Result<RaftReply, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let reply = match (self.registry.raft(req.shard_id), wire::decode::<AppendEntriesRequest<TypeConfig>>(&req.payload)) {
+            (Ok(shard), Ok(rpc)) => {
+                shard.touch_leader_contact();
+                match shard.raft.append_entries(rpc).await {
+                    Ok(resp) => ok(&resp),
+                    Err(e) => err(e),
+                }
+            }
+            (Err(e), _) => err(e),
+            (_, Err(e)) => err(e),
+        };
+        Ok(Response::new(reply))
+    }
+
+    type StreamAppendStream = ReplyStream;
+
+    async fn stream_append(&self, req: Request<Streaming<RaftRequest>>) -> Result<Response<ReplyStream>, Status> {
+        let mut inbound = req.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Ok(Response::new(Box::pin(futures::stream::empty())));
+        };
+        let shard = self.registry.raft(first.shard_id).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let shard_id = first.shard_id;
+        let contact = shard.clone();
+        // Decode errors or a message for another shard end the inbound stream; the leader sees
+        // the replies stop and opens a new session.
+        let requests = futures::stream::once(futures::future::ready(Ok(first)))
+            .chain(inbound)
+            .take_while(move |m| futures::future::ready(matches!(m, Ok(m) if m.shard_id == shard_id)))
+            .filter_map(|m| futures::future::ready(m.ok().and_then(|m| wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok())))
+            .inspect(move |_| contact.touch_leader_contact());
+        let replies = shard.raft.stream_append(requests).map(|r| {
+            Ok(match r {
+                Ok(result) => ok(&result),
+                Err(fatal) => err(fatal),
+            })
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let reply = match (self.registry.raft(req.shard_id), wire::decode::<VoteRequest<TypeConfig>>(&req.payload)) {
+            (Ok(shard), Ok(rpc)) => match shard.raft.vote(rpc).await {
+                Ok(resp) => ok(&resp),
+                Err(e) => err(e),
+            },
+            (Err(e), _) => err(e),
+            (_, Err(e)) => err(e),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let reply = match (self.registry.raft(req.shard_id), wire::decode::<VoteRequest<TypeConfig>>(&req.payload)) {
+            (Ok(shard), Ok(rpc)) => match shard.raft.pre_vote(rpc).await {
+                Ok(resp) => ok(&resp),
+                Err(e) => err(e),
+            },
+            (Err(e), _) => err(e),
+            (_, Err(e)) => err(e),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let reply = match (self.registry.raft(req.shard_id), wire::decode::<TransferLeaderRequest<TypeConfig>>(&req.payload)) {
+            (Ok(shard), Ok(rpc)) => match shard.raft.handle_transfer_leader(rpc).await {
+                Ok(resp) => ok(&resp),
+                Err(e) => err(e),
+            },
+            (Err(e), _) => err(e),
+            (_, Err(e)) => err(e),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
+        let mut inbound = req.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        let shard = self.registry.raft(first.shard_id).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let (vote, meta): (Vote, SnapshotMeta) =
+            wire::decode(&first.header).map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?;
+        let path = shard.state_machine.incoming_snapshot_path();
+        let received = receive_file(&path, first.shard_id, &mut inbound).await;
+        if let Err(e) = received {
+            // A partial file must not linger; a new transfer starts from scratch.
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
+        let snapshot = openraft::storage::Snapshot { meta, snapshot: SnapshotFile { path } };
+        let reply = match shard.raft.install_full_snapshot(vote, snapshot).await {
+            Ok(resp) => ok(&resp),
+            Err(e) => err(e),
+        };
+        Ok(Response::new(reply))
+    }
+}
+
+async fn receive_file(path: &std::path::Path, shard: u64, inbound: &mut Streaming<SnapshotChunk>) -> Result<(), Status> {
+    let io = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut total = 0u64;
+    while let Some(chunk) = inbound.message().await? {
+        if chunk.shard_id != shard {
+            return Err(Status::invalid_argument("snapshot chunk of another shard"));
+        }
+        if crc32fast::hash(&chunk.data) != chunk.crc32 {
+            return Err(Status::data_loss(format!("snapshot chunk at byte {total} failed its CRC32")));
+        }
+        total += chunk.data.len() as u64;
+        if total > SNAPSHOT_BYTES_MAX {
+            return Err(Status::resource_exhausted(format!("snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes")));
+        }
+        file.write_all(&chunk.data).await.map_err(io)?;
+    }
+    file.sync_all().await.map_err(io)?;
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! One shard replica on this node: its Raft group and the ways requests use it.
+//!
+//! Writes are proposed through Raft and answered with the state machine's result. Reads take
+//! a barrier chosen by the consistency level first:
+//! - LINEARIZABLE: ReadIndex. The leader confirms with a quorum that it is still leader, then
+//!   waits until it has applied up to the commit index it saw; any read after that sees every
+//!   write acknowledged before the read began.
+//! - LEASE: the leader skips the quorum round while its lease (the time since a quorum last
+//!   acknowledged it, below the election timeout) is fresh; otherwise it refuses.
+//! - STALE: no barrier; any replica answers from what it has applied and says how long ago it
+//!   last heard from a leader.
+
+use crate::error::NodeError;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
+use openraft::{RaftMetrics, ReadPolicy, ServerState};
+use ringkv_placement::{NodeId, ShardId};
+use ringkv_proto::v1::{Consistency, ResponseHeader};
+use ringkv_storage::{Command, CommandResult, ShardReader, ShardStateMachine, TypeConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;
+
+/// How long a request may wait on Raft when the caller set no deadline.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+pub struct Shard {
+    pub id: ShardId,
+    pub node_id: NodeId,
+    pub raft: ShardRaft,
+    pub state_machine: ShardStateMachine,
+    pub reader: ShardReader,
+    started: Instant,
+    /// Milliseconds after `started` at which a leader last sent us entries or a heartbeat.
+    leader_contact_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("id", &self.id).finish()
+    }
+}
+
+impl Shard {
+    pub fn new(id: ShardId, node_id: NodeId, raft: ShardRaft, state_machine: ShardStateMachine, reader: ShardReader) -> Self {
+        Shard { id, node_id, raft, state_machine, reader, started: Instant::now(), leader_contact_ms: AtomicU64::new(0) }
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Called on every AppendEntries (heartbeats included) received from a leader.
+    pub fn touch_leader_contact(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.leader_contact_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn staleness_ms(&self, m: &RaftMetrics<TypeConfig>) -> u64 {
+        if m.state == ServerState::Leader {
+            return 0;
+        }
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(self.leader_contact_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn header(&self, consistency: Consistency) -> ResponseHeader {
+        let m = self.metrics();
+        ResponseHeader {
+            shard_id: self.id,
+            node_id: self.node_id,
+            term: m.current_term,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            staleness_ms: if consistency == Consistency::Stale { self.staleness_ms(&m) } else { 0 },
+        }
+    }
+
+    fn leader_hint(&self, leader_id: Option<NodeId>, leader_node: Option<openraft::BasicNode>) -> NodeError {
+        let leader = match (leader_id, leader_node) {
+            (Some(id), Some(node)) => Some((id, node.addr)),
+            (Some(id), None) => {
+                let m = self.metrics();
+                m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone()))
+            }
+            _ => None,
+        };
+        NodeError::NotLeader { shard: self.id, leader }
+    }
+
+    fn fatal(&self, f: &Fatal<TypeConfig>) -> NodeError {
+        match f {
+            Fatal::StorageError(e) if e.to_string().contains("corrupt") => {
+                NodeError::Corrupted { shard: self.id, reason: e.to_string() }
+            }
+            other => NodeError::ShardUnavailable { shard: self.id, reason: other.to_string() },
+        }
+    }
+
+    /// Proposes `cmd` and waits for it to be applied (or for `timeout`).
+    pub async fn write(&self, cmd: Command, timeout: Duration) -> Result<CommandResult, NodeError> {
+        let waited_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let result = tokio::time::timeout(timeout, self.raft.client_write(cmd))
+            .await
+            .map_err(|_| NodeError::Timeout { shard: self.id, what: "write", waited_ms })?;
+        match result {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.leader_hint(f.leader_id, f.leader_node)),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(NodeError::OutcomeUnknown { shard: self.id }),
+            Err(RaftError::APIError(other)) => Err(NodeError::Internal(other.to_string())),
+            Err(RaftError::Fatal(f)) => Err(self.fatal(&f)),
+        }
+    }
+
+    /// Waits until a read at `consistency` may be served from this replica.
+    pub async fn read_barrier(&self, consistency: Consistency, timeout: Duration) -> Result<(), NodeError> {
+        let policy = match consistency {
+            Consistency::Stale => {
+                // Even stale reads must come from a running shard (not a stopped, corrupt one).
+                return match &self.metrics().running_state {
+                    Ok(()) => Ok(()),
+                    Err(f) => Err(self.fatal(f)),
+                };
+            }
+            Consistency::Lease => ReadPolicy::LeaseRead,
+            Consistency::Linearizable | Consistency::Unspecified => ReadPolicy::ReadIndex,
+        };
+        let waited_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let result = tokio::time::timeout(timeout, self.raft.ensure_linearizable(policy))
+            .await
+            .map_err(|_| NodeError::Timeout { shard: self.id, what: "read barrier", waited_ms })?;
+        match result {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(self.leader_hint(f.leader_id, f.leader_node)),
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                Err(NodeError::QuorumUnavailable { shard: self.id, reason: q.to_string() })
+            }
+            Err(RaftError::Fatal(f)) => Err(self.fatal(&f)),
+        }
+    }
+
+    /// The current fault of this replica, if it stopped.
+    pub fn fault(&self) -> Option<String> {
+        self.metrics().running_state.err().map(|f| f.to_string())
+    }
+}

@@ -1,0 +1,176 @@
+//! The shard map: the whole placement of a cluster at one epoch.
+//!
+//! A map is a pure function of its [`Layout`], its node list and its epoch, so every node
+//! builds the same map from the same configuration without talking to the others. The epoch
+//! starts at 1 and is bumped by whatever changes the placement; clients compare epochs to
+//! notice that their cached routes are out of date.
+
+use crate::{KeyRing, NodeId, PlacementError, ReplicaRing, ShardId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Largest shard count: each shard is a Raft group with its own timers and tasks.
+pub const SHARD_COUNT_MAX: u32 = 4096;
+/// Largest replication factor: beyond 7 replicas every write waits on a quorum of 4+.
+pub const REPLICATION_FACTOR_MAX: u32 = 7;
+/// Largest number of key-ring points per shard (the ring is shard_count * vnodes entries).
+pub const VNODES_PER_SHARD_MAX: u32 = 4096;
+/// Largest node weight (relative share of replicas).
+pub const WEIGHT_MAX: u32 = 100;
+/// Default key-ring points per shard: keeps max/mean keys per shard under 1.25.
+pub const VNODES_PER_SHARD_DEFAULT: u32 = 256;
+
+/// How keys are cut into shards and shards into replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub shard_count: u32,
+    pub replication_factor: u32,
+    pub vnodes_per_shard: u32,
+}
+
+/// A member node: its id, gRPC address and relative weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub addr: String,
+    pub weight: u32,
+}
+
+/// The placement of every shard at one epoch.
+#[derive(Debug)]
+pub struct ShardMap {
+    epoch: u64,
+    layout: Layout,
+    nodes: Vec<NodeSpec>,
+    replicas: Vec<Vec<NodeId>>,
+    key_ring: KeyRing,
+}
+
+impl ShardMap {
+    /// Validates the configuration and computes every shard's replicas.
+    pub fn new(layout: Layout, mut nodes: Vec<NodeSpec>, epoch: u64) -> Result<Self, PlacementError> {
+        let Layout { shard_count, replication_factor: rf, vnodes_per_shard } = layout;
+        if !(1..=SHARD_COUNT_MAX).contains(&shard_count) {
+            return Err(PlacementError::ShardCount { got: shard_count, max: SHARD_COUNT_MAX });
+        }
+        if !(1..=REPLICATION_FACTOR_MAX).contains(&rf) {
+            return Err(PlacementError::ReplicationFactor { got: rf, max: REPLICATION_FACTOR_MAX });
+        }
+        if !(1..=VNODES_PER_SHARD_MAX).contains(&vnodes_per_shard) {
+            return Err(PlacementError::Vnodes { got: vnodes_per_shard, max: VNODES_PER_SHARD_MAX });
+        }
+        let mut seen = BTreeSet::new();
+        for n in &nodes {
+            if n.id == 0 {
+                return Err(PlacementError::ZeroNodeId);
+            }
+            if !seen.insert(n.id) {
+                return Err(PlacementError::DuplicateNode(n.id));
+            }
+            if !(1..=WEIGHT_MAX).contains(&n.weight) {
+                return Err(PlacementError::Weight { id: n.id, weight: n.weight, max: WEIGHT_MAX });
+            }
+        }
+        if nodes.len() < rf as usize {
+            return Err(PlacementError::TooFewNodes { rf, nodes: nodes.len() });
+        }
+        nodes.sort_by_key(|n| n.id);
+        let ring = ReplicaRing::new(nodes.iter().map(|n| (n.id, n.weight)));
+        let replicas = (0..u64::from(shard_count)).map(|s| ring.replicas(s, rf)).collect();
+        Ok(ShardMap {
+            epoch,
+            layout,
+            nodes,
+            replicas,
+            key_ring: KeyRing::new(shard_count, vnodes_per_shard),
+        })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Member nodes, sorted by id.
+    pub fn nodes(&self) -> &[NodeSpec] {
+        &self.nodes
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    pub fn shard_ids(&self) -> impl Iterator<Item = ShardId> + '_ {
+        0..u64::from(self.layout.shard_count)
+    }
+
+    pub fn shard_of(&self, key: &[u8]) -> ShardId {
+        self.key_ring.shard_of(key)
+    }
+
+    /// The replicas of `shard`, or an empty slice for a shard id outside the map.
+    pub fn replicas(&self, shard: ShardId) -> &[NodeId] {
+        usize::try_from(shard).ok().and_then(|i| self.replicas.get(i)).map_or(&[], |v| v)
+    }
+
+    /// The shards that `node` holds a replica of.
+    pub fn shards_of_node(&self, node: NodeId) -> Vec<ShardId> {
+        self.shard_ids().filter(|&s| self.replicas(s).contains(&node)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: u64) -> Vec<NodeSpec> {
+        (1..=n).map(|id| NodeSpec { id, addr: format!("127.0.0.1:{}", 7000 + id), weight: 1 }).collect()
+    }
+
+    fn layout(shards: u32, rf: u32) -> Layout {
+        Layout { shard_count: shards, replication_factor: rf, vnodes_per_shard: 256 }
+    }
+
+    #[test]
+    fn rejects_bad_configurations_with_the_offending_value() {
+        let e = ShardMap::new(layout(0, 3), nodes(3), 1).unwrap_err();
+        assert_eq!(e, PlacementError::ShardCount { got: 0, max: SHARD_COUNT_MAX });
+        let e = ShardMap::new(layout(8, 3), nodes(2), 1).unwrap_err();
+        assert_eq!(e, PlacementError::TooFewNodes { rf: 3, nodes: 2 });
+        let mut dup = nodes(3);
+        dup[2].id = 1;
+        assert_eq!(ShardMap::new(layout(8, 1), dup, 1).unwrap_err(), PlacementError::DuplicateNode(1));
+        let mut zero = nodes(3);
+        zero[0].id = 0;
+        assert_eq!(ShardMap::new(layout(8, 1), zero, 1).unwrap_err(), PlacementError::ZeroNodeId);
+        assert!(matches!(
+            ShardMap::new(layout(8, 8), nodes(9), 1),
+            Err(PlacementError::ReplicationFactor { got: 8, .. })
+        ));
+    }
+
+    #[test]
+    fn same_config_same_map_whatever_the_node_order() {
+        let a = ShardMap::new(layout(16, 3), nodes(5), 1).unwrap();
+        let mut rev = nodes(5);
+        rev.reverse();
+        let b = ShardMap::new(layout(16, 3), rev, 1).unwrap();
+        for s in a.shard_ids() {
+            assert_eq!(a.replicas(s), b.replicas(s));
+            assert_eq!(a.replicas(s).len(), 3);
+        }
+        assert_eq!(a.shard_of(b"k"), b.shard_of(b"k"));
+    }
+
+    #[test]
+    fn rf_equal_to_nodes_puts_every_shard_everywhere() {
+        let m = ShardMap::new(layout(8, 3), nodes(3), 1).unwrap();
+        for n in 1..=3 {
+            assert_eq!(m.shards_of_node(n).len(), 8);
+        }
+        assert!(m.replicas(8).is_empty());
+    }
+}

@@ -1,0 +1,41 @@
+//! ringkv's storage: the Raft logs and state machines of every shard on a node, in one
+//! RocksDB.
+//!
+//! The pieces, bottom-up:
+//! - [`keys`]: the layout: a few column families, every key prefixed by its shard id.
+//! - [`codec`]: framed records with a CRC32, checked on every read.
+//! - [`wal_syncer`]: group commit. Writes go to RocksDB unsynced; one thread fsyncs the WAL
+//!   for all shards at once and only then tells openraft the entries are durable.
+//! - [`log_store`]: openraft's `RaftLogStorage` for one shard.
+//! - [`state_machine`]: openraft's `RaftStateMachine` for one shard: the key-value data,
+//!   applied atomically with the applied log id; snapshots via [`snapshot`] files.
+//! - [`reader`]: reads of applied data for the request handlers.
+//! - [`NodeStorage`]: opens the database and hands out per-shard stores.
+//!
+//! Every store must pass openraft's storage conformance suite (`tests/conformance.rs`).
+
+pub mod codec;
+pub mod command;
+pub mod db;
+pub mod keys;
+pub mod log_store;
+pub mod metrics;
+pub mod node_storage;
+pub mod reader;
+pub mod snapshot;
+pub mod state_machine;
+pub mod type_config;
+pub mod wal_syncer;
+
+pub use command::{BatchOp, Command, CommandResult, Expected, Versioned};
+pub use log_store::ShardLogStore;
+pub use metrics::StorageMetrics;
+pub use node_storage::NodeStorage;
+pub use reader::{ScanPage, ScanRange, ShardChecksum, ShardReader};
+pub use snapshot::SnapshotFile;
+pub use state_machine::{ShardSnapshot, ShardStateMachine};
+pub use type_config::TypeConfig;
+pub use wal_syncer::WalSyncer;
+
+/// A shard id (see `ringkv-placement`).
+pub type ShardId = u64;

@@ -1,0 +1,217 @@
+//! The Raft log of one shard, in the node's shared RocksDB.
+//!
+//! Entries live under `raft_log` at `(shard, index)`, each framed with a CRC32 (see
+//! [`crate::codec`]); the vote, the committed log id and the last purged log id live under
+//! `raft_state`. Every method writes unsynced and, where openraft needs durability (append,
+//! vote, truncate), waits for or hands its completion to the node's [`WalSyncer`], so all
+//! shards share fsyncs.
+//!
+//! openraft calls these methods from one task per shard, in order, so a shard's writes are
+//! never reordered; different shards only ever touch disjoint key ranges.
+
+use crate::codec;
+use crate::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::metrics::StorageMetrics;
+use crate::type_config::{Entry, LogId, TypeConfig, Vote};
+use crate::wal_syncer::WalSyncer;
+use crate::ShardId;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+/// A handle to one shard's log. Clones share everything (openraft asks for reader clones).
+#[derive(Clone)]
+pub struct ShardLogStore {
+    shard: ShardId,
+    db: Arc<DB>,
+    syncer: WalSyncer,
+    metrics: StorageMetrics,
+}
+
+impl std::fmt::Debug for ShardLogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardLogStore").field("shard", &self.shard).finish()
+    }
+}
+
+pub(crate) fn rocks_err(e: rocksdb::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| io::Error::other(format!("column family {name} missing")))
+}
+
+impl ShardLogStore {
+    pub fn new(shard: ShardId, db: Arc<DB>, syncer: WalSyncer, metrics: StorageMetrics) -> Self {
+        ShardLogStore { shard, db, syncer, metrics }
+    }
+
+    /// A CRC or decode failure: counted, logged, and returned as `InvalidData` so openraft
+    /// stops this shard rather than serve from a damaged log.
+    fn corrupt(&self, what: &str, e: codec::CodecError) -> io::Error {
+        self.metrics.corruption(self.shard);
+        tracing::error!(shard = self.shard, what, error = %e, "corrupt Raft record");
+        io::Error::new(io::ErrorKind::InvalidData, format!("shard {}: corrupt {what}: {e}", self.shard))
+    }
+
+    fn get_state<T: DeserializeOwned>(&self, tag: u8, what: &str) -> io::Result<Option<T>> {
+        let cf = cf(&self.db, CF_RAFT_STATE)?;
+        match self.db.get_pinned_cf(cf, keys::tag_key(self.shard, tag)).map_err(rocks_err)? {
+            None => Ok(None),
+            Some(raw) => codec::decode(&raw).map(Some).map_err(|e| self.corrupt(what, e)),
+        }
+    }
+
+    fn put_state<T: Serialize>(&self, tag: u8, value: &T) -> io::Result<()> {
+        let cf = cf(&self.db, CF_RAFT_STATE)?;
+        let raw = codec::encode(value).map_err(io::Error::other)?;
+        self.db.put_cf(cf, keys::tag_key(self.shard, tag), raw).map_err(rocks_err)
+    }
+
+    fn decode_entry(&self, raw: &[u8]) -> io::Result<Entry> {
+        codec::decode(raw).map_err(|e| self.corrupt("log entry", e))
+    }
+
+    fn last_entry(&self) -> io::Result<Option<Entry>> {
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(keys::shard_prefix(self.shard).to_vec());
+        let start = keys::log_key(self.shard, u64::MAX);
+        let mut it = self.db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Reverse));
+        match it.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, value) = item.map_err(rocks_err)?;
+                self.decode_entry(&value).map(Some)
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for ShardLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i.checked_add(1),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(match end {
+            Some(end) => keys::log_key(self.shard, end).to_vec(),
+            None => keys::shard_end(self.shard),
+        });
+        let from = keys::log_key(self.shard, start);
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward)) {
+            let (key, value) = item.map_err(rocks_err)?;
+            let entry = self.decode_entry(&value)?;
+            // The key and the entry inside must agree, or a record was written to the wrong
+            // place (or the key was damaged): either way the log cannot be trusted.
+            let key_index = keys::log_index_of(&key).unwrap_or(u64::MAX);
+            if key_index != entry.log_id.index {
+                let e = codec::CodecError::Misplaced { key_index, entry_index: entry.log_id.index };
+                return Err(self.corrupt("log entry", e));
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.get_state(keys::TAG_VOTE, "vote")
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for ShardLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.get_state(keys::TAG_PURGED, "purged log id")?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(entry.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.put_state(keys::TAG_VOTE, vote)?;
+        // A vote must be on disk before it is acted on: a node that forgets its vote after a
+        // crash could vote twice in one term.
+        self.syncer.sync().await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Only a hint for faster recovery (openraft re-learns the commit index from the
+        // leader), so it rides along with the next sync instead of forcing one.
+        self.put_state(keys::TAG_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.get_state::<Option<LogId>>(keys::TAG_COMMITTED, "committed log id")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let raw = codec::encode(&entry).map_err(io::Error::other)?;
+            batch.put_cf(cf, keys::log_key(self.shard, entry.log_id.index), raw);
+        }
+        // Readable now; durable once the syncer's next fsync completes the callback.
+        self.db.write(batch).map_err(rocks_err)?;
+        self.syncer.after_sync(Box::new(move |result| callback.io_completed(result))).await
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index.saturating_add(1));
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, keys::log_key(self.shard, from).as_slice(), keys::shard_end(self.shard).as_slice());
+        self.db.write(batch).map_err(rocks_err)?;
+        // Synced so that conflicting entries removed here can never come back after a crash
+        // alongside entries appended after the truncation.
+        self.syncer.sync().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // The purged id goes in the same batch as the deletion, so the log state stays
+        // consistent (openraft requires last_purged to be known once entries are gone).
+        let state_cf = cf(&self.db, CF_RAFT_STATE)?;
+        let log_cf = cf(&self.db, CF_RAFT_LOG)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            state_cf,
+            keys::tag_key(self.shard, keys::TAG_PURGED),
+            codec::encode(&log_id).map_err(io::Error::other)?,
+        );
+        let end = keys::log_key(self.shard, log_id.index.saturating_add(1));
+        batch.delete_range_cf(log_cf, keys::shard_prefix(self.shard).as_slice(), end.as_slice());
+        // Unsynced: losing a purge in a crash only leaves entries that will be purged again.
+        self.db.write(batch).map_err(rocks_err)
+    }
+}

@@ -1,0 +1,391 @@
+//! The key-value state machine of one shard.
+//!
+//! Applying a batch of committed entries produces one RocksDB `WriteBatch` holding the data
+//! changes *and* the new last-applied log id (and membership, for membership entries), written
+//! atomically. After a crash the shard resumes exactly after the last batch that reached disk
+//! and replays the rest from the durable log, so every entry is applied at most once to what
+//! is stored. These writes are not synced on their own: the log they come from is durable, and
+//! the next WAL sync (there is one for every append) makes them durable too.
+//!
+//! Within a batch, later commands must see earlier ones (two CAS on one key in one batch), so
+//! reads go through an overlay of the batch's pending writes before RocksDB. Batches are cut
+//! at [`APPLY_BATCH_BYTES_MAX`] / [`APPLY_BATCH_ENTRIES_MAX`] to bound memory during a long
+//! replay.
+
+use crate::codec;
+use crate::command::{BatchOp, Command, CommandResult, Expected, Versioned};
+use crate::keys::{self, CF_KV, CF_SM_STATE};
+use crate::log_store::{cf, rocks_err};
+use crate::metrics::StorageMetrics;
+use crate::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter, sync_dir};
+use crate::type_config::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::wal_syncer::WalSyncer;
+use crate::ShardId;
+use futures::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use rocksdb::{DB, WriteBatch};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const APPLY_BATCH_BYTES_MAX: usize = 16 << 20;
+pub const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
+
+pub type ShardSnapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+/// Where the shard's current snapshot is, recorded under `sm_state`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta,
+    file_name: String,
+}
+
+/// One shard's state machine. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct ShardStateMachine {
+    shard: ShardId,
+    db: Arc<DB>,
+    syncer: WalSyncer,
+    snapshot_dir: PathBuf,
+    metrics: StorageMetrics,
+}
+
+impl std::fmt::Debug for ShardStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStateMachine").field("shard", &self.shard).finish()
+    }
+}
+
+impl ShardStateMachine {
+    /// `snapshot_dir` holds this shard's snapshot files; it is created if missing.
+    pub fn new(
+        shard: ShardId,
+        db: Arc<DB>,
+        syncer: WalSyncer,
+        snapshot_dir: PathBuf,
+        metrics: StorageMetrics,
+    ) -> io::Result<Self> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let sm = ShardStateMachine { shard, db, syncer, snapshot_dir, metrics };
+        // Partial files of builds or transfers cut short by a crash.
+        sm.remove_files(|name| name.ends_with(".building") || name.ends_with(".tmp"));
+        Ok(sm)
+    }
+
+    fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> io::Error {
+        self.metrics.corruption(self.shard);
+        tracing::error!(shard = self.shard, what, error = %e, "corrupt state-machine record");
+        io::Error::new(io::ErrorKind::InvalidData, format!("shard {}: corrupt {what}: {e}", self.shard))
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, tag: u8, what: &str) -> io::Result<Option<T>> {
+        let cf = cf(&self.db, CF_SM_STATE)?;
+        match self.db.get_pinned_cf(cf, keys::tag_key(self.shard, tag)).map_err(rocks_err)? {
+            None => Ok(None),
+            Some(raw) => codec::decode(&raw).map(Some).map_err(|e| self.corrupt(what, e)),
+        }
+    }
+
+    fn snapshot_record(&self) -> io::Result<Option<SnapshotRecord>> {
+        self.get_meta(keys::TAG_SNAPSHOT, "snapshot record")
+    }
+
+    /// Removes finished snapshot files other than `keep`. Files still being built or received
+    /// are left alone; leftovers of a crash are removed when the shard starts.
+    fn remove_other_snapshots(&self, keep: &str) {
+        self.remove_files(|name| name.ends_with(".snap") && name != keep);
+    }
+
+    fn remove_files(&self, doomed: impl Fn(&str) -> bool) {
+        let Ok(dir) = std::fs::read_dir(&self.snapshot_dir) else { return };
+        for f in dir.flatten() {
+            if f.file_name().to_str().is_some_and(&doomed) {
+                if let Err(e) = std::fs::remove_file(f.path()) {
+                    tracing::warn!(path = %f.path().display(), error = %e, "cannot remove old snapshot");
+                }
+            }
+        }
+    }
+
+    /// A fresh path in this shard's snapshot directory for an incoming snapshot transfer.
+    pub fn incoming_snapshot_path(&self) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.snapshot_dir.join(format!("incoming-{nanos}.tmp"))
+    }
+}
+
+fn snapshot_file_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(id) => format!("snap-{}-{}-{}.snap", id.leader_id.term, id.leader_id.node_id, id.index),
+        None => "snap-empty.snap".to_string(),
+    }
+}
+
+/// Pending changes of one apply batch, with the reads-see-writes overlay.
+struct ApplyBatch<'a> {
+    shard: ShardId,
+    db: &'a DB,
+    kv_cf: &'a rocksdb::ColumnFamily,
+    batch: WriteBatch,
+    overlay: HashMap<Vec<u8>, Option<Versioned>>,
+    bytes: usize,
+    entries: usize,
+}
+
+impl<'a> ApplyBatch<'a> {
+    fn new(shard: ShardId, db: &'a DB) -> io::Result<Self> {
+        let kv_cf = cf(db, CF_KV)?;
+        Ok(ApplyBatch { shard, db, kv_cf, batch: WriteBatch::default(), overlay: HashMap::new(), bytes: 0, entries: 0 })
+    }
+
+    fn read(&self, key: &[u8]) -> io::Result<Option<Versioned>> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        read_kv(self.db, self.kv_cf, self.shard, key)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8], version: u64) {
+        self.bytes += key.len() + value.len();
+        self.batch.put_cf(self.kv_cf, keys::kv_key(self.shard, key), keys::kv_value(version, value));
+        self.overlay.insert(key.to_vec(), Some(Versioned { value: value.to_vec(), version }));
+    }
+
+    fn delete(&mut self, key: &[u8]) -> io::Result<bool> {
+        let existed = self.read(key)?.is_some();
+        if existed {
+            self.bytes += key.len();
+            self.batch.delete_cf(self.kv_cf, keys::kv_key(self.shard, key));
+            self.overlay.insert(key.to_vec(), None);
+        }
+        Ok(existed)
+    }
+
+    fn apply(&mut self, cmd: Command, index: u64) -> io::Result<CommandResult> {
+        self.entries += 1;
+        Ok(match cmd {
+            Command::Put { key, value } => {
+                self.put(&key, &value, index);
+                CommandResult::Put { version: index }
+            }
+            Command::Delete { key } => CommandResult::Delete { deleted: self.delete(&key)? },
+            Command::Cas { key, expected, new } => {
+                let current = self.read(&key)?;
+                let holds = match (&expected, &current) {
+                    (Expected::Absent, cur) => cur.is_none(),
+                    (Expected::Value(v), Some(cur)) => cur.value == *v,
+                    (Expected::Version(ver), Some(cur)) => cur.version == *ver,
+                    (_, None) => false,
+                };
+                if !holds {
+                    CommandResult::Cas { succeeded: false, version: 0, current }
+                } else if let Some(value) = new {
+                    self.put(&key, &value, index);
+                    CommandResult::Cas { succeeded: true, version: index, current: None }
+                } else {
+                    self.delete(&key)?;
+                    CommandResult::Cas { succeeded: true, version: 0, current: None }
+                }
+            }
+            Command::Batch { ops } => {
+                for op in ops {
+                    match op {
+                        BatchOp::Put { key, value } => self.put(&key, &value, index),
+                        BatchOp::Delete { key } => {
+                            self.delete(&key)?;
+                        }
+                    }
+                }
+                CommandResult::Batch { version: index }
+            }
+        })
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes >= APPLY_BATCH_BYTES_MAX || self.entries >= APPLY_BATCH_ENTRIES_MAX
+    }
+}
+
+/// Reads one key of `shard` (through `get` so a RocksDB snapshot can be used too).
+pub(crate) fn read_kv(db: &DB, kv_cf: &rocksdb::ColumnFamily, shard: ShardId, key: &[u8]) -> io::Result<Option<Versioned>> {
+    match db.get_pinned_cf(kv_cf, keys::kv_key(shard, key)).map_err(rocks_err)? {
+        None => Ok(None),
+        Some(raw) => {
+            let (version, value) = keys::split_kv_value(&raw)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "kv value shorter than its version"))?;
+            Ok(Some(Versioned { value: value.to_vec(), version }))
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ShardStateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied = self.get_meta::<LogId>(keys::TAG_APPLIED, "applied log id")?;
+        let membership = self.get_meta(keys::TAG_MEMBERSHIP, "membership")?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let sm_cf = cf(&self.db, CF_SM_STATE)?;
+        let mut pending = ApplyBatch::new(self.shard, &self.db)?;
+        let mut replies = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id;
+            let result = match entry.payload {
+                EntryPayload::Blank => CommandResult::Nothing,
+                EntryPayload::Normal(cmd) => pending.apply(cmd, log_id.index)?,
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(log_id), m);
+                    let raw = codec::encode(&stored).map_err(io::Error::other)?;
+                    pending.batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_MEMBERSHIP), raw);
+                    CommandResult::Nothing
+                }
+            };
+            let raw = codec::encode(&log_id).map_err(io::Error::other)?;
+            pending.batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_APPLIED), raw);
+            if let Some(r) = responder {
+                replies.push((r, result));
+            }
+            if pending.is_full() {
+                let full = std::mem::replace(&mut pending, ApplyBatch::new(self.shard, &self.db)?);
+                self.db.write(full.batch).map_err(rocks_err)?;
+                for (r, result) in replies.drain(..) {
+                    r.send(result);
+                }
+            }
+        }
+        self.db.write(pending.batch).map_err(rocks_err)?;
+        for (r, result) in replies {
+            r.send(result);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        let this = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || this.install_blocking(&meta, &snapshot.path))
+            .await
+            .map_err(io::Error::other)??;
+        // The install batch replaced the shard's data; make it durable before openraft
+        // purges the log behind it.
+        self.syncer.sync().await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<ShardSnapshot>, io::Error> {
+        Ok(self.snapshot_record()?.map(|rec| Snapshot {
+            meta: rec.meta,
+            snapshot: SnapshotFile { path: self.snapshot_dir.join(rec.file_name) },
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<ShardSnapshot, io::Error> {
+        let this = self.clone();
+        let snapshot = tokio::task::spawn_blocking(move || this.build_blocking())
+            .await
+            .map_err(io::Error::other)??;
+        self.syncer.sync().await?;
+        Ok(snapshot)
+    }
+}
+
+impl ShardStateMachine {
+    fn build_blocking(&self) -> io::Result<ShardSnapshot> {
+        let view = self.db.snapshot();
+        let sm_cf = cf(&self.db, CF_SM_STATE)?;
+        let kv_cf = cf(&self.db, CF_KV)?;
+        let read_meta = |tag: u8| view.get_cf(sm_cf, keys::tag_key(self.shard, tag)).map_err(rocks_err);
+        let last_log_id: Option<LogId> = match read_meta(keys::TAG_APPLIED)? {
+            Some(raw) => Some(codec::decode(&raw).map_err(|e| self.corrupt("applied log id", e))?),
+            None => None,
+        };
+        let last_membership: StoredMembership = match read_meta(keys::TAG_MEMBERSHIP)? {
+            Some(raw) => codec::decode(&raw).map_err(|e| self.corrupt("membership", e))?,
+            None => StoredMembership::default(),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership };
+        let file_name = snapshot_file_name(&meta);
+        let tmp = self.snapshot_dir.join(format!("{file_name}.building"));
+        let mut w = SnapshotWriter::create(&tmp, self.shard, &meta)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::shard_end(self.shard));
+        let from = keys::shard_prefix(self.shard);
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+        for item in view.iterator_cf_opt(kv_cf, opts, mode) {
+            let (key, raw) = item.map_err(rocks_err)?;
+            let (version, value) = keys::split_kv_value(&raw).ok_or_else(|| self.corrupt("kv value", "too short"))?;
+            w.push(key[8..].to_vec(), version, value.to_vec())?;
+        }
+        drop(view);
+        w.finish()?;
+        let path = self.snapshot_dir.join(&file_name);
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(&path)?;
+        self.record_snapshot(&meta, &file_name)?;
+        self.remove_other_snapshots(&file_name);
+        Ok(Snapshot { meta, snapshot: SnapshotFile { path } })
+    }
+
+    fn record_snapshot(&self, meta: &SnapshotMeta, file_name: &str) -> io::Result<()> {
+        let sm_cf = cf(&self.db, CF_SM_STATE)?;
+        let rec = SnapshotRecord { meta: meta.clone(), file_name: file_name.to_string() };
+        let raw = codec::encode(&rec).map_err(io::Error::other)?;
+        self.db.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_SNAPSHOT), raw).map_err(rocks_err)
+    }
+
+    fn install_blocking(&self, meta: &SnapshotMeta, path: &Path) -> io::Result<()> {
+        let (mut reader, shard, file_meta) = SnapshotReader::open(path)?;
+        if shard != self.shard || file_meta.last_log_id != meta.last_log_id {
+            return Err(self.corrupt(
+                "snapshot",
+                format!("file is of shard {shard} at {:?}, expected shard {} at {:?}", file_meta.last_log_id, self.shard, meta.last_log_id),
+            ));
+        }
+        let kv_cf = cf(&self.db, CF_KV)?;
+        let sm_cf = cf(&self.db, CF_SM_STATE)?;
+        // One batch: readers see either the old state or the whole new one, never a mix.
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(kv_cf, keys::shard_prefix(self.shard).as_slice(), keys::shard_end(self.shard).as_slice());
+        while let Some(kvs) = reader.next_chunk().map_err(|e| self.corrupt("snapshot", e))? {
+            for (key, version, value) in kvs {
+                batch.put_cf(kv_cf, keys::kv_key(self.shard, &key), keys::kv_value(version, &value));
+            }
+        }
+        match meta.last_log_id {
+            Some(id) => batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_APPLIED), codec::encode(&id).map_err(io::Error::other)?),
+            None => batch.delete_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_APPLIED)),
+        }
+        let membership = codec::encode(&meta.last_membership).map_err(io::Error::other)?;
+        batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_MEMBERSHIP), membership);
+        let file_name = snapshot_file_name(meta);
+        let final_path = self.snapshot_dir.join(&file_name);
+        if path != final_path {
+            std::fs::rename(path, &final_path)?;
+            sync_dir(&final_path)?;
+        }
+        let rec = SnapshotRecord { meta: meta.clone(), file_name: file_name.clone() };
+        batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_SNAPSHOT), codec::encode(&rec).map_err(io::Error::other)?);
+        self.db.write(batch).map_err(rocks_err)?;
+        self.remove_other_snapshots(&file_name);
+        Ok(())
+    }
+}

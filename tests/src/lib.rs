@@ -1,0 +1,401 @@
+//! A harness for multi-process tests: real `ringkv-node` processes on loopback.
+//!
+//! Each [`Cluster`] gets its own temporary directory (data dirs and node logs) and free
+//! ports, so tests run in parallel. Nodes are started from the workspace's built binary
+//! (`target/<profile>/ringkv-node`, or `RINGKV_NODE_BIN`). Faults are real: `kill -9`
+//! (SIGKILL) and restart on the same data directory, or SIGTERM for a clean stop.
+//!
+//! [`Cluster::put`] and friends route like a minimal client: compute the key's shard with
+//! the real placement code, try the node believed to lead it, and follow `NOT_LEADER` hints
+//! from the status details. Waiting is always on a condition with a deadline, never a bare
+//! sleep.
+
+use anyhow::{Context, Result, anyhow, bail};
+use ringkv_placement::{Layout, NodeSpec, ShardMap};
+use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::kv_client::KvClient;
+use ringkv_proto::v1::{
+    Consistency, GetRequest, GetResponse, NodeStatusRequest, NodeStatusResponse, PutRequest, PutResponse, RaftRole,
+    ShardChecksumRequest, ShardChecksumResponse,
+};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+/// Raft timing for tests: short, so failover tests finish quickly, but well above loopback
+/// latency so a loaded CI machine does not see spurious elections.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub snapshot_after_entries: u64,
+    pub log_entries_kept: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { heartbeat_ms: 100, election_min_ms: 600, election_max_ms: 1200, snapshot_after_entries: 10_000, log_entries_kept: 1000 }
+    }
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub metrics_addr: String,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    pub map: ShardMap,
+    pub tuning: Tuning,
+    members_arg: String,
+    layout: Layout,
+    leader_cache: Mutex<HashMap<u64, u64>>,
+}
+
+/// The `ringkv-node` binary next to the test executable's `deps/` directory.
+pub fn node_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("RINGKV_NODE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("test binary has no profile directory")?;
+    let bin = profile_dir.join("ringkv-node");
+    if !bin.exists() {
+        bail!("{} not found: build it first (cargo build --workspace --bins)", bin.display());
+    }
+    Ok(bin)
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The NOT_LEADER hint in a status's details: the leader's node id, if named.
+pub fn leader_hint(status: &tonic::Status) -> Option<u64> {
+    let d = status.get_error_details();
+    let info = d.error_info()?;
+    if info.reason != "NOT_LEADER" {
+        return None;
+    }
+    info.metadata.get("leader_id")?.parse().ok()
+}
+
+/// The ErrorInfo reason of a status, if any.
+pub fn reason(status: &tonic::Status) -> Option<String> {
+    status.get_error_details().error_info().map(|i| i.reason.clone())
+}
+
+impl Cluster {
+    pub async fn start(nodes: u64, shards: u32, rf: u32, tuning: Tuning) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ringkv-test-").tempdir()?;
+        let mut specs = Vec::new();
+        let mut procs = Vec::new();
+        for id in 1..=nodes {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            specs.push(NodeSpec { id, addr: addr.clone(), weight: 1 });
+            procs.push(NodeProc {
+                id,
+                addr,
+                metrics_addr: format!("127.0.0.1:{}", free_port()?),
+                data_dir: dir.path().join(format!("node-{id}")),
+                log_path: dir.path().join(format!("node-{id}.log")),
+                child: None,
+            });
+        }
+        let members_arg = specs.iter().map(|s| format!("{}={}", s.id, s.addr)).collect::<Vec<_>>().join(",");
+        let layout = Layout { shard_count: shards, replication_factor: rf, vnodes_per_shard: 256 };
+        let map = ShardMap::new(layout, specs, 1)?;
+        let mut c = Cluster { dir, nodes: procs, map, tuning, members_arg, layout, leader_cache: Mutex::new(HashMap::new()) };
+        for id in 1..=nodes {
+            c.spawn(id)?;
+        }
+        c.wait_serving().await?;
+        Ok(c)
+    }
+
+    fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// The command line of node `id` (public so tests can vary it).
+    pub fn command(&self, id: u64) -> Result<Command> {
+        let n = self.node(id);
+        let t = self.tuning;
+        let mut cmd = Command::new(node_binary()?);
+        cmd.arg("--node-id").arg(id.to_string())
+            .arg("--data-dir").arg(&n.data_dir)
+            .arg("--members").arg(&self.members_arg)
+            .arg("--shards").arg(self.layout.shard_count.to_string())
+            .arg("--replication-factor").arg(self.layout.replication_factor.to_string())
+            .arg("--metrics-listen").arg(&n.metrics_addr)
+            .arg("--heartbeat-interval-ms").arg(t.heartbeat_ms.to_string())
+            .arg("--election-timeout-min-ms").arg(t.election_min_ms.to_string())
+            .arg("--election-timeout-max-ms").arg(t.election_max_ms.to_string())
+            .arg("--snapshot-after-entries").arg(t.snapshot_after_entries.to_string())
+            .arg("--log-entries-kept").arg(t.log_entries_kept.to_string())
+            .env("RUST_LOG", std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    pub fn spawn(&mut self, id: u64) -> Result<()> {
+        let mut cmd = self.command(id)?;
+        let n = self.node(id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log_path)?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        let child = cmd.spawn().context("spawning ringkv-node")?;
+        self.node_mut(id).child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a power cut of the process.
+    pub fn kill(&mut self, id: u64) -> Result<()> {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self, id: u64) -> Result<std::process::ExitStatus> {
+        let mut child = self.node_mut(id).child.take().context("node not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        Ok(child.wait()?)
+    }
+
+    pub async fn restart(&mut self, id: u64) -> Result<()> {
+        self.spawn(id)?;
+        let addr = self.node(id).addr.clone();
+        wait_for(Duration::from_secs(30), &format!("node {id} to serve"), || {
+            let addr = addr.clone();
+            async move { admin(&addr).await.ok()?.node_status(NodeStatusRequest {}).await.ok().map(|_| ()) }
+        })
+        .await
+    }
+
+    async fn wait_serving(&self) -> Result<()> {
+        for n in &self.nodes {
+            let addr = n.addr.clone();
+            wait_for(Duration::from_secs(30), &format!("node {} to serve", n.id), || {
+                let addr = addr.clone();
+                async move { admin(&addr).await.ok()?.node_status(NodeStatusRequest {}).await.ok().map(|_| ()) }
+            })
+            .await
+            .map_err(|e| anyhow!("{e}\n{}", self.log_tail(n.id)))?;
+        }
+        Ok(())
+    }
+
+    /// The last lines of a node's log, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!("--- node {id} log (tail) ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.node(id).addr.clone()
+    }
+
+    pub fn metrics_url(&self, id: u64) -> String {
+        format!("http://{}/metrics", self.node(id).metrics_addr)
+    }
+
+    pub async fn kv(&self, id: u64) -> Result<KvClient<Channel>> {
+        Ok(KvClient::new(channel(&self.addr(id)).await?))
+    }
+
+    pub async fn admin(&self, id: u64) -> Result<AdminClient<Channel>> {
+        admin(&self.addr(id)).await
+    }
+
+    pub async fn status(&self, id: u64) -> Result<NodeStatusResponse> {
+        Ok(self.admin(id).await?.node_status(NodeStatusRequest {}).await?.into_inner())
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.is_running()).map(|n| n.id).collect()
+    }
+
+    /// shard -> leader, as reported by running nodes that consider themselves leader.
+    pub async fn leaders(&self) -> HashMap<u64, u64> {
+        let mut out = HashMap::new();
+        for id in self.running() {
+            if let Ok(st) = self.status(id).await {
+                for s in st.shards {
+                    if s.role == RaftRole::Leader as i32 {
+                        out.insert(s.shard_id, id);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until every shard has a leader among the running nodes.
+    pub async fn wait_for_leaders(&self, timeout: Duration) -> Result<HashMap<u64, u64>> {
+        let shards = u64::from(self.layout.shard_count);
+        wait_for(timeout, "a leader for every shard", || async {
+            let l = self.leaders().await;
+            (l.len() as u64 == shards).then_some(l)
+        })
+        .await
+    }
+
+    fn candidates(&self, shard: u64) -> Vec<u64> {
+        let cached = self.leader_cache.lock().unwrap().get(&shard).copied();
+        let mut order: Vec<u64> = cached.into_iter().collect();
+        for &r in self.map.replicas(shard) {
+            if !order.contains(&r) && self.node(r).is_running() {
+                order.push(r);
+            }
+        }
+        order
+    }
+
+    /// Sends `call` to the shard's leader, following NOT_LEADER hints and retrying unavailable
+    /// shards (elections) until `timeout`. Only for requests that are safe to repeat.
+    pub async fn routed<T, F, Fut>(&self, key: &[u8], timeout: Duration, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let shard = self.map.shard_of(key);
+        let deadline = Instant::now() + timeout;
+        let mut last = tonic::Status::unavailable("no replica tried");
+        loop {
+            for id in self.candidates(shard) {
+                let client = match self.kv(id).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = tonic::Status::unavailable(e.to_string());
+                        continue;
+                    }
+                };
+                match call(client).await {
+                    Ok(resp) => {
+                        self.leader_cache.lock().unwrap().insert(shard, id);
+                        return Ok(resp.into_inner());
+                    }
+                    Err(s) => {
+                        if let Some(l) = leader_hint(&s) {
+                            self.leader_cache.lock().unwrap().insert(shard, l);
+                        }
+                        let retry = matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+                            && reason(&s).as_deref() != Some("WRONG_SHARD");
+                        if !retry {
+                            return Err(s);
+                        }
+                        last = s;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An idempotent put (same key, same value) routed to the leader.
+    pub async fn put(&self, key: &[u8], value: &[u8], timeout: Duration) -> Result<PutResponse, tonic::Status> {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.routed(&key.clone(), timeout, move |mut c| {
+            let req = PutRequest { key: key.clone().into(), value: value.clone().into() };
+            async move { c.put(req).await }
+        })
+        .await
+    }
+
+    pub async fn get(&self, key: &[u8], consistency: Consistency, timeout: Duration) -> Result<GetResponse, tonic::Status> {
+        let key = key.to_vec();
+        self.routed(&key.clone(), timeout, move |mut c| {
+            let req = GetRequest { key: key.clone().into(), consistency: consistency as i32 };
+            async move { c.get(req).await }
+        })
+        .await
+    }
+
+    pub async fn checksum(&self, node: u64, shard: u64) -> Result<ShardChecksumResponse> {
+        Ok(self.admin(node).await?.shard_checksum(ShardChecksumRequest { shard_id: shard }).await?.into_inner())
+    }
+
+    /// A key that hashes to `shard` (searching `prefix-0`, `prefix-1`, ...).
+    pub fn key_in_shard(&self, shard: u64, prefix: &str) -> Vec<u8> {
+        (0u64..)
+            .map(|i| format!("{prefix}-{i}").into_bytes())
+            .find(|k| self.map.shard_of(k) == shard)
+            .unwrap_or_default()
+    }
+
+    pub fn shard_count(&self) -> u64 {
+        u64::from(self.layout.shard_count)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+pub async fn channel(addr: &str) -> Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?)
+}
+
+pub async fn admin(addr: &str) -> Result<AdminClient<Channel>> {
+    Ok(AdminClient::new(channel(addr).await?))
+}
