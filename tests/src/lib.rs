@@ -15,8 +15,8 @@ use ringkv_placement::{Layout, NodeSpec, ShardMap};
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{
-    Consistency, GetRequest, GetResponse, NodeStatusRequest, NodeStatusResponse, PutRequest, PutResponse, RaftRole,
-    ShardChecksumRequest, ShardChecksumResponse,
+    Consistency, GetRequest, GetResponse, NodeStatusRequest, NodeStatusResponse, PutRequest,
+    PutResponse, RaftRole, ShardChecksumRequest, ShardChecksumResponse,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,7 +40,13 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { heartbeat_ms: 100, election_min_ms: 600, election_max_ms: 1200, snapshot_after_entries: 10_000, log_entries_kept: 1000 }
+        Tuning {
+            heartbeat_ms: 100,
+            election_min_ms: 600,
+            election_max_ms: 1200,
+            snapshot_after_entries: 10_000,
+            log_entries_kept: 1000,
+        }
     }
 }
 
@@ -78,7 +84,8 @@ pub fn node_binary() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("test binary has no profile directory")?;
+    let profile_dir =
+        exe.parent().and_then(Path::parent).context("test binary has no profile directory")?;
     let bin = profile_dir.join("ringkv-node");
     if !bin.exists() {
         bail!("{} not found: build it first (cargo build --workspace --bins)", bin.display());
@@ -140,10 +147,19 @@ impl Cluster {
                 child: None,
             });
         }
-        let members_arg = specs.iter().map(|s| format!("{}={}", s.id, s.addr)).collect::<Vec<_>>().join(",");
+        let members_arg =
+            specs.iter().map(|s| format!("{}={}", s.id, s.addr)).collect::<Vec<_>>().join(",");
         let layout = Layout { shard_count: shards, replication_factor: rf, vnodes_per_shard: 256 };
         let map = ShardMap::new(layout, specs, 1)?;
-        let mut c = Cluster { dir, nodes: procs, map, tuning, members_arg, layout, leader_cache: Mutex::new(HashMap::new()) };
+        let mut c = Cluster {
+            dir,
+            nodes: procs,
+            map,
+            tuning,
+            members_arg,
+            layout,
+            leader_cache: Mutex::new(HashMap::new()),
+        };
         for id in 1..=nodes {
             c.spawn(id)?;
         }
@@ -164,18 +180,32 @@ impl Cluster {
         let n = self.node(id);
         let t = self.tuning;
         let mut cmd = Command::new(node_binary()?);
-        cmd.arg("--node-id").arg(id.to_string())
-            .arg("--data-dir").arg(&n.data_dir)
-            .arg("--members").arg(&self.members_arg)
-            .arg("--shards").arg(self.layout.shard_count.to_string())
-            .arg("--replication-factor").arg(self.layout.replication_factor.to_string())
-            .arg("--metrics-listen").arg(&n.metrics_addr)
-            .arg("--heartbeat-interval-ms").arg(t.heartbeat_ms.to_string())
-            .arg("--election-timeout-min-ms").arg(t.election_min_ms.to_string())
-            .arg("--election-timeout-max-ms").arg(t.election_max_ms.to_string())
-            .arg("--snapshot-after-entries").arg(t.snapshot_after_entries.to_string())
-            .arg("--log-entries-kept").arg(t.log_entries_kept.to_string())
-            .env("RUST_LOG", std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        cmd.arg("--node-id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .arg("--members")
+            .arg(&self.members_arg)
+            .arg("--shards")
+            .arg(self.layout.shard_count.to_string())
+            .arg("--replication-factor")
+            .arg(self.layout.replication_factor.to_string())
+            .arg("--metrics-listen")
+            .arg(&n.metrics_addr)
+            .arg("--heartbeat-interval-ms")
+            .arg(t.heartbeat_ms.to_string())
+            .arg("--election-timeout-min-ms")
+            .arg(t.election_min_ms.to_string())
+            .arg("--election-timeout-max-ms")
+            .arg(t.election_max_ms.to_string())
+            .arg("--snapshot-after-entries")
+            .arg(t.snapshot_after_entries.to_string())
+            .arg("--log-entries-kept")
+            .arg(t.log_entries_kept.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdin(Stdio::null());
         Ok(cmd)
     }
@@ -199,6 +229,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGKILL every running node at (nearly) the same instant, then reap them.
+    pub fn kill_all(&mut self) -> Result<Vec<u64>> {
+        let mut killed = Vec::new();
+        for n in &mut self.nodes {
+            if let Some(child) = &n.child {
+                let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)?;
+                killed.push(n.id);
+            }
+        }
+        for n in &mut self.nodes {
+            if let Some(mut child) = n.child.take() {
+                child.wait()?;
+            }
+        }
+        Ok(killed)
+    }
+
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self, id: u64) -> Result<std::process::ExitStatus> {
         let mut child = self.node_mut(id).child.take().context("node not running")?;
@@ -212,7 +260,9 @@ impl Cluster {
         let addr = self.node(id).addr.clone();
         wait_for(Duration::from_secs(30), &format!("node {id} to serve"), || {
             let addr = addr.clone();
-            async move { admin(&addr).await.ok()?.node_status(NodeStatusRequest {}).await.ok().map(|_| ()) }
+            async move {
+                admin(&addr).await.ok()?.node_status(NodeStatusRequest {}).await.ok().map(|_| ())
+            }
         })
         .await
     }
@@ -222,7 +272,15 @@ impl Cluster {
             let addr = n.addr.clone();
             wait_for(Duration::from_secs(30), &format!("node {} to serve", n.id), || {
                 let addr = addr.clone();
-                async move { admin(&addr).await.ok()?.node_status(NodeStatusRequest {}).await.ok().map(|_| ()) }
+                async move {
+                    admin(&addr)
+                        .await
+                        .ok()?
+                        .node_status(NodeStatusRequest {})
+                        .await
+                        .ok()
+                        .map(|_| ())
+                }
             })
             .await
             .map_err(|e| anyhow!("{e}\n{}", self.log_tail(n.id)))?;
@@ -234,7 +292,10 @@ impl Cluster {
     pub fn log_tail(&self, id: u64) -> String {
         let text = std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("--- node {id} log (tail) ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
+        format!(
+            "--- node {id} log (tail) ---\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
     }
 
     pub fn addr(&self, id: u64) -> String {
@@ -299,7 +360,12 @@ impl Cluster {
 
     /// Sends `call` to the shard's leader, following NOT_LEADER hints and retrying unavailable
     /// shards (elections) until `timeout`. Only for requests that are safe to repeat.
-    pub async fn routed<T, F, Fut>(&self, key: &[u8], timeout: Duration, mut call: F) -> Result<T, tonic::Status>
+    pub async fn routed<T, F, Fut>(
+        &self,
+        key: &[u8],
+        timeout: Duration,
+        mut call: F,
+    ) -> Result<T, tonic::Status>
     where
         F: FnMut(KvClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -325,8 +391,12 @@ impl Cluster {
                         if let Some(l) = leader_hint(&s) {
                             self.leader_cache.lock().unwrap().insert(shard, l);
                         }
-                        let retry = matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
-                            && reason(&s).as_deref() != Some("WRONG_SHARD");
+                        let retry = matches!(
+                            s.code(),
+                            tonic::Code::FailedPrecondition
+                                | tonic::Code::Unavailable
+                                | tonic::Code::DeadlineExceeded
+                        ) && reason(&s).as_deref() != Some("WRONG_SHARD");
                         if !retry {
                             return Err(s);
                         }
@@ -342,7 +412,12 @@ impl Cluster {
     }
 
     /// An idempotent put (same key, same value) routed to the leader.
-    pub async fn put(&self, key: &[u8], value: &[u8], timeout: Duration) -> Result<PutResponse, tonic::Status> {
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        timeout: Duration,
+    ) -> Result<PutResponse, tonic::Status> {
         let (key, value) = (key.to_vec(), value.to_vec());
         self.routed(&key.clone(), timeout, move |mut c| {
             let req = PutRequest { key: key.clone().into(), value: value.clone().into() };
@@ -351,7 +426,12 @@ impl Cluster {
         .await
     }
 
-    pub async fn get(&self, key: &[u8], consistency: Consistency, timeout: Duration) -> Result<GetResponse, tonic::Status> {
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+        timeout: Duration,
+    ) -> Result<GetResponse, tonic::Status> {
         let key = key.to_vec();
         self.routed(&key.clone(), timeout, move |mut c| {
             let req = GetRequest { key: key.clone().into(), consistency: consistency as i32 };
@@ -361,7 +441,12 @@ impl Cluster {
     }
 
     pub async fn checksum(&self, node: u64, shard: u64) -> Result<ShardChecksumResponse> {
-        Ok(self.admin(node).await?.shard_checksum(ShardChecksumRequest { shard_id: shard }).await?.into_inner())
+        Ok(self
+            .admin(node)
+            .await?
+            .shard_checksum(ShardChecksumRequest { shard_id: shard })
+            .await?
+            .into_inner())
     }
 
     /// A key that hashes to `shard` (searching `prefix-0`, `prefix-1`, ...).

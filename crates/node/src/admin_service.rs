@@ -7,9 +7,10 @@ use openraft::ServerState;
 use ringkv_placement::ShardMap;
 use ringkv_proto::v1::admin_server::Admin;
 use ringkv_proto::v1::{
-    GetShardMapRequest, GetShardMapResponse, NodeInfo, NodeStatusRequest, NodeStatusResponse, RaftRole, ReplicaProgress,
-    ShardChecksumRequest, ShardChecksumResponse, ShardPlacement, ShardStatus, TransferLeaderRequest,
-    TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
+    GetShardMapRequest, GetShardMapResponse, NodeInfo, NodeStatusRequest, NodeStatusResponse,
+    RaftRole, ReplicaProgress, ShardChecksumRequest, ShardChecksumResponse, ShardPlacement,
+    ShardStatus, TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest,
+    TriggerSnapshotResponse,
 };
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -36,7 +37,10 @@ pub fn shard_map_proto(map: &ShardMap) -> ringkv_proto::v1::ShardMap {
         replication_factor: layout.replication_factor,
         vnodes_per_shard: layout.vnodes_per_shard,
         nodes: map.nodes().iter().map(|n| NodeInfo { id: n.id, addr: n.addr.clone() }).collect(),
-        shards: map.shard_ids().map(|s| ShardPlacement { shard_id: s, replicas: map.replicas(s).to_vec() }).collect(),
+        shards: map
+            .shard_ids()
+            .map(|s| ShardPlacement { shard_id: s, replicas: map.replicas(s).to_vec() })
+            .collect(),
     }
 }
 
@@ -52,11 +56,17 @@ fn role(state: ServerState) -> RaftRole {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn get_shard_map(&self, _req: Request<GetShardMapRequest>) -> Result<Response<GetShardMapResponse>, Status> {
+    async fn get_shard_map(
+        &self,
+        _req: Request<GetShardMapRequest>,
+    ) -> Result<Response<GetShardMapResponse>, Status> {
         Ok(Response::new(GetShardMapResponse { map: Some(shard_map_proto(self.registry.map())) }))
     }
 
-    async fn node_status(&self, _req: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
+    async fn node_status(
+        &self,
+        _req: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
         let map = self.registry.map();
         let me = map.node(self.registry.node_id());
         let shards = self
@@ -70,7 +80,10 @@ impl Admin for AdminService {
                     .as_ref()
                     .map(|r| {
                         r.iter()
-                            .map(|(id, matched)| ReplicaProgress { node_id: *id, matched_index: matched.map_or(0, |l| l.index) })
+                            .map(|(id, matched)| ReplicaProgress {
+                                node_id: *id,
+                                matched_index: matched.map_or(0, |l| l.index),
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -97,7 +110,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn shard_checksum(&self, req: Request<ShardChecksumRequest>) -> Result<Response<ShardChecksumResponse>, Status> {
+    async fn shard_checksum(
+        &self,
+        req: Request<ShardChecksumRequest>,
+    ) -> Result<Response<ShardChecksumResponse>, Status> {
         let shard_id = req.into_inner().shard_id;
         let shard = self.registry.shard(shard_id)?;
         let reader = shard.reader.clone();
@@ -113,18 +129,25 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn transfer_leader(&self, req: Request<TransferLeaderRequest>) -> Result<Response<TransferLeaderResponse>, Status> {
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
         let req = req.into_inner();
         let shard = self.registry.shard(req.shard_id)?;
         let m = shard.metrics();
         if m.state != ServerState::Leader {
-            let leader = m
-                .current_leader
-                .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone())));
+            let leader = m.current_leader.and_then(|id| {
+                m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone()))
+            });
             return Err(NodeError::NotLeader { shard: shard.id, leader }.into());
         }
         if !m.membership_config.voter_ids().any(|v| v == req.to_node_id) {
-            return Err(NodeError::invalid("to_node_id", format!("node {} is not a voter of shard {}", req.to_node_id, shard.id)).into());
+            return Err(NodeError::invalid(
+                "to_node_id",
+                format!("node {} is not a voter of shard {}", req.to_node_id, shard.id),
+            )
+            .into());
         }
         shard
             .raft
@@ -135,11 +158,17 @@ impl Admin for AdminService {
         Ok(Response::new(TransferLeaderResponse {}))
     }
 
-    async fn trigger_snapshot(&self, req: Request<TriggerSnapshotRequest>) -> Result<Response<TriggerSnapshotResponse>, Status> {
+    async fn trigger_snapshot(
+        &self,
+        req: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
         let req = req.into_inner();
         let shard = self.registry.shard(req.shard_id)?;
         let applied = shard.metrics().last_applied.map_or(0, |l| l.index);
-        let unavailable = |e: &dyn std::fmt::Display| NodeError::ShardUnavailable { shard: shard.id, reason: e.to_string() };
+        let unavailable = |e: &dyn std::fmt::Display| NodeError::ShardUnavailable {
+            shard: shard.id,
+            reason: e.to_string(),
+        };
         shard.raft.trigger().snapshot().await.map_err(|e| unavailable(&e))?;
         let m = shard
             .raft

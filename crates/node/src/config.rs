@@ -29,7 +29,11 @@ use std::path::PathBuf;
 
 /// Command-line flags (each also readable from a `RINGKV_*` environment variable).
 #[derive(Debug, Parser, Default)]
-#[command(name = "ringkv-node", version, about = "A ringkv storage node: many Raft-replicated shards behind one gRPC server")]
+#[command(
+    name = "ringkv-node",
+    version,
+    about = "A ringkv storage node: many Raft-replicated shards behind one gRPC server"
+)]
 pub struct Args {
     /// TOML configuration file; flags and environment variables override its values.
     #[arg(long, env = "RINGKV_CONFIG")]
@@ -135,7 +139,9 @@ pub enum ConfigError {
     Member(String),
     #[error("node {0} is not among the members")]
     NotAMember(NodeId),
-    #[error("member address {0:?} of this node does not resolve to a socket address to listen on; set --listen")]
+    #[error(
+        "member address {0:?} of this node does not resolve to a socket address to listen on; set --listen"
+    )]
     Listen(String),
     #[error("invalid raft timing: {0}")]
     Raft(String),
@@ -146,7 +152,8 @@ fn parse_node_id(raw: &str) -> Result<NodeId, ConfigError> {
     if let Ok(id) = raw.parse::<NodeId>() {
         return if id >= 1 { Ok(id) } else { Err(err()) };
     }
-    let ordinal = raw.rsplit_once('-').and_then(|(_, n)| n.parse::<NodeId>().ok()).ok_or_else(err)?;
+    let ordinal =
+        raw.rsplit_once('-').and_then(|(_, n)| n.parse::<NodeId>().ok()).ok_or_else(err)?;
     ordinal.checked_add(1).ok_or_else(err)
 }
 
@@ -171,8 +178,10 @@ impl NodeConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|source| ConfigError::Parse { path: path.clone(), source: Box::new(source) })?
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?
             }
             None => FileConfig::default(),
         };
@@ -192,7 +201,8 @@ impl NodeConfig {
             .filter(|m| !m.trim().is_empty())
             .map(|m| parse_member(m))
             .collect::<Result<Vec<_>, _>>()?;
-        let me = members.iter().find(|m| m.id == node_id).ok_or(ConfigError::NotAMember(node_id))?;
+        let me =
+            members.iter().find(|m| m.id == node_id).ok_or(ConfigError::NotAMember(node_id))?;
         let listen = match args.listen.or(file.listen) {
             Some(l) => l,
             None => me.addr.parse().map_err(|_| ConfigError::Listen(me.addr.clone()))?,
@@ -219,7 +229,9 @@ impl NodeConfig {
                 *slot = v;
             }
         }
-        if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms * 2 {
+        if raft.heartbeat_interval_ms == 0
+            || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms * 2
+        {
             return Err(ConfigError::Raft(format!(
                 "election_timeout_min_ms ({}) must exceed twice heartbeat_interval_ms ({}), which must be > 0",
                 raft.election_timeout_min_ms, raft.heartbeat_interval_ms

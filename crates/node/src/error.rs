@@ -32,7 +32,9 @@ pub enum NodeError {
     NotLeader { shard: ShardId, leader: Option<(NodeId, String)> },
     #[error("this node holds no replica of shard {shard} (shard map epoch {epoch})")]
     WrongShard { shard: ShardId, epoch: u64 },
-    #[error("leadership of shard {shard} changed before the write's outcome was known; it may or may not have been applied")]
+    #[error(
+        "leadership of shard {shard} changed before the write's outcome was known; it may or may not have been applied"
+    )]
     OutcomeUnknown { shard: ShardId },
     #[error("shard {shard} is unavailable: {reason}")]
     ShardUnavailable { shard: ShardId, reason: String },
@@ -94,7 +96,8 @@ impl NodeError {
                 md.insert("shard_id".into(), shard.to_string());
                 (Code::Unknown, "OUTCOME_UNKNOWN")
             }
-            NodeError::ShardUnavailable { shard, .. } | NodeError::QuorumUnavailable { shard, .. } => {
+            NodeError::ShardUnavailable { shard, .. }
+            | NodeError::QuorumUnavailable { shard, .. } => {
                 md.insert("shard_id".into(), shard.to_string());
                 (Code::Unavailable, "SHARD_UNAVAILABLE")
             }
@@ -142,7 +145,8 @@ mod tests {
 
     #[test]
     fn not_leader_names_the_leader_in_details() {
-        let s = NodeError::NotLeader { shard: 3, leader: Some((2, "10.0.0.2:7000".into())) }.to_status();
+        let s = NodeError::NotLeader { shard: 3, leader: Some((2, "10.0.0.2:7000".into())) }
+            .to_status();
         assert_eq!(s.code(), Code::FailedPrecondition);
         let (reason, md) = info(&s);
         assert_eq!(reason, "NOT_LEADER");
@@ -159,10 +163,26 @@ mod tests {
             (NodeError::too_large("value", 10, 5), Code::InvalidArgument, "INVALID_INPUT"),
             (NodeError::WrongShard { shard: 1, epoch: 7 }, Code::FailedPrecondition, "WRONG_SHARD"),
             (NodeError::OutcomeUnknown { shard: 1 }, Code::Unknown, "OUTCOME_UNKNOWN"),
-            (NodeError::ShardUnavailable { shard: 1, reason: "x".into() }, Code::Unavailable, "SHARD_UNAVAILABLE"),
-            (NodeError::QuorumUnavailable { shard: 1, reason: "x".into() }, Code::Unavailable, "SHARD_UNAVAILABLE"),
-            (NodeError::Corrupted { shard: 1, reason: "crc".into() }, Code::DataLoss, "SHARD_CORRUPTED"),
-            (NodeError::Timeout { shard: 1, what: "write", waited_ms: 5 }, Code::DeadlineExceeded, "SHARD_UNAVAILABLE"),
+            (
+                NodeError::ShardUnavailable { shard: 1, reason: "x".into() },
+                Code::Unavailable,
+                "SHARD_UNAVAILABLE",
+            ),
+            (
+                NodeError::QuorumUnavailable { shard: 1, reason: "x".into() },
+                Code::Unavailable,
+                "SHARD_UNAVAILABLE",
+            ),
+            (
+                NodeError::Corrupted { shard: 1, reason: "crc".into() },
+                Code::DataLoss,
+                "SHARD_CORRUPTED",
+            ),
+            (
+                NodeError::Timeout { shard: 1, what: "write", waited_ms: 5 },
+                Code::DeadlineExceeded,
+                "SHARD_UNAVAILABLE",
+            ),
             (NodeError::Internal("bug".into()), Code::Internal, "INTERNAL"),
         ];
         for (err, code, reason) in cases {
@@ -181,7 +201,11 @@ mod tests {
         let d = s.get_error_details();
         let v = &d.bad_request().expect("bad request details").field_violations[0];
         assert_eq!(v.field, "key");
-        assert!(v.description.contains("5000 bytes exceeds the limit of 4096"), "{}", v.description);
+        assert!(
+            v.description.contains("5000 bytes exceeds the limit of 4096"),
+            "{}",
+            v.description
+        );
         assert!(s.message().contains("invalid key"));
     }
 }

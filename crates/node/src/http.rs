@@ -8,7 +8,10 @@ use tokio::task::JoinHandle;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Binds `addr` and serves `/metrics` until the task is aborted.
-pub async fn serve_metrics(addr: SocketAddr, metrics: NodeMetrics) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: NodeMetrics,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = axum::Router::new().route(

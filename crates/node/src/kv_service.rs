@@ -12,9 +12,9 @@ use crate::shard::{REQUEST_TIMEOUT_DEFAULT, Shard};
 use crate::validate;
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
-    BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse, Consistency, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, KeyValue, PutRequest, PutResponse, ScanRequest, ScanResponse, compare,
-    write_op,
+    BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse,
+    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, PutRequest,
+    PutResponse, ScanRequest, ScanResponse, compare, write_op,
 };
 use ringkv_storage::{BatchOp, Command, CommandResult, Expected, ScanRange, Versioned};
 use std::sync::Arc;
@@ -66,14 +66,23 @@ fn unexpected(result: &CommandResult) -> NodeError {
 }
 
 impl KvService {
-    async fn observed<T>(&self, method: &'static str, f: impl Future<Output = Result<T, NodeError>>) -> Result<Response<T>, Status> {
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        f: impl Future<Output = Result<T, NodeError>>,
+    ) -> Result<Response<T>, Status> {
         let started = Instant::now();
         let result = f.await;
         self.metrics.observe_request(method, started.elapsed(), result.as_ref().err());
         result.map(Response::new).map_err(|e| e.to_status())
     }
 
-    async fn read_shard(&self, key: &[u8], consistency: Consistency, timeout: Duration) -> Result<Arc<Shard>, NodeError> {
+    async fn read_shard(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+        timeout: Duration,
+    ) -> Result<Arc<Shard>, NodeError> {
         let shard = self.registry.shard_for_key(key)?;
         shard.read_barrier(consistency, timeout).await?;
         Ok(shard)
@@ -91,9 +100,10 @@ impl Kv for KvService {
             let shard = self.registry.shard_for_key(&req.key)?;
             let cmd = Command::Put { key: req.key.to_vec(), value: req.value.to_vec() };
             match shard.write(cmd, timeout).await? {
-                CommandResult::Put { version } => {
-                    Ok(PutResponse { header: Some(shard.header(Consistency::Linearizable)), version })
-                }
+                CommandResult::Put { version } => Ok(PutResponse {
+                    header: Some(shard.header(Consistency::Linearizable)),
+                    version,
+                }),
                 other => Err(unexpected(&other)),
             }
         })
@@ -108,29 +118,37 @@ impl Kv for KvService {
             let consistency = validate::consistency(req.consistency)?;
             let shard = self.read_shard(&req.key, consistency, timeout).await?;
             let header = shard.header(consistency);
-            let found = shard.reader.get(&req.key).map_err(|e| NodeError::Internal(e.to_string()))?;
+            let found =
+                shard.reader.get(&req.key).map_err(|e| NodeError::Internal(e.to_string()))?;
             Ok(GetResponse { header: Some(header), kv: found.map(|v| kv(req.key.to_vec(), v)) })
         })
         .await
     }
 
-    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
         let timeout = deadline(&req);
         let req = req.into_inner();
         self.observed("delete", async {
             validate::key(&req.key)?;
             let shard = self.registry.shard_for_key(&req.key)?;
             match shard.write(Command::Delete { key: req.key.to_vec() }, timeout).await? {
-                CommandResult::Delete { deleted } => {
-                    Ok(DeleteResponse { header: Some(shard.header(Consistency::Linearizable)), deleted })
-                }
+                CommandResult::Delete { deleted } => Ok(DeleteResponse {
+                    header: Some(shard.header(Consistency::Linearizable)),
+                    deleted,
+                }),
                 other => Err(unexpected(&other)),
             }
         })
         .await
     }
 
-    async fn compare_and_swap(&self, req: Request<CompareAndSwapRequest>) -> Result<Response<CompareAndSwapResponse>, Status> {
+    async fn compare_and_swap(
+        &self,
+        req: Request<CompareAndSwapRequest>,
+    ) -> Result<Response<CompareAndSwapResponse>, Status> {
         let timeout = deadline(&req);
         let req = req.into_inner();
         self.observed("compare_and_swap", async {
@@ -207,7 +225,10 @@ impl Kv for KvService {
         .await
     }
 
-    async fn batch_write(&self, req: Request<BatchWriteRequest>) -> Result<Response<BatchWriteResponse>, Status> {
+    async fn batch_write(
+        &self,
+        req: Request<BatchWriteRequest>,
+    ) -> Result<Response<BatchWriteResponse>, Status> {
         let timeout = deadline(&req);
         let req = req.into_inner();
         self.observed("batch_write", async {

@@ -71,13 +71,33 @@ impl NodeMetrics {
         {
             let mut reg = m.registry.lock().unwrap_or_else(|p| p.into_inner());
             let r = reg.sub_registry_with_prefix("ringkv");
-            r.register("shard_role", "Raft role per shard: 0 follower, 1 leader, 2 candidate, 3 learner, 4 shutdown", m.role.clone());
+            r.register(
+                "shard_role",
+                "Raft role per shard: 0 follower, 1 leader, 2 candidate, 3 learner, 4 shutdown",
+                m.role.clone(),
+            );
             r.register("shard_term", "Current Raft term per shard", m.term.clone());
-            r.register("shard_last_log_index", "Last log index per shard", m.last_log_index.clone());
-            r.register("shard_committed_index", "Committed log index per shard", m.committed_index.clone());
-            r.register("shard_applied_index", "Applied log index per shard", m.applied_index.clone());
+            r.register(
+                "shard_last_log_index",
+                "Last log index per shard",
+                m.last_log_index.clone(),
+            );
+            r.register(
+                "shard_committed_index",
+                "Committed log index per shard",
+                m.committed_index.clone(),
+            );
+            r.register(
+                "shard_applied_index",
+                "Applied log index per shard",
+                m.applied_index.clone(),
+            );
             r.register("requests", "KV requests by method and gRPC code", m.requests.clone());
-            r.register("request_duration_seconds", "KV request latency by method", m.latency.clone());
+            r.register(
+                "request_duration_seconds",
+                "KV request latency by method",
+                m.latency.clone(),
+            );
         }
         m
     }
@@ -112,7 +132,9 @@ impl NodeMetrics {
             self.role.get_or_create(&l).set(role);
             self.term.get_or_create(&l).set(as_i64(m.current_term));
             self.last_log_index.get_or_create(&l).set(as_i64(m.last_log_index.unwrap_or(0)));
-            self.committed_index.get_or_create(&l).set(as_i64(m.local_committed.map_or(0, |c| c.index)));
+            self.committed_index
+                .get_or_create(&l)
+                .set(as_i64(m.local_committed.map_or(0, |c| c.index)));
             self.applied_index.get_or_create(&l).set(as_i64(m.last_applied.map_or(0, |c| c.index)));
         }
     }

@@ -14,11 +14,13 @@
 use crate::wire;
 use futures::{StreamExt, TryStreamExt};
 use openraft::base::{BoxFuture, BoxStream};
-use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
 use openraft::network::{RPCOption, RPCTypes};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use ringkv_placement::{NodeId, ShardId};
@@ -59,10 +61,10 @@ impl PeerPool {
     /// reconnects by itself after failures).
     pub fn channel(&self, node: NodeId, addr: &str) -> Result<Channel, String> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((known, ch)) = map.get(&node) {
-            if known == addr {
-                return Ok(ch.clone());
-            }
+        if let Some((known, ch)) = map.get(&node)
+            && known == addr
+        {
+            return Ok(ch.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad address {addr}: {e}"))?
@@ -108,7 +110,9 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
 fn status_to_rpc(s: tonic::Status) -> RPCError<TypeConfig> {
     match s.code() {
         // Connection refused/reset, peer down: openraft backs off before retrying.
-        tonic::Code::Unavailable | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&s)),
+        tonic::Code::Unavailable | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&s))
+        }
         _ => RPCError::Network(NetworkError::new(&s)),
     }
 }
@@ -129,12 +133,19 @@ impl ShardPeer {
     }
 
     fn request<T: Serialize>(&self, msg: &T) -> Result<RaftRequest, RPCError<TypeConfig>> {
-        let payload = wire::encode(msg).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        let payload =
+            wire::encode(msg).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
         Ok(RaftRequest { shard_id: self.shard, from_node_id: self.from, payload: payload.into() })
     }
 
     /// One unary call with openraft's deadline.
-    async fn unary<Req, Resp, F, Fut>(&self, action: RPCTypes, req: &Req, option: &RPCOption, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -147,7 +158,9 @@ impl ShardPeer {
         let fut = call(self.client()?, request);
         match tokio::time::timeout(ttl, fut).await {
             Ok(Ok(resp)) => decode_reply(resp.into_inner()),
-            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Err(self.timeout(action, ttl)),
+            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => {
+                Err(self.timeout(action, ttl))
+            }
             Ok(Err(s)) => Err(status_to_rpc(s)),
             Err(_) => Err(self.timeout(action, ttl)),
         }
@@ -166,17 +179,28 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, r| async move { c.append_entries(r).await })
-            .await
+        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
         _option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
     where
-        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
     {
         let (shard, from) = (self.shard, self.from);
         let client = self.client();
@@ -185,24 +209,39 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
             // An entry that cannot be encoded ends the outbound stream; openraft then sees the
             // reply stream end early and starts a new session.
             let outbound = input
-                .map(move |req| wire::encode(&req).map(|p| RaftRequest { shard_id: shard, from_node_id: from, payload: p.into() }))
+                .map(move |req| {
+                    wire::encode(&req).map(|p| RaftRequest {
+                        shard_id: shard,
+                        from_node_id: from,
+                        payload: p.into(),
+                    })
+                })
                 .take_while(|r| futures::future::ready(r.is_ok()))
                 .filter_map(|r| futures::future::ready(r.ok()));
             let replies = client.stream_append(outbound).await.map_err(status_to_rpc)?.into_inner();
-            let results = replies
-                .map_err(status_to_rpc)
-                .and_then(|reply| futures::future::ready(decode_reply::<StreamAppendResult<TypeConfig>>(reply)));
+            let results = replies.map_err(status_to_rpc).and_then(|reply| {
+                futures::future::ready(decode_reply::<StreamAppendResult<TypeConfig>>(reply))
+            });
             let boxed: BoxStream<'s, _> = Box::pin(results);
             Ok(boxed)
         })
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.unary(RPCTypes::Vote, &rpc, &option, |mut c, r| async move { c.vote(r).await }).await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, r| async move { c.pre_vote(r).await }).await
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
     }
 
     async fn transfer_leader(
@@ -210,8 +249,10 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::TransferLeader, &req, &option, |mut c, r| async move { c.transfer_leader(r).await })
-            .await
+        self.unary(RPCTypes::TransferLeader, &req, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
     }
 
     async fn full_snapshot(
@@ -222,14 +263,21 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client()?;
-        let header = wire::encode(&(vote, snapshot.meta.clone())).map_err(|e| NetworkError::from_string(e))?;
+        let header = wire::encode(&(vote, snapshot.meta.clone()))
+            .map_err(NetworkError::from_string)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_IN_FLIGHT);
         let (shard, from) = (self.shard, self.from);
         let path = snapshot.snapshot.path.clone();
         // Reads the file chunk by chunk; the bounded channel holds the reader back to the
         // network's pace. Dropping the sender (end of file or error) ends the stream.
         let reader = tokio::spawn(async move {
-            let first = SnapshotChunk { shard_id: shard, from_node_id: from, header: header.into(), data: Default::default(), crc32: 0 };
+            let first = SnapshotChunk {
+                shard_id: shard,
+                from_node_id: from,
+                header: header.into(),
+                data: Default::default(),
+                crc32: 0,
+            };
             if tx.send(first).await.is_err() {
                 return Ok(());
             }
@@ -249,7 +297,13 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                 }
                 buf.truncate(filled);
                 let crc32 = crc32fast::hash(&buf);
-                let chunk = SnapshotChunk { shard_id: shard, from_node_id: from, header: Default::default(), data: buf.into(), crc32 };
+                let chunk = SnapshotChunk {
+                    shard_id: shard,
+                    from_node_id: from,
+                    header: Default::default(),
+                    data: buf.into(),
+                    crc32,
+                };
                 if tx.send(chunk).await.is_err() {
                     return Ok(());
                 }

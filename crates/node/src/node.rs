@@ -43,6 +43,8 @@ use tokio::task::JoinHandle;
 pub const INITIAL_EPOCH: u64 = 1;
 const CLUSTER_RECORD: &str = "cluster";
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// Each shutdown step (Raft groups, then the server) gets at most this long.
+const SHUTDOWN_STEP_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -80,20 +82,32 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Stops serving, shuts every shard down, and waits for it.
+    /// Stops serving, shuts every shard down, and waits for it (bounded: a peer holding a
+    /// replication stream open must not keep the process alive).
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Err(e) = (&mut self.server).await {
-            tracing::warn!(error = %e, "gRPC server task ended abnormally");
-        }
         for task in &self.background {
             task.abort();
         }
-        for shard in self.registry.shards() {
-            if let Err(e) = shard.raft.shutdown().await {
-                tracing::warn!(shard = shard.id, error = %e, "raft shutdown");
+        // Stopping the groups ends their replication streams in both directions, which is
+        // what lets the server's graceful shutdown finish.
+        let stops = self.registry.shards().into_iter().map(|shard| async move {
+            match tokio::time::timeout(SHUTDOWN_STEP_MAX, shard.raft.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(shard = shard.id, error = %e, "raft shutdown"),
+                Err(_) => tracing::warn!(shard = shard.id, "raft shutdown timed out"),
+            }
+        });
+        futures::future::join_all(stops).await;
+        match tokio::time::timeout(SHUTDOWN_STEP_MAX, &mut self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+            Err(_) => {
+                tracing::warn!("gRPC server did not drain in time; closing remaining connections");
+                self.server.abort();
             }
         }
     }
@@ -132,10 +146,12 @@ fn raft_config(cfg: &NodeConfig) -> Result<Arc<openraft::Config>, StartError> {
 /// Starts a node and returns once it is serving.
 pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     let map = ShardMap::new(cfg.layout, cfg.members.clone(), INITIAL_EPOCH)?;
-    let storage_err = |source| StartError::Storage { path: cfg.data_dir.display().to_string(), source };
+    let storage_err =
+        |source| StartError::Storage { path: cfg.data_dir.display().to_string(), source };
     let storage_metrics = StorageMetrics::default();
     let storage = NodeStorage::open(&cfg.data_dir, storage_metrics.clone()).map_err(storage_err)?;
-    let record = ClusterRecord { node_id: cfg.node_id, layout: cfg.layout, members: map.nodes().to_vec() };
+    let record =
+        ClusterRecord { node_id: cfg.node_id, layout: cfg.layout, members: map.nodes().to_vec() };
     match storage.get_record::<ClusterRecord>(CLUSTER_RECORD).map_err(storage_err)? {
         None => storage.put_record(CLUSTER_RECORD, &record).await.map_err(storage_err)?,
         Some(old) if old == record => {}
@@ -143,7 +159,13 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             return Err(StartError::ClusterMismatch(format!(
                 "data directory {} belongs to node {} with layout {:?} and members {:?}, but this start asks for node {} with layout {:?} and members {:?}; \
                  start with the original settings or an empty data directory",
-                cfg.data_dir.display(), old.node_id, old.layout, old.members, record.node_id, record.layout, record.members
+                cfg.data_dir.display(),
+                old.node_id,
+                old.layout,
+                old.members,
+                record.node_id,
+                record.layout,
+                record.members
             )));
         }
     }
@@ -154,9 +176,15 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     for shard_id in map.shards_of_node(cfg.node_id) {
         let sm = storage.state_machine(shard_id).map_err(storage_err)?;
         let network = ShardNetwork { shard: shard_id, from: cfg.node_id, pool: pool.clone() };
-        let raft = openraft::Raft::new(cfg.node_id, raft_cfg.clone(), network, storage.log_store(shard_id), sm.clone())
-            .await
-            .map_err(|e| StartError::Raft { shard: shard_id, reason: e.to_string() })?;
+        let raft = openraft::Raft::new(
+            cfg.node_id,
+            raft_cfg.clone(),
+            network,
+            storage.log_store(shard_id),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft { shard: shard_id, reason: e.to_string() })?;
         shards.push(Shard::new(shard_id, cfg.node_id, raft, sm, storage.reader(shard_id)));
     }
     let registry = ShardRegistry::new(cfg.node_id, map, shards);
@@ -164,8 +192,11 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     let metrics = NodeMetrics::new();
     metrics.with_registry(|r| storage_metrics.register(r));
 
-    let listener = TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
-    let grpc_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
+    let grpc_addr =
+        listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<KvService>>().await;
@@ -182,9 +213,12 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
                 .max_decoding_message_size(crate::wire::PAYLOAD_BYTES_MAX)
                 .max_encoding_message_size(crate::wire::PAYLOAD_BYTES_MAX),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-            let _ = shutdown_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = shutdown_rx.await;
+            },
+        );
     let server = tokio::spawn(server);
 
     let mut background = Vec::new();
@@ -212,7 +246,11 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     let members: BTreeMap<u64, BasicNode> =
         registry.map().nodes().iter().map(|n| (n.id, BasicNode { addr: n.addr.clone() })).collect();
     for shard in registry.shards() {
-        let is_init = shard.raft.is_initialized().await.map_err(|e| StartError::Raft { shard: shard.id, reason: e.to_string() })?;
+        let is_init = shard
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft { shard: shard.id, reason: e.to_string() })?;
         if is_init {
             continue;
         }
@@ -225,10 +263,19 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         match shard.raft.initialize(voters).await {
             Ok(()) => tracing::info!(shard = shard.id, "initialized shard group"),
             // Another start got there first (or a peer's vote arrived): nothing to do.
-            Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => {}
+            Err(openraft::errors::RaftError::APIError(
+                openraft::errors::InitializeError::NotAllowed(_),
+            )) => {}
             Err(e) => return Err(StartError::Raft { shard: shard.id, reason: e.to_string() }),
         }
     }
     tracing::info!(node = cfg.node_id, %grpc_addr, shards = registry.shards().len(), "node serving");
-    Ok(NodeHandle { grpc_addr, metrics_addr, registry, shutdown: Some(shutdown_tx), server, background })
+    Ok(NodeHandle {
+        grpc_addr,
+        metrics_addr,
+        registry,
+        shutdown: Some(shutdown_tx),
+        server,
+        background,
+    })
 }

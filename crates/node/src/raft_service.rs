@@ -51,9 +51,15 @@ type ReplyStream = Pin<Box<dyn futures::Stream<Item = Result<RaftReply, Status>>
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
-        let reply = match (self.registry.raft(req.shard_id), wire::decode::<AppendEntriesRequest<TypeConfig>>(&req.payload)) {
+        let reply = match (
+            self.registry.raft(req.shard_id),
+            wire::decode::<AppendEntriesRequest<TypeConfig>>(&req.payload),
+        ) {
             (Ok(shard), Ok(rpc)) => {
                 shard.touch_leader_contact();
                 match shard.raft.append_entries(rpc).await {
@@ -69,20 +75,32 @@ impl RaftRpc for RaftService {
 
     type StreamAppendStream = ReplyStream;
 
-    async fn stream_append(&self, req: Request<Streaming<RaftRequest>>) -> Result<Response<ReplyStream>, Status> {
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
         let mut inbound = req.into_inner();
         let Some(first) = inbound.message().await? else {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         };
-        let shard = self.registry.raft(first.shard_id).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let shard = self
+            .registry
+            .raft(first.shard_id)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let shard_id = first.shard_id;
         let contact = shard.clone();
         // Decode errors or a message for another shard end the inbound stream; the leader sees
         // the replies stop and opens a new session.
         let requests = futures::stream::once(futures::future::ready(Ok(first)))
             .chain(inbound)
-            .take_while(move |m| futures::future::ready(matches!(m, Ok(m) if m.shard_id == shard_id)))
-            .filter_map(|m| futures::future::ready(m.ok().and_then(|m| wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok())))
+            .take_while(move |m| {
+                futures::future::ready(matches!(m, Ok(m) if m.shard_id == shard_id))
+            })
+            .filter_map(|m| {
+                futures::future::ready(m.ok().and_then(|m| {
+                    wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok()
+                }))
+            })
             .inspect(move |_| contact.touch_leader_contact());
         let replies = shard.raft.stream_append(requests).map(|r| {
             Ok(match r {
@@ -95,7 +113,10 @@ impl RaftRpc for RaftService {
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
-        let reply = match (self.registry.raft(req.shard_id), wire::decode::<VoteRequest<TypeConfig>>(&req.payload)) {
+        let reply = match (
+            self.registry.raft(req.shard_id),
+            wire::decode::<VoteRequest<TypeConfig>>(&req.payload),
+        ) {
             (Ok(shard), Ok(rpc)) => match shard.raft.vote(rpc).await {
                 Ok(resp) => ok(&resp),
                 Err(e) => err(e),
@@ -108,7 +129,10 @@ impl RaftRpc for RaftService {
 
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
-        let reply = match (self.registry.raft(req.shard_id), wire::decode::<VoteRequest<TypeConfig>>(&req.payload)) {
+        let reply = match (
+            self.registry.raft(req.shard_id),
+            wire::decode::<VoteRequest<TypeConfig>>(&req.payload),
+        ) {
             (Ok(shard), Ok(rpc)) => match shard.raft.pre_vote(rpc).await {
                 Ok(resp) => ok(&resp),
                 Err(e) => err(e),
@@ -119,9 +143,15 @@ impl RaftRpc for RaftService {
         Ok(Response::new(reply))
     }
 
-    async fn transfer_leader(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
-        let reply = match (self.registry.raft(req.shard_id), wire::decode::<TransferLeaderRequest<TypeConfig>>(&req.payload)) {
+        let reply = match (
+            self.registry.raft(req.shard_id),
+            wire::decode::<TransferLeaderRequest<TypeConfig>>(&req.payload),
+        ) {
             (Ok(shard), Ok(rpc)) => match shard.raft.handle_transfer_leader(rpc).await {
                 Ok(resp) => ok(&resp),
                 Err(e) => err(e),
@@ -132,14 +162,20 @@ impl RaftRpc for RaftService {
         Ok(Response::new(reply))
     }
 
-    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftReply>, Status> {
         let mut inbound = req.into_inner();
         let Some(first) = inbound.message().await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
-        let shard = self.registry.raft(first.shard_id).map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let (vote, meta): (Vote, SnapshotMeta) =
-            wire::decode(&first.header).map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?;
+        let shard = self
+            .registry
+            .raft(first.shard_id)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let (vote, meta): (Vote, SnapshotMeta) = wire::decode(&first.header)
+            .map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?;
         let path = shard.state_machine.incoming_snapshot_path();
         let received = receive_file(&path, first.shard_id, &mut inbound).await;
         if let Err(e) = received {
@@ -156,7 +192,11 @@ impl RaftRpc for RaftService {
     }
 }
 
-async fn receive_file(path: &std::path::Path, shard: u64, inbound: &mut Streaming<SnapshotChunk>) -> Result<(), Status> {
+async fn receive_file(
+    path: &std::path::Path,
+    shard: u64,
+    inbound: &mut Streaming<SnapshotChunk>,
+) -> Result<(), Status> {
     let io = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));
     let mut file = tokio::fs::File::create(path).await.map_err(io)?;
     let mut total = 0u64;
@@ -165,11 +205,15 @@ async fn receive_file(path: &std::path::Path, shard: u64, inbound: &mut Streamin
             return Err(Status::invalid_argument("snapshot chunk of another shard"));
         }
         if crc32fast::hash(&chunk.data) != chunk.crc32 {
-            return Err(Status::data_loss(format!("snapshot chunk at byte {total} failed its CRC32")));
+            return Err(Status::data_loss(format!(
+                "snapshot chunk at byte {total} failed its CRC32"
+            )));
         }
         total += chunk.data.len() as u64;
         if total > SNAPSHOT_BYTES_MAX {
-            return Err(Status::resource_exhausted(format!("snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes")));
+            return Err(Status::resource_exhausted(format!(
+                "snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes"
+            )));
         }
         file.write_all(&chunk.data).await.map_err(io)?;
     }

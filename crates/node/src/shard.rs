@@ -43,8 +43,22 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
-    pub fn new(id: ShardId, node_id: NodeId, raft: ShardRaft, state_machine: ShardStateMachine, reader: ShardReader) -> Self {
-        Shard { id, node_id, raft, state_machine, reader, started: Instant::now(), leader_contact_ms: AtomicU64::new(0) }
+    pub fn new(
+        id: ShardId,
+        node_id: NodeId,
+        raft: ShardRaft,
+        state_machine: ShardStateMachine,
+        reader: ShardReader,
+    ) -> Self {
+        Shard {
+            id,
+            node_id,
+            raft,
+            state_machine,
+            reader,
+            started: Instant::now(),
+            leader_contact_ms: AtomicU64::new(0),
+        }
     }
 
     pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
@@ -76,7 +90,11 @@ impl Shard {
         }
     }
 
-    fn leader_hint(&self, leader_id: Option<NodeId>, leader_node: Option<openraft::BasicNode>) -> NodeError {
+    fn leader_hint(
+        &self,
+        leader_id: Option<NodeId>,
+        leader_node: Option<openraft::BasicNode>,
+    ) -> NodeError {
         let leader = match (leader_id, leader_node) {
             (Some(id), Some(node)) => Some((id, node.addr)),
             (Some(id), None) => {
@@ -105,15 +123,23 @@ impl Shard {
             .map_err(|_| NodeError::Timeout { shard: self.id, what: "write", waited_ms })?;
         match result {
             Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.leader_hint(f.leader_id, f.leader_node)),
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(NodeError::OutcomeUnknown { shard: self.id }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.leader_hint(f.leader_id, f.leader_node))
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(NodeError::OutcomeUnknown { shard: self.id })
+            }
             Err(RaftError::APIError(other)) => Err(NodeError::Internal(other.to_string())),
             Err(RaftError::Fatal(f)) => Err(self.fatal(&f)),
         }
     }
 
     /// Waits until a read at `consistency` may be served from this replica.
-    pub async fn read_barrier(&self, consistency: Consistency, timeout: Duration) -> Result<(), NodeError> {
+    pub async fn read_barrier(
+        &self,
+        consistency: Consistency,
+        timeout: Duration,
+    ) -> Result<(), NodeError> {
         let policy = match consistency {
             Consistency::Stale => {
                 // Even stale reads must come from a running shard (not a stopped, corrupt one).
@@ -131,7 +157,9 @@ impl Shard {
             .map_err(|_| NodeError::Timeout { shard: self.id, what: "read barrier", waited_ms })?;
         match result {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(self.leader_hint(f.leader_id, f.leader_node)),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(self.leader_hint(f.leader_id, f.leader_node))
+            }
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
                 Err(NodeError::QuorumUnavailable { shard: self.id, reason: q.to_string() })
             }

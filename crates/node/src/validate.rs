@@ -42,7 +42,9 @@ pub fn consistency(raw: i32) -> Result<Consistency, NodeError> {
         Ok(c) => Ok(c),
         Err(_) => Err(NodeError::InvalidArgument {
             field: "consistency",
-            reason: format!("unknown consistency level {raw}; use LINEARIZABLE (1), LEASE (2) or STALE (3)"),
+            reason: format!(
+                "unknown consistency level {raw}; use LINEARIZABLE (1), LEASE (2) or STALE (3)"
+            ),
             limit: None,
         }),
     }

@@ -56,11 +56,10 @@ mod tests {
     #[test]
     fn shard_of_is_pinned() {
         let ring = KeyRing::new(8, 256);
-        let got: Vec<ShardId> =
-            ["", "a", "user:1", "user:2", "order/2026/11/23", "\u{1F980}"]
-                .iter()
-                .map(|k| ring.shard_of(k.as_bytes()))
-                .collect();
+        let got: Vec<ShardId> = ["", "a", "user:1", "user:2", "order/2026/11/23", "\u{1F980}"]
+            .iter()
+            .map(|k| ring.shard_of(k.as_bytes()))
+            .collect();
         assert_eq!(got, [1, 0, 5, 2, 6, 6]);
     }
 

@@ -48,7 +48,11 @@ pub struct ShardMap {
 
 impl ShardMap {
     /// Validates the configuration and computes every shard's replicas.
-    pub fn new(layout: Layout, mut nodes: Vec<NodeSpec>, epoch: u64) -> Result<Self, PlacementError> {
+    pub fn new(
+        layout: Layout,
+        mut nodes: Vec<NodeSpec>,
+        epoch: u64,
+    ) -> Result<Self, PlacementError> {
         let Layout { shard_count, replication_factor: rf, vnodes_per_shard } = layout;
         if !(1..=SHARD_COUNT_MAX).contains(&shard_count) {
             return Err(PlacementError::ShardCount { got: shard_count, max: SHARD_COUNT_MAX });
@@ -57,7 +61,10 @@ impl ShardMap {
             return Err(PlacementError::ReplicationFactor { got: rf, max: REPLICATION_FACTOR_MAX });
         }
         if !(1..=VNODES_PER_SHARD_MAX).contains(&vnodes_per_shard) {
-            return Err(PlacementError::Vnodes { got: vnodes_per_shard, max: VNODES_PER_SHARD_MAX });
+            return Err(PlacementError::Vnodes {
+                got: vnodes_per_shard,
+                max: VNODES_PER_SHARD_MAX,
+            });
         }
         let mut seen = BTreeSet::new();
         for n in &nodes {
@@ -127,7 +134,9 @@ mod tests {
     use super::*;
 
     fn nodes(n: u64) -> Vec<NodeSpec> {
-        (1..=n).map(|id| NodeSpec { id, addr: format!("127.0.0.1:{}", 7000 + id), weight: 1 }).collect()
+        (1..=n)
+            .map(|id| NodeSpec { id, addr: format!("127.0.0.1:{}", 7000 + id), weight: 1 })
+            .collect()
     }
 
     fn layout(shards: u32, rf: u32) -> Layout {
@@ -142,7 +151,10 @@ mod tests {
         assert_eq!(e, PlacementError::TooFewNodes { rf: 3, nodes: 2 });
         let mut dup = nodes(3);
         dup[2].id = 1;
-        assert_eq!(ShardMap::new(layout(8, 1), dup, 1).unwrap_err(), PlacementError::DuplicateNode(1));
+        assert_eq!(
+            ShardMap::new(layout(8, 1), dup, 1).unwrap_err(),
+            PlacementError::DuplicateNode(1)
+        );
         let mut zero = nodes(3);
         zero[0].id = 0;
         assert_eq!(ShardMap::new(layout(8, 1), zero, 1).unwrap_err(), PlacementError::ZeroNodeId);

@@ -33,7 +33,8 @@ pub enum CodecError {
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![FORMAT_V1, 0, 0, 0, 0];
-    let mut out = postcard::to_extend(value, std::mem::take(&mut out)).map_err(CodecError::Encode)?;
+    let mut out =
+        postcard::to_extend(value, std::mem::take(&mut out)).map_err(CodecError::Encode)?;
     let crc = crc32fast::hash(&out[HEADER_LEN..]);
     out[1..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     Ok(out)

@@ -30,18 +30,31 @@ pub enum BatchOp {
 /// A state-machine command: the application data of a Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Writes `new` (or deletes, when `new` is `None`) if the key matches `expected`.
-    Cas { key: Vec<u8>, expected: Expected, new: Option<Vec<u8>> },
-    Batch { ops: Vec<BatchOp> },
+    Cas {
+        key: Vec<u8>,
+        expected: Expected,
+        new: Option<Vec<u8>>,
+    },
+    Batch {
+        ops: Vec<BatchOp>,
+    },
 }
 
 impl fmt::Display for Command {
     // Keys and values stay out of logs: they may be large or sensitive.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Put { key, value } => write!(f, "put({}B key, {}B value)", key.len(), value.len()),
+            Command::Put { key, value } => {
+                write!(f, "put({}B key, {}B value)", key.len(), value.len())
+            }
             Command::Delete { key } => write!(f, "delete({}B key)", key.len()),
             Command::Cas { key, .. } => write!(f, "cas({}B key)", key.len()),
             Command::Batch { ops } => write!(f, "batch({} ops)", ops.len()),
@@ -61,8 +74,18 @@ pub struct Versioned {
 pub enum CommandResult {
     #[default]
     Nothing,
-    Put { version: u64 },
-    Delete { deleted: bool },
-    Cas { succeeded: bool, version: u64, current: Option<Versioned> },
-    Batch { version: u64 },
+    Put {
+        version: u64,
+    },
+    Delete {
+        deleted: bool,
+    },
+    Cas {
+        succeeded: bool,
+        version: u64,
+        current: Option<Versioned>,
+    },
+    Batch {
+        version: u64,
+    },
 }

@@ -9,12 +9,12 @@
 //! openraft calls these methods from one task per shard, in order, so a shard's writes are
 //! never reordered; different shards only ever touch disjoint key ranges.
 
+use crate::ShardId;
 use crate::codec;
 use crate::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::metrics::StorageMetrics;
 use crate::type_config::{Entry, LogId, TypeConfig, Vote};
 use crate::wal_syncer::WalSyncer;
-use crate::ShardId;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
@@ -58,7 +58,10 @@ impl ShardLogStore {
     fn corrupt(&self, what: &str, e: codec::CodecError) -> io::Error {
         self.metrics.corruption(self.shard);
         tracing::error!(shard = self.shard, what, error = %e, "corrupt Raft record");
-        io::Error::new(io::ErrorKind::InvalidData, format!("shard {}: corrupt {what}: {e}", self.shard))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("shard {}: corrupt {what}: {e}", self.shard),
+        )
     }
 
     fn get_state<T: DeserializeOwned>(&self, tag: u8, what: &str) -> io::Result<Option<T>> {
@@ -84,7 +87,8 @@ impl ShardLogStore {
         let mut opts = ReadOptions::default();
         opts.set_iterate_lower_bound(keys::shard_prefix(self.shard).to_vec());
         let start = keys::log_key(self.shard, u64::MAX);
-        let mut it = self.db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Reverse));
+        let mut it =
+            self.db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Reverse));
         match it.next() {
             None => Ok(None),
             Some(item) => {
@@ -118,7 +122,8 @@ impl RaftLogReader<TypeConfig> for ShardLogStore {
         });
         let from = keys::log_key(self.shard, start);
         let mut entries = Vec::new();
-        for item in self.db.iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward)) {
+        for item in self.db.iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward))
+        {
             let (key, value) = item.map_err(rocks_err)?;
             let entry = self.decode_entry(&value)?;
             // The key and the entry inside must agree, or a record was written to the wrong
@@ -142,7 +147,8 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged_log_id: Option<LogId> = self.get_state(keys::TAG_PURGED, "purged log id")?;
+        let last_purged_log_id: Option<LogId> =
+            self.get_state(keys::TAG_PURGED, "purged log id")?;
         let last_log_id = match self.last_entry()? {
             Some(entry) => Some(entry.log_id),
             None => last_purged_log_id,
@@ -171,7 +177,11 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         Ok(self.get_state::<Option<LogId>>(keys::TAG_COMMITTED, "committed log id")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -191,7 +201,11 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         let from = last_log_id.map_or(0, |id| id.index.saturating_add(1));
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, keys::log_key(self.shard, from).as_slice(), keys::shard_end(self.shard).as_slice());
+        batch.delete_range_cf(
+            cf,
+            keys::log_key(self.shard, from).as_slice(),
+            keys::shard_end(self.shard).as_slice(),
+        );
         self.db.write(batch).map_err(rocks_err)?;
         // Synced so that conflicting entries removed here can never come back after a crash
         // alongside entries appended after the truncation.

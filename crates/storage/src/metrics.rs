@@ -32,10 +32,22 @@ impl Default for StorageMetrics {
 impl StorageMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("ringkv_storage");
-        r.register("group_commit_syncs", "WAL fsyncs made by the group committer", self.syncs.clone());
-        r.register("group_commit_jobs", "Durable writes (appends, votes, ...) covered by one fsync", self.jobs_per_sync.clone());
+        r.register(
+            "group_commit_syncs",
+            "WAL fsyncs made by the group committer",
+            self.syncs.clone(),
+        );
+        r.register(
+            "group_commit_jobs",
+            "Durable writes (appends, votes, ...) covered by one fsync",
+            self.jobs_per_sync.clone(),
+        );
         r.register("group_commit_seconds", "Time of one WAL fsync", self.sync_seconds.clone());
-        r.register("corruptions", "Records that failed their CRC or did not decode", self.corruptions.clone());
+        r.register(
+            "corruptions",
+            "Records that failed their CRC or did not decode",
+            self.corruptions.clone(),
+        );
     }
 
     pub(crate) fn observe_group_commit(&self, jobs: usize, took: Duration) {

@@ -60,9 +60,9 @@ impl NodeStorage {
         let cf = cf(&self.db, CF_NODE)?;
         match self.db.get_pinned_cf(cf, name.as_bytes()).map_err(rocks_err)? {
             None => Ok(None),
-            Some(raw) => codec::decode(&raw)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("node record {name}: {e}"))),
+            Some(raw) => codec::decode(&raw).map(Some).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("node record {name}: {e}"))
+            }),
         }
     }
 

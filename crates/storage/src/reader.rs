@@ -5,13 +5,13 @@
 //! checksum is taken over a RocksDB snapshot together with the applied log id, so replicas
 //! can be compared at equal applied indexes.
 
+use crate::ShardId;
 use crate::codec;
 use crate::command::Versioned;
 use crate::keys::{self, CF_KV, CF_SM_STATE};
 use crate::log_store::{cf, rocks_err};
 use crate::state_machine::read_kv;
 use crate::type_config::LogId;
-use crate::ShardId;
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 use std::io;
 use std::sync::Arc;
@@ -70,7 +70,9 @@ impl ShardReader {
         let from = keys::kv_key(self.shard, start);
         let mut items = Vec::new();
         let mut next_start = None;
-        for item in self.db.iterator_cf_opt(kv_cf, opts, IteratorMode::From(&from, Direction::Forward)) {
+        for item in
+            self.db.iterator_cf_opt(kv_cf, opts, IteratorMode::From(&from, Direction::Forward))
+        {
             let (raw_key, raw) = item.map_err(rocks_err)?;
             let key = &raw_key[8..];
             if !key.starts_with(range.prefix) || range.end.is_some_and(|end| key >= end) {
@@ -80,8 +82,9 @@ impl ShardReader {
                 next_start = Some(key.to_vec());
                 break;
             }
-            let (version, value) = keys::split_kv_value(&raw)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "kv value shorter than its version"))?;
+            let (version, value) = keys::split_kv_value(&raw).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "kv value shorter than its version")
+            })?;
             items.push((key.to_vec(), Versioned { value: value.to_vec(), version }));
         }
         Ok(ScanPage { items, next_start })
@@ -93,7 +96,10 @@ impl ShardReader {
         let view = self.db.snapshot();
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
         let kv_cf = cf(&self.db, CF_KV)?;
-        let applied_index = match view.get_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_APPLIED)).map_err(rocks_err)? {
+        let applied_index = match view
+            .get_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_APPLIED))
+            .map_err(rocks_err)?
+        {
             Some(raw) => codec::decode::<LogId>(&raw).map_err(io::Error::other)?.index,
             None => 0,
         };
@@ -102,10 +108,12 @@ impl ShardReader {
         let from = keys::shard_prefix(self.shard);
         let mut hasher = crc32fast::Hasher::new();
         let mut count = 0u64;
-        for item in view.iterator_cf_opt(kv_cf, opts, IteratorMode::From(&from, Direction::Forward)) {
+        for item in view.iterator_cf_opt(kv_cf, opts, IteratorMode::From(&from, Direction::Forward))
+        {
             let (key, raw) = item.map_err(rocks_err)?;
-            let (version, value) = keys::split_kv_value(&raw)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "kv value shorter than its version"))?;
+            let (version, value) = keys::split_kv_value(&raw).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "kv value shorter than its version")
+            })?;
             let key = &key[8..];
             hasher.update(&(key.len() as u64).to_le_bytes());
             hasher.update(key);

@@ -14,9 +14,9 @@
 //! is rejected before anything is installed. Files are fsynced (and their directory too)
 //! before the snapshot is recorded, so a recorded snapshot is always on disk.
 
+use crate::ShardId;
 use crate::codec::{self, CodecError};
 use crate::type_config::SnapshotMeta;
-use crate::ShardId;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -56,7 +56,13 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     pub fn create(path: &Path, shard: ShardId, meta: &SnapshotMeta) -> io::Result<Self> {
         let out = BufWriter::new(File::create(path)?);
-        let mut w = SnapshotWriter { out, path: path.to_owned(), pending: Vec::new(), pending_bytes: 0, keys: 0 };
+        let mut w = SnapshotWriter {
+            out,
+            path: path.to_owned(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            keys: 0,
+        };
         w.frame(&Frame::Header { shard, meta: meta.clone() })?;
         Ok(w)
     }
@@ -121,7 +127,8 @@ fn bad(msg: impl std::fmt::Display) -> io::Error {
 impl SnapshotReader {
     /// Opens a snapshot and returns its header.
     pub fn open(path: &Path) -> io::Result<(Self, ShardId, SnapshotMeta)> {
-        let mut r = SnapshotReader { input: BufReader::new(File::open(path)?), keys_seen: 0, done: false };
+        let mut r =
+            SnapshotReader { input: BufReader::new(File::open(path)?), keys_seen: 0, done: false };
         match r.frame()? {
             Some(Frame::Header { shard, meta }) => Ok((r, shard, meta)),
             _ => Err(bad("missing header")),
@@ -158,7 +165,9 @@ impl SnapshotReader {
                 self.done = true;
                 Ok(None)
             }
-            Some(Frame::End { keys }) => Err(bad(format!("end frame says {keys} keys, read {}", self.keys_seen))),
+            Some(Frame::End { keys }) => {
+                Err(bad(format!("end frame says {keys} keys, read {}", self.keys_seen)))
+            }
             Some(Frame::Header { .. }) => Err(bad("second header")),
             None => Err(bad("file ends without an end frame")),
         }

@@ -12,6 +12,7 @@
 //! at [`APPLY_BATCH_BYTES_MAX`] / [`APPLY_BATCH_ENTRIES_MAX`] to bound memory during a long
 //! replay.
 
+use crate::ShardId;
 use crate::codec;
 use crate::command::{BatchOp, Command, CommandResult, Expected, Versioned};
 use crate::keys::{self, CF_KV, CF_SM_STATE};
@@ -20,7 +21,6 @@ use crate::metrics::StorageMetrics;
 use crate::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter, sync_dir};
 use crate::type_config::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::wal_syncer::WalSyncer;
-use crate::ShardId;
 use futures::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -78,10 +78,17 @@ impl ShardStateMachine {
     fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> io::Error {
         self.metrics.corruption(self.shard);
         tracing::error!(shard = self.shard, what, error = %e, "corrupt state-machine record");
-        io::Error::new(io::ErrorKind::InvalidData, format!("shard {}: corrupt {what}: {e}", self.shard))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("shard {}: corrupt {what}: {e}", self.shard),
+        )
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, tag: u8, what: &str) -> io::Result<Option<T>> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: u8,
+        what: &str,
+    ) -> io::Result<Option<T>> {
         let cf = cf(&self.db, CF_SM_STATE)?;
         match self.db.get_pinned_cf(cf, keys::tag_key(self.shard, tag)).map_err(rocks_err)? {
             None => Ok(None),
@@ -102,10 +109,10 @@ impl ShardStateMachine {
     fn remove_files(&self, doomed: impl Fn(&str) -> bool) {
         let Ok(dir) = std::fs::read_dir(&self.snapshot_dir) else { return };
         for f in dir.flatten() {
-            if f.file_name().to_str().is_some_and(&doomed) {
-                if let Err(e) = std::fs::remove_file(f.path()) {
-                    tracing::warn!(path = %f.path().display(), error = %e, "cannot remove old snapshot");
-                }
+            if f.file_name().to_str().is_some_and(&doomed)
+                && let Err(e) = std::fs::remove_file(f.path())
+            {
+                tracing::warn!(path = %f.path().display(), error = %e, "cannot remove old snapshot");
             }
         }
     }
@@ -121,7 +128,9 @@ impl ShardStateMachine {
 
 fn snapshot_file_name(meta: &SnapshotMeta) -> String {
     match &meta.last_log_id {
-        Some(id) => format!("snap-{}-{}-{}.snap", id.leader_id.term, id.leader_id.node_id, id.index),
+        Some(id) => {
+            format!("snap-{}-{}-{}.snap", id.leader_id.term, id.leader_id.node_id, id.index)
+        }
         None => "snap-empty.snap".to_string(),
     }
 }
@@ -140,7 +149,15 @@ struct ApplyBatch<'a> {
 impl<'a> ApplyBatch<'a> {
     fn new(shard: ShardId, db: &'a DB) -> io::Result<Self> {
         let kv_cf = cf(db, CF_KV)?;
-        Ok(ApplyBatch { shard, db, kv_cf, batch: WriteBatch::default(), overlay: HashMap::new(), bytes: 0, entries: 0 })
+        Ok(ApplyBatch {
+            shard,
+            db,
+            kv_cf,
+            batch: WriteBatch::default(),
+            overlay: HashMap::new(),
+            bytes: 0,
+            entries: 0,
+        })
     }
 
     fn read(&self, key: &[u8]) -> io::Result<Option<Versioned>> {
@@ -152,7 +169,11 @@ impl<'a> ApplyBatch<'a> {
 
     fn put(&mut self, key: &[u8], value: &[u8], version: u64) {
         self.bytes += key.len() + value.len();
-        self.batch.put_cf(self.kv_cf, keys::kv_key(self.shard, key), keys::kv_value(version, value));
+        self.batch.put_cf(
+            self.kv_cf,
+            keys::kv_key(self.shard, key),
+            keys::kv_value(version, value),
+        );
         self.overlay.insert(key.to_vec(), Some(Versioned { value: value.to_vec(), version }));
     }
 
@@ -212,12 +233,18 @@ impl<'a> ApplyBatch<'a> {
 }
 
 /// Reads one key of `shard` (through `get` so a RocksDB snapshot can be used too).
-pub(crate) fn read_kv(db: &DB, kv_cf: &rocksdb::ColumnFamily, shard: ShardId, key: &[u8]) -> io::Result<Option<Versioned>> {
+pub(crate) fn read_kv(
+    db: &DB,
+    kv_cf: &rocksdb::ColumnFamily,
+    shard: ShardId,
+    key: &[u8],
+) -> io::Result<Option<Versioned>> {
     match db.get_pinned_cf(kv_cf, keys::kv_key(shard, key)).map_err(rocks_err)? {
         None => Ok(None),
         Some(raw) => {
-            let (version, value) = keys::split_kv_value(&raw)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "kv value shorter than its version"))?;
+            let (version, value) = keys::split_kv_value(&raw).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "kv value shorter than its version")
+            })?;
             Ok(Some(Versioned { value: value.to_vec(), version }))
         }
     }
@@ -235,7 +262,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
     {
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
         let mut pending = ApplyBatch::new(self.shard, &self.db)?;
@@ -248,7 +277,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(log_id), m);
                     let raw = codec::encode(&stored).map_err(io::Error::other)?;
-                    pending.batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_MEMBERSHIP), raw);
+                    pending.batch.put_cf(
+                        sm_cf,
+                        keys::tag_key(self.shard, keys::TAG_MEMBERSHIP),
+                        raw,
+                    );
                     CommandResult::Nothing
                 }
             };
@@ -276,7 +309,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
         let this = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || this.install_blocking(&meta, &snapshot.path))
@@ -313,7 +350,8 @@ impl ShardStateMachine {
         let view = self.db.snapshot();
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
         let kv_cf = cf(&self.db, CF_KV)?;
-        let read_meta = |tag: u8| view.get_cf(sm_cf, keys::tag_key(self.shard, tag)).map_err(rocks_err);
+        let read_meta =
+            |tag: u8| view.get_cf(sm_cf, keys::tag_key(self.shard, tag)).map_err(rocks_err);
         let last_log_id: Option<LogId> = match read_meta(keys::TAG_APPLIED)? {
             Some(raw) => Some(codec::decode(&raw).map_err(|e| self.corrupt("applied log id", e))?),
             None => None,
@@ -332,7 +370,8 @@ impl ShardStateMachine {
         let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
         for item in view.iterator_cf_opt(kv_cf, opts, mode) {
             let (key, raw) = item.map_err(rocks_err)?;
-            let (version, value) = keys::split_kv_value(&raw).ok_or_else(|| self.corrupt("kv value", "too short"))?;
+            let (version, value) =
+                keys::split_kv_value(&raw).ok_or_else(|| self.corrupt("kv value", "too short"))?;
             w.push(key[8..].to_vec(), version, value.to_vec())?;
         }
         drop(view);
@@ -357,21 +396,36 @@ impl ShardStateMachine {
         if shard != self.shard || file_meta.last_log_id != meta.last_log_id {
             return Err(self.corrupt(
                 "snapshot",
-                format!("file is of shard {shard} at {:?}, expected shard {} at {:?}", file_meta.last_log_id, self.shard, meta.last_log_id),
+                format!(
+                    "file is of shard {shard} at {:?}, expected shard {} at {:?}",
+                    file_meta.last_log_id, self.shard, meta.last_log_id
+                ),
             ));
         }
         let kv_cf = cf(&self.db, CF_KV)?;
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
         // One batch: readers see either the old state or the whole new one, never a mix.
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(kv_cf, keys::shard_prefix(self.shard).as_slice(), keys::shard_end(self.shard).as_slice());
+        batch.delete_range_cf(
+            kv_cf,
+            keys::shard_prefix(self.shard).as_slice(),
+            keys::shard_end(self.shard).as_slice(),
+        );
         while let Some(kvs) = reader.next_chunk().map_err(|e| self.corrupt("snapshot", e))? {
             for (key, version, value) in kvs {
-                batch.put_cf(kv_cf, keys::kv_key(self.shard, &key), keys::kv_value(version, &value));
+                batch.put_cf(
+                    kv_cf,
+                    keys::kv_key(self.shard, &key),
+                    keys::kv_value(version, &value),
+                );
             }
         }
         match meta.last_log_id {
-            Some(id) => batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_APPLIED), codec::encode(&id).map_err(io::Error::other)?),
+            Some(id) => batch.put_cf(
+                sm_cf,
+                keys::tag_key(self.shard, keys::TAG_APPLIED),
+                codec::encode(&id).map_err(io::Error::other)?,
+            ),
             None => batch.delete_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_APPLIED)),
         }
         let membership = codec::encode(&meta.last_membership).map_err(io::Error::other)?;
@@ -383,7 +437,11 @@ impl ShardStateMachine {
             sync_dir(&final_path)?;
         }
         let rec = SnapshotRecord { meta: meta.clone(), file_name: file_name.clone() };
-        batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_SNAPSHOT), codec::encode(&rec).map_err(io::Error::other)?);
+        batch.put_cf(
+            sm_cf,
+            keys::tag_key(self.shard, keys::TAG_SNAPSHOT),
+            codec::encode(&rec).map_err(io::Error::other)?,
+        );
         self.db.write(batch).map_err(rocks_err)?;
         self.remove_other_snapshots(&file_name);
         Ok(())

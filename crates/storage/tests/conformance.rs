@@ -12,13 +12,21 @@ struct Builder {
     shard: u64,
 }
 
-impl StoreBuilder<TypeConfig, ShardLogStore, ShardStateMachine, (tempfile::TempDir, NodeStorage)> for Builder {
-    async fn build(&self) -> Result<((tempfile::TempDir, NodeStorage), ShardLogStore, ShardStateMachine), StorageError> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+impl StoreBuilder<TypeConfig, ShardLogStore, ShardStateMachine, (tempfile::TempDir, NodeStorage)>
+    for Builder
+{
+    async fn build(
+        &self,
+    ) -> Result<((tempfile::TempDir, NodeStorage), ShardLogStore, ShardStateMachine), StorageError>
+    {
+        let dir =
+            tempfile::tempdir().map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
         let storage = NodeStorage::open(dir.path(), StorageMetrics::default())
             .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
         let log = storage.log_store(self.shard);
-        let sm = storage.state_machine(self.shard).map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+        let sm = storage
+            .state_machine(self.shard)
+            .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
         Ok(((dir, storage), log, sm))
     }
 }

@@ -3,8 +3,8 @@
 //! snapshots round-trip between nodes.
 
 use futures::StreamExt;
-use openraft::type_config::TypeConfigExt;
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 use ringkv_storage::keys::{self, CF_RAFT_LOG};
 use ringkv_storage::type_config::{Entry, LogId, Vote};
@@ -43,10 +43,18 @@ async fn shards_are_isolated_and_survive_reopen() {
         let storage = open(dir.path());
         for shard in [1u64, 2] {
             let mut log = storage.log_store(shard);
-            append(&mut log, (1..=5).map(|i| put(1, i, &format!("k{i}"), &format!("s{shard}"))).collect()).await;
+            append(
+                &mut log,
+                (1..=5).map(|i| put(1, i, &format!("k{i}"), &format!("s{shard}"))).collect(),
+            )
+            .await;
             log.save_vote(&Vote::new(3, shard)).await.unwrap();
             let mut sm = storage.state_machine(shard).unwrap();
-            apply(&mut sm, (1..=5).map(|i| put(1, i, &format!("k{i}"), &format!("s{shard}"))).collect()).await;
+            apply(
+                &mut sm,
+                (1..=5).map(|i| put(1, i, &format!("k{i}"), &format!("s{shard}"))).collect(),
+            )
+            .await;
         }
         // Purging shard 1 must leave shard 2's log whole.
         storage.log_store(1).purge(log_id(1, 3)).await.unwrap();
@@ -136,7 +144,11 @@ async fn snapshot_moves_a_shard_between_nodes() {
     let a = open(a_dir.path());
     let b = open(b_dir.path());
     let mut sm_a = a.state_machine(4).unwrap();
-    apply(&mut sm_a, (1..=2500).map(|i| put(2, i, &format!("key-{i:05}"), &"v".repeat(700))).collect()).await;
+    apply(
+        &mut sm_a,
+        (1..=2500).map(|i| put(2, i, &format!("key-{i:05}"), &"v".repeat(700))).collect(),
+    )
+    .await;
     let snap = sm_a.build_snapshot().await.unwrap();
     assert_eq!(snap.meta.last_log_id, Some(log_id(2, 2500)));
     // Copy the file as the transport would, then install it on an empty node with some
@@ -145,7 +157,9 @@ async fn snapshot_moves_a_shard_between_nodes() {
     apply(&mut sm_b, vec![put(1, 1, "stale", "x")]).await;
     let incoming = sm_b.incoming_snapshot_path();
     std::fs::copy(&snap.snapshot.path, &incoming).unwrap();
-    sm_b.install_snapshot(&snap.meta, ringkv_storage::SnapshotFile { path: incoming }).await.unwrap();
+    sm_b.install_snapshot(&snap.meta, ringkv_storage::SnapshotFile { path: incoming })
+        .await
+        .unwrap();
     let sum_a = a.reader(4).checksum().unwrap();
     let sum_b = b.reader(4).checksum().unwrap();
     assert_eq!(sum_a, sum_b);
@@ -171,7 +185,8 @@ async fn a_damaged_snapshot_is_refused_and_installs_nothing() {
     apply(&mut sm_b, vec![put(1, 1, "keep", "me")]).await;
     let path = sm_b.incoming_snapshot_path();
     std::fs::write(&path, bytes).unwrap();
-    let err = sm_b.install_snapshot(&snap.meta, ringkv_storage::SnapshotFile { path }).await.unwrap_err();
+    let err =
+        sm_b.install_snapshot(&snap.meta, ringkv_storage::SnapshotFile { path }).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     assert_eq!(b.reader(1).get(b"keep").unwrap().unwrap().value, b"me");
 }
