@@ -35,11 +35,7 @@ async fn read_back(c: &Cluster, expected: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
             let got = c.get(k, Consistency::Linearizable, OP_TIMEOUT).await?;
             let kv =
                 got.kv.with_context(|| format!("key {} missing", String::from_utf8_lossy(k)))?;
-            ensure!(
-                kv.value[..] == v[..],
-                "key {} has a wrong value",
-                String::from_utf8_lossy(k)
-            );
+            ensure!(kv.value[..] == v[..], "key {} has a wrong value", String::from_utf8_lossy(k));
             Ok(())
         })
         .buffer_unordered(CLIENTS)

@@ -263,8 +263,8 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client()?;
-        let header = wire::encode(&(vote, snapshot.meta.clone()))
-            .map_err(NetworkError::from_string)?;
+        let header =
+            wire::encode(&(vote, snapshot.meta.clone())).map_err(NetworkError::from_string)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_IN_FLIGHT);
         let (shard, from) = (self.shard, self.from);
         let path = snapshot.snapshot.path.clone();
