@@ -36,6 +36,8 @@ pub struct Tuning {
     pub election_max_ms: u64,
     pub snapshot_after_entries: u64,
     pub log_entries_kept: u64,
+    /// 0 turns leader balancing off.
+    pub leader_balance_ms: u64,
 }
 
 impl Default for Tuning {
@@ -46,6 +48,7 @@ impl Default for Tuning {
             election_max_ms: 1200,
             snapshot_after_entries: 10_000,
             log_entries_kept: 1000,
+            leader_balance_ms: 1000,
         }
     }
 }

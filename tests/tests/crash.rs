@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, ensure};
 use futures::stream::{self, StreamExt};
-use ringkv_proto::v1::{Consistency, PutRequest};
+use ringkv_proto::v1::Consistency;
 use ringkv_tests::{Cluster, Tuning};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,29 +18,24 @@ const ACKED_BEFORE_KILL: usize = 1_500;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_kill_9_of_every_node() -> Result<()> {
     let c = Cluster::start(3, 8, 3, Tuning::default()).await?;
-    let leaders = c.wait_for_leaders(Duration::from_secs(30)).await?;
+    c.wait_for_leaders(Duration::from_secs(30)).await?;
     let cluster = Arc::new(c);
     let acked = Arc::new(Mutex::new(Vec::<(Vec<u8>, Vec<u8>)>::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (cluster, acked, count, stop, leaders) =
-            (cluster.clone(), acked.clone(), count.clone(), stop.clone(), leaders.clone());
+        let (cluster, acked, count, stop) =
+            (cluster.clone(), acked.clone(), count.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("w{w}-{i}").into_bytes();
                 let value = format!("v{w}-{i}").into_bytes();
                 i += 1;
-                // One attempt, straight to the leader: a success is an acknowledgement.
-                let leader = leaders[&cluster.map.shard_of(&key)];
-                let Ok(mut kv) = cluster.kv(leader).await else { continue };
-                if kv
-                    .put(PutRequest { key: key.clone().into(), value: value.clone().into() })
-                    .await
-                    .is_ok()
-                {
+                // Routed to the leader, retried across elections (the put is idempotent):
+                // a success is an acknowledgement.
+                if cluster.put(&key, &value, Duration::from_secs(5)).await.is_ok() {
                     acked.lock().await.push((key, value));
                     count.fetch_add(1, Ordering::Relaxed);
                 }

@@ -74,6 +74,9 @@ pub struct Args {
     /// Entries kept in the log behind a snapshot (for lagging followers).
     #[arg(long, env = "RINGKV_LOG_ENTRIES_KEPT")]
     pub log_entries_kept: Option<u64>,
+    /// How often to move leaderships to their preferred replicas; 0 turns balancing off.
+    #[arg(long, env = "RINGKV_LEADER_BALANCE_INTERVAL_MS")]
+    pub leader_balance_interval_ms: Option<u64>,
 }
 
 /// Raft tuning. Defaults suit a LAN; raise them for many shards per node or slow links.
@@ -85,6 +88,7 @@ pub struct RaftTuning {
     pub election_timeout_max_ms: u64,
     pub snapshot_after_entries: u64,
     pub log_entries_kept: u64,
+    pub leader_balance_interval_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -95,6 +99,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 1000,
             snapshot_after_entries: 10_000,
             log_entries_kept: 1_000,
+            leader_balance_interval_ms: 3_000,
         }
     }
 }
@@ -223,6 +228,7 @@ impl NodeConfig {
             (args.election_timeout_max_ms, &mut raft.election_timeout_max_ms),
             (args.snapshot_after_entries, &mut raft.snapshot_after_entries),
             (args.log_entries_kept, &mut raft.log_entries_kept),
+            (args.leader_balance_interval_ms, &mut raft.leader_balance_interval_ms),
         ];
         for (flag, slot) in overrides {
             if let Some(v) = flag {

@@ -16,10 +16,11 @@
 //! Modules: [`config`] (TOML/env/flags), [`node`] (start-up and shutdown), [`registry`] and
 //! [`shard`] (local replicas and their read/write paths), [`kv_service`] and
 //! [`admin_service`] (the public API), [`raft_service`] and [`network`] (the Raft transport),
-//! [`error`] (the one error-to-status table), [`validate`] (input limits), [`metrics`] and
+//! [`balancer`] (spreading leaderships), [`error`] (the one error-to-status table), [`validate`] (input limits), [`metrics`] and
 //! [`http`] (observability), [`wire`] (payload encoding).
 
 pub mod admin_service;
+pub mod balancer;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -243,6 +243,14 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         }));
     }
 
+    if cfg.raft.leader_balance_interval_ms > 0 {
+        background.push(crate::balancer::spawn(
+            registry.clone(),
+            Duration::from_millis(cfg.raft.leader_balance_interval_ms),
+            Duration::from_millis(cfg.raft.election_timeout_min_ms),
+        ));
+    }
+
     let members: BTreeMap<u64, BasicNode> =
         registry.map().nodes().iter().map(|n| (n.id, BasicNode { addr: n.addr.clone() })).collect();
     for shard in registry.shards() {

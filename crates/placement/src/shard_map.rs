@@ -43,6 +43,7 @@ pub struct ShardMap {
     layout: Layout,
     nodes: Vec<NodeSpec>,
     replicas: Vec<Vec<NodeId>>,
+    preferred_leaders: Vec<NodeId>,
     key_ring: KeyRing,
 }
 
@@ -83,12 +84,15 @@ impl ShardMap {
         }
         nodes.sort_by_key(|n| n.id);
         let ring = ReplicaRing::new(nodes.iter().map(|n| (n.id, n.weight)));
-        let replicas = (0..u64::from(shard_count)).map(|s| ring.replicas(s, rf)).collect();
+        let replicas: Vec<Vec<NodeId>> =
+            (0..u64::from(shard_count)).map(|s| ring.replicas(s, rf)).collect();
+        let preferred_leaders = balance_leaders(&replicas);
         Ok(ShardMap {
             epoch,
             layout,
             nodes,
             replicas,
+            preferred_leaders,
             key_ring: KeyRing::new(shard_count, vnodes_per_shard),
         })
     }
@@ -123,10 +127,33 @@ impl ShardMap {
         usize::try_from(shard).ok().and_then(|i| self.replicas.get(i)).map_or(&[], |v| v)
     }
 
+    /// The replica that should lead `shard` when it is healthy: leaderships are spread so that
+    /// every node leads as evenly as its replicas allow (see [`balance_leaders`]).
+    pub fn preferred_leader(&self, shard: ShardId) -> Option<NodeId> {
+        usize::try_from(shard).ok().and_then(|i| self.preferred_leaders.get(i)).copied()
+    }
+
     /// The shards that `node` holds a replica of.
     pub fn shards_of_node(&self, node: NodeId) -> Vec<ShardId> {
         self.shard_ids().filter(|&s| self.replicas(s).contains(&node)).collect()
     }
+}
+
+/// Picks one leader per shard among its replicas so that leaderships are spread evenly: shards
+/// in id order each take the replica that leads the fewest shards so far (ties: placement
+/// order). Greedy, deterministic, and exact when every shard is on every node (each node then
+/// leads within one of every other).
+pub fn balance_leaders(replicas: &[Vec<NodeId>]) -> Vec<NodeId> {
+    let mut led: std::collections::HashMap<NodeId, usize> = std::collections::HashMap::new();
+    replicas
+        .iter()
+        .map(|set| {
+            let best =
+                set.iter().copied().min_by_key(|n| led.get(n).copied().unwrap_or(0)).unwrap_or(0);
+            *led.entry(best).or_default() += 1;
+            best
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -175,6 +202,25 @@ mod tests {
             assert_eq!(a.replicas(s).len(), 3);
         }
         assert_eq!(a.shard_of(b"k"), b.shard_of(b"k"));
+    }
+
+    #[test]
+    fn preferred_leaders_are_replicas_and_spread_evenly() {
+        let m = ShardMap::new(layout(8, 3), nodes(3), 1).unwrap();
+        let mut led = [0usize; 4];
+        for s in m.shard_ids() {
+            let l = m.preferred_leader(s).unwrap();
+            assert!(m.replicas(s).contains(&l));
+            led[l as usize] += 1;
+        }
+        let (max, min) = (led[1..].iter().max().unwrap(), led[1..].iter().min().unwrap());
+        assert!(max - min <= 1, "leaders per node {:?}", &led[1..]);
+        // Partial replication: every node that holds replicas leads some shard.
+        let m = ShardMap::new(layout(64, 3), nodes(7), 1).unwrap();
+        for n in 1..=7 {
+            let leads = m.shard_ids().filter(|&s| m.preferred_leader(s) == Some(n)).count();
+            assert!((6..=13).contains(&leads), "node {n} leads {leads} of 64 shards");
+        }
     }
 
     #[test]
