@@ -423,7 +423,8 @@ impl Cluster {
     ) -> Result<PutResponse, tonic::Status> {
         let (key, value) = (key.to_vec(), value.to_vec());
         self.routed(&key.clone(), timeout, move |mut c| {
-            let req = PutRequest { key: key.clone().into(), value: value.clone().into() };
+            let req =
+                PutRequest { key: key.clone().into(), value: value.clone().into(), session: None };
             async move { c.put(req).await }
         })
         .await

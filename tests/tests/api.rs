@@ -24,7 +24,7 @@ fn assert_invalid(status: &tonic::Status, field: &str) {
 }
 
 fn put(key: &[u8], value: &[u8]) -> PutRequest {
-    PutRequest { key: key.to_vec().into(), value: value.to_vec().into() }
+    PutRequest { key: key.to_vec().into(), value: value.to_vec().into(), session: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +46,10 @@ async fn bad_input_is_rejected_with_details_and_writes_nothing() -> Result<()> {
     let too_many = (0..1001)
         .map(|i| WriteOp { op: Some(write_op::Op::Put(put(format!("k{i}").as_bytes(), b"v"))) })
         .collect();
-    assert_invalid(&kv.batch_write(BatchWriteRequest { ops: too_many }).await.unwrap_err(), "ops");
+    assert_invalid(
+        &kv.batch_write(BatchWriteRequest { ops: too_many, session: None }).await.unwrap_err(),
+        "ops",
+    );
     // Two keys in different shards cannot form one atomic batch.
     let a = c.key_in_shard(0, "a");
     let b = c.key_in_shard(1, "b");
@@ -54,7 +57,7 @@ async fn bad_input_is_rejected_with_details_and_writes_nothing() -> Result<()> {
         WriteOp { op: Some(write_op::Op::Put(put(&a, b"1"))) },
         WriteOp { op: Some(write_op::Op::Put(put(&b, b"2"))) },
     ];
-    let e = kv.batch_write(BatchWriteRequest { ops: cross }).await.unwrap_err();
+    let e = kv.batch_write(BatchWriteRequest { ops: cross, session: None }).await.unwrap_err();
     assert_invalid(&e, "ops");
     assert!(e.message().contains("must stay in one shard"), "{}", e.message());
     let e = kv.scan(ScanRequest::default()).await.unwrap_err();
@@ -154,6 +157,7 @@ async fn kv_semantics_versions_cas_batch_and_scan() -> Result<()> {
         expected: Some(Compare { target: Some(expected) }),
         new_value: new.to_vec().into(),
         delete: false,
+        session: None,
     };
     let ok = kv.compare_and_swap(cas(compare::Target::Version(v1), b"two")).await?.into_inner();
     assert!(ok.succeeded && ok.version > v1);
@@ -171,8 +175,18 @@ async fn kv_semantics_versions_cas_batch_and_scan() -> Result<()> {
         kv.compare_and_swap(cas(compare::Target::MustNotExist(true), b"five")).await?.into_inner();
     assert!(!absent.succeeded);
 
-    assert!(kv.delete(DeleteRequest { key: key.clone().into() }).await?.into_inner().deleted);
-    assert!(!kv.delete(DeleteRequest { key: key.clone().into() }).await?.into_inner().deleted);
+    assert!(
+        kv.delete(DeleteRequest { key: key.clone().into(), session: None })
+            .await?
+            .into_inner()
+            .deleted
+    );
+    assert!(
+        !kv.delete(DeleteRequest { key: key.clone().into(), session: None })
+            .await?
+            .into_inner()
+            .deleted
+    );
     let created =
         kv.compare_and_swap(cas(compare::Target::MustNotExist(true), b"six")).await?.into_inner();
     assert!(created.succeeded);
@@ -180,7 +194,8 @@ async fn kv_semantics_versions_cas_batch_and_scan() -> Result<()> {
     // An atomic batch in shard 1: every key gets the batch's version.
     let keys: Vec<Vec<u8>> = (0..25).map(|i| c.key_in_shard(1, &format!("scan/{i:02}"))).collect();
     let ops = keys.iter().map(|k| WriteOp { op: Some(write_op::Op::Put(put(k, b"b"))) }).collect();
-    let batch_version = kv.batch_write(BatchWriteRequest { ops }).await?.into_inner().version;
+    let batch_version =
+        kv.batch_write(BatchWriteRequest { ops, session: None }).await?.into_inner().version;
 
     // Scan shard 1 in pages of 10 with the prefix; continuation tokens join the pages.
     let mut seen = Vec::new();
@@ -267,5 +282,41 @@ async fn metrics_clean_shutdown_and_changed_layout_refused() -> Result<()> {
     c.restart(1).await?;
     let got = c.get(b"m", Consistency::Linearizable, T).await?;
     ensure!(got.kv.is_some_and(|kv| &kv.value[..] == b"1"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_writes_apply_at_most_once() -> Result<()> {
+    use ringkv_proto::v1::WriteSession;
+    let c = Cluster::start(1, 2, 1, Tuning::default()).await?;
+    c.wait_for_leaders(T).await?;
+    let mut kv = c.kv(1).await?;
+    let session = |seq| Some(WriteSession { client_id: 0xfeed, sequence: seq });
+    let put_s = |value: &[u8], seq| PutRequest {
+        key: b"s".to_vec().into(),
+        value: value.to_vec().into(),
+        session: session(seq),
+    };
+
+    let first = kv.put(put_s(b"one", 1)).await?.into_inner().version;
+    // A retry of seq 1 (even with another value) returns the first result and changes nothing.
+    let retry = kv.put(put_s(b"other", 1)).await?.into_inner().version;
+    assert_eq!(retry, first);
+    let got = kv.get(GetRequest { key: b"s".to_vec().into(), consistency: 0 }).await?.into_inner();
+    assert_eq!(&got.kv.as_ref().unwrap().value[..], b"one");
+    assert_eq!(got.kv.unwrap().version, first);
+
+    kv.put(put_s(b"two", 2)).await?;
+    let e = kv.put(put_s(b"late", 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&e).as_deref(), Some("SESSION_SUPERSEDED"));
+    assert_eq!(e.get_error_details().error_info().unwrap().metadata["last_seq"], "2");
+
+    let zero = PutRequest {
+        key: b"s".to_vec().into(),
+        value: b"x".to_vec().into(),
+        session: Some(WriteSession { client_id: 0, sequence: 1 }),
+    };
+    assert_invalid(&kv.put(zero).await.unwrap_err(), "session.client_id");
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! | NotLeader           | FAILED_PRECONDITION   | retry at `leader_addr` (nothing was applied)     |
 //! | WrongShard          | FAILED_PRECONDITION   | refresh the shard map (`epoch`), re-route        |
 //! | OutcomeUnknown      | UNKNOWN               | read back, or retry only if idempotent          |
+//! | SessionSuperseded   | FAILED_PRECONDITION   | read back; the write may have been applied       |
 //! | ShardUnavailable    | UNAVAILABLE           | retry later / elsewhere                          |
 //! | QuorumUnavailable   | UNAVAILABLE           | retry later (no quorum confirmed leadership)     |
 //! | Timeout             | DEADLINE_EXCEEDED     | retry; a timed-out write may have been applied   |
@@ -36,6 +37,10 @@ pub enum NodeError {
         "leadership of shard {shard} changed before the write's outcome was known; it may or may not have been applied"
     )]
     OutcomeUnknown { shard: ShardId },
+    #[error(
+        "shard {shard} already applied a later write (sequence {last_seq}) of this session; this write's outcome is no longer known"
+    )]
+    SessionSuperseded { shard: ShardId, last_seq: u64 },
     #[error("shard {shard} is unavailable: {reason}")]
     ShardUnavailable { shard: ShardId, reason: String },
     #[error("shard {shard} could not confirm leadership with a quorum: {reason}")]
@@ -95,6 +100,11 @@ impl NodeError {
             NodeError::OutcomeUnknown { shard } => {
                 md.insert("shard_id".into(), shard.to_string());
                 (Code::Unknown, "OUTCOME_UNKNOWN")
+            }
+            NodeError::SessionSuperseded { shard, last_seq } => {
+                md.insert("shard_id".into(), shard.to_string());
+                md.insert("last_seq".into(), last_seq.to_string());
+                (Code::FailedPrecondition, "SESSION_SUPERSEDED")
             }
             NodeError::ShardUnavailable { shard, .. }
             | NodeError::QuorumUnavailable { shard, .. } => {
@@ -163,6 +173,11 @@ mod tests {
             (NodeError::too_large("value", 10, 5), Code::InvalidArgument, "INVALID_INPUT"),
             (NodeError::WrongShard { shard: 1, epoch: 7 }, Code::FailedPrecondition, "WRONG_SHARD"),
             (NodeError::OutcomeUnknown { shard: 1 }, Code::Unknown, "OUTCOME_UNKNOWN"),
+            (
+                NodeError::SessionSuperseded { shard: 1, last_seq: 9 },
+                Code::FailedPrecondition,
+                "SESSION_SUPERSEDED",
+            ),
             (
                 NodeError::ShardUnavailable { shard: 1, reason: "x".into() },
                 Code::Unavailable,

@@ -16,7 +16,7 @@ use ringkv_proto::v1::{
     Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, PutRequest,
     PutResponse, ScanRequest, ScanResponse, compare, write_op,
 };
-use ringkv_storage::{BatchOp, Command, CommandResult, Expected, ScanRange, Versioned};
+use ringkv_storage::{BatchOp, Command, CommandResult, Expected, Proposal, ScanRange, Versioned};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
@@ -98,8 +98,9 @@ impl Kv for KvService {
             validate::key(&req.key)?;
             validate::value(&req.value)?;
             let shard = self.registry.shard_for_key(&req.key)?;
-            let cmd = Command::Put { key: req.key.to_vec(), value: req.value.to_vec() };
-            match shard.write(cmd, timeout).await? {
+            let session = validate::session(req.session.as_ref())?;
+            let command = Command::Put { key: req.key.to_vec(), value: req.value.to_vec() };
+            match shard.write(Proposal { session, command }, timeout).await? {
                 CommandResult::Put { version } => Ok(PutResponse {
                     header: Some(shard.header(Consistency::Linearizable)),
                     version,
@@ -134,7 +135,9 @@ impl Kv for KvService {
         self.observed("delete", async {
             validate::key(&req.key)?;
             let shard = self.registry.shard_for_key(&req.key)?;
-            match shard.write(Command::Delete { key: req.key.to_vec() }, timeout).await? {
+            let session = validate::session(req.session.as_ref())?;
+            let command = Command::Delete { key: req.key.to_vec() };
+            match shard.write(Proposal { session, command }, timeout).await? {
                 CommandResult::Delete { deleted } => Ok(DeleteResponse {
                     header: Some(shard.header(Consistency::Linearizable)),
                     deleted,
@@ -174,7 +177,9 @@ impl Kv for KvService {
                 Some(req.new_value.to_vec())
             };
             let shard = self.registry.shard_for_key(&req.key)?;
-            match shard.write(Command::Cas { key: req.key.to_vec(), expected, new }, timeout).await? {
+            let session = validate::session(req.session.as_ref())?;
+            let command = Command::Cas { key: req.key.to_vec(), expected, new };
+            match shard.write(Proposal { session, command }, timeout).await? {
                 CommandResult::Cas { succeeded, version, current } => Ok(CompareAndSwapResponse {
                     header: Some(shard.header(Consistency::Linearizable)),
                     succeeded,
@@ -269,7 +274,8 @@ impl Kv for KvService {
                 ops.push(op);
             }
             let shard = self.registry.shard(shard_id.unwrap_or(0))?;
-            match shard.write(Command::Batch { ops }, timeout).await? {
+            let session = validate::session(req.session.as_ref())?;
+            match shard.write(Proposal { session, command: Command::Batch { ops } }, timeout).await? {
                 CommandResult::Batch { version } => {
                     Ok(BatchWriteResponse { header: Some(shard.header(Consistency::Linearizable)), version })
                 }

@@ -16,7 +16,7 @@ use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError
 use openraft::{RaftMetrics, ReadPolicy, ServerState};
 use ringkv_placement::{NodeId, ShardId};
 use ringkv_proto::v1::{Consistency, ResponseHeader};
-use ringkv_storage::{Command, CommandResult, ShardReader, ShardStateMachine, TypeConfig};
+use ringkv_storage::{CommandResult, Proposal, ShardReader, ShardStateMachine, TypeConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -115,14 +115,24 @@ impl Shard {
         }
     }
 
-    /// Proposes `cmd` and waits for it to be applied (or for `timeout`).
-    pub async fn write(&self, cmd: Command, timeout: Duration) -> Result<CommandResult, NodeError> {
+    /// Proposes `proposal` and waits for it to be applied (or for `timeout`). A write whose
+    /// session was superseded comes back as an error: its outcome is unknown.
+    pub async fn write(
+        &self,
+        proposal: Proposal,
+        timeout: Duration,
+    ) -> Result<CommandResult, NodeError> {
         let waited_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let result = tokio::time::timeout(timeout, self.raft.client_write(cmd))
+        let result = tokio::time::timeout(timeout, self.raft.client_write(proposal))
             .await
             .map_err(|_| NodeError::Timeout { shard: self.id, what: "write", waited_ms })?;
         match result {
-            Ok(resp) => Ok(resp.data),
+            Ok(resp) => match resp.data {
+                CommandResult::SessionSuperseded { last_seq } => {
+                    Err(NodeError::SessionSuperseded { shard: self.id, last_seq })
+                }
+                data => Ok(data),
+            },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(self.leader_hint(f.leader_id, f.leader_node))
             }

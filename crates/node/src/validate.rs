@@ -67,6 +67,19 @@ pub fn batch(ops: usize, bytes: usize) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// A write session, if the request carries one.
+pub fn session(
+    s: Option<&ringkv_proto::v1::WriteSession>,
+) -> Result<Option<ringkv_storage::Session>, NodeError> {
+    match s {
+        None => Ok(None),
+        Some(s) if s.client_id == 0 => {
+            Err(NodeError::invalid("session.client_id", "must be non-zero"))
+        }
+        Some(s) => Ok(Some(ringkv_storage::Session { client_id: s.client_id, seq: s.sequence })),
+    }
+}
+
 pub fn scan_limit(raw: u32) -> Result<usize, NodeError> {
     match raw as usize {
         0 => Ok(SCAN_LIMIT_DEFAULT),

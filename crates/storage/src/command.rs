@@ -62,6 +62,39 @@ impl fmt::Display for Command {
     }
 }
 
+/// Identifies a write for at-most-once application (Raft dissertation §6.3): a client id
+/// and a sequence number that the client increases for each new write. A client keeps at
+/// most one write outstanding per client id, and retries it with the same number until it
+/// gets an answer; the shard remembers each client's last sequence number and result, so a
+/// retry of an applied write returns the first result instead of applying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub client_id: u64,
+    pub seq: u64,
+}
+
+/// The application data of a Raft log entry: a command, optionally tagged with a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub session: Option<Session>,
+    pub command: Command,
+}
+
+impl From<Command> for Proposal {
+    fn from(command: Command) -> Self {
+        Proposal { session: None, command }
+    }
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.session {
+            Some(s) => write!(f, "{} (client {} seq {})", self.command, s.client_id, s.seq),
+            None => write!(f, "{}", self.command),
+        }
+    }
+}
+
 /// A key's current value and version, as returned by reads and failed compares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
@@ -87,5 +120,10 @@ pub enum CommandResult {
     },
     Batch {
         version: u64,
+    },
+    /// The session's client has already had a later write applied, so the result of this
+    /// (older) one is no longer known. Nothing was applied now.
+    SessionSuperseded {
+        last_seq: u64,
     },
 }

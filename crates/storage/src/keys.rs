@@ -12,6 +12,7 @@
 //! | `kv`         | shard, user key              | version (u64 LE), value bytes           |
 //! | `sm_state`   | shard, tag                   | framed last-applied / membership / snapshot meta |
 //! | `node`       | name                         | framed node-wide records (cluster config) |
+//! | `sessions`   | shard, 1, client id / shard, 2, last index, client id | framed session record / empty (age index) |
 //!
 //! A handful of families rather than one per shard: thousands of column families each carry
 //! their own memtable and files, and per-shard families would make adding shards a schema
@@ -24,8 +25,10 @@ pub const CF_RAFT_STATE: &str = "raft_state";
 pub const CF_KV: &str = "kv";
 pub const CF_SM_STATE: &str = "sm_state";
 pub const CF_NODE: &str = "node";
+pub const CF_SESSIONS: &str = "sessions";
 
-pub const ALL_CFS: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_KV, CF_SM_STATE, CF_NODE];
+pub const ALL_CFS: [&str; 6] =
+    [CF_RAFT_LOG, CF_RAFT_STATE, CF_KV, CF_SM_STATE, CF_NODE, CF_SESSIONS];
 
 /// Tags of the single-value records under `raft_state`.
 pub const TAG_VOTE: u8 = 1;
@@ -36,6 +39,34 @@ pub const TAG_PURGED: u8 = 3;
 pub const TAG_APPLIED: u8 = 1;
 pub const TAG_MEMBERSHIP: u8 = 2;
 pub const TAG_SNAPSHOT: u8 = 3;
+pub const TAG_SESSION_COUNT: u8 = 4;
+
+/// Sub-spaces of a shard in `sessions`.
+pub const SESSION_RECORD: u8 = 1;
+pub const SESSION_AGE: u8 = 2;
+
+pub fn session_key(shard: ShardId, client_id: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..8].copy_from_slice(&shard.to_be_bytes());
+    k[8] = SESSION_RECORD;
+    k[9..].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// Orders a shard's sessions by the log index that last used them (oldest first).
+pub fn session_age_key(shard: ShardId, last_index: u64, client_id: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[..8].copy_from_slice(&shard.to_be_bytes());
+    k[8] = SESSION_AGE;
+    k[9..17].copy_from_slice(&last_index.to_be_bytes());
+    k[17..].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// `[shard, space]`: the first key of a sub-space of `sessions`.
+pub fn session_space(shard: ShardId, space: u8) -> [u8; 9] {
+    tag_key(shard, space)
+}
 
 pub fn shard_prefix(shard: ShardId) -> [u8; 8] {
     shard.to_be_bytes()

@@ -22,12 +22,13 @@ pub mod log_store;
 pub mod metrics;
 pub mod node_storage;
 pub mod reader;
+pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
 pub mod type_config;
 pub mod wal_syncer;
 
-pub use command::{BatchOp, Command, CommandResult, Expected, Versioned};
+pub use command::{BatchOp, Command, CommandResult, Expected, Proposal, Session, Versioned};
 pub use log_store::ShardLogStore;
 pub use metrics::StorageMetrics;
 pub use node_storage::NodeStorage;

@@ -8,7 +8,7 @@
 use crate::ShardId;
 use crate::codec;
 use crate::command::Versioned;
-use crate::keys::{self, CF_KV, CF_SM_STATE};
+use crate::keys::{self, CF_KV, CF_SESSIONS, CF_SM_STATE};
 use crate::log_store::{cf, rocks_err};
 use crate::state_machine::read_kv;
 use crate::type_config::LogId;
@@ -90,7 +90,8 @@ impl ShardReader {
         Ok(ScanPage { items, next_start })
     }
 
-    /// CRC32 over (key length, key, version, value length, value) of every key in order, with
+    /// CRC32 over (key length, key, version, value length, value) of every key in order, then
+    /// the session table, with
     /// the applied index, both read from one RocksDB snapshot.
     pub fn checksum(&self) -> io::Result<ShardChecksum> {
         let view = self.db.snapshot();
@@ -121,6 +122,19 @@ impl ShardReader {
             hasher.update(&(value.len() as u64).to_le_bytes());
             hasher.update(value);
             count += 1;
+        }
+        // The session tables must match too: a replica that remembered different clients would
+        // answer retries differently.
+        let sessions_cf = cf(&self.db, CF_SESSIONS)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::shard_end(self.shard));
+        let from = keys::shard_prefix(self.shard);
+        for item in
+            view.iterator_cf_opt(sessions_cf, opts, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, raw) = item.map_err(rocks_err)?;
+            hasher.update(&key[8..]);
+            hasher.update(&raw);
         }
         Ok(ShardChecksum { applied_index, crc32: hasher.finalize(), keys: count })
     }

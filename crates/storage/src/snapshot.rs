@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!   frame  = [len: u32 LE] [record: format, crc32, postcard payload]   (see crate::codec)
-//!   file   = Header { shard, meta } · Chunk { kvs }* · End { keys }
+//!   file   = Header { shard, meta } · Chunk { kvs }* · Sessions { records }* · End { keys, sessions }
 //! ```
 //!
 //! Chunks hold at most [`CHUNK_BYTES_MAX`] of keys and values, so neither writing, sending nor
@@ -16,6 +16,7 @@
 
 use crate::ShardId;
 use crate::codec::{self, CodecError};
+use crate::sessions::SessionRecord;
 use crate::type_config::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -41,8 +42,19 @@ pub type SnapshotKv = (Vec<u8>, u64, Vec<u8>);
 pub enum Frame {
     Header { shard: ShardId, meta: SnapshotMeta },
     Chunk { kvs: Vec<SnapshotKv> },
-    End { keys: u64 },
+    Sessions { records: Vec<(u64, SessionRecord)> },
+    End { keys: u64, sessions: u64 },
 }
+
+/// A piece of a snapshot's content.
+#[derive(Debug)]
+pub enum Chunk {
+    Kvs(Vec<SnapshotKv>),
+    Sessions(Vec<(u64, SessionRecord)>),
+}
+
+/// Session records per frame (each is well under 100 bytes plus its stored result).
+const SESSIONS_PER_FRAME: usize = 4096;
 
 /// Writes frames to a new file and makes it durable.
 pub struct SnapshotWriter {
@@ -51,6 +63,8 @@ pub struct SnapshotWriter {
     pending: Vec<SnapshotKv>,
     pending_bytes: usize,
     keys: u64,
+    pending_sessions: Vec<(u64, SessionRecord)>,
+    sessions: u64,
 }
 
 impl SnapshotWriter {
@@ -62,6 +76,8 @@ impl SnapshotWriter {
             pending: Vec::new(),
             pending_bytes: 0,
             keys: 0,
+            pending_sessions: Vec::new(),
+            sessions: 0,
         };
         w.frame(&Frame::Header { shard, meta: meta.clone() })?;
         Ok(w)
@@ -84,6 +100,25 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// Adds a session record; call after every key has been pushed.
+    pub fn push_session(&mut self, client: u64, rec: SessionRecord) -> io::Result<()> {
+        self.flush_chunk()?;
+        self.pending_sessions.push((client, rec));
+        self.sessions += 1;
+        if self.pending_sessions.len() >= SESSIONS_PER_FRAME {
+            self.flush_sessions()?;
+        }
+        Ok(())
+    }
+
+    fn flush_sessions(&mut self) -> io::Result<()> {
+        if self.pending_sessions.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.pending_sessions);
+        self.frame(&Frame::Sessions { records })
+    }
+
     fn flush_chunk(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -96,8 +131,9 @@ impl SnapshotWriter {
     /// Writes the end frame and fsyncs the file and its directory.
     pub fn finish(mut self) -> io::Result<SnapshotFile> {
         self.flush_chunk()?;
-        let keys = self.keys;
-        self.frame(&Frame::End { keys })?;
+        self.flush_sessions()?;
+        let (keys, sessions) = (self.keys, self.sessions);
+        self.frame(&Frame::End { keys, sessions })?;
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         sync_dir(&self.path)?;
@@ -117,6 +153,7 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 pub struct SnapshotReader {
     input: BufReader<File>,
     keys_seen: u64,
+    sessions_seen: u64,
     done: bool,
 }
 
@@ -127,8 +164,8 @@ fn bad(msg: impl std::fmt::Display) -> io::Error {
 impl SnapshotReader {
     /// Opens a snapshot and returns its header.
     pub fn open(path: &Path) -> io::Result<(Self, ShardId, SnapshotMeta)> {
-        let mut r =
-            SnapshotReader { input: BufReader::new(File::open(path)?), keys_seen: 0, done: false };
+        let input = BufReader::new(File::open(path)?);
+        let mut r = SnapshotReader { input, keys_seen: 0, sessions_seen: 0, done: false };
         match r.frame()? {
             Some(Frame::Header { shard, meta }) => Ok((r, shard, meta)),
             _ => Err(bad("missing header")),
@@ -151,23 +188,30 @@ impl SnapshotReader {
         codec::decode(&raw).map(Some).map_err(|e: CodecError| bad(e))
     }
 
-    /// The next chunk of keys, or `None` after a valid end frame.
-    pub fn next_chunk(&mut self) -> io::Result<Option<Vec<SnapshotKv>>> {
+    /// The next chunk of keys or sessions, or `None` after a valid end frame.
+    pub fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
         if self.done {
             return Ok(None);
         }
         match self.frame()? {
             Some(Frame::Chunk { kvs }) => {
                 self.keys_seen += kvs.len() as u64;
-                Ok(Some(kvs))
+                Ok(Some(Chunk::Kvs(kvs)))
             }
-            Some(Frame::End { keys }) if keys == self.keys_seen => {
+            Some(Frame::Sessions { records }) => {
+                self.sessions_seen += records.len() as u64;
+                Ok(Some(Chunk::Sessions(records)))
+            }
+            Some(Frame::End { keys, sessions })
+                if keys == self.keys_seen && sessions == self.sessions_seen =>
+            {
                 self.done = true;
                 Ok(None)
             }
-            Some(Frame::End { keys }) => {
-                Err(bad(format!("end frame says {keys} keys, read {}", self.keys_seen)))
-            }
+            Some(Frame::End { keys, sessions }) => Err(bad(format!(
+                "end frame says {keys} keys and {sessions} sessions, read {} and {}",
+                self.keys_seen, self.sessions_seen
+            ))),
             Some(Frame::Header { .. }) => Err(bad("second header")),
             None => Err(bad("file ends without an end frame")),
         }

@@ -14,11 +14,12 @@
 
 use crate::ShardId;
 use crate::codec;
-use crate::command::{BatchOp, Command, CommandResult, Expected, Versioned};
-use crate::keys::{self, CF_KV, CF_SM_STATE};
+use crate::command::{BatchOp, Command, CommandResult, Expected, Proposal, Versioned};
+use crate::keys::{self, CF_KV, CF_SESSIONS, CF_SM_STATE};
 use crate::log_store::{cf, rocks_err};
 use crate::metrics::StorageMetrics;
-use crate::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter, sync_dir};
+use crate::sessions::{SESSIONS_PER_SHARD_MAX, SessionOverlay, SessionRecord};
+use crate::snapshot::{Chunk, SnapshotFile, SnapshotReader, SnapshotWriter, sync_dir};
 use crate::type_config::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::wal_syncer::WalSyncer;
 use futures::TryStreamExt;
@@ -51,6 +52,7 @@ pub struct ShardStateMachine {
     syncer: WalSyncer,
     snapshot_dir: PathBuf,
     metrics: StorageMetrics,
+    session_limit: u64,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -69,10 +71,23 @@ impl ShardStateMachine {
         metrics: StorageMetrics,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        let sm = ShardStateMachine { shard, db, syncer, snapshot_dir, metrics };
+        let sm = ShardStateMachine {
+            shard,
+            db,
+            syncer,
+            snapshot_dir,
+            metrics,
+            session_limit: SESSIONS_PER_SHARD_MAX,
+        };
         // Partial files of builds or transfers cut short by a crash.
         sm.remove_files(|name| name.ends_with(".building") || name.ends_with(".tmp"));
         Ok(sm)
+    }
+
+    /// Lowers the session table bound (tests exercise eviction with small tables).
+    pub fn with_session_limit(mut self, limit: u64) -> Self {
+        self.session_limit = limit.max(1);
+        self
     }
 
     fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> io::Error {
@@ -140,24 +155,38 @@ struct ApplyBatch<'a> {
     shard: ShardId,
     db: &'a DB,
     kv_cf: &'a rocksdb::ColumnFamily,
+    sm_cf: &'a rocksdb::ColumnFamily,
     batch: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<Versioned>>,
+    sessions: SessionOverlay,
     bytes: usize,
     entries: usize,
 }
 
 impl<'a> ApplyBatch<'a> {
-    fn new(shard: ShardId, db: &'a DB) -> io::Result<Self> {
-        let kv_cf = cf(db, CF_KV)?;
+    fn new(shard: ShardId, db: &'a DB, session_limit: u64) -> io::Result<Self> {
         Ok(ApplyBatch {
             shard,
             db,
-            kv_cf,
+            kv_cf: cf(db, CF_KV)?,
+            sm_cf: cf(db, CF_SM_STATE)?,
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
+            sessions: SessionOverlay::new(shard, session_limit),
             bytes: 0,
             entries: 0,
         })
+    }
+
+    /// Applies a proposal at most once per session sequence number.
+    fn apply_proposal(&mut self, p: Proposal, index: u64) -> io::Result<CommandResult> {
+        let Some(session) = p.session else { return self.apply(p.command, index) };
+        if let Some(earlier) = self.sessions.check(self.db, session)? {
+            return Ok(earlier);
+        }
+        let result = self.apply(p.command, index)?;
+        self.sessions.record(self.db, &mut self.batch, self.sm_cf, session, index, &result)?;
+        Ok(result)
     }
 
     fn read(&self, key: &[u8]) -> io::Result<Option<Versioned>> {
@@ -267,13 +296,13 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             + OptionalSend,
     {
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
-        let mut pending = ApplyBatch::new(self.shard, &self.db)?;
+        let mut pending = ApplyBatch::new(self.shard, &self.db, self.session_limit)?;
         let mut replies = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id;
             let result = match entry.payload {
                 EntryPayload::Blank => CommandResult::Nothing,
-                EntryPayload::Normal(cmd) => pending.apply(cmd, log_id.index)?,
+                EntryPayload::Normal(proposal) => pending.apply_proposal(proposal, log_id.index)?,
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(log_id), m);
                     let raw = codec::encode(&stored).map_err(io::Error::other)?;
@@ -291,7 +320,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 replies.push((r, result));
             }
             if pending.is_full() {
-                let full = std::mem::replace(&mut pending, ApplyBatch::new(self.shard, &self.db)?);
+                let full = std::mem::replace(
+                    &mut pending,
+                    ApplyBatch::new(self.shard, &self.db, self.session_limit)?,
+                );
                 self.db.write(full.batch).map_err(rocks_err)?;
                 for (r, result) in replies.drain(..) {
                     r.send(result);
@@ -374,6 +406,22 @@ impl ShardStateMachine {
                 keys::split_kv_value(&raw).ok_or_else(|| self.corrupt("kv value", "too short"))?;
             w.push(key[8..].to_vec(), version, value.to_vec())?;
         }
+        let sessions_cf = cf(&self.db, CF_SESSIONS)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(
+            keys::session_space(self.shard, keys::SESSION_RECORD + 1).to_vec(),
+        );
+        let from = keys::session_space(self.shard, keys::SESSION_RECORD);
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+        for item in view.iterator_cf_opt(sessions_cf, opts, mode) {
+            let (key, raw) = item.map_err(rocks_err)?;
+            let client =
+                key.get(9..17).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+            let client = client.ok_or_else(|| self.corrupt("session key", "too short"))?;
+            let rec: SessionRecord =
+                codec::decode(&raw).map_err(|e| self.corrupt("session record", e))?;
+            w.push_session(client, rec)?;
+        }
         drop(view);
         w.finish()?;
         let path = self.snapshot_dir.join(&file_name);
@@ -404,22 +452,40 @@ impl ShardStateMachine {
         }
         let kv_cf = cf(&self.db, CF_KV)?;
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
+        let sessions_cf = cf(&self.db, CF_SESSIONS)?;
         // One batch: readers see either the old state or the whole new one, never a mix.
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            kv_cf,
-            keys::shard_prefix(self.shard).as_slice(),
-            keys::shard_end(self.shard).as_slice(),
-        );
-        while let Some(kvs) = reader.next_chunk().map_err(|e| self.corrupt("snapshot", e))? {
-            for (key, version, value) in kvs {
-                batch.put_cf(
-                    kv_cf,
-                    keys::kv_key(self.shard, &key),
-                    keys::kv_value(version, &value),
-                );
+        let (from, to) = (keys::shard_prefix(self.shard), keys::shard_end(self.shard));
+        batch.delete_range_cf(kv_cf, from.as_slice(), to.as_slice());
+        batch.delete_range_cf(sessions_cf, from.as_slice(), to.as_slice());
+        let mut session_count = 0u64;
+        while let Some(chunk) = reader.next_chunk().map_err(|e| self.corrupt("snapshot", e))? {
+            match chunk {
+                Chunk::Kvs(kvs) => {
+                    for (key, version, value) in kvs {
+                        batch.put_cf(
+                            kv_cf,
+                            keys::kv_key(self.shard, &key),
+                            keys::kv_value(version, &value),
+                        );
+                    }
+                }
+                Chunk::Sessions(records) => {
+                    for (client, rec) in records {
+                        batch.put_cf(
+                            sessions_cf,
+                            keys::session_age_key(self.shard, rec.last_index, client),
+                            [],
+                        );
+                        let raw = codec::encode(&rec).map_err(io::Error::other)?;
+                        batch.put_cf(sessions_cf, keys::session_key(self.shard, client), raw);
+                        session_count += 1;
+                    }
+                }
             }
         }
+        let raw = codec::encode(&session_count).map_err(io::Error::other)?;
+        batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_SESSION_COUNT), raw);
         match meta.last_log_id {
             Some(id) => batch.put_cf(
                 sm_cf,

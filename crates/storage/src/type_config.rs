@@ -4,12 +4,12 @@
 //! shard's Raft group is identified outside openraft: every store, network client and RPC
 //! carries the shard id, and openraft itself never needs to know it.
 
-use crate::command::{Command, CommandResult};
+use crate::command::{CommandResult, Proposal};
 
 openraft::declare_raft_types!(
     /// ringkv's openraft types.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = CommandResult,
         NodeId = u64,
         Node = openraft::BasicNode,

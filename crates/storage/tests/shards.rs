@@ -17,7 +17,10 @@ fn log_id(term: u64, index: u64) -> LogId {
 fn put(term: u64, index: u64, key: &str, value: &str) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Command::Put { key: key.into(), value: value.into() }),
+        payload: EntryPayload::Normal(ringkv_storage::Proposal::from(Command::Put {
+            key: key.into(),
+            value: value.into(),
+        })),
     }
 }
 
@@ -103,28 +106,28 @@ async fn apply_semantics_cas_versions_and_batches() {
         put(1, 1, "a", "1"),
         Entry {
             log_id: log_id(1, 2),
-            payload: EntryPayload::Normal(Command::Cas {
+            payload: EntryPayload::Normal(ringkv_storage::Proposal::from(Command::Cas {
                 key: b"a".to_vec(),
                 expected: ringkv_storage::Expected::Version(1),
                 new: Some(b"2".to_vec()),
-            }),
+            })),
         },
         Entry {
             log_id: log_id(1, 3),
-            payload: EntryPayload::Normal(Command::Cas {
+            payload: EntryPayload::Normal(ringkv_storage::Proposal::from(Command::Cas {
                 key: b"a".to_vec(),
                 expected: ringkv_storage::Expected::Version(1),
                 new: Some(b"3".to_vec()),
-            }),
+            })),
         },
         Entry {
             log_id: log_id(1, 4),
-            payload: EntryPayload::Normal(Command::Batch {
+            payload: EntryPayload::Normal(ringkv_storage::Proposal::from(Command::Batch {
                 ops: vec![
                     ringkv_storage::BatchOp::Put { key: b"b".to_vec(), value: b"x".to_vec() },
                     ringkv_storage::BatchOp::Delete { key: b"a".to_vec() },
                 ],
-            }),
+            })),
         },
     ];
     apply(&mut sm, entries).await;
@@ -189,4 +192,121 @@ async fn a_damaged_snapshot_is_refused_and_installs_nothing() {
         sm_b.install_snapshot(&snap.meta, ringkv_storage::SnapshotFile { path }).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     assert_eq!(b.reader(1).get(b"keep").unwrap().unwrap().value, b"me");
+}
+
+fn session_put(index: u64, client: u64, seq: u64, key: &str, value: &str) -> Entry {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(ringkv_storage::Proposal {
+            session: Some(ringkv_storage::Session { client_id: client, seq }),
+            command: Command::Put { key: key.into(), value: value.into() },
+        }),
+    }
+}
+
+#[tokio::test]
+async fn sessions_apply_each_write_at_most_once_and_travel_in_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let mut sm = storage.state_machine(3).unwrap();
+    // Client 7 writes seq 1, then the same seq 1 is retried with another value (a buggy or
+    // racing retry): the retry must not apply.
+    apply(&mut sm, vec![session_put(1, 7, 1, "k", "first"), session_put(2, 7, 1, "k", "retry")])
+        .await;
+    let r = storage.reader(3);
+    let v = r.get(b"k").unwrap().unwrap();
+    assert_eq!((v.value.as_slice(), v.version), (&b"first"[..], 1));
+    // seq 2 applies; an old seq 1 arriving late does not.
+    apply(&mut sm, vec![session_put(3, 7, 2, "k", "second"), session_put(4, 7, 1, "k", "late")])
+        .await;
+    let v = r.get(b"k").unwrap().unwrap();
+    assert_eq!((v.value.as_slice(), v.version), (&b"second"[..], 3));
+
+    // The session table travels with a snapshot: on the new replica the retry is still a no-op.
+    let snap = sm.build_snapshot().await.unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = open(b_dir.path());
+    let mut sm_b = b.state_machine(3).unwrap();
+    let path = sm_b.incoming_snapshot_path();
+    std::fs::copy(&snap.snapshot.path, &path).unwrap();
+    sm_b.install_snapshot(&snap.meta, ringkv_storage::SnapshotFile { path }).await.unwrap();
+    assert_eq!(storage.reader(3).checksum().unwrap(), b.reader(3).checksum().unwrap());
+    apply(&mut sm_b, vec![session_put(5, 7, 2, "k", "retried-after-move")]).await;
+    assert_eq!(b.reader(3).get(b"k").unwrap().unwrap().value, b"second");
+}
+
+#[tokio::test]
+async fn session_table_is_bounded_and_evicts_the_same_client_everywhere() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(a_dir.path()), open(b_dir.path()));
+    let mut sm_a = a.state_machine(0).unwrap().with_session_limit(2);
+    let mut sm_b = b.state_machine(0).unwrap().with_session_limit(2);
+    // Clients 1, 2, 3 in order; client 1 is the oldest and is forgotten when 3 arrives.
+    let entries = || {
+        vec![
+            session_put(1, 1, 1, "a", "1"),
+            session_put(2, 2, 1, "b", "2"),
+            session_put(3, 3, 1, "c", "3"),
+        ]
+    };
+    apply(&mut sm_a, entries()).await;
+    // Replica b gets the same entries in two apply calls: eviction must not depend on batching.
+    let mut e = entries();
+    let last = e.split_off(2);
+    apply(&mut sm_b, e).await;
+    apply(&mut sm_b, last).await;
+    assert_eq!(a.reader(0).checksum().unwrap(), b.reader(0).checksum().unwrap());
+    // Client 2 is remembered: its retry does nothing. Client 1 was forgotten: its retry applies
+    // again (the documented cost of the bound).
+    apply(&mut sm_a, vec![session_put(4, 2, 1, "b", "again"), session_put(5, 1, 1, "a", "again")])
+        .await;
+    assert_eq!(a.reader(0).get(b"b").unwrap().unwrap().value, b"2");
+    assert_eq!(a.reader(0).get(b"a").unwrap().unwrap().value, b"again");
+}
+
+mod batching_does_not_matter {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Replicas cut the same log into different apply batches; their state, session
+        /// table included, must come out identical.
+        #[test]
+        fn same_entries_any_batching_same_state(
+            writes in proptest::collection::vec((1u64..6, 0u64..3, 0u8..4), 1..40),
+            cuts in proptest::collection::vec(any::<bool>(), 40),
+        ) {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let mut next_seq = [0u64; 6];
+                let entries: Vec<Entry> = writes.iter().enumerate().map(|(i, &(client, retry, key))| {
+                    // Mostly new writes, sometimes a retry of an earlier sequence number.
+                    let seq = if retry == 0 && next_seq[client as usize] > 0 { next_seq[client as usize] } else {
+                        next_seq[client as usize] += 1;
+                        next_seq[client as usize]
+                    };
+                    session_put(i as u64 + 1, client, seq, &format!("k{key}"), &format!("v{i}"))
+                }).collect();
+                let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+                let (a, b) = (open(a_dir.path()), open(b_dir.path()));
+                let mut sm_a = a.state_machine(0).unwrap().with_session_limit(3);
+                let mut sm_b = b.state_machine(0).unwrap().with_session_limit(3);
+                apply(&mut sm_a, entries.clone()).await;
+                let mut batch = Vec::new();
+                for (i, e) in entries.into_iter().enumerate() {
+                    batch.push(e);
+                    if cuts[i] {
+                        apply(&mut sm_b, std::mem::take(&mut batch)).await;
+                    }
+                }
+                if !batch.is_empty() {
+                    apply(&mut sm_b, batch).await;
+                }
+                assert_eq!(a.reader(0).checksum().unwrap(), b.reader(0).checksum().unwrap());
+            });
+        }
+    }
 }
