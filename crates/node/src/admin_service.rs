@@ -36,7 +36,7 @@ pub fn shard_map_proto(map: &ShardMap) -> ringkv_proto::v1::ShardMap {
         shard_count: layout.shard_count,
         replication_factor: layout.replication_factor,
         vnodes_per_shard: layout.vnodes_per_shard,
-        nodes: map.nodes().iter().map(|n| NodeInfo { id: n.id, addr: n.addr.clone() }).collect(),
+        nodes: map.nodes().iter().map(|n| NodeInfo { id: n.id, addr: n.addr.clone(), weight: n.weight }).collect(),
         shards: map
             .shard_ids()
             .map(|s| ShardPlacement { shard_id: s, replicas: map.replicas(s).to_vec() })
@@ -104,7 +104,7 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(NodeStatusResponse {
-            node: me.map(|n| NodeInfo { id: n.id, addr: n.addr.clone() }),
+            node: me.map(|n| NodeInfo { id: n.id, addr: n.addr.clone(), weight: n.weight }),
             map: Some(shard_map_proto(map)),
             shards,
         }))

@@ -13,7 +13,7 @@ use crate::validate;
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
     BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse,
-    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, PutRequest,
+    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, MultiGetRequest, MultiGetResponse, PutRequest,
     PutResponse, ScanRequest, ScanResponse, compare, write_op,
 };
 use ringkv_storage::{BatchOp, Command, CommandResult, Expected, Proposal, ScanRange, Versioned};
@@ -281,6 +281,38 @@ impl Kv for KvService {
                 }
                 other => Err(unexpected(&other)),
             }
+        })
+        .await
+    }
+
+    async fn multi_get(&self, req: Request<MultiGetRequest>) -> Result<Response<MultiGetResponse>, Status> {
+        let timeout = deadline(&req);
+        let req = req.into_inner();
+        self.observed("multi_get", async {
+            if req.keys.len() > validate::MULTI_GET_KEYS_MAX {
+                return Err(NodeError::InvalidArgument {
+                    field: "keys",
+                    reason: format!("{} keys exceeds the limit of {}", req.keys.len(), validate::MULTI_GET_KEYS_MAX),
+                    limit: Some(validate::MULTI_GET_KEYS_MAX as u64),
+                });
+            }
+            let consistency = validate::consistency(req.consistency)?;
+            for k in &req.keys {
+                validate::key(k)?;
+            }
+            // One barrier per shard, then plain reads.
+            let mut ready = std::collections::HashSet::new();
+            let mut kvs = Vec::new();
+            for k in &req.keys {
+                let shard = self.registry.shard_for_key(k)?;
+                if ready.insert(shard.id) {
+                    shard.read_barrier(consistency, timeout).await?;
+                }
+                if let Some(v) = shard.reader.get(k).map_err(|e| NodeError::Internal(e.to_string()))? {
+                    kvs.push(kv(k.to_vec(), v));
+                }
+            }
+            Ok(MultiGetResponse { kvs })
         })
         .await
     }

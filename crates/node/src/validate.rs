@@ -14,6 +14,7 @@ pub const BATCH_OPS_MAX: usize = 1000;
 pub const BATCH_BYTES_MAX: usize = 8 << 20;
 pub const SCAN_LIMIT_DEFAULT: usize = 1000;
 pub const SCAN_LIMIT_MAX: usize = 10_000;
+pub const MULTI_GET_KEYS_MAX: usize = 1000;
 /// gRPC messages larger than this are refused by the transport before they are decoded:
 /// the largest valid request (a full batch) plus framing.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + (1 << 20);

@@ -1,0 +1,472 @@
+//! The routing core's operations.
+//!
+//! Every operation is the same loop: pick a node (the shard's leader for writes and
+//! linearizable or lease reads; a replica chosen by the read policy for stale reads), call it
+//! with the time left before the deadline, and learn from the answer: a success confirms the
+//! leader; `NOT_LEADER` redirects (to the named leader, else the next replica); `WRONG_SHARD`
+//! refreshes the map; a transient failure backs off (jittered, exponential) and, for transport
+//! failures, counts toward ejecting the node. Retries stop at the deadline, when the retry
+//! budget is spent, or at an error retrying cannot fix.
+
+use crate::balance;
+use crate::config::RoutingConfig;
+use crate::error::RoutingError;
+use crate::lanes::Lanes;
+use crate::nodes::{NodeEntry, Nodes};
+use crate::retry::{self, Next, RetryBudget};
+use crate::topology::{Topology, map_from_proto};
+use futures::future::try_join_all;
+use ringkv_placement::{ShardId, ShardMap};
+use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::kv_client::KvClient;
+use ringkv_proto::v1::{
+    BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse, Consistency, DeleteRequest,
+    DeleteResponse, GetRequest, GetResponse, GetShardMapRequest, KeyValue, MultiGetRequest, MultiGetResponse,
+    PutRequest, PutResponse, ScanRequest, ScanResponse, write_op,
+};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::codegen::Bytes;
+use tonic::transport::Channel;
+use tonic::{Response, Status};
+
+/// Redirects followed without backoff before a redirect counts as a retry.
+const FREE_REDIRECTS: u32 = 3;
+const SCAN_LIMIT_DEFAULT: u32 = 1000;
+
+/// Counters a router exports.
+#[derive(Debug, Default)]
+pub struct RoutingStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub redirects: AtomicU64,
+    pub map_refreshes: AtomicU64,
+    pub ejections: AtomicU64,
+}
+
+/// A handle to a ringkv cluster. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: RoutingConfig,
+    topology: Topology,
+    nodes: Nodes,
+    budget: RetryBudget,
+    lanes: Lanes,
+    rr: AtomicUsize,
+    stats: RoutingStats,
+}
+
+/// Which replicas may serve a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Leader,
+    AnyReplica { key_hash: u64 },
+}
+
+impl Cluster {
+    /// Fetches the shard map from the first seed that answers and starts the periodic refresh.
+    pub async fn connect(cfg: RoutingConfig) -> Result<Self, RoutingError> {
+        if cfg.seeds.is_empty() {
+            return Err(RoutingError::InvalidArgument("no seed node addresses".into()));
+        }
+        let inner = Arc::new(Inner {
+            budget: RetryBudget::new(&cfg),
+            lanes: Lanes::new(cfg.write_lanes_max),
+            topology: Topology::default(),
+            nodes: Nodes::default(),
+            rr: AtomicUsize::new(0),
+            stats: RoutingStats::default(),
+            cfg,
+        });
+        let cluster = Cluster { inner };
+        cluster.refresh_map().await?;
+        let weak = Arc::downgrade(&cluster.inner);
+        let every = cluster.inner.cfg.refresh_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = (Cluster { inner }).refresh_map().await {
+                    tracing::warn!(error = %e, "periodic shard map refresh failed");
+                }
+            }
+        });
+        Ok(cluster)
+    }
+
+    pub fn config(&self) -> &RoutingConfig {
+        &self.inner.cfg
+    }
+
+    pub fn stats(&self) -> &RoutingStats {
+        &self.inner.stats
+    }
+
+    pub fn nodes(&self) -> Vec<Arc<NodeEntry>> {
+        self.inner.nodes.all()
+    }
+
+    pub fn map(&self) -> Option<Arc<ShardMap>> {
+        self.inner.topology.map()
+    }
+
+    /// The channel to a node of the map (for admin calls).
+    pub fn channel(&self, node: u64) -> Option<Channel> {
+        let map = self.map()?;
+        let spec = map.node(node)?;
+        self.inner.nodes.get(node, &spec.addr).ok().map(|n| n.channel())
+    }
+
+    /// Pulls the map from any known node (seeds first), keeping the newest epoch.
+    pub async fn refresh_map(&self) -> Result<Arc<ShardMap>, RoutingError> {
+        self.inner.stats.map_refreshes.fetch_add(1, Ordering::Relaxed);
+        let mut addrs: Vec<String> = self.inner.cfg.seeds.clone();
+        if let Some(m) = self.map() {
+            addrs.extend(m.nodes().iter().map(|n| n.addr.clone()));
+        }
+        let mut errors = Vec::new();
+        for addr in addrs {
+            let entry = match self.inner.nodes.get(0, &addr) {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let mut admin = AdminClient::new(entry.channel());
+            let mut req = tonic::Request::new(GetShardMapRequest {});
+            req.set_timeout(Duration::from_secs(2));
+            match admin.get_shard_map(req).await {
+                Ok(resp) => match resp.into_inner().map.ok_or("empty map".to_string()).and_then(|m| map_from_proto(&m)) {
+                    Ok(map) => {
+                        self.inner.topology.install(map);
+                        if let Some(m) = self.map() {
+                            return Ok(m);
+                        }
+                    }
+                    Err(e) => errors.push(format!("{addr}: {e}")),
+                },
+                Err(s) => errors.push(format!("{addr}: {}", s.message())),
+            }
+        }
+        Err(RoutingError::NoMap(errors.join("; ")))
+    }
+
+    fn current_map(&self) -> Result<Arc<ShardMap>, RoutingError> {
+        self.map().ok_or_else(|| RoutingError::NoMap("no shard map yet".into()))
+    }
+
+    pub fn shard_of(&self, key: &[u8]) -> Result<ShardId, RoutingError> {
+        Ok(self.current_map()?.shard_of(key))
+    }
+
+    fn entry(&self, map: &ShardMap, node: u64) -> Option<Arc<NodeEntry>> {
+        let spec = map.node(node)?;
+        self.inner.nodes.get(node, &spec.addr).ok()
+    }
+
+    /// The node to try next for `shard`. `skip` holds nodes that just failed this call.
+    fn choose(&self, map: &ShardMap, shard: ShardId, target: Target, skip: &[u64]) -> Option<Arc<NodeEntry>> {
+        let replicas: Vec<Arc<NodeEntry>> =
+            map.replicas(shard).iter().filter(|n| !skip.contains(n)).filter_map(|&n| self.entry(map, n)).collect();
+        match target {
+            Target::AnyReplica { key_hash } => {
+                balance::pick(self.inner.cfg.read_policy, &replicas, key_hash, &self.inner.rr)
+            }
+            Target::Leader => {
+                if let Some(l) = self.inner.topology.leader(shard).filter(|l| !skip.contains(l)) {
+                    if let Some(e) = self.entry(map, l).filter(|e| e.available()) {
+                        return Some(e);
+                    }
+                }
+                // Unknown leader: the preferred leader first (where balancing puts it), then
+                // the others in placement order, skipping ejected nodes while we can.
+                let preferred = map.preferred_leader(shard);
+                let mut order = replicas;
+                order.sort_by_key(|e| Some(e.id) != preferred);
+                order.iter().find(|e| e.available()).cloned().or_else(|| order.first().cloned())
+            }
+        }
+    }
+
+    /// The retry loop around one call to one shard.
+    async fn call<T, F, Fut>(&self, shard: ShardId, target: Target, deadline: Instant, f: F) -> Result<T, RoutingError>
+    where
+        F: Fn(KvClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let inner = &self.inner;
+        inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        inner.budget.on_request();
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut retries = 0u32;
+        let mut skip: Vec<u64> = Vec::new();
+        let mut last = String::from("no attempt made");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(RoutingError::Deadline {
+                    deadline_ms: u64::try_from(deadline.duration_since(started).as_millis()).unwrap_or(u64::MAX),
+                    attempts,
+                    last,
+                });
+            }
+            let map = self.current_map()?;
+            let Some(node) = self.choose(&map, shard, target, &skip) else {
+                // Every replica failed this round: start over with all of them, after a pause.
+                skip.clear();
+                tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
+                retries += 1;
+                continue;
+            };
+            attempts += 1;
+            let guard = node.start();
+            let result = f(node.kv(), remaining).await;
+            let latency = guard.elapsed();
+            drop(guard);
+            let status = match result {
+                Ok(resp) => {
+                    node.on_success(latency);
+                    if target == Target::Leader {
+                        inner.topology.set_leader(shard, node.id);
+                    }
+                    return Ok(resp.into_inner());
+                }
+                Err(s) => s,
+            };
+            last = format!("node {}: {:?}: {}", node.id, status.code(), status.message());
+            let next = retry::classify(&status);
+            // Redirects are cheap and expected around elections: a few are free.
+            let free = matches!(next, Next::Redirect(Some(_))) && attempts <= FREE_REDIRECTS;
+            if next == Next::Fail {
+                return Err(RoutingError::Node(status));
+            }
+            if !free && !inner.budget.try_retry() {
+                return Err(RoutingError::BudgetExhausted { attempts, last });
+            }
+            inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+            match next {
+                Next::Redirect(Some(leader)) if leader != node.id => {
+                    inner.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                    inner.topology.set_leader(shard, leader);
+                    if !free {
+                        tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
+                        retries += 1;
+                    }
+                }
+                Next::Redirect(_) => {
+                    inner.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                    inner.topology.forget_leader(shard, node.id);
+                    skip.push(node.id);
+                    tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
+                    retries += 1;
+                }
+                Next::RefreshMap => {
+                    // A failed refresh is not final: the next attempt may reach another node.
+                    let _ = self.refresh_map().await;
+                }
+                Next::Backoff { node_failed } => {
+                    if node_failed {
+                        inner.topology.forget_leader(shard, node.id);
+                        skip.push(node.id);
+                        if node.on_failure(&inner.cfg) {
+                            inner.stats.ejections.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
+                    retries += 1;
+                }
+                Next::Fail => unreachable!("handled above"),
+            }
+        }
+    }
+
+    fn deadline(&self, timeout: Option<Duration>) -> Instant {
+        Instant::now() + timeout.unwrap_or(self.inner.cfg.default_timeout)
+    }
+
+    pub async fn put(&self, mut req: PutRequest, timeout: Option<Duration>) -> Result<PutResponse, RoutingError> {
+        let shard = self.shard_of(&req.key)?;
+        let _lane = match req.session {
+            Some(_) => None,
+            None => {
+                let lane = self.inner.lanes.acquire().await;
+                req.session = Some(lane.session());
+                Some(lane)
+            }
+        };
+        self.call(shard, Target::Leader, self.deadline(timeout), |mut c, t| {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(t);
+            async move { c.put(r).await }
+        })
+        .await
+    }
+
+    pub async fn delete(&self, mut req: DeleteRequest, timeout: Option<Duration>) -> Result<DeleteResponse, RoutingError> {
+        let shard = self.shard_of(&req.key)?;
+        let _lane = match req.session {
+            Some(_) => None,
+            None => {
+                let lane = self.inner.lanes.acquire().await;
+                req.session = Some(lane.session());
+                Some(lane)
+            }
+        };
+        self.call(shard, Target::Leader, self.deadline(timeout), |mut c, t| {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(t);
+            async move { c.delete(r).await }
+        })
+        .await
+    }
+
+    pub async fn compare_and_swap(
+        &self,
+        mut req: CompareAndSwapRequest,
+        timeout: Option<Duration>,
+    ) -> Result<CompareAndSwapResponse, RoutingError> {
+        let shard = self.shard_of(&req.key)?;
+        let _lane = match req.session {
+            Some(_) => None,
+            None => {
+                let lane = self.inner.lanes.acquire().await;
+                req.session = Some(lane.session());
+                Some(lane)
+            }
+        };
+        self.call(shard, Target::Leader, self.deadline(timeout), |mut c, t| {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(t);
+            async move { c.compare_and_swap(r).await }
+        })
+        .await
+    }
+
+    pub async fn batch_write(&self, mut req: BatchWriteRequest, timeout: Option<Duration>) -> Result<BatchWriteResponse, RoutingError> {
+        let first = req.ops.first().and_then(|op| match &op.op {
+            Some(write_op::Op::Put(p)) => Some(p.key.clone()),
+            Some(write_op::Op::Delete(d)) => Some(d.key.clone()),
+            None => None,
+        });
+        // An empty or malformed batch is for the node to reject with its usual message.
+        let shard = self.shard_of(first.as_deref().unwrap_or_default())?;
+        let _lane = match req.session {
+            Some(_) => None,
+            None => {
+                let lane = self.inner.lanes.acquire().await;
+                req.session = Some(lane.session());
+                Some(lane)
+            }
+        };
+        self.call(shard, Target::Leader, self.deadline(timeout), |mut c, t| {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(t);
+            async move { c.batch_write(r).await }
+        })
+        .await
+    }
+
+    fn read_target(consistency: i32, key: &[u8]) -> Target {
+        if consistency == Consistency::Stale as i32 {
+            Target::AnyReplica { key_hash: ringkv_placement::hash::key_hash(key) }
+        } else {
+            Target::Leader
+        }
+    }
+
+    pub async fn get(&self, req: GetRequest, timeout: Option<Duration>) -> Result<GetResponse, RoutingError> {
+        let shard = self.shard_of(&req.key)?;
+        let target = Self::read_target(req.consistency, &req.key);
+        self.call(shard, target, self.deadline(timeout), |mut c, t| {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(t);
+            async move { c.get(r).await }
+        })
+        .await
+    }
+
+    /// Gets many keys: split by shard, one call per shard, all in parallel.
+    pub async fn multi_get(&self, req: MultiGetRequest, timeout: Option<Duration>) -> Result<MultiGetResponse, RoutingError> {
+        let map = self.current_map()?;
+        let mut by_shard: BTreeMap<ShardId, Vec<Bytes>> = BTreeMap::new();
+        for k in &req.keys {
+            by_shard.entry(map.shard_of(k)).or_default().push(k.clone());
+        }
+        let deadline = self.deadline(timeout);
+        let calls = by_shard.into_iter().map(|(shard, keys)| {
+            let target = Self::read_target(req.consistency, keys.first().map_or(&[][..], |k| &k[..]));
+            let sub = MultiGetRequest { keys, consistency: req.consistency };
+            self.call(shard, target, deadline, move |mut c, t| {
+                let mut r = tonic::Request::new(sub.clone());
+                r.set_timeout(t);
+                async move { c.multi_get(r).await }
+            })
+        });
+        let parts = try_join_all(calls).await?;
+        let mut found: std::collections::HashMap<Bytes, KeyValue> =
+            parts.into_iter().flat_map(|p| p.kvs).map(|kv| (kv.key.clone(), kv)).collect();
+        let kvs = req.keys.iter().filter_map(|k| found.remove(k)).collect();
+        Ok(MultiGetResponse { kvs })
+    }
+
+    /// Scans one shard (when `shard_id` is set) or all of them, merged in key order.
+    ///
+    /// A cross-shard page asks every shard for up to `limit` keys from the same start, merges
+    /// them, and keeps the first `limit`; the continuation token is the key after the last one
+    /// returned. Keys live in exactly one shard, so pages never repeat or skip a key.
+    pub async fn scan(&self, req: ScanRequest, timeout: Option<Duration>) -> Result<ScanResponse, RoutingError> {
+        let deadline = self.deadline(timeout);
+        let target = if req.consistency == Consistency::Stale as i32 {
+            Target::AnyReplica { key_hash: 0 }
+        } else {
+            Target::Leader
+        };
+        if let Some(shard) = req.shard_id {
+            return self
+                .call(shard, target, deadline, |mut c, t| {
+                    let mut r = tonic::Request::new(req.clone());
+                    r.set_timeout(t);
+                    async move { c.scan(r).await }
+                })
+                .await;
+        }
+        let limit = if req.limit == 0 { SCAN_LIMIT_DEFAULT } else { req.limit } as usize;
+        let map = self.current_map()?;
+        let start = if req.continuation_token.is_empty() { req.start_key.clone() } else { req.continuation_token.clone() };
+        let calls = map.shard_ids().map(|shard| {
+            let sub = ScanRequest { shard_id: Some(shard), start_key: start.clone(), continuation_token: Default::default(), ..req.clone() };
+            self.call(shard, target, deadline, move |mut c, t| {
+                let mut r = tonic::Request::new(sub.clone());
+                r.set_timeout(t);
+                async move { c.scan(r).await }
+            })
+        });
+        let pages = try_join_all(calls).await?;
+        let more_somewhere = pages.iter().any(|p| !p.continuation_token.is_empty());
+        let mut kvs: Vec<KeyValue> = pages.into_iter().flat_map(|p| p.kvs).collect();
+        kvs.sort_by(|a, b| a.key.cmp(&b.key));
+        let truncated = kvs.len() > limit;
+        kvs.truncate(limit);
+        let continuation_token = match kvs.last() {
+            Some(last) if truncated || more_somewhere => {
+                let mut next = last.key.to_vec();
+                next.push(0);
+                next.into()
+            }
+            _ => Default::default(),
+        };
+        Ok(ScanResponse { header: None, kvs, continuation_token })
+    }
+}

@@ -1,0 +1,31 @@
+//! The routing core: how a request for a key finds the node that can serve it.
+//!
+//! Used by the ambassador router (`ringkv-router`) and by the client library's direct mode,
+//! so the logic exists once. The pieces:
+//!
+//! - [`topology`]: the shard map, pulled from the nodes (`Admin.GetShardMap`) and versioned by
+//!   epoch, plus a leader cache learned from replies and `NOT_LEADER` hints.
+//! - [`nodes`]: one gRPC channel per node, with per-node health: in-flight requests, a
+//!   latency EWMA, and outlier ejection (a node that fails N times in a row is skipped for a
+//!   growing interval, then probed by one request, half-open).
+//! - [`balance`]: where a `STALE` read goes among a shard's replicas: round-robin, least
+//!   outstanding requests (power of two choices), peak-EWMA latency, or key-hash affinity.
+//! - [`retry`]: which failures are safe to retry, a retry budget (retries may add at most a
+//!   fixed fraction of load), and jittered exponential backoff bounded by the caller's deadline.
+//! - [`lanes`]: session lanes for at-most-once writes: every write carries a client id and a
+//!   sequence number, so a retry after an unknown outcome is never applied twice.
+//! - [`cluster`]: the operations, each one a loop of "pick a node, call, learn from the
+//!   answer" until success, a final error, the budget or the deadline.
+
+pub mod balance;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod lanes;
+pub mod nodes;
+pub mod retry;
+pub mod topology;
+
+pub use cluster::Cluster;
+pub use config::{ReadPolicy, RoutingConfig};
+pub use error::RoutingError;

@@ -1,0 +1,230 @@
+//! Connections to the nodes, and what the routing core knows of each node's health.
+//!
+//! One lazily connected gRPC channel per node (HTTP/2 multiplexes every request over it).
+//! Health: requests in flight and a peak-EWMA latency feed the read balancing policies;
+//! consecutive failures feed outlier ejection. An ejected node is skipped until its interval
+//! ends (doubling with each ejection up to a cap); then one request is let through as a probe
+//! (half-open): success restores it, failure ejects it again for longer.
+
+use crate::config::RoutingConfig;
+use ringkv_placement::NodeId;
+use ringkv_proto::v1::kv_client::KvClient;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest gRPC message accepted from a node (a full scan page of large values).
+pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Debug)]
+pub struct NodeEntry {
+    pub id: NodeId,
+    pub addr: String,
+    channel: Channel,
+    in_flight: AtomicU64,
+    /// Peak EWMA of latency in microseconds.
+    ewma_us: AtomicU64,
+    failures: AtomicU32,
+    ejections: AtomicU32,
+    state: Mutex<Health>,
+}
+
+/// Outlier-ejection state of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Healthy,
+    Ejected { until: Instant },
+    /// Half-open: one probe is out. A probe that never reports back (its caller gave up) does
+    /// not block the node forever: after `PROBE_TIMEOUT` another probe may go.
+    Probing { since: Instant },
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counts a request as in flight while alive.
+#[derive(Debug)]
+pub struct InFlight(Arc<NodeEntry>, Instant);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl InFlight {
+    pub fn elapsed(&self) -> Duration {
+        self.1.elapsed()
+    }
+}
+
+impl NodeEntry {
+    fn new(id: NodeId, addr: &str) -> Result<Self, String> {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad node address {addr}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(NodeEntry {
+            id,
+            addr: addr.to_string(),
+            channel,
+            in_flight: AtomicU64::new(0),
+            ewma_us: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            state: Mutex::new(Health::Healthy),
+        })
+    }
+
+    pub fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel.clone()).max_decoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone(), Instant::now())
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn ewma_us(&self) -> u64 {
+        self.ewma_us.load(Ordering::Relaxed)
+    }
+
+    /// Usable now? An expired ejection lets exactly one probe through.
+    pub fn available(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match *state {
+            Health::Healthy => true,
+            Health::Ejected { until } | Health::Probing { since: until } if now < until => false,
+            Health::Ejected { .. } | Health::Probing { .. } => {
+                *state = Health::Probing { since: now + PROBE_TIMEOUT };
+                true
+            }
+        }
+    }
+
+    /// Ejected and still inside its interval (or its probe is out).
+    pub fn is_ejected(&self) -> bool {
+        let now = Instant::now();
+        match *self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            Health::Healthy => false,
+            Health::Ejected { until } | Health::Probing { since: until } => now < until,
+        }
+    }
+
+    pub fn ejection_count(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    pub fn on_success(&self, latency: Duration) {
+        self.failures.store(0, Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *state != Health::Healthy {
+            *state = Health::Healthy;
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+        drop(state);
+        let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        // Peak EWMA: jump up to a slow sample at once, decay slowly (1/8 per sample).
+        let new = if sample > old { sample } else { old - (old - sample) / 8 };
+        self.ewma_us.store(new, Ordering::Relaxed);
+    }
+
+    /// A transport-level failure. Returns true if it ejected the node.
+    pub fn on_failure(&self, cfg: &RoutingConfig) -> bool {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // A failure after the ejection interval is a failed probe, however it was sent.
+        let was_probe = *state != Health::Healthy;
+        if failures < cfg.eject_after_failures && !was_probe {
+            return false;
+        }
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed);
+        let interval = cfg.eject_base.saturating_mul(1u32 << n.min(16)).min(cfg.eject_max);
+        *state = Health::Ejected { until: Instant::now() + interval };
+        self.failures.store(0, Ordering::Relaxed);
+        tracing::warn!(node = self.id, addr = %self.addr, ?interval, "ejecting node after repeated failures");
+        true
+    }
+}
+
+/// Every known node, by id.
+#[derive(Debug, Default)]
+pub struct Nodes {
+    nodes: RwLock<HashMap<NodeId, Arc<NodeEntry>>>,
+}
+
+impl Nodes {
+    /// The entry of `id` at `addr`, created (or replaced, if its address changed) on demand.
+    pub fn get(&self, id: NodeId, addr: &str) -> Result<Arc<NodeEntry>, String> {
+        if let Some(n) = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            if n.addr == addr {
+                return Ok(n.clone());
+            }
+        }
+        let entry = Arc::new(NodeEntry::new(id, addr)?);
+        self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
+        Ok(entry)
+    }
+
+    pub fn all(&self) -> Vec<Arc<NodeEntry>> {
+        let mut v: Vec<_> = self.nodes.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by_key(|n| n.id);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ejection_grows_then_half_open_probe_restores() {
+        let cfg = RoutingConfig {
+            eject_after_failures: 3,
+            eject_base: Duration::from_millis(40),
+            eject_max: Duration::from_millis(200),
+            ..RoutingConfig::default()
+        };
+        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        assert!(!n.on_failure(&cfg) && !n.on_failure(&cfg));
+        assert!(n.on_failure(&cfg), "third consecutive failure ejects");
+        assert!(!n.available() && n.is_ejected());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(n.available(), "after the interval one probe goes through");
+        assert!(!n.available(), "but only one");
+        // The probe fails: ejected again, for twice as long.
+        assert!(n.on_failure(&cfg));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!n.available(), "second ejection lasts 80 ms");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(n.available());
+        n.on_success(Duration::from_millis(1));
+        assert!(n.available() && n.available(), "a successful probe restores the node");
+        assert_eq!(n.ejection_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn peak_ewma_jumps_up_and_decays_slowly() {
+        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        n.on_success(Duration::from_millis(10));
+        assert_eq!(n.ewma_us(), 10_000);
+        n.on_success(Duration::from_millis(2));
+        assert_eq!(n.ewma_us(), 9_000);
+        n.on_success(Duration::from_millis(50));
+        assert_eq!(n.ewma_us(), 50_000);
+    }
+}
