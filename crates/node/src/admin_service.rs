@@ -8,9 +8,8 @@ use ringkv_placement::ShardMap;
 use ringkv_proto::v1::admin_server::Admin;
 use ringkv_proto::v1::{
     GetShardMapRequest, GetShardMapResponse, NodeInfo, NodeStatusRequest, NodeStatusResponse,
-    RaftRole, ReplicaProgress, ShardChecksumRequest, ShardChecksumResponse, ShardPlacement,
-    ShardStatus, TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest,
-    TriggerSnapshotResponse,
+    RaftRole, ReplicaProgress, ShardChecksumRequest, ShardChecksumResponse, ShardStatus,
+    TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -30,18 +29,7 @@ impl AdminService {
 }
 
 pub fn shard_map_proto(map: &ShardMap) -> ringkv_proto::v1::ShardMap {
-    let layout = map.layout();
-    ringkv_proto::v1::ShardMap {
-        epoch: map.epoch(),
-        shard_count: layout.shard_count,
-        replication_factor: layout.replication_factor,
-        vnodes_per_shard: layout.vnodes_per_shard,
-        nodes: map.nodes().iter().map(|n| NodeInfo { id: n.id, addr: n.addr.clone(), weight: n.weight }).collect(),
-        shards: map
-            .shard_ids()
-            .map(|s| ShardPlacement { shard_id: s, replicas: map.replicas(s).to_vec() })
-            .collect(),
-    }
+    ringkv_routing::topology::map_to_proto(map)
 }
 
 fn role(state: ServerState) -> RaftRole {

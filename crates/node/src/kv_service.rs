@@ -13,8 +13,8 @@ use crate::validate;
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
     BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse,
-    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, MultiGetRequest, MultiGetResponse, PutRequest,
-    PutResponse, ScanRequest, ScanResponse, compare, write_op,
+    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, MultiGetRequest,
+    MultiGetResponse, PutRequest, PutResponse, ScanRequest, ScanResponse, compare, write_op,
 };
 use ringkv_storage::{BatchOp, Command, CommandResult, Expected, Proposal, ScanRange, Versioned};
 use std::sync::Arc;
@@ -35,26 +35,7 @@ impl KvService {
 
 /// The caller's deadline (grpc-timeout) if it set one, else the default.
 fn deadline<T>(req: &Request<T>) -> Duration {
-    req.metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .unwrap_or(REQUEST_TIMEOUT_DEFAULT)
-}
-
-/// `grpc-timeout` is digits followed by a unit letter (H, M, S, m, u, n).
-fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    let (digits, unit) = v.split_at_checked(v.len().checked_sub(1)?)?;
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    ringkv_proto::grpc_timeout(req.metadata()).unwrap_or(REQUEST_TIMEOUT_DEFAULT)
 }
 
 fn kv(key: Vec<u8>, v: Versioned) -> KeyValue {
@@ -285,14 +266,21 @@ impl Kv for KvService {
         .await
     }
 
-    async fn multi_get(&self, req: Request<MultiGetRequest>) -> Result<Response<MultiGetResponse>, Status> {
+    async fn multi_get(
+        &self,
+        req: Request<MultiGetRequest>,
+    ) -> Result<Response<MultiGetResponse>, Status> {
         let timeout = deadline(&req);
         let req = req.into_inner();
         self.observed("multi_get", async {
             if req.keys.len() > validate::MULTI_GET_KEYS_MAX {
                 return Err(NodeError::InvalidArgument {
                     field: "keys",
-                    reason: format!("{} keys exceeds the limit of {}", req.keys.len(), validate::MULTI_GET_KEYS_MAX),
+                    reason: format!(
+                        "{} keys exceeds the limit of {}",
+                        req.keys.len(),
+                        validate::MULTI_GET_KEYS_MAX
+                    ),
                     limit: Some(validate::MULTI_GET_KEYS_MAX as u64),
                 });
             }
@@ -308,26 +296,14 @@ impl Kv for KvService {
                 if ready.insert(shard.id) {
                     shard.read_barrier(consistency, timeout).await?;
                 }
-                if let Some(v) = shard.reader.get(k).map_err(|e| NodeError::Internal(e.to_string()))? {
+                if let Some(v) =
+                    shard.reader.get(k).map_err(|e| NodeError::Internal(e.to_string()))?
+                {
                     kvs.push(kv(k.to_vec(), v));
                 }
             }
             Ok(MultiGetResponse { kvs })
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout("S"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
-        assert_eq!(parse_grpc_timeout("12x"), None);
     }
 }

@@ -13,7 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Picks a replica for a stale read of `key_hash`, or `None` if `replicas` is empty.
-pub fn pick(policy: ReadPolicy, replicas: &[Arc<NodeEntry>], key_hash: u64, rr: &AtomicUsize) -> Option<Arc<NodeEntry>> {
+pub fn pick(
+    policy: ReadPolicy,
+    replicas: &[Arc<NodeEntry>],
+    key_hash: u64,
+    rr: &AtomicUsize,
+) -> Option<Arc<NodeEntry>> {
     let live: Vec<&Arc<NodeEntry>> = replicas.iter().filter(|n| !n.is_ejected()).collect();
     let pool: Vec<&Arc<NodeEntry>> = if live.is_empty() { replicas.iter().collect() } else { live };
     let n = pool.len();
@@ -58,7 +63,8 @@ mod tests {
     async fn round_robin_cycles_and_affinity_sticks() {
         let r = replicas();
         let rr = AtomicUsize::new(0);
-        let ids: Vec<_> = (0..6).map(|_| pick(ReadPolicy::RoundRobin, &r, 0, &rr).unwrap().id).collect();
+        let ids: Vec<_> =
+            (0..6).map(|_| pick(ReadPolicy::RoundRobin, &r, 0, &rr).unwrap().id).collect();
         assert_eq!(ids, [1, 2, 3, 1, 2, 3]);
         let a = pick(ReadPolicy::KeyAffinity, &r, 12345, &rr).unwrap().id;
         assert!((0..10).all(|_| pick(ReadPolicy::KeyAffinity, &r, 12345, &rr).unwrap().id == a));
@@ -69,7 +75,9 @@ mod tests {
         let r = replicas();
         let _busy: Vec<_> = (0..50).map(|_| r[0].start()).collect();
         let rr = AtomicUsize::new(0);
-        let hits = (0..1000).filter(|_| pick(ReadPolicy::LeastOutstanding, &r, 0, &rr).unwrap().id == 1).count();
+        let hits = (0..1000)
+            .filter(|_| pick(ReadPolicy::LeastOutstanding, &r, 0, &rr).unwrap().id == 1)
+            .count();
         // Node 1 only wins when both samples are node 1, which two distinct samples never are.
         assert_eq!(hits, 0);
     }

@@ -16,18 +16,23 @@ use crate::nodes::{NodeEntry, Nodes};
 use crate::retry::{self, Next, RetryBudget};
 use crate::topology::{Topology, map_from_proto};
 use futures::future::try_join_all;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use ringkv_placement::{ShardId, ShardMap};
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{
-    BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse, Consistency, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, GetShardMapRequest, KeyValue, MultiGetRequest, MultiGetResponse,
-    PutRequest, PutResponse, ScanRequest, ScanResponse, write_op,
+    BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse,
+    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, GetShardMapRequest,
+    KeyValue, MultiGetRequest, MultiGetResponse, PutRequest, PutResponse, ScanRequest,
+    ScanResponse, write_op,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 use tonic::codegen::Bytes;
 use tonic::transport::Channel;
@@ -37,14 +42,41 @@ use tonic::{Response, Status};
 const FREE_REDIRECTS: u32 = 3;
 const SCAN_LIMIT_DEFAULT: u32 = 1000;
 
-/// Counters a router exports.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: u64,
+}
+
+/// What the routing core counts; a router registers it in its `/metrics`.
+#[derive(Debug, Default, Clone)]
 pub struct RoutingStats {
-    pub requests: AtomicU64,
-    pub retries: AtomicU64,
-    pub redirects: AtomicU64,
-    pub map_refreshes: AtomicU64,
-    pub ejections: AtomicU64,
+    pub requests: Counter,
+    pub retries: Counter,
+    pub redirects: Counter,
+    pub map_refreshes: Counter,
+    pub ejections: Counter,
+    pub shard_requests: Family<ShardLabel, Counter>,
+    pub node_attempts: Family<NodeLabel, Counter>,
+    pub node_failures: Family<NodeLabel, Counter>,
+}
+
+impl RoutingStats {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("ringkv_routing");
+        r.register("requests", "Requests routed (one per shard touched)", self.requests.clone());
+        r.register("retries", "Attempts beyond the first", self.retries.clone());
+        r.register("redirects", "NOT_LEADER answers followed", self.redirects.clone());
+        r.register("map_refreshes", "Shard map fetches", self.map_refreshes.clone());
+        r.register("ejections", "Nodes ejected after consecutive failures", self.ejections.clone());
+        r.register("shard_requests", "Requests routed per shard", self.shard_requests.clone());
+        r.register("node_attempts", "Attempts sent per node", self.node_attempts.clone());
+        r.register("node_failures", "Transport failures per node", self.node_failures.clone());
+    }
 }
 
 /// A handle to a ringkv cluster. Cheap to clone.
@@ -129,7 +161,7 @@ impl Cluster {
 
     /// Pulls the map from any known node (seeds first), keeping the newest epoch.
     pub async fn refresh_map(&self) -> Result<Arc<ShardMap>, RoutingError> {
-        self.inner.stats.map_refreshes.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.map_refreshes.inc();
         let mut addrs: Vec<String> = self.inner.cfg.seeds.clone();
         if let Some(m) = self.map() {
             addrs.extend(m.nodes().iter().map(|n| n.addr.clone()));
@@ -147,7 +179,12 @@ impl Cluster {
             let mut req = tonic::Request::new(GetShardMapRequest {});
             req.set_timeout(Duration::from_secs(2));
             match admin.get_shard_map(req).await {
-                Ok(resp) => match resp.into_inner().map.ok_or("empty map".to_string()).and_then(|m| map_from_proto(&m)) {
+                Ok(resp) => match resp
+                    .into_inner()
+                    .map
+                    .ok_or("empty map".to_string())
+                    .and_then(|m| map_from_proto(&m))
+                {
                     Ok(map) => {
                         self.inner.topology.install(map);
                         if let Some(m) = self.map() {
@@ -176,18 +213,28 @@ impl Cluster {
     }
 
     /// The node to try next for `shard`. `skip` holds nodes that just failed this call.
-    fn choose(&self, map: &ShardMap, shard: ShardId, target: Target, skip: &[u64]) -> Option<Arc<NodeEntry>> {
-        let replicas: Vec<Arc<NodeEntry>> =
-            map.replicas(shard).iter().filter(|n| !skip.contains(n)).filter_map(|&n| self.entry(map, n)).collect();
+    fn choose(
+        &self,
+        map: &ShardMap,
+        shard: ShardId,
+        target: Target,
+        skip: &[u64],
+    ) -> Option<Arc<NodeEntry>> {
+        let replicas: Vec<Arc<NodeEntry>> = map
+            .replicas(shard)
+            .iter()
+            .filter(|n| !skip.contains(n))
+            .filter_map(|&n| self.entry(map, n))
+            .collect();
         match target {
             Target::AnyReplica { key_hash } => {
                 balance::pick(self.inner.cfg.read_policy, &replicas, key_hash, &self.inner.rr)
             }
             Target::Leader => {
-                if let Some(l) = self.inner.topology.leader(shard).filter(|l| !skip.contains(l)) {
-                    if let Some(e) = self.entry(map, l).filter(|e| e.available()) {
-                        return Some(e);
-                    }
+                if let Some(l) = self.inner.topology.leader(shard).filter(|l| !skip.contains(l))
+                    && let Some(e) = self.entry(map, l).filter(|e| e.available())
+                {
+                    return Some(e);
                 }
                 // Unknown leader: the preferred leader first (where balancing puts it), then
                 // the others in placement order, skipping ejected nodes while we can.
@@ -200,13 +247,20 @@ impl Cluster {
     }
 
     /// The retry loop around one call to one shard.
-    async fn call<T, F, Fut>(&self, shard: ShardId, target: Target, deadline: Instant, f: F) -> Result<T, RoutingError>
+    async fn call<T, F, Fut>(
+        &self,
+        shard: ShardId,
+        target: Target,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T, RoutingError>
     where
         F: Fn(KvClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let inner = &self.inner;
-        inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        inner.stats.requests.inc();
+        inner.stats.shard_requests.get_or_create(&ShardLabel { shard }).inc();
         inner.budget.on_request();
         let started = Instant::now();
         let mut attempts = 0u32;
@@ -217,7 +271,8 @@ impl Cluster {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(RoutingError::Deadline {
-                    deadline_ms: u64::try_from(deadline.duration_since(started).as_millis()).unwrap_or(u64::MAX),
+                    deadline_ms: u64::try_from(deadline.duration_since(started).as_millis())
+                        .unwrap_or(u64::MAX),
                     attempts,
                     last,
                 });
@@ -231,6 +286,7 @@ impl Cluster {
                 continue;
             };
             attempts += 1;
+            inner.stats.node_attempts.get_or_create(&NodeLabel { node: node.id }).inc();
             let guard = node.start();
             let result = f(node.kv(), remaining).await;
             let latency = guard.elapsed();
@@ -255,18 +311,19 @@ impl Cluster {
             if !free && !inner.budget.try_retry() {
                 return Err(RoutingError::BudgetExhausted { attempts, last });
             }
-            inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+            inner.stats.retries.inc();
             match next {
                 Next::Redirect(Some(leader)) if leader != node.id => {
-                    inner.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                    inner.stats.redirects.inc();
                     inner.topology.set_leader(shard, leader);
                     if !free {
-                        tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
+                        tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining))
+                            .await;
                         retries += 1;
                     }
                 }
                 Next::Redirect(_) => {
-                    inner.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                    inner.stats.redirects.inc();
                     inner.topology.forget_leader(shard, node.id);
                     skip.push(node.id);
                     tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
@@ -278,10 +335,11 @@ impl Cluster {
                 }
                 Next::Backoff { node_failed } => {
                     if node_failed {
+                        inner.stats.node_failures.get_or_create(&NodeLabel { node: node.id }).inc();
                         inner.topology.forget_leader(shard, node.id);
                         skip.push(node.id);
                         if node.on_failure(&inner.cfg) {
-                            inner.stats.ejections.fetch_add(1, Ordering::Relaxed);
+                            inner.stats.ejections.inc();
                         }
                     }
                     tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
@@ -296,7 +354,11 @@ impl Cluster {
         Instant::now() + timeout.unwrap_or(self.inner.cfg.default_timeout)
     }
 
-    pub async fn put(&self, mut req: PutRequest, timeout: Option<Duration>) -> Result<PutResponse, RoutingError> {
+    pub async fn put(
+        &self,
+        mut req: PutRequest,
+        timeout: Option<Duration>,
+    ) -> Result<PutResponse, RoutingError> {
         let shard = self.shard_of(&req.key)?;
         let _lane = match req.session {
             Some(_) => None,
@@ -314,7 +376,11 @@ impl Cluster {
         .await
     }
 
-    pub async fn delete(&self, mut req: DeleteRequest, timeout: Option<Duration>) -> Result<DeleteResponse, RoutingError> {
+    pub async fn delete(
+        &self,
+        mut req: DeleteRequest,
+        timeout: Option<Duration>,
+    ) -> Result<DeleteResponse, RoutingError> {
         let shard = self.shard_of(&req.key)?;
         let _lane = match req.session {
             Some(_) => None,
@@ -354,7 +420,11 @@ impl Cluster {
         .await
     }
 
-    pub async fn batch_write(&self, mut req: BatchWriteRequest, timeout: Option<Duration>) -> Result<BatchWriteResponse, RoutingError> {
+    pub async fn batch_write(
+        &self,
+        mut req: BatchWriteRequest,
+        timeout: Option<Duration>,
+    ) -> Result<BatchWriteResponse, RoutingError> {
         let first = req.ops.first().and_then(|op| match &op.op {
             Some(write_op::Op::Put(p)) => Some(p.key.clone()),
             Some(write_op::Op::Delete(d)) => Some(d.key.clone()),
@@ -386,7 +456,11 @@ impl Cluster {
         }
     }
 
-    pub async fn get(&self, req: GetRequest, timeout: Option<Duration>) -> Result<GetResponse, RoutingError> {
+    pub async fn get(
+        &self,
+        req: GetRequest,
+        timeout: Option<Duration>,
+    ) -> Result<GetResponse, RoutingError> {
         let shard = self.shard_of(&req.key)?;
         let target = Self::read_target(req.consistency, &req.key);
         self.call(shard, target, self.deadline(timeout), |mut c, t| {
@@ -398,7 +472,11 @@ impl Cluster {
     }
 
     /// Gets many keys: split by shard, one call per shard, all in parallel.
-    pub async fn multi_get(&self, req: MultiGetRequest, timeout: Option<Duration>) -> Result<MultiGetResponse, RoutingError> {
+    pub async fn multi_get(
+        &self,
+        req: MultiGetRequest,
+        timeout: Option<Duration>,
+    ) -> Result<MultiGetResponse, RoutingError> {
         let map = self.current_map()?;
         let mut by_shard: BTreeMap<ShardId, Vec<Bytes>> = BTreeMap::new();
         for k in &req.keys {
@@ -406,7 +484,8 @@ impl Cluster {
         }
         let deadline = self.deadline(timeout);
         let calls = by_shard.into_iter().map(|(shard, keys)| {
-            let target = Self::read_target(req.consistency, keys.first().map_or(&[][..], |k| &k[..]));
+            let target =
+                Self::read_target(req.consistency, keys.first().map_or(&[][..], |k| &k[..]));
             let sub = MultiGetRequest { keys, consistency: req.consistency };
             self.call(shard, target, deadline, move |mut c, t| {
                 let mut r = tonic::Request::new(sub.clone());
@@ -426,7 +505,11 @@ impl Cluster {
     /// A cross-shard page asks every shard for up to `limit` keys from the same start, merges
     /// them, and keeps the first `limit`; the continuation token is the key after the last one
     /// returned. Keys live in exactly one shard, so pages never repeat or skip a key.
-    pub async fn scan(&self, req: ScanRequest, timeout: Option<Duration>) -> Result<ScanResponse, RoutingError> {
+    pub async fn scan(
+        &self,
+        req: ScanRequest,
+        timeout: Option<Duration>,
+    ) -> Result<ScanResponse, RoutingError> {
         let deadline = self.deadline(timeout);
         let target = if req.consistency == Consistency::Stale as i32 {
             Target::AnyReplica { key_hash: 0 }
@@ -444,9 +527,18 @@ impl Cluster {
         }
         let limit = if req.limit == 0 { SCAN_LIMIT_DEFAULT } else { req.limit } as usize;
         let map = self.current_map()?;
-        let start = if req.continuation_token.is_empty() { req.start_key.clone() } else { req.continuation_token.clone() };
+        let start = if req.continuation_token.is_empty() {
+            req.start_key.clone()
+        } else {
+            req.continuation_token.clone()
+        };
         let calls = map.shard_ids().map(|shard| {
-            let sub = ScanRequest { shard_id: Some(shard), start_key: start.clone(), continuation_token: Default::default(), ..req.clone() };
+            let sub = ScanRequest {
+                shard_id: Some(shard),
+                start_key: start.clone(),
+                continuation_token: Default::default(),
+                ..req.clone()
+            };
             self.call(shard, target, deadline, move |mut c, t| {
                 let mut r = tonic::Request::new(sub.clone());
                 r.set_timeout(t);

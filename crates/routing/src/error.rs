@@ -24,9 +24,13 @@ impl RoutingError {
     pub fn to_status(&self) -> Status {
         match self {
             RoutingError::Node(s) => s.clone(),
-            RoutingError::NoMap(_) | RoutingError::BudgetExhausted { .. } => Status::unavailable(self.to_string()),
+            RoutingError::NoMap(_) | RoutingError::BudgetExhausted { .. } => {
+                Status::unavailable(self.to_string())
+            }
             RoutingError::Deadline { .. } => Status::deadline_exceeded(self.to_string()),
-            RoutingError::InvalidArgument(_) => Status::new(Code::InvalidArgument, self.to_string()),
+            RoutingError::InvalidArgument(_) => {
+                Status::new(Code::InvalidArgument, self.to_string())
+            }
         }
     }
 }

@@ -49,17 +49,22 @@ impl Drop for LaneGuard {
 
 impl Lanes {
     pub fn new(max: usize) -> Self {
-        Lanes { free: Arc::new(Mutex::new(Vec::new())), permits: Arc::new(Semaphore::new(max.max(1))) }
+        Lanes {
+            free: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
     }
 
     pub async fn acquire(&self) -> LaneGuard {
         // The semaphore is never closed, so acquiring only waits.
-        let permit = self.permits.clone().acquire_owned().await.expect("the lane semaphore is never closed");
-        let lane = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(|| Lane {
-            // 0 is not a valid client id.
-            client_id: rand::random::<u64>().max(1),
-            next_seq: 1,
-        });
+        let permit =
+            self.permits.clone().acquire_owned().await.expect("the lane semaphore is never closed");
+        let lane =
+            self.free.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(|| Lane {
+                // 0 is not a valid client id.
+                client_id: rand::random::<u64>().max(1),
+                next_seq: 1,
+            });
         LaneGuard { lane: Some(lane), free: self.free.clone(), _permit: permit }
     }
 }
@@ -79,7 +84,8 @@ mod tests {
         let c = lanes.acquire().await;
         assert_eq!((c.session().client_id, c.session().sequence), (id, seq + 1));
         // Both lanes busy: a third write waits.
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), lanes.acquire()).await;
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), lanes.acquire()).await;
         assert!(waiting.is_err());
     }
 }

@@ -35,10 +35,14 @@ pub struct NodeEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Health {
     Healthy,
-    Ejected { until: Instant },
+    Ejected {
+        until: Instant,
+    },
     /// Half-open: one probe is out. A probe that never reports back (its caller gave up) does
     /// not block the node forever: after `PROBE_TIMEOUT` another probe may go.
-    Probing { since: Instant },
+    Probing {
+        since: Instant,
+    },
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,10 +174,10 @@ pub struct Nodes {
 impl Nodes {
     /// The entry of `id` at `addr`, created (or replaced, if its address changed) on demand.
     pub fn get(&self, id: NodeId, addr: &str) -> Result<Arc<NodeEntry>, String> {
-        if let Some(n) = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
-            if n.addr == addr {
-                return Ok(n.clone());
-            }
+        if let Some(n) = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&id)
+            && n.addr == addr
+        {
+            return Ok(n.clone());
         }
         let entry = Arc::new(NodeEntry::new(id, addr)?);
         self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
@@ -181,7 +185,8 @@ impl Nodes {
     }
 
     pub fn all(&self) -> Vec<Arc<NodeEntry>> {
-        let mut v: Vec<_> = self.nodes.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut v: Vec<_> =
+            self.nodes.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         v.sort_by_key(|n| n.id);
         v
     }

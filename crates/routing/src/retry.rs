@@ -46,9 +46,10 @@ pub fn classify(status: &Status) -> Next {
         (Code::FailedPrecondition, Some("WRONG_SHARD")) => Next::RefreshMap,
         // No ErrorInfo: the transport failed (connection refused or reset), not the shard.
         (Code::Unavailable, None) | (Code::Cancelled, _) => Next::Backoff { node_failed: true },
-        (Code::Unavailable, Some(_)) | (Code::DeadlineExceeded, _) | (Code::ResourceExhausted, _) | (Code::Aborted, _) => {
-            Next::Backoff { node_failed: false }
-        }
+        (Code::Unavailable, Some(_))
+        | (Code::DeadlineExceeded, _)
+        | (Code::ResourceExhausted, _)
+        | (Code::Aborted, _) => Next::Backoff { node_failed: false },
         (Code::Unknown, Some("OUTCOME_UNKNOWN")) => Next::Backoff { node_failed: false },
         // A stream or connection error surfaced as Unknown without ringkv's details.
         (Code::Unknown, None) => Next::Backoff { node_failed: true },
@@ -68,7 +69,11 @@ const BUDGET_CAP: f64 = 100.0;
 
 impl RetryBudget {
     pub fn new(cfg: &RoutingConfig) -> Self {
-        RetryBudget { state: Mutex::new((BUDGET_CAP / 10.0, Instant::now())), ratio: cfg.retry_ratio, min_per_sec: cfg.retry_min_per_sec }
+        RetryBudget {
+            state: Mutex::new((BUDGET_CAP / 10.0, Instant::now())),
+            ratio: cfg.retry_ratio,
+            min_per_sec: cfg.retry_min_per_sec,
+        }
     }
 
     fn refill(&self, s: &mut (f64, Instant)) {
@@ -110,25 +115,49 @@ mod tests {
     use tonic_types::ErrorDetails;
 
     fn with_reason(code: Code, reason: &str, md: &[(&str, &str)]) -> Status {
-        let md: HashMap<String, String> = md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Status::with_error_details(code, "x", ErrorDetails::with_error_info(reason, "ringkv.io", md))
+        let md: HashMap<String, String> =
+            md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Status::with_error_details(
+            code,
+            "x",
+            ErrorDetails::with_error_info(reason, "ringkv.io", md),
+        )
     }
 
     #[test]
     fn only_safe_failures_are_retried() {
-        assert_eq!(classify(&with_reason(Code::FailedPrecondition, "NOT_LEADER", &[("leader_id", "3")])), Next::Redirect(Some(3)));
-        assert_eq!(classify(&with_reason(Code::FailedPrecondition, "NOT_LEADER", &[])), Next::Redirect(None));
-        assert_eq!(classify(&with_reason(Code::FailedPrecondition, "WRONG_SHARD", &[])), Next::RefreshMap);
-        assert_eq!(classify(&Status::unavailable("connection refused")), Next::Backoff { node_failed: true });
-        assert_eq!(classify(&with_reason(Code::Unknown, "OUTCOME_UNKNOWN", &[])), Next::Backoff { node_failed: false });
+        assert_eq!(
+            classify(&with_reason(Code::FailedPrecondition, "NOT_LEADER", &[("leader_id", "3")])),
+            Next::Redirect(Some(3))
+        );
+        assert_eq!(
+            classify(&with_reason(Code::FailedPrecondition, "NOT_LEADER", &[])),
+            Next::Redirect(None)
+        );
+        assert_eq!(
+            classify(&with_reason(Code::FailedPrecondition, "WRONG_SHARD", &[])),
+            Next::RefreshMap
+        );
+        assert_eq!(
+            classify(&Status::unavailable("connection refused")),
+            Next::Backoff { node_failed: true }
+        );
+        assert_eq!(
+            classify(&with_reason(Code::Unknown, "OUTCOME_UNKNOWN", &[])),
+            Next::Backoff { node_failed: false }
+        );
         assert_eq!(classify(&with_reason(Code::InvalidArgument, "INVALID_INPUT", &[])), Next::Fail);
-        assert_eq!(classify(&with_reason(Code::FailedPrecondition, "SESSION_SUPERSEDED", &[])), Next::Fail);
+        assert_eq!(
+            classify(&with_reason(Code::FailedPrecondition, "SESSION_SUPERSEDED", &[])),
+            Next::Fail
+        );
         assert_eq!(classify(&with_reason(Code::DataLoss, "SHARD_CORRUPTED", &[])), Next::Fail);
     }
 
     #[test]
     fn budget_limits_retries_to_a_fraction_of_requests() {
-        let cfg = RoutingConfig { retry_ratio: 0.1, retry_min_per_sec: 0.0, ..RoutingConfig::default() };
+        let cfg =
+            RoutingConfig { retry_ratio: 0.1, retry_min_per_sec: 0.0, ..RoutingConfig::default() };
         let b = RetryBudget::new(&cfg);
         while b.try_retry() {}
         for _ in 0..100 {

@@ -6,6 +6,33 @@ use ringkv_proto::v1::ShardMap as ProtoMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+/// The wire form of a shard map (what `Admin.GetShardMap` returns).
+pub fn map_to_proto(map: &ShardMap) -> ProtoMap {
+    let layout = map.layout();
+    ProtoMap {
+        epoch: map.epoch(),
+        shard_count: layout.shard_count,
+        replication_factor: layout.replication_factor,
+        vnodes_per_shard: layout.vnodes_per_shard,
+        nodes: map
+            .nodes()
+            .iter()
+            .map(|n| ringkv_proto::v1::NodeInfo {
+                id: n.id,
+                addr: n.addr.clone(),
+                weight: n.weight,
+            })
+            .collect(),
+        shards: map
+            .shard_ids()
+            .map(|s| ringkv_proto::v1::ShardPlacement {
+                shard_id: s,
+                replicas: map.replicas(s).to_vec(),
+            })
+            .collect(),
+    }
+}
+
 /// Builds the placement map from a node's answer and checks that both agree on every shard's
 /// replicas, so client and cluster can never route by different rules.
 pub fn map_from_proto(p: &ProtoMap) -> Result<ShardMap, String> {
@@ -14,8 +41,13 @@ pub fn map_from_proto(p: &ProtoMap) -> Result<ShardMap, String> {
         replication_factor: p.replication_factor,
         vnodes_per_shard: p.vnodes_per_shard,
     };
-    let nodes = p.nodes.iter().map(|n| NodeSpec { id: n.id, addr: n.addr.clone(), weight: n.weight.max(1) }).collect();
-    let map = ShardMap::new(layout, nodes, p.epoch).map_err(|e| format!("shard map from the cluster is invalid: {e}"))?;
+    let nodes = p
+        .nodes
+        .iter()
+        .map(|n| NodeSpec { id: n.id, addr: n.addr.clone(), weight: n.weight.max(1) })
+        .collect();
+    let map = ShardMap::new(layout, nodes, p.epoch)
+        .map_err(|e| format!("shard map from the cluster is invalid: {e}"))?;
     for s in &p.shards {
         if map.replicas(s.shard_id) != s.replicas.as_slice() {
             return Err(format!(
@@ -68,5 +100,24 @@ impl Topology {
         if l.get(&shard) == Some(&node) {
             l.remove(&shard);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proto_roundtrip_and_disagreement_is_caught() {
+        let nodes =
+            (1..=4).map(|id| NodeSpec { id, addr: format!("n{id}:1"), weight: 1 }).collect();
+        let layout = Layout { shard_count: 8, replication_factor: 3, vnodes_per_shard: 64 };
+        let map = ShardMap::new(layout, nodes, 3).unwrap();
+        let mut p = map_to_proto(&map);
+        let back = map_from_proto(&p).unwrap();
+        assert_eq!(back.epoch(), 3);
+        assert!(map.shard_ids().all(|s| back.replicas(s) == map.replicas(s)));
+        p.shards[2].replicas.reverse();
+        assert!(map_from_proto(&p).unwrap_err().contains("disagree"));
     }
 }

@@ -1,0 +1,130 @@
+//! `ringkv-router`: the ambassador in front of a ringkv cluster.
+//!
+//! It serves the same `ringkv.v1.KV` API as a node, so an application talks to it as if the
+//! cluster were one big node: locally as a sidecar (listen on 127.0.0.1 next to the app) or as
+//! a shared deployment. Behind that API the routing core ([`ringkv_routing::Cluster`]) finds
+//! each key's shard and leader, spreads stale reads by the configured policy, retries safely
+//! (every write carries a session), ejects failing nodes and merges cross-shard scans.
+//!
+//! Traffic splitting: with a second cluster configured, a fixed percentage of keys (chosen by
+//! key hash, so a key always goes to the same cluster) is sent there — for canaries and
+//! migrations, like nginx's `weight=9` with `ip_hash`, but sticky per key rather than per
+//! client.
+
+pub mod metrics;
+pub mod service;
+
+use ringkv_routing::{Cluster, RoutingConfig, RoutingError};
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A second cluster that receives `percent` of the keys.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub routing: RoutingConfig,
+    pub percent: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub primary: RoutingConfig,
+    pub split: Option<Split>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot reach the cluster: {0}")]
+    Cluster(#[from] RoutingError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("split percent must be between 0 and 100, got {0}")]
+    SplitPercent(u32),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+/// A running router.
+#[derive(Debug)]
+pub struct RouterHandle {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    metrics_task: Option<JoinHandle<()>>,
+}
+
+impl RouterHandle {
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server).await {
+            Ok(_) => {}
+            Err(_) => self.server.abort(),
+        }
+    }
+
+    pub async fn wait(&mut self) -> Result<(), String> {
+        match (&mut self.server).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Connects to the cluster(s) and starts serving.
+pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
+    let primary = Cluster::connect(cfg.primary.clone()).await?;
+    let secondary = match &cfg.split {
+        Some(s) if s.percent > 100 => return Err(RouterError::SplitPercent(s.percent)),
+        Some(s) => Some((Cluster::connect(s.routing.clone()).await?, s.percent)),
+        None => None,
+    };
+    let metrics = metrics::RouterMetrics::new(&primary, secondary.as_ref().map(|(c, _)| c));
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RouterError::Bind { addr: cfg.listen, source })?;
+    let addr =
+        listener.local_addr().map_err(|source| RouterError::Bind { addr: cfg.listen, source })?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ringkv_proto::v1::kv_server::KvServer<service::RouterKv>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ringkv_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RouterError::Reflection(e.to_string()))?;
+    let kv = service::RouterKv::new(primary.clone(), secondary, metrics.clone());
+    let admin = service::RouterAdmin::new(primary);
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            ringkv_proto::v1::kv_server::KvServer::new(kv).max_decoding_message_size(16 << 20),
+        )
+        .add_service(ringkv_proto::v1::admin_server::AdminServer::new(admin))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = rx.await;
+            },
+        );
+    let server = tokio::spawn(server);
+    let (metrics_addr, metrics_task) = match cfg.metrics_listen {
+        Some(a) => {
+            let (bound, task) =
+                metrics.serve(a).await.map_err(|source| RouterError::Bind { addr: a, source })?;
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
+    tracing::info!(%addr, "router serving");
+    Ok(RouterHandle { addr, metrics_addr, shutdown: Some(tx), server, metrics_task })
+}

@@ -1,0 +1,77 @@
+//! `ringkv-router`: run the ambassador until SIGTERM or Ctrl-C.
+
+use clap::Parser;
+use ringkv_router::{RouterConfig, Split};
+use ringkv_routing::{ReadPolicy, RoutingConfig};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringkv-router",
+    version,
+    about = "Routes, balances and retries requests for a ringkv cluster"
+)]
+struct Args {
+    /// Address to serve the ringkv API on (127.0.0.1 for a sidecar).
+    #[arg(long, env = "RINGKV_ROUTER_LISTEN", default_value = "127.0.0.1:6000")]
+    listen: SocketAddr,
+    /// Node addresses to learn the cluster from, comma separated.
+    #[arg(long, env = "RINGKV_ROUTER_SEEDS", value_delimiter = ',', required = true)]
+    seeds: Vec<String>,
+    /// How STALE reads pick a replica: round-robin, least-outstanding, peak-ewma, key-affinity.
+    #[arg(long, env = "RINGKV_ROUTER_READ_POLICY", default_value = "least-outstanding")]
+    read_policy: ReadPolicy,
+    /// Deadline for requests whose caller set none.
+    #[arg(long, env = "RINGKV_ROUTER_TIMEOUT_MS", default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Prometheus `/metrics` address (off when unset).
+    #[arg(long, env = "RINGKV_ROUTER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Seeds of a second cluster that receives --split-percent of the keys (sticky by key).
+    #[arg(long, env = "RINGKV_ROUTER_SPLIT_SEEDS", value_delimiter = ',')]
+    split_seeds: Vec<String>,
+    /// Percentage of keys sent to the second cluster (0-100).
+    #[arg(long, env = "RINGKV_ROUTER_SPLIT_PERCENT", default_value_t = 0)]
+    split_percent: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    let routing = |seeds: Vec<String>| RoutingConfig {
+        seeds,
+        read_policy: a.read_policy,
+        default_timeout: Duration::from_millis(a.timeout_ms),
+        ..RoutingConfig::default()
+    };
+    let split = (!a.split_seeds.is_empty())
+        .then(|| Split { routing: routing(a.split_seeds.clone()), percent: a.split_percent });
+    let cfg = RouterConfig {
+        listen: a.listen,
+        metrics_listen: a.metrics_listen,
+        primary: routing(a.seeds.clone()),
+        split,
+    };
+    let mut router = ringkv_router::start(cfg).await?;
+    println!(
+        "ringkv-router listening grpc={} metrics={}",
+        router.addr,
+        router.metrics_addr.map(|a| a.to_string()).unwrap_or_default()
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        r = router.wait() => r.map_err(|e| anyhow::anyhow!("router failed: {e}"))?,
+    }
+    router.shutdown().await;
+    Ok(())
+}

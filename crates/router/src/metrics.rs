@@ -1,0 +1,89 @@
+//! The router's `/metrics`: requests and latency by method and code, plus the routing core's
+//! retries, redirects, ejections, and per-shard and per-node counts.
+
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use ringkv_routing::Cluster;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodCode {
+    pub method: &'static str,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Method {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouterMetrics {
+    registry: Arc<Mutex<Registry>>,
+    requests: Family<MethodCode, Counter>,
+    latency: Family<Method, Histogram>,
+}
+
+impl RouterMetrics {
+    pub fn new(primary: &Cluster, secondary: Option<&Cluster>) -> Self {
+        let m = RouterMetrics {
+            registry: Arc::new(Mutex::new(Registry::default())),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+            }),
+        };
+        {
+            let mut reg = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            let r = reg.sub_registry_with_prefix("ringkv_router");
+            r.register("requests", "Requests by method and gRPC code", m.requests.clone());
+            r.register("request_duration_seconds", "Request latency by method", m.latency.clone());
+            primary.stats().register(&mut reg);
+            if let Some(s) = secondary {
+                s.stats()
+                    .register(reg.sub_registry_with_label(("cluster".into(), "secondary".into())));
+            }
+        }
+        m
+    }
+
+    pub fn observe(&self, method: &'static str, took: Duration, code: tonic::Code) {
+        self.requests.get_or_create(&MethodCode { method, code: format!("{code:?}") }).inc();
+        self.latency.get_or_create(&Method { method }).observe(took.as_secs_f64());
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+            out = format!("# encoding failed: {e}\n");
+        }
+        out
+    }
+
+    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            get(move || {
+                let me = me.clone();
+                async move { me.encode() }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "router metrics server stopped");
+            }
+        });
+        Ok((bound, task))
+    }
+}
