@@ -81,23 +81,58 @@ pub struct Cluster {
     leader_cache: Mutex<HashMap<u64, u64>>,
 }
 
-/// The `ringkv-node` binary next to the test executable's `deps/` directory.
-pub fn node_binary() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("RINGKV_NODE_BIN") {
-        return Ok(PathBuf::from(p));
-    }
+/// A workspace binary (`ringkv-node`, `ringkv-router`, `ringkv`) next to the test
+/// executable's `deps/` directory.
+pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir =
         exe.parent().and_then(Path::parent).context("test binary has no profile directory")?;
-    let bin = profile_dir.join("ringkv-node");
+    let bin = profile_dir.join(name);
     if !bin.exists() {
         bail!("{} not found: build it first (cargo build --workspace --bins)", bin.display());
     }
     Ok(bin)
 }
 
+/// The `ringkv-node` binary (or `RINGKV_NODE_BIN`).
+pub fn node_binary() -> Result<PathBuf> {
+    match std::env::var("RINGKV_NODE_BIN") {
+        Ok(p) => Ok(PathBuf::from(p)),
+        Err(_) => binary("ringkv-node"),
+    }
+}
+
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `n` consecutive free ports (checked by binding each).
+pub fn free_port_range(n: u16) -> Result<u16> {
+    for _ in 0..100 {
+        let base = free_port()?;
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let held: Result<Vec<_>, _> =
+            (0..n).map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i))).collect();
+        if held.is_ok() {
+            return Ok(base);
+        }
+    }
+    bail!("no range of {n} free ports found")
+}
+
+/// A `ringkv-router` process.
+pub struct RouterProc {
+    pub addr: String,
+    child: Child,
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
@@ -229,6 +264,33 @@ impl Cluster {
             child.kill()?;
             child.wait()?;
         }
+        Ok(())
+    }
+
+    /// Starts a `ringkv-router` in front of this cluster and waits until it serves.
+    pub async fn start_router(&self, read_policy: &str) -> Result<RouterProc> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let seeds = self.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
+        let log = std::fs::File::create(self.dir.path().join(format!("router-{read_policy}.log")))?;
+        let child = Command::new(binary("ringkv-router")?)
+            .args(["--listen", &addr, "--seeds", &seeds, "--read-policy", read_policy])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let router = RouterProc { addr: addr.clone(), child };
+        wait_for(Duration::from_secs(30), "the router to serve", || {
+            let addr = addr.clone();
+            async move { channel(&addr).await.ok().map(|_| ()) }
+        })
+        .await?;
+        Ok(router)
+    }
+
+    /// SIGSTOP / SIGCONT: freeze a node without killing it.
+    pub fn signal(&self, id: u64, sig: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self.node(id).pid().context("node not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid)?), sig)?;
         Ok(())
     }
 

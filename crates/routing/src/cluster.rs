@@ -302,7 +302,11 @@ impl Cluster {
                 Err(s) => s,
             };
             last = format!("node {}: {:?}: {}", node.id, status.code(), status.message());
-            let next = retry::classify(&status);
+            let next = match retry::classify(&status) {
+                // A hint naming a node this call could not reach is stale: look elsewhere.
+                Next::Redirect(Some(l)) if skip.contains(&l) => Next::Redirect(None),
+                other => other,
+            };
             // Redirects are cheap and expected around elections: a few are free.
             let free = matches!(next, Next::Redirect(Some(_))) && attempts <= FREE_REDIRECTS;
             if next == Next::Fail {

@@ -62,7 +62,7 @@ impl Default for RoutingConfig {
             default_timeout: Duration::from_secs(10),
             refresh_interval: Duration::from_secs(30),
             retry_ratio: 0.2,
-            retry_min_per_sec: 10.0,
+            retry_min_per_sec: 50.0,
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
             eject_after_failures: 5,

@@ -57,7 +57,7 @@ pub fn classify(status: &Status) -> Next {
     }
 }
 
-/// A token bucket for retries.
+/// A token bucket for retries. It starts full, so a fresh client rides out one election.
 #[derive(Debug)]
 pub struct RetryBudget {
     state: Mutex<(f64, Instant)>,

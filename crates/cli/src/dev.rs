@@ -1,0 +1,260 @@
+//! `ringkv dev`: a whole cluster on this machine in one command.
+//!
+//! Starts N `ringkv-node` processes on loopback (the binary next to this one), each with its
+//! own data directory under `--data-dir` and its log beside it, then a router inside this
+//! process. When every shard has a leader it prints the endpoints and a status table, and
+//! runs until Ctrl-C or SIGTERM, then stops the router and sends SIGTERM to every node.
+//! Starting it again on the same data directory brings the same cluster back, data included.
+
+use crate::status;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ringkv_router::RouterConfig;
+use ringkv_routing::{ReadPolicy, RoutingConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    #[arg(long, default_value_t = 8)]
+    pub shards: u32,
+    /// Replication factor.
+    #[arg(long, default_value_t = 3)]
+    pub rf: u32,
+    #[arg(long, default_value = "./ringkv-data")]
+    pub data_dir: PathBuf,
+    /// Node i listens on base-port + i - 1.
+    #[arg(long, default_value_t = 7001)]
+    pub base_port: u16,
+    /// The router's port (the CLI's default endpoint is 127.0.0.1:6000).
+    #[arg(long, default_value_t = 6000)]
+    pub router_port: u16,
+    /// Node i serves /metrics on metrics-port + i; the router on metrics-port.
+    #[arg(long, default_value_t = 9100)]
+    pub metrics_port: u16,
+    /// How the router spreads STALE reads.
+    #[arg(long, default_value = "least-outstanding")]
+    pub read_policy: ReadPolicy,
+    /// The node binary (default: ringkv-node next to this executable).
+    #[arg(long, env = "RINGKV_NODE_BIN")]
+    pub node_bin: Option<PathBuf>,
+}
+
+fn node_binary(args: &DevArgs) -> Result<PathBuf> {
+    if let Some(p) = &args.node_bin {
+        return Ok(p.clone());
+    }
+    let me = std::env::current_exe()?;
+    let bin = me.parent().context("no directory for this executable")?.join("ringkv-node");
+    if !bin.exists() {
+        bail!(
+            "{} not found; build it with `cargo build -p ringkv-node` (or pass --node-bin)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+struct Nodes {
+    children: Vec<(u64, Child)>,
+    logs: Vec<PathBuf>,
+}
+
+impl Nodes {
+    fn stop(&mut self) {
+        for (_, c) in &self.children {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (id, c) in &mut self.children {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        eprintln!("node {id} did not stop in time; killing it");
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.children.clear();
+    }
+
+    /// A node that exited on its own, with the end of its log.
+    fn exited(&mut self) -> Option<String> {
+        for (i, (id, c)) in self.children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(format!("node {id} exited ({status}):\n{}", tail(&self.logs[i])));
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+pub async fn run(args: &DevArgs) -> Result<()> {
+    if args.nodes == 0 || args.nodes > 64 {
+        bail!("--nodes must be between 1 and 64");
+    }
+    let bin = node_binary(args)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let addrs: Vec<String> =
+        (0..args.nodes).map(|i| format!("127.0.0.1:{}", u64::from(args.base_port) + i)).collect();
+    let members: Vec<String> =
+        addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let mut nodes = Nodes { children: Vec::new(), logs: Vec::new() };
+    for i in 1..=args.nodes {
+        let log_path = data_dir.join(format!("node-{i}.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let child = Command::new(&bin)
+            .arg("--node-id")
+            .arg(i.to_string())
+            .arg("--data-dir")
+            .arg(data_dir.join(format!("node-{i}")))
+            .arg("--members")
+            .arg(members.join(","))
+            .arg("--shards")
+            .arg(args.shards.to_string())
+            .arg("--replication-factor")
+            .arg(args.rf.to_string())
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", u64::from(args.metrics_port) + i))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        nodes.children.push((i, child));
+        nodes.logs.push(log_path);
+    }
+
+    // The router needs a node to answer with the shard map; nodes take a moment to listen.
+    let routing = RoutingConfig {
+        seeds: addrs.clone(),
+        read_policy: args.read_policy,
+        ..RoutingConfig::default()
+    };
+    let router_cfg = RouterConfig {
+        listen: format!("127.0.0.1:{}", args.router_port).parse()?,
+        metrics_listen: Some(format!("127.0.0.1:{}", args.metrics_port).parse()?),
+        primary: routing,
+        split: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let router = loop {
+        if let Some(why) = nodes.exited() {
+            bail!("{why}");
+        }
+        match ringkv_router::start(router_cfg.clone()).await {
+            Ok(r) => break r,
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(e, ringkv_router::RouterError::Cluster(_)) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => bail!("router: {e}"),
+        }
+    };
+    let client = ringkv_client::Client::builder().router(router.addr.to_string()).connect().await?;
+    let map = client.shard_map().await?;
+    loop {
+        if let Some(why) = nodes.exited() {
+            router.shutdown().await;
+            bail!("{why}");
+        }
+        let (statuses, _) = status::collect(&map).await;
+        let led = map
+            .shards
+            .iter()
+            .filter(|s| {
+                statuses.iter().any(|((shard, _), st)| {
+                    *shard == s.shard_id && st.role == ringkv_proto::v1::RaftRole::Leader as i32
+                })
+            })
+            .count();
+        if led == map.shards.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            router.shutdown().await;
+            bail!(
+                "not every shard elected a leader within a minute; see the logs in {}",
+                data_dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    println!(
+        "ringkv dev cluster: {} nodes, {} shards, replication factor {}",
+        args.nodes, args.shards, args.rf
+    );
+    println!(
+        "  router   {}   (ringkv put k v; ringkv get k)   metrics http://{}/metrics",
+        router.addr,
+        router.metrics_addr.map(|a| a.to_string()).unwrap_or_default()
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        println!(
+            "  node {}   {a}   metrics http://127.0.0.1:{}/metrics   log {}",
+            i + 1,
+            u64::from(args.metrics_port) + i as u64 + 1,
+            nodes.logs[i].display()
+        );
+    }
+    println!("  data     {}", data_dir.display());
+    status::print(&map, false).await?;
+    println!("ringkv dev: ready; Ctrl-C to stop");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut watch = tokio::time::interval(Duration::from_secs(1));
+    let failure = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break None,
+            _ = term.recv() => break None,
+            _ = watch.tick() => {
+                if let Some(why) = nodes.exited() {
+                    break Some(why);
+                }
+            }
+        }
+    };
+    println!("stopping...");
+    router.shutdown().await;
+    nodes.stop();
+    match failure {
+        Some(why) => bail!("{why}"),
+        None => {
+            println!("stopped; data kept in {}", data_dir.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `ringkv`: the command line.
+//!
+//! `ringkv dev` starts a local cluster (nodes as child processes, a router in this process)
+//! and keeps it running until Ctrl-C. The other commands talk to a router, by default the one
+//! `ringkv dev` starts (`127.0.0.1:6000`; `--endpoint` or `RINGKV_ENDPOINT` to change).
+//!
+//! Output is a human table or line by default and JSON with `--json`. Exit codes: 0 success,
+//! 1 error (message on stderr), 2 bad usage, 3 key not found, 4 compare-and-swap condition
+//! not met.
+
+mod commands;
+mod dev;
+mod status;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_NOT_FOUND: u8 = 3;
+pub const EXIT_CAS_FAILED: u8 = 4;
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:6000";
+
+#[derive(Debug, Parser)]
+#[command(name = "ringkv", version, about = "ringkv: sharded, Raft-replicated key-value store")]
+pub struct Cli {
+    /// Router (or node) address.
+    #[arg(long, global = true, env = "RINGKV_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Deadline per command, retries included.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a local cluster and a router on loopback; Ctrl-C stops it.
+    Dev(dev::DevArgs),
+    /// Write a value.
+    Put { key: String, value: String },
+    /// Read a value (exit code 3 if the key does not exist).
+    Get {
+        key: String,
+        /// linearizable, lease or stale.
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+    },
+    /// Delete a key (exit code 3 if it did not exist).
+    Del { key: String },
+    /// Compare-and-swap (exit code 4 if the condition does not hold).
+    Cas(commands::CasArgs),
+    /// List keys in order across all shards.
+    Scan(commands::ScanArgs),
+    /// Cluster-wide views.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Which shard a key belongs to, and its replicas.
+    ShardOf { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every shard's replicas with leader, term, applied index and lag.
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Dev(args) => dev::run(args).await.map(|()| 0),
+        _ => commands::run(&cli).await,
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

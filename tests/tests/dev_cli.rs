@@ -1,0 +1,111 @@
+//! `ringkv dev` and the CLI, used the way a person would: start the dev cluster, put and get
+//! through the default-style endpoint, check exit codes and JSON output, stop it with Ctrl-C
+//! (SIGINT), start it again on the same data directory, and find the data still there.
+
+use anyhow::{Context, Result, ensure};
+use ringkv_tests::{binary, free_port, free_port_range, wait_for};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+struct Dev {
+    child: Child,
+    out: std::path::PathBuf,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_dev(
+    dir: &std::path::Path,
+    base: u16,
+    router: u16,
+    metrics: u16,
+    run: usize,
+) -> Result<Dev> {
+    let out = dir.join(format!("dev-{run}.out"));
+    let child = Command::new(binary("ringkv")?)
+        .args(["dev", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--base-port",
+            &base.to_string(),
+            "--router-port",
+            &router.to_string(),
+            "--metrics-port",
+            &metrics.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let dev = Dev { child, out: out.clone() };
+    wait_for(Duration::from_secs(90), "ringkv dev to be ready", || {
+        let out = out.clone();
+        async move { std::fs::read_to_string(&out).ok()?.contains("ringkv dev: ready").then_some(()) }
+    })
+    .await?;
+    Ok(dev)
+}
+
+fn cli(endpoint: &str, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(binary("ringkv")?).env("RINGKV_ENDPOINT", endpoint).args(args).output()?)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_cli_and_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_port_range(3)?;
+    let router = free_port()?;
+    let metrics = free_port_range(4)?;
+    let endpoint = format!("127.0.0.1:{router}");
+
+    let mut dev = start_dev(dir.path(), base, router, metrics, 1).await?;
+    let banner = std::fs::read_to_string(&dev.out)?;
+    ensure!(banner.contains(&format!("router   {endpoint}")), "banner: {banner}");
+
+    let put = cli(&endpoint, &["put", "greeting", "hello"])?;
+    ensure!(put.status.success() && stdout(&put).starts_with("OK version"), "{put:?}");
+    let get = cli(&endpoint, &["get", "greeting"])?;
+    ensure!(get.status.code() == Some(0) && stdout(&get) == "hello", "{get:?}");
+    let missing = cli(&endpoint, &["get", "nope"])?;
+    ensure!(missing.status.code() == Some(3), "a missing key exits 3: {missing:?}");
+    let cas = cli(&endpoint, &["cas", "greeting", "x", "--expect-value", "wrong"])?;
+    ensure!(cas.status.code() == Some(4), "a failed CAS exits 4: {cas:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&cli(&endpoint, &["--json", "get", "greeting"])?))?;
+    ensure!(json["value"] == "hello" && json["version"].as_u64().is_some_and(|v| v > 0), "{json}");
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&cli(&endpoint, &["--json", "cluster", "status"])?))?;
+    let shards = status["shards"].as_array().context("shards")?;
+    ensure!(shards.len() == 8 && shards.iter().all(|s| s["leader"].as_u64().is_some()), "{status}");
+    let bad = cli(&endpoint, &["get", "k", "--consistency", "sometimes"])?;
+    ensure!(
+        bad.status.code() == Some(1)
+            && String::from_utf8_lossy(&bad.stderr).contains("unknown consistency"),
+        "{bad:?}"
+    );
+
+    // Ctrl-C stops everything cleanly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(dev.child.id())?),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let status = dev.child.wait()?;
+    ensure!(status.success(), "ringkv dev exit: {status}");
+    ensure!(std::fs::read_to_string(&dev.out)?.contains("stopped; data kept"));
+    let down = cli(&endpoint, &["get", "greeting"])?;
+    ensure!(down.status.code() == Some(1), "nothing listens after stop: {down:?}");
+
+    let _dev = start_dev(dir.path(), base, router, metrics, 2).await?;
+    let again = cli(&endpoint, &["get", "greeting"])?;
+    ensure!(stdout(&again) == "hello", "data after restart: {again:?}");
+    Ok(())
+}
