@@ -267,13 +267,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// Node addresses, comma separated (router seeds).
+    pub fn seeds(&self) -> String {
+        self.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+    }
+
     /// Starts a `ringkv-router` in front of this cluster and waits until it serves.
     pub async fn start_router(&self, read_policy: &str) -> Result<RouterProc> {
+        self.start_router_with(&["--read-policy", read_policy]).await
+    }
+
+    /// Starts a `ringkv-router` with extra flags.
+    pub async fn start_router_with(&self, extra: &[&str]) -> Result<RouterProc> {
         let addr = format!("127.0.0.1:{}", free_port()?);
-        let seeds = self.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
-        let log = std::fs::File::create(self.dir.path().join(format!("router-{read_policy}.log")))?;
+        let seeds = self.seeds();
+        let log = std::fs::File::create(self.dir.path().join(format!("router-{}.log", free_port()?)))?;
         let child = Command::new(binary("ringkv-router")?)
-            .args(["--listen", &addr, "--seeds", &seeds, "--read-policy", read_policy])
+            .args(["--listen", &addr, "--seeds", &seeds])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
