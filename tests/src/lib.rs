@@ -281,7 +281,8 @@ impl Cluster {
     pub async fn start_router_with(&self, extra: &[&str]) -> Result<RouterProc> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let seeds = self.seeds();
-        let log = std::fs::File::create(self.dir.path().join(format!("router-{}.log", free_port()?)))?;
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("router-{}.log", free_port()?)))?;
         let child = Command::new(binary("ringkv-router")?)
             .args(["--listen", &addr, "--seeds", &seeds])
             .args(extra)

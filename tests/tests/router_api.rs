@@ -31,7 +31,12 @@ async fn cross_shard_scan_multi_get_and_direct_mode() -> Result<()> {
     let mut continuation = Vec::new();
     loop {
         let page = client
-            .scan(ScanOptions { prefix: b"item/".to_vec(), limit: 37, continuation, ..ScanOptions::default() })
+            .scan(ScanOptions {
+                prefix: b"item/".to_vec(),
+                limit: 37,
+                continuation,
+                ..ScanOptions::default()
+            })
             .await?;
         ensure!(page.kvs.len() <= 37);
         seen.extend(page.kvs.into_iter().map(|kv| kv.key.to_vec()));
@@ -47,7 +52,10 @@ async fn cross_shard_scan_multi_get_and_direct_mode() -> Result<()> {
     let refs: Vec<&[u8]> = some.iter().map(Vec::as_slice).collect();
     let got = client.multi_get(&refs).await?;
     ensure!(got.len() == some.len() - 1, "multi_get found {} of {}", got.len(), some.len() - 1);
-    ensure!(got.iter().zip(&some).all(|(kv, k)| kv.key[..] == k[..]), "multi_get keeps request order");
+    ensure!(
+        got.iter().zip(&some).all(|(kv, k)| kv.key[..] == k[..]),
+        "multi_get keeps request order"
+    );
 
     // Direct mode routes by itself to the same data.
     let direct = Client::builder().direct(c.seeds().split(',')).connect().await?;
@@ -55,7 +63,9 @@ async fn cross_shard_scan_multi_get_and_direct_mode() -> Result<()> {
     ensure!(kv.is_some_and(|kv| &kv.value[..] == b"v5"));
     direct.put(b"direct", b"yes").await?;
     ensure!(client.get(b"direct").await?.is_some_and(|kv| &kv.value[..] == b"yes"));
-    let page = direct.scan(ScanOptions { prefix: b"item/".to_vec(), limit: 10, ..ScanOptions::default() }).await?;
+    let page = direct
+        .scan(ScanOptions { prefix: b"item/".to_vec(), limit: 10, ..ScanOptions::default() })
+        .await?;
     ensure!(page.kvs.len() == 10 && page.kvs[0].key[..] == key(0)[..]);
     Ok(())
 }
@@ -67,15 +77,24 @@ async fn traffic_split_sends_a_sticky_share_of_keys_to_the_second_cluster() -> R
     main.wait_for_leaders(Duration::from_secs(30)).await?;
     canary.wait_for_leaders(Duration::from_secs(30)).await?;
     let seeds = canary.seeds();
-    let router = main.start_router_with(&["--split-seeds", &seeds, "--split-percent", "30"]).await?;
+    let router =
+        main.start_router_with(&["--split-seeds", &seeds, "--split-percent", "30"]).await?;
     let client = Client::builder().router(router.addr.clone()).connect().await?;
     for i in 0..KEYS {
         client.put(&key(i), b"v").await?;
     }
     let mut in_canary = 0;
     for i in 0..KEYS {
-        let a = main.get(&key(i), Consistency::Linearizable, Duration::from_secs(10)).await?.kv.is_some();
-        let b = canary.get(&key(i), Consistency::Linearizable, Duration::from_secs(10)).await?.kv.is_some();
+        let a = main
+            .get(&key(i), Consistency::Linearizable, Duration::from_secs(10))
+            .await?
+            .kv
+            .is_some();
+        let b = canary
+            .get(&key(i), Consistency::Linearizable, Duration::from_secs(10))
+            .await?
+            .kv
+            .is_some();
         ensure!(a != b, "key {i} must live in exactly one cluster (main {a}, canary {b})");
         in_canary += usize::from(b);
         // Sticky: reading through the router finds it wherever it went.
