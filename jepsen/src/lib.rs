@@ -9,6 +9,9 @@
 
 pub mod checker;
 pub mod history;
+pub mod nemesis;
+pub mod runner;
+pub mod workload;
 
 pub use checker::Verdict;
 pub use history::{Event, Kind, Op};

@@ -85,13 +85,18 @@ pub struct Cluster {
 /// executable's `deps/` directory.
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let profile_dir =
-        exe.parent().and_then(Path::parent).context("test binary has no profile directory")?;
-    let bin = profile_dir.join(name);
-    if !bin.exists() {
-        bail!("{} not found: build it first (cargo build --workspace --bins)", bin.display());
+    // Test executables live in <profile>/deps, other binaries (the chaos harness) in <profile>.
+    let dirs = [exe.parent(), exe.parent().and_then(Path::parent)];
+    for dir in dirs.into_iter().flatten() {
+        let bin = dir.join(name);
+        if bin.is_file() {
+            return Ok(bin);
+        }
     }
-    Ok(bin)
+    bail!(
+        "{name} not found next to {}: build it first (cargo build --workspace --bins)",
+        exe.display()
+    )
 }
 
 /// The `ringkv-node` binary (or `RINGKV_NODE_BIN`).
