@@ -1,12 +1,13 @@
-//! Balancing stale reads: with one replica artificially slowed (frozen with SIGSTOP for 60 ms
-//! out of every 80), the least-outstanding policy sends it clearly fewer reads than the
+//! Balancing stale reads: with one replica artificially slowed (frozen with SIGSTOP for 90 ms
+//! out of every 100), the least-outstanding policy sends it clearly fewer reads than the
 //! others, while round-robin (the control) keeps sending it its third.
 //!
-//! The bounds: under least-outstanding (power of two choices over in-flight requests) and
-//! under peak-EWMA (in-flight weighted by recent worst latency) the slowed replica serves less
-//! than 3/4 of the average of the two healthy ones (measured: least-outstanding 0.35-0.65,
-//! peak-EWMA 0.15-0.5, the high ends when other tests load the machine); under round-robin at
-//! least 25% of all reads.
+//! The bounds: the slowed replica serves less than 0.8 of the healthy replicas' average under
+//! least-outstanding (power of two choices over in-flight requests: it equalizes in-flight
+//! counts, so a slow replica still gets work until its queue matches the others'; measured
+//! 0.35-0.66) and less than 0.6 under peak-EWMA (in-flight weighted by recent worst latency;
+//! measured 0.15-0.48), the high ends when other tests load the machine; under round-robin it
+//! gets at least 25% of all reads.
 
 use anyhow::{Result, ensure};
 use ringkv_client::{Client, Consistency};
@@ -67,7 +68,7 @@ async fn least_outstanding_steers_stale_reads_away_from_a_slow_replica() -> Resu
     let ewma = c.start_router("peak-ewma").await?;
     let rr = c.start_router("round-robin").await?;
 
-    // Freeze the slow follower three quarters of the time, in short bursts well under the election
+    // Freeze the slow follower nine tenths of the time, in short bursts well under the election
     // timeout so it stays a member in good standing.
     let stop = Arc::new(AtomicBool::new(false));
     let pauser = {
@@ -75,9 +76,9 @@ async fn least_outstanding_steers_stale_reads_away_from_a_slow_replica() -> Resu
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let _ = c.signal(slow, nix::sys::signal::Signal::SIGSTOP);
-                std::thread::sleep(Duration::from_millis(60));
+                std::thread::sleep(Duration::from_millis(90));
                 let _ = c.signal(slow, nix::sys::signal::Signal::SIGCONT);
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(10));
             }
         })
     };
@@ -104,13 +105,13 @@ async fn least_outstanding_steers_stale_reads_away_from_a_slow_replica() -> Resu
     );
     let lo_slow = lo_counts.get(&slow).copied().unwrap_or(0) as f64;
     ensure!(
-        lo_slow < others(&lo_counts) * 0.75,
+        lo_slow < others(&lo_counts) * 0.8,
         "least-outstanding sent {lo_slow} reads to the slow replica vs {} on average to the others",
         others(&lo_counts)
     );
     let ewma_slow = ewma_counts.get(&slow).copied().unwrap_or(0) as f64;
     ensure!(
-        ewma_slow < others(&ewma_counts) * 0.75,
+        ewma_slow < others(&ewma_counts) * 0.6,
         "peak-ewma sent {ewma_slow} reads to the slow replica vs {} on average to the others",
         others(&ewma_counts)
     );
