@@ -43,6 +43,14 @@ fn ok<T: Serialize>(value: &T) -> RaftReply {
     }
 }
 
+/// The reply for an openraft handler's result.
+fn reply<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> RaftReply {
+    match result {
+        Ok(resp) => ok(&resp),
+        Err(e) => err(e),
+    }
+}
+
 fn err(msg: impl ToString) -> RaftReply {
     RaftReply { result: Some(raft_reply::Result::Error(msg.to_string())) }
 }
@@ -117,12 +125,8 @@ impl RaftRpc for RaftService {
             self.registry.raft(req.shard_id),
             wire::decode::<VoteRequest<TypeConfig>>(&req.payload),
         ) {
-            (Ok(shard), Ok(rpc)) => match shard.raft.vote(rpc).await {
-                Ok(resp) => ok(&resp),
-                Err(e) => err(e),
-            },
-            (Err(e), _) => err(e),
-            (_, Err(e)) => err(e),
+            (Ok(shard), Ok(rpc)) => reply(shard.raft.vote(rpc).await),
+            (Err(e), _) | (_, Err(e)) => err(e),
         };
         Ok(Response::new(reply))
     }
@@ -133,12 +137,8 @@ impl RaftRpc for RaftService {
             self.registry.raft(req.shard_id),
             wire::decode::<VoteRequest<TypeConfig>>(&req.payload),
         ) {
-            (Ok(shard), Ok(rpc)) => match shard.raft.pre_vote(rpc).await {
-                Ok(resp) => ok(&resp),
-                Err(e) => err(e),
-            },
-            (Err(e), _) => err(e),
-            (_, Err(e)) => err(e),
+            (Ok(shard), Ok(rpc)) => reply(shard.raft.pre_vote(rpc).await),
+            (Err(e), _) | (_, Err(e)) => err(e),
         };
         Ok(Response::new(reply))
     }
@@ -152,12 +152,8 @@ impl RaftRpc for RaftService {
             self.registry.raft(req.shard_id),
             wire::decode::<TransferLeaderRequest<TypeConfig>>(&req.payload),
         ) {
-            (Ok(shard), Ok(rpc)) => match shard.raft.handle_transfer_leader(rpc).await {
-                Ok(resp) => ok(&resp),
-                Err(e) => err(e),
-            },
-            (Err(e), _) => err(e),
-            (_, Err(e)) => err(e),
+            (Ok(shard), Ok(rpc)) => reply(shard.raft.handle_transfer_leader(rpc).await),
+            (Err(e), _) | (_, Err(e)) => err(e),
         };
         Ok(Response::new(reply))
     }

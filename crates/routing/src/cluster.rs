@@ -11,7 +11,7 @@
 use crate::balance;
 use crate::config::RoutingConfig;
 use crate::error::RoutingError;
-use crate::lanes::Lanes;
+use crate::lanes::{LaneGuard, Lanes};
 use crate::nodes::{NodeEntry, Nodes};
 use crate::retry::{self, Next, RetryBudget};
 use crate::topology::{Topology, map_from_proto};
@@ -21,6 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use ringkv_placement::{ShardId, ShardMap};
+use ringkv_proto::v1::WriteSession;
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{
@@ -354,6 +355,18 @@ impl Cluster {
         }
     }
 
+    /// Gives a write without a session one from a free lane, held until the write is done
+    /// (all its retries carry the same sequence number). Writes that bring their own session
+    /// (a client in router mode) keep it.
+    async fn lane_for(&self, session: &mut Option<WriteSession>) -> Option<LaneGuard> {
+        if session.is_some() {
+            return None;
+        }
+        let lane = self.inner.lanes.acquire().await;
+        *session = Some(lane.session());
+        Some(lane)
+    }
+
     fn deadline(&self, timeout: Option<Duration>) -> Instant {
         Instant::now() + timeout.unwrap_or(self.inner.cfg.default_timeout)
     }
@@ -364,14 +377,7 @@ impl Cluster {
         timeout: Option<Duration>,
     ) -> Result<PutResponse, RoutingError> {
         let shard = self.shard_of(&req.key)?;
-        let _lane = match req.session {
-            Some(_) => None,
-            None => {
-                let lane = self.inner.lanes.acquire().await;
-                req.session = Some(lane.session());
-                Some(lane)
-            }
-        };
+        let _lane = self.lane_for(&mut req.session).await;
         self.call(shard, Target::Leader, self.deadline(timeout), |mut c, t| {
             let mut r = tonic::Request::new(req.clone());
             r.set_timeout(t);
@@ -386,14 +392,7 @@ impl Cluster {
         timeout: Option<Duration>,
     ) -> Result<DeleteResponse, RoutingError> {
         let shard = self.shard_of(&req.key)?;
-        let _lane = match req.session {
-            Some(_) => None,
-            None => {
-                let lane = self.inner.lanes.acquire().await;
-                req.session = Some(lane.session());
-                Some(lane)
-            }
-        };
+        let _lane = self.lane_for(&mut req.session).await;
         self.call(shard, Target::Leader, self.deadline(timeout), |mut c, t| {
             let mut r = tonic::Request::new(req.clone());
             r.set_timeout(t);
@@ -408,14 +407,7 @@ impl Cluster {
         timeout: Option<Duration>,
     ) -> Result<CompareAndSwapResponse, RoutingError> {
         let shard = self.shard_of(&req.key)?;
-        let _lane = match req.session {
-            Some(_) => None,
-            None => {
-                let lane = self.inner.lanes.acquire().await;
-                req.session = Some(lane.session());
-                Some(lane)
-            }
-        };
+        let _lane = self.lane_for(&mut req.session).await;
         self.call(shard, Target::Leader, self.deadline(timeout), |mut c, t| {
             let mut r = tonic::Request::new(req.clone());
             r.set_timeout(t);
@@ -436,14 +428,7 @@ impl Cluster {
         });
         // An empty or malformed batch is for the node to reject with its usual message.
         let shard = self.shard_of(first.as_deref().unwrap_or_default())?;
-        let _lane = match req.session {
-            Some(_) => None,
-            None => {
-                let lane = self.inner.lanes.acquire().await;
-                req.session = Some(lane.session());
-                Some(lane)
-            }
-        };
+        let _lane = self.lane_for(&mut req.session).await;
         self.call(shard, Target::Leader, self.deadline(timeout), |mut c, t| {
             let mut r = tonic::Request::new(req.clone());
             r.set_timeout(t);
