@@ -13,7 +13,22 @@ struct Dev {
 }
 
 impl Drop for Dev {
+    /// Stops `ringkv dev` the way a person does (Ctrl-C), so it stops its nodes; SIGKILL would
+    /// leave them running.
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -104,8 +119,16 @@ async fn dev_cluster_cli_and_restart() -> Result<()> {
     let down = cli(&endpoint, &["get", "greeting"])?;
     ensure!(down.status.code() == Some(1), "nothing listens after stop: {down:?}");
 
-    let _dev = start_dev(dir.path(), base, router, metrics, 2).await?;
+    let dev = start_dev(dir.path(), base, router, metrics, 2).await?;
     let again = cli(&endpoint, &["get", "greeting"])?;
     ensure!(stdout(&again) == "hello", "data after restart: {again:?}");
+    drop(dev);
+    // Stopping `ringkv dev` stops its nodes too: nothing listens on their ports any more.
+    for port in base..base + 3 {
+        ensure!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "a node still listens on {port}"
+        );
+    }
     Ok(())
 }
