@@ -47,6 +47,16 @@ pub enum Op {
         key: String,
         value: Option<Vec<i64>>,
     },
+    /// A STALE read of a register: checked against what STALE promises (a committed value,
+    /// no older than the replica's reported `staleness_ms`), not against linearizability.
+    #[serde(rename = "stale-read")]
+    StaleRead {
+        key: String,
+        value: Option<i64>,
+        /// What the answering replica reported: time since it last heard from a leader.
+        #[serde(default)]
+        staleness_ms: Option<u64>,
+    },
 }
 
 impl Op {
@@ -56,7 +66,8 @@ impl Op {
             | Op::Write { key, .. }
             | Op::Cas { key, .. }
             | Op::Append { key, .. }
-            | Op::ReadList { key, .. } => key,
+            | Op::ReadList { key, .. }
+            | Op::StaleRead { key, .. } => key,
         }
     }
 }

@@ -8,8 +8,10 @@
 //! invalid, a counterexample small enough to read.
 
 pub mod checker;
+pub mod edn;
 pub mod history;
 pub mod nemesis;
+pub mod report;
 pub mod runner;
 pub mod workload;
 

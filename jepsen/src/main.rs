@@ -1,9 +1,14 @@
-//! `ringkv-jepsen run`: a chaos run against real `ringkv-node` processes. Exits 0 only when
-//! every checker's verdict is valid; the verdicts are printed last.
+//! `ringkv-jepsen`: chaos runs against real `ringkv-node` processes (`run`), and re-checking or
+//! exporting a recorded history (`check`, `edn`). `run` and `check` exit 0 only when every
+//! checker's verdict is valid (1 invalid, 3 unknown, 2 bad usage); verdicts are printed last.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use ringkv_client::Consistency;
+use ringkv_jepsen::checker::{Verdict, append, linearizable, stale};
 use ringkv_jepsen::nemesis::Fault;
 use ringkv_jepsen::runner::{RunOptions, run};
+use ringkv_jepsen::workload::{ReadMode, Workload};
+use ringkv_jepsen::{edn, history};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,21 +17,32 @@ use std::time::Duration;
 #[command(
     name = "ringkv-jepsen",
     version,
-    about = "Chaos runs against a real ringkv cluster, checked for linearizability"
+    about = "Chaos runs against a real ringkv cluster, with recorded histories and their checkers"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReadLevel {
+    Linearizable,
+    Lease,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the register workload under faults and check the history.
+    /// Run workloads under faults and check the history.
     Run {
         /// Seconds of workload.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 60)]
         time: u64,
-        /// Faults, comma separated: kill, pause, transfer, or all; none for a fault-free run.
+        /// Workloads, comma separated: register, append (run side by side on their own keys).
+        #[arg(long, default_value = "register,append", value_delimiter = ',')]
+        workload: Vec<String>,
+        /// Faults, comma separated: kill, pause, pause-leader, transfer, partition-halves,
+        /// partition-leaders, partition-bridge, partition-ring, loss, slow, delay; or the groups
+        /// process, partition, network, all; none for a fault-free run.
         #[arg(long, default_value = "all", value_delimiter = ',')]
         nemesis: Vec<String>,
         /// Seconds between faults.
@@ -35,8 +51,12 @@ enum Command {
         /// Seconds a fault lasts.
         #[arg(long, default_value_t = 3)]
         hold: u64,
-        #[arg(long, default_value_t = 8)]
+        /// Take the faults in the order given, round and round, instead of at random.
+        #[arg(long)]
+        cycle: bool,
+        #[arg(long, default_value_t = 10)]
         clients: usize,
+        /// Keys per workload.
         #[arg(long, default_value_t = 4)]
         keys: usize,
         #[arg(long, default_value_t = 3)]
@@ -45,89 +65,175 @@ enum Command {
         shards: u32,
         #[arg(long, default_value_t = 3)]
         rf: u32,
+        /// Consistency of the register reads checked for linearizability.
+        #[arg(long, value_enum, default_value_t = ReadLevel::Linearizable)]
+        read_consistency: ReadLevel,
+        /// Mix STALE reads into the register workload (checked against what STALE promises).
+        #[arg(long)]
+        stale_reads: bool,
+        /// Run nodes on loopback even as root (no network faults then).
+        #[arg(long)]
+        no_netns: bool,
         /// Per-operation deadline in milliseconds (timeouts are recorded as indeterminate).
         #[arg(long, default_value_t = 2000)]
         op_timeout_ms: u64,
-        /// Results directory (history.jsonl, faults.json, verdict.json).
+        /// Results directory; each run gets a run-<unix time> folder in it.
         #[arg(long, default_value = "jepsen-results")]
         out: PathBuf,
     },
+    /// Check a recorded history.jsonl again.
+    Check {
+        history: PathBuf,
+        /// Checkers, comma separated: register, stale, append.
+        #[arg(long, default_value = "register,stale,append", value_delimiter = ',')]
+        checker: Vec<String>,
+    },
+    /// Convert a history.jsonl to Jepsen EDN on standard output.
+    Edn { history: PathBuf },
+}
+
+fn print_verdicts(verdicts: &[Verdict]) -> ExitCode {
+    for v in verdicts {
+        println!(
+            "{}: {} over {} operations",
+            v.checker,
+            if v.valid { "VALID" } else { "INVALID" },
+            v.ops
+        );
+        for c in v.counterexamples.iter().take(10) {
+            println!("  {c}");
+        }
+    }
+    if !verdicts.is_empty() && verdicts.iter().all(|v| v.valid) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn usage(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+fn read_history(path: &PathBuf) -> Result<Vec<history::Event>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    history::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Command::Run {
-        time,
-        nemesis,
-        interval,
-        hold,
-        clients,
-        keys,
-        nodes,
-        shards,
-        rf,
-        op_timeout_ms,
-        out,
-    } = Cli::parse().command;
-    let nemeses: Result<Vec<Fault>, String> = nemesis
-        .iter()
-        .flat_map(|n| match n.as_str() {
-            "all" => vec!["kill", "pause", "transfer"],
-            "none" => vec![],
-            other => vec![other],
-        })
-        .map(str::parse)
-        .collect();
-    let nemeses = match nemeses {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let opts = RunOptions {
-        time: Duration::from_secs(time),
-        nemeses,
-        interval: Duration::from_secs(interval),
-        hold: Duration::from_secs(hold),
-        clients,
-        keys,
-        nodes,
-        shards,
-        rf,
-        op_timeout: Duration::from_millis(op_timeout_ms),
-        out: out.join(format!("run-{stamp}")),
-    };
-    println!(
-        "note: nodes run on loopback; only process faults (kill, pause, transfer) are injected"
-    );
-    match run(&opts).await {
-        Ok(report) => {
-            println!(
-                "results in {}; {} events, {} faults",
-                report.dir.display(),
-                report.events,
-                report.faults.len()
-            );
-            for v in &report.verdicts {
-                println!(
-                    "{}: {} over {} operations",
-                    v.checker,
-                    if v.valid { "VALID" } else { "INVALID" },
-                    v.ops
-                );
-                for c in &v.counterexamples {
-                    println!("  {c}");
+    match Cli::parse().command {
+        Command::Check { history, checker } => {
+            let events = match read_history(&history) {
+                Ok(e) => e,
+                Err(e) => return usage(e),
+            };
+            let mut verdicts = Vec::new();
+            for c in &checker {
+                let v = match c.as_str() {
+                    "register" => linearizable::check(&events),
+                    "stale" => stale::check(&events, stale::SLACK_MS_DEFAULT),
+                    "append" => append::check(&events),
+                    other => {
+                        return usage(format!(
+                            "unknown checker {other:?}: use register, stale, append"
+                        ));
+                    }
+                };
+                match v {
+                    Ok(v) if v.ops > 0 => verdicts.push(v),
+                    Ok(_) => {}
+                    Err(e) => return usage(e),
                 }
             }
-            if report.valid() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            print_verdicts(&verdicts)
         }
-        Err(e) => {
-            eprintln!("run failed (verdict unknown): {e:#}");
-            ExitCode::from(3)
+        Command::Edn { history } => match read_history(&history) {
+            Ok(events) => {
+                print!("{}", edn::export(&events));
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage(e),
+        },
+        Command::Run {
+            time,
+            workload,
+            nemesis,
+            interval,
+            hold,
+            cycle,
+            clients,
+            keys,
+            nodes,
+            shards,
+            rf,
+            read_consistency,
+            stale_reads,
+            no_netns,
+            op_timeout_ms,
+            out,
+        } => {
+            let workloads: Result<Vec<Workload>, String> =
+                workload.iter().map(|w| w.parse()).collect();
+            let workloads = match workloads {
+                Ok(w) => w,
+                Err(e) => return usage(e),
+            };
+            // Whether delay may join the groups is decided once the lab exists.
+            let nemeses = match Fault::parse_list(&nemesis, true) {
+                Ok(n) => n,
+                Err(e) => return usage(e),
+            };
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let opts = RunOptions {
+                time: Duration::from_secs(time),
+                workloads,
+                reads: ReadMode {
+                    register: match read_consistency {
+                        ReadLevel::Linearizable => Consistency::Linearizable,
+                        ReadLevel::Lease => Consistency::Lease,
+                    },
+                    stale: stale_reads,
+                },
+                nemeses,
+                interval: Duration::from_secs(interval),
+                hold: Duration::from_secs(hold),
+                cycle_faults: cycle,
+                clients,
+                keys,
+                nodes,
+                shards,
+                rf,
+                op_timeout: Duration::from_millis(op_timeout_ms),
+                net: !no_netns,
+                out: out.join(format!("run-{stamp}")),
+            };
+            match run(&opts).await {
+                Ok(report) => {
+                    println!(
+                        "results in {} (report.html); {} events, {} faults, nodes {}",
+                        report.dir.display(),
+                        report.events,
+                        report.faults.len(),
+                        if report.namespaces {
+                            "in their own network namespaces"
+                        } else {
+                            "on loopback"
+                        }
+                    );
+                    for n in &report.notes {
+                        println!("note: {n}");
+                    }
+                    print_verdicts(&report.verdicts)
+                }
+                Err(e) => {
+                    eprintln!("run failed (verdict unknown): {e:#}");
+                    ExitCode::from(3)
+                }
+            }
         }
     }
 }

@@ -1,86 +1,245 @@
-//! Faults, injected on a schedule and always healed at the end.
+//! Faults, injected on a schedule, each healed after it is held; everything is healed again at
+//! the end so the final reads run on a whole cluster.
 //!
-//! - `kill`: SIGKILL a random node, restart it after a few seconds (on the same data).
-//! - `pause`: SIGSTOP a random node past the election timeout, then SIGCONT (the classic
-//!   breaker of lease-based reads: the paused leader wakes up still believing it leads).
+//! Process faults (work everywhere):
+//! - `kill`: SIGKILL a random node, restart it on the same data when the fault is healed.
+//! - `pause`: SIGSTOP a random node past the election timeout, then SIGCONT.
+//! - `pause-leader`: SIGSTOP the node leading the most shards (the classic breaker of lease
+//!   reads: the paused leader wakes up and may still believe it leads).
 //! - `transfer`: move every shard's leadership to another replica at once.
 //!
-//! Network partitions (iptables between per-node network namespaces) and latency (netem) are
-//! the next nemeses to add; this runner starts nodes on loopback, where only process faults
-//! can be injected.
+//! Network faults (need the per-node namespaces of [`ringkv_tests::NetLab`], i.e. root):
+//! - `partition-halves`: a random minority cut off from the majority;
+//! - `partition-leaders`: every node that leads a shard alone, the rest together (when every
+//!   node leads something, the busiest leader alone);
+//! - `partition-bridge`: two sides that cannot see each other and one node that sees both;
+//! - `partition-ring`: each node sees only its two ring neighbours (needs 4+ nodes);
+//! - `loss`: 20% of packets dropped at random on every node;
+//! - `slow`: every node's outgoing bandwidth capped at 1 Mbit/s;
+//! - `delay`: 50 ± 25 ms on every packet (`tc netem`; only where the kernel has netem).
 
 use ringkv_proto::v1::TransferLeaderRequest;
 use ringkv_tests::Cluster;
+use ringkv_tests::netns::{Grudge, partitions};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     Kill,
     Pause,
+    PauseLeader,
     Transfer,
+    PartitionHalves,
+    PartitionLeaders,
+    PartitionBridge,
+    PartitionRing,
+    Loss,
+    Slow,
+    Delay,
+}
+
+pub const PROCESS_FAULTS: &[Fault] =
+    &[Fault::Kill, Fault::Pause, Fault::PauseLeader, Fault::Transfer];
+pub const PARTITIONS: &[Fault] = &[
+    Fault::PartitionHalves,
+    Fault::PartitionLeaders,
+    Fault::PartitionBridge,
+    Fault::PartitionRing,
+];
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Pause => "pause",
+            Fault::PauseLeader => "pause-leader",
+            Fault::Transfer => "transfer",
+            Fault::PartitionHalves => "partition-halves",
+            Fault::PartitionLeaders => "partition-leaders",
+            Fault::PartitionBridge => "partition-bridge",
+            Fault::PartitionRing => "partition-ring",
+            Fault::Loss => "loss",
+            Fault::Slow => "slow",
+            Fault::Delay => "delay",
+        }
+    }
+
+    /// Whether the fault needs nodes in their own network namespaces.
+    pub fn needs_net(self) -> bool {
+        !PROCESS_FAULTS.contains(&self)
+    }
+
+    /// Parses a comma-separated list of faults and groups (`process`, `partition`, `network`,
+    /// `all`, `none`). `netem` says whether `delay` may be part of `network`/`all`.
+    pub fn parse_list(names: &[String], netem: bool) -> Result<Vec<Fault>, String> {
+        let mut out = Vec::new();
+        let network = || {
+            let mut v = PARTITIONS.to_vec();
+            v.extend([Fault::Loss, Fault::Slow]);
+            if netem {
+                v.push(Fault::Delay);
+            }
+            v
+        };
+        for n in names {
+            match n.as_str() {
+                "none" => {}
+                "process" => out.extend_from_slice(PROCESS_FAULTS),
+                "partition" => out.extend_from_slice(PARTITIONS),
+                "network" => out.extend(network()),
+                "all" => {
+                    out.extend_from_slice(PROCESS_FAULTS);
+                    out.extend(network());
+                }
+                other => out.push(other.parse()?),
+            }
+        }
+        out.dedup();
+        Ok(out)
+    }
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "kill" => Ok(Fault::Kill),
-            "pause" => Ok(Fault::Pause),
-            "transfer" => Ok(Fault::Transfer),
-            other => Err(format!("unknown nemesis {other:?}: use kill, pause, transfer or all")),
-        }
+        let all = [PROCESS_FAULTS, PARTITIONS, &[Fault::Loss, Fault::Slow, Fault::Delay]].concat();
+        all.iter().copied().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|f| f.name()).collect();
+            format!(
+                "unknown nemesis {s:?}: use {}, or the groups process, partition, network, all, none",
+                names.join(", ")
+            )
+        })
     }
 }
 
-/// A fault window, for the report.
-#[derive(Debug, Clone, Serialize)]
+/// A fault window, for the report (times on the history's clock).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FaultWindow {
     pub fault: String,
     pub start_ns: u64,
     pub end_ns: u64,
 }
 
-/// Injects one fault and heals it; returns its description.
+fn shuffled(mut v: Vec<u64>) -> Vec<u64> {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rand::random_range(0..=i));
+    }
+    v
+}
+
+fn describe(g: &Grudge) -> String {
+    let parts: Vec<String> = g
+        .iter()
+        .map(|(n, es)| {
+            let es: Vec<String> = es.iter().map(u64::to_string).collect();
+            format!("{n}x{}", es.join("+"))
+        })
+        .collect();
+    parts.join(" ")
+}
+
+/// The node leading the most shards, and every leader.
+async fn leaders(c: &Cluster) -> (Option<u64>, Vec<u64>) {
+    let mut count: HashMap<u64, usize> = HashMap::new();
+    for node in c.leaders().await.into_values() {
+        *count.entry(node).or_default() += 1;
+    }
+    let busiest = count.iter().max_by_key(|(n, k)| (**k, **n)).map(|(n, _)| *n);
+    let mut all: Vec<u64> = count.into_keys().collect();
+    all.sort_unstable();
+    (busiest, all)
+}
+
+/// Injects `fault`, holds it for `hold`, heals it; returns what was done.
 pub async fn inject(c: &mut Cluster, fault: Fault, hold: Duration) -> anyhow::Result<String> {
     let running = c.running();
     let victim = running[rand::random_range(0..running.len())];
-    Ok(match fault {
+    let all: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    let what = match fault {
         Fault::Kill => {
             c.kill(victim)?;
             tokio::time::sleep(hold).await;
             c.restart(victim).await?;
-            format!("kill -9 node {victim}, restart after {hold:?}")
+            return Ok(format!("kill -9 node {victim}, restart after {hold:?}"));
         }
-        Fault::Pause => {
+        Fault::Pause | Fault::PauseLeader => {
+            let victim = match fault {
+                Fault::PauseLeader => leaders(c).await.0.unwrap_or(victim),
+                _ => victim,
+            };
             c.signal(victim, nix::sys::signal::Signal::SIGSTOP)?;
             tokio::time::sleep(hold).await;
             c.signal(victim, nix::sys::signal::Signal::SIGCONT)?;
-            format!("SIGSTOP node {victim} for {hold:?}")
+            return Ok(format!("SIGSTOP node {victim} for {hold:?} ({})", fault.name()));
         }
-        Fault::Transfer => {
-            let leaders = c.leaders().await;
-            for (shard, leader) in &leaders {
-                let others: Vec<u64> =
-                    c.map.replicas(*shard).iter().copied().filter(|n| n != leader).collect();
-                if others.is_empty() {
-                    continue;
-                }
-                let to = others[rand::random_range(0..others.len())];
-                if let Ok(mut admin) = c.admin(*leader).await {
-                    // A leader that lost leadership meanwhile refuses; that is fine.
-                    let _ = admin
-                        .transfer_leader(TransferLeaderRequest { shard_id: *shard, to_node_id: to })
-                        .await;
-                }
-            }
-            format!("transfer leadership of {} shards", leaders.len())
+        Fault::Transfer => return Ok(transfer_all(c).await),
+        Fault::PartitionHalves => partitions::halves(&shuffled(all.clone())),
+        Fault::PartitionLeaders => {
+            let (busiest, leading) = leaders(c).await;
+            let isolated =
+                if leading.len() < all.len() { leading } else { busiest.into_iter().collect() };
+            partitions::isolate(&all, &isolated)
         }
-    })
+        Fault::PartitionBridge => partitions::bridge(&shuffled(all.clone())),
+        Fault::PartitionRing => partitions::ring(&shuffled(all.clone())),
+        Fault::Loss | Fault::Slow | Fault::Delay => {
+            let lab = c
+                .net
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("{} needs namespaces", fault.name()))?;
+            let what = match fault {
+                Fault::Loss => {
+                    lab.loss(20)?;
+                    "20% packet loss on every node"
+                }
+                Fault::Slow => {
+                    lab.slow(1000)?;
+                    "bandwidth capped at 1 Mbit/s on every node"
+                }
+                _ => {
+                    lab.delay(50, 25)?;
+                    "50 ± 25 ms delay on every node"
+                }
+            };
+            tokio::time::sleep(hold).await;
+            lab.heal()?;
+            return Ok(format!("{what} for {hold:?}"));
+        }
+    };
+    let lab = c.net.as_ref().ok_or_else(|| anyhow::anyhow!("{} needs namespaces", fault.name()))?;
+    lab.partition(&what)?;
+    tokio::time::sleep(hold).await;
+    lab.heal()?;
+    Ok(format!("{} [{}] for {hold:?} (NxM: N drops M)", fault.name(), describe(&what)))
 }
 
-/// Heals everything: resumes paused nodes and restarts stopped ones.
+async fn transfer_all(c: &Cluster) -> String {
+    let leaders = c.leaders().await;
+    for (shard, leader) in &leaders {
+        let others: Vec<u64> =
+            c.map.replicas(*shard).iter().copied().filter(|n| n != leader).collect();
+        if others.is_empty() {
+            continue;
+        }
+        let to = others[rand::random_range(0..others.len())];
+        if let Ok(mut admin) = c.admin(*leader).await {
+            // A leader that lost leadership meanwhile refuses; that is fine.
+            let _ = admin
+                .transfer_leader(TransferLeaderRequest { shard_id: *shard, to_node_id: to })
+                .await;
+        }
+    }
+    format!("transfer leadership of {} shards", leaders.len())
+}
+
+/// Heals everything: the network, paused nodes, stopped nodes.
 pub async fn heal(c: &mut Cluster) -> anyhow::Result<()> {
+    if let Some(lab) = &c.net {
+        lab.heal()?;
+    }
     for id in c.running() {
         let _ = c.signal(id, nix::sys::signal::Signal::SIGCONT);
     }

@@ -1,13 +1,15 @@
-//! A run: start a cluster and a router, drive the workload from concurrent clients while the
-//! nemesis injects faults, heal, take final reads, check the history, write the results.
+//! A run: start a cluster (each node in its own network namespace when it can) and a router,
+//! drive the workloads from concurrent clients while the nemesis injects faults, heal, take
+//! final reads, check the history, write the results folder.
 
-use crate::checker::{Verdict, linearizable};
-use crate::history::{Kind, Op};
+use crate::checker::{Verdict, append, linearizable, stale};
+use crate::history::{Event, Kind, Op};
 use crate::nemesis::{self, Fault, FaultWindow};
-use crate::workload::{Recorder, client_loop, perform};
+use crate::workload::{ClientCtx, ReadMode, Recorder, Workload, client_loop, perform};
+use crate::{edn, report};
 use anyhow::{Context, Result};
 use ringkv_client::Client;
-use ringkv_tests::{Cluster, Tuning};
+use ringkv_tests::{Cluster, NetLab, Tuning};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -16,18 +18,25 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub time: Duration,
+    pub workloads: Vec<Workload>,
+    pub reads: ReadMode,
     pub nemeses: Vec<Fault>,
     /// Quiet time between faults.
     pub interval: Duration,
     /// How long a fault lasts before it is healed.
     pub hold: Duration,
+    /// Take the faults in the given order, round and round, instead of at random.
+    pub cycle_faults: bool,
     pub clients: usize,
+    /// Keys per workload.
     pub keys: usize,
     pub nodes: u64,
     pub shards: u32,
     pub rf: u32,
     /// Client-side deadline per operation; a timed-out operation is recorded as `info`.
     pub op_timeout: Duration,
+    /// Put each node in its own network namespace (needs root); falls back to loopback.
+    pub net: bool,
     pub out: PathBuf,
 }
 
@@ -37,6 +46,10 @@ pub struct RunReport {
     pub events: usize,
     pub faults: Vec<FaultWindow>,
     pub dir: PathBuf,
+    /// Whether nodes ran in their own namespaces.
+    pub namespaces: bool,
+    /// What the run could not do as asked, and why.
+    pub notes: Vec<String>,
 }
 
 impl RunReport {
@@ -45,9 +58,54 @@ impl RunReport {
     }
 }
 
+/// Decides where nodes run and which faults can be injected there.
+fn plan_network(o: &RunOptions, notes: &mut Vec<String>) -> (Option<NetLab>, Vec<Fault>) {
+    let wants_net = o.nemeses.iter().any(|f| f.needs_net());
+    let lab = if o.net {
+        match NetLab::create(&(1..=o.nodes).collect::<Vec<_>>()) {
+            Ok(lab) => Some(lab),
+            Err(e) => {
+                notes.push(format!(
+                    "nodes run on loopback, not in their own network namespaces: {e:#}"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut nemeses = o.nemeses.clone();
+    if lab.is_none() && wants_net {
+        nemeses.retain(|f| !f.needs_net());
+        notes.push("network faults dropped: only process faults can be injected".into());
+    }
+    if let Some(l) = &lab
+        && nemeses.contains(&Fault::Delay)
+        && !l.netem_available()
+    {
+        nemeses.retain(|f| *f != Fault::Delay);
+        notes.push("delay dropped: this kernel has no tc netem (sch_netem)".into());
+    }
+    if o.nodes < 4 && nemeses.contains(&Fault::PartitionRing) {
+        nemeses.retain(|f| *f != Fault::PartitionRing);
+        notes.push(
+            "partition-ring dropped: with fewer than 4 nodes a ring is fully connected".into(),
+        );
+    }
+    (lab, nemeses)
+}
+
 pub async fn run(o: &RunOptions) -> Result<RunReport> {
+    anyhow::ensure!(!o.workloads.is_empty(), "no workload given");
+    anyhow::ensure!(o.clients >= o.workloads.len(), "need at least one client per workload");
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    let mut cluster = Cluster::start(o.nodes, o.shards, o.rf, Tuning::default()).await?;
+    let mut notes = Vec::new();
+    let (lab, nemeses) = plan_network(o, &mut notes);
+    for n in &notes {
+        println!("note: {n}");
+    }
+    let namespaces = lab.is_some();
+    let mut cluster = Cluster::start_in(o.nodes, o.shards, o.rf, Tuning::default(), lab).await?;
     cluster.wait_for_leaders(Duration::from_secs(30)).await?;
     let router = cluster.start_router("round-robin").await?;
     let rec = Recorder::default();
@@ -57,25 +115,33 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
     for i in 0..o.clients {
         let client =
             Client::builder().router(router.addr.clone()).timeout(o.op_timeout).connect().await?;
-        tasks.push(tokio::spawn(client_loop(
+        tasks.push(tokio::spawn(client_loop(ClientCtx {
             client,
-            rec.clone(),
-            i as u64,
-            o.clients as u64,
-            o.keys,
-            next_value.clone(),
-            stop.clone(),
-        )));
+            rec: rec.clone(),
+            workload: o.workloads[i % o.workloads.len()],
+            first_process: i as u64,
+            process_stride: o.clients as u64,
+            keys: o.keys,
+            next_value: next_value.clone(),
+            stop: stop.clone(),
+            reads: o.reads,
+            op_timeout: o.op_timeout,
+        })));
     }
 
     let mut faults = Vec::new();
     let deadline = Instant::now() + o.time;
     while Instant::now() + o.interval < deadline {
         tokio::time::sleep(o.interval).await;
-        if o.nemeses.is_empty() {
+        if nemeses.is_empty() {
             continue;
         }
-        let fault = o.nemeses[rand::random_range(0..o.nemeses.len())];
+        let pick = if o.cycle_faults {
+            faults.len() % nemeses.len()
+        } else {
+            rand::random_range(0..nemeses.len())
+        };
+        let fault = nemeses[pick];
         let start_ns = rec.elapsed_ns();
         let what = nemesis::inject(&mut cluster, fault, o.hold).await?;
         println!("nemesis: {what}");
@@ -93,28 +159,66 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
     let client =
         Client::builder().router(router.addr.clone()).timeout(o.op_timeout).connect().await?;
     let mut process = 1_000_000;
-    for k in 0..o.keys {
-        let until = Instant::now() + Duration::from_secs(60);
-        let read = || Op::Read { key: format!("r{k}"), value: None };
-        while perform(&client, &rec, process, read()).await.0 != Kind::Ok {
+    for w in &o.workloads {
+        for k in 0..o.keys {
+            let until = Instant::now() + Duration::from_secs(60);
+            let read = || match w {
+                Workload::Register => Op::Read { key: format!("r{k}"), value: None },
+                Workload::Append => Op::ReadList { key: format!("a{k}"), value: None },
+            };
+            while perform(&client, &rec, process, read(), o.reads, o.op_timeout).await.0 != Kind::Ok
+            {
+                process += 1;
+                anyhow::ensure!(
+                    Instant::now() < until,
+                    "final read of {:?} kept failing on the healed cluster",
+                    read()
+                );
+            }
             process += 1;
-            anyhow::ensure!(
-                Instant::now() < until,
-                "final read of r{k} kept failing on the healed cluster"
-            );
         }
-        process += 1;
     }
+    drop(router);
+    cluster.copy_logs(&o.out.join("logs"))?;
+    drop(cluster);
 
     let events = rec.events().await;
+    let verdicts = check(&events, o)?;
+    write_results(o, &events, &faults, &verdicts, &notes)?;
+    Ok(RunReport { verdicts, events: events.len(), faults, dir: o.out.clone(), namespaces, notes })
+}
+
+fn check(events: &[Event], o: &RunOptions) -> Result<Vec<Verdict>> {
+    let mut verdicts = Vec::new();
+    for w in &o.workloads {
+        match w {
+            Workload::Register => {
+                verdicts.push(linearizable::check(events)?);
+                if o.reads.stale {
+                    verdicts.push(stale::check(events, stale::SLACK_MS_DEFAULT)?);
+                }
+            }
+            Workload::Append => verdicts.push(append::check(events)?),
+        }
+    }
+    Ok(verdicts)
+}
+
+fn write_results(
+    o: &RunOptions,
+    events: &[Event],
+    faults: &[FaultWindow],
+    verdicts: &[Verdict],
+    notes: &[String],
+) -> Result<()> {
     let history: String = events
         .iter()
         .map(|e| serde_json::to_string(e).map(|l| l + "\n"))
         .collect::<Result<_, _>>()?;
     std::fs::write(o.out.join("history.jsonl"), history)?;
+    std::fs::write(o.out.join("history.edn"), edn::export(events))?;
     std::fs::write(o.out.join("faults.json"), serde_json::to_string_pretty(&faults)?)?;
-    let verdicts = vec![linearizable::check(&events)?];
     std::fs::write(o.out.join("verdict.json"), serde_json::to_string_pretty(&verdicts)?)?;
-    drop(router);
-    Ok(RunReport { verdicts, events: events.len(), faults, dir: o.out.clone() })
+    report::write(&o.out, events, faults, verdicts, notes)?;
+    Ok(())
 }

@@ -1,5 +1,10 @@
-//! The register workload: concurrent clients read, write and compare-and-swap integer
-//! registers (a few keys), through the router, recording every operation.
+//! The workloads: concurrent clients, through the router, recording every operation.
+//!
+//! - *register*: read, write and compare-and-swap integer registers `r0..rN`. Reads are
+//!   LINEARIZABLE or LEASE (checked for linearizability); optionally STALE reads are mixed in
+//!   (checked against what STALE promises).
+//! - *append*: append unique integers to lists `a0..aN` (read the list, CAS it to the list
+//!   plus the element, retry on a lost race) and read whole lists (linearizable).
 //!
 //! Each written value is unique, so a read names the write it saw. Outcomes map to history
 //! kinds as the checker needs them: success is `ok`; a CAS whose condition did not hold is
@@ -11,6 +16,7 @@ use crate::history::{Event, Kind, Op};
 use ringkv_client::{Client, Consistency, Expect};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
 use std::time::Instant;
 use tokio::sync::Mutex;
 
@@ -52,16 +58,116 @@ fn decode(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
+fn encode_list(l: &[i64]) -> Vec<u8> {
+    l.iter().map(i64::to_string).collect::<Vec<_>>().join(",").into_bytes()
+}
+
+fn decode_list(b: &[u8]) -> Option<Vec<i64>> {
+    let s = std::str::from_utf8(b).ok()?;
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    s.split(',').map(|e| e.parse().ok()).collect()
+}
+
+/// Which workload a client runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Register,
+    Append,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Register => "register",
+            Workload::Append => "append",
+        }
+    }
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "register" => Ok(Workload::Register),
+            "append" => Ok(Workload::Append),
+            other => Err(format!("unknown workload {other:?}: use register or append")),
+        }
+    }
+}
+
+/// How clients read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadMode {
+    /// LINEARIZABLE or LEASE: the reads the linearizability checker holds to account.
+    pub register: Consistency,
+    /// Also issue STALE reads (checked by the stale-read checker).
+    pub stale: bool,
+}
+
+impl Default for ReadMode {
+    fn default() -> Self {
+        ReadMode { register: Consistency::Linearizable, stale: false }
+    }
+}
+
+/// Attempts of an append's read-then-CAS before giving up (each lost race certainly did
+/// not apply, so giving up is a clean `fail`).
+const APPEND_ATTEMPTS_MAX: usize = 20;
+
+/// Appends `element` to the list at `key`. `Ok(true)` appended, `Ok(false)` certainly not
+/// (every CAS lost its race), `Err` unknown.
+async fn append(client: &Client, key: &str, element: i64, deadline: Instant) -> Result<bool, ()> {
+    for _ in 0..APPEND_ATTEMPTS_MAX {
+        if Instant::now() > deadline {
+            // Every earlier attempt certainly failed; stopping here is a clean failure.
+            return Ok(false);
+        }
+        // A failed read changes nothing, and every earlier CAS lost its race: a clean failure.
+        let Ok(current) = client.get(key.as_bytes()).await else { return Ok(false) };
+        let (expect, mut list) = match current {
+            None => (Expect::Absent, Vec::new()),
+            Some(kv) => {
+                let list = decode_list(&kv.value).ok_or(())?;
+                (Expect::Value(kv.value.to_vec()), list)
+            }
+        };
+        list.push(element);
+        match client.cas(key.as_bytes(), expect, Some(&encode_list(&list))).await {
+            Ok(out) if out.succeeded => return Ok(true),
+            Ok(_) => continue,
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(false)
+}
+
 /// One operation against `client`, recorded as invoke + completion. Returns the completion
 /// (`Kind::Info` when the outcome is unknown; the caller then retires the process).
-pub async fn perform(client: &Client, rec: &Recorder, process: u64, op: Op) -> (Kind, Op) {
+pub async fn perform(
+    client: &Client,
+    rec: &Recorder,
+    process: u64,
+    op: Op,
+    reads: ReadMode,
+    op_timeout: Duration,
+) -> (Kind, Op) {
     rec.record(process, Kind::Invoke, op.clone()).await;
     let (kind, done) = match &op {
-        Op::Read { key, .. } => {
-            match client.get_with(key.as_bytes(), Consistency::Linearizable).await {
-                Ok(kv) => {
-                    let value = kv.and_then(|kv| decode(&kv.value));
-                    (Kind::Ok, Op::Read { key: key.clone(), value })
+        Op::Read { key, .. } => match client.get_with(key.as_bytes(), reads.register).await {
+            Ok(kv) => {
+                let value = kv.and_then(|kv| decode(&kv.value));
+                (Kind::Ok, Op::Read { key: key.clone(), value })
+            }
+            Err(_) => (Kind::Info, op.clone()),
+        },
+        Op::StaleRead { key, .. } => {
+            match client.get_detailed(key.as_bytes(), Consistency::Stale).await {
+                Ok(resp) => {
+                    let value = resp.kv.and_then(|kv| decode(&kv.value));
+                    let staleness_ms = resp.header.map(|h| h.staleness_ms);
+                    (Kind::Ok, Op::StaleRead { key: key.clone(), value, staleness_ms })
                 }
                 Err(_) => (Kind::Info, op.clone()),
             }
@@ -78,39 +184,69 @@ pub async fn perform(client: &Client, rec: &Recorder, process: u64, op: Op) -> (
                 Err(_) => (Kind::Info, op.clone()),
             }
         }
-        other => (Kind::Fail, other.clone()),
+        Op::Append { key, element } => {
+            match append(client, key, *element, Instant::now() + op_timeout).await {
+                Ok(true) => (Kind::Ok, op.clone()),
+                Ok(false) => (Kind::Fail, op.clone()),
+                Err(()) => (Kind::Info, op.clone()),
+            }
+        }
+        Op::ReadList { key, .. } => match client.get(key.as_bytes()).await {
+            Ok(kv) => match kv.map(|kv| decode_list(&kv.value)) {
+                Some(None) => (Kind::Info, op.clone()),
+                Some(Some(l)) => (Kind::Ok, Op::ReadList { key: key.clone(), value: Some(l) }),
+                None => (Kind::Ok, Op::ReadList { key: key.clone(), value: None }),
+            },
+            Err(_) => (Kind::Info, op.clone()),
+        },
     };
     rec.record(process, kind, done.clone()).await;
     (kind, done)
 }
 
-/// Runs one client until `stop`: random operations over `keys`.
-pub async fn client_loop(
-    client: Client,
-    rec: Recorder,
-    first_process: u64,
-    process_stride: u64,
-    keys: usize,
-    next_value: Arc<AtomicI64>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut process = first_process;
-    let mut last_seen: Vec<Option<i64>> = vec![None; keys];
-    while !stop.load(Ordering::Relaxed) {
-        let k = rand::random_range(0..keys);
-        let key = format!("r{k}");
-        let op = match rand::random_range(0..3u8) {
-            0 => Op::Read { key, value: None },
-            1 => Op::Write { key, value: next_value.fetch_add(1, Ordering::Relaxed) },
-            _ => Op::Cas {
-                key,
-                from: last_seen[k].unwrap_or(0),
-                to: next_value.fetch_add(1, Ordering::Relaxed),
-            },
+/// One client's identity and shared state.
+pub struct ClientCtx {
+    pub client: Client,
+    pub rec: Recorder,
+    pub workload: Workload,
+    pub first_process: u64,
+    pub process_stride: u64,
+    pub keys: usize,
+    pub next_value: Arc<AtomicI64>,
+    pub stop: Arc<AtomicBool>,
+    pub reads: ReadMode,
+    pub op_timeout: Duration,
+}
+
+/// Runs one client until `stop`: random operations of its workload over `keys` keys.
+pub async fn client_loop(ctx: ClientCtx) {
+    let mut process = ctx.first_process;
+    let mut last_seen: Vec<Option<i64>> = vec![None; ctx.keys];
+    let next = || ctx.next_value.fetch_add(1, Ordering::Relaxed);
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let k = rand::random_range(0..ctx.keys);
+        let op = match ctx.workload {
+            Workload::Register => {
+                let key = format!("r{k}");
+                match rand::random_range(0..if ctx.reads.stale { 4u8 } else { 3 }) {
+                    0 => Op::Read { key, value: None },
+                    1 => Op::Write { key, value: next() },
+                    2 => Op::Cas { key, from: last_seen[k].unwrap_or(0), to: next() },
+                    _ => Op::StaleRead { key, value: None, staleness_ms: None },
+                }
+            }
+            Workload::Append => {
+                let key = format!("a{k}");
+                if rand::random_range(0..2u8) == 0 {
+                    Op::ReadList { key, value: None }
+                } else {
+                    Op::Append { key, element: next() }
+                }
+            }
         };
         // Remember what this client last read or wrote, to aim CAS at likely-current values.
-        match perform(&client, &rec, process, op).await {
-            (Kind::Info, _) => process += process_stride,
+        match perform(&ctx.client, &ctx.rec, process, op, ctx.reads, ctx.op_timeout).await {
+            (Kind::Info, _) => process += ctx.process_stride,
             (Kind::Ok, Op::Read { value, .. }) => last_seen[k] = value,
             (Kind::Ok, Op::Write { value, .. } | Op::Cas { to: value, .. }) => {
                 last_seen[k] = Some(value)

@@ -1,7 +1,7 @@
 //! The checkers on hand-made histories: valid ones pass, and each kind of anomaly the chaos
 //! harness exists to find is caught.
 
-use ringkv_jepsen::checker::{append, linearizable};
+use ringkv_jepsen::checker::{append, linearizable, stale};
 use ringkv_jepsen::history::{Event, Kind, Op};
 
 /// Builds a history from (process, kind, op) in order.
@@ -277,4 +277,73 @@ mod generated {
             prop_assert!(!linearizable::check(&history).unwrap().valid);
         }
     }
+}
+
+/// A history with explicit times in milliseconds: (process, kind, op, ms).
+fn timed(events: &[(u64, Kind, Op, u64)]) -> Vec<Event> {
+    events
+        .iter()
+        .map(|(p, k, op, ms)| Event {
+            process: *p,
+            kind: *k,
+            op: op.clone(),
+            time_ns: ms * 1_000_000,
+        })
+        .collect()
+}
+
+fn sr(v: Option<i64>, staleness_ms: u64) -> Op {
+    Op::StaleRead { key: "x".into(), value: v, staleness_ms: Some(staleness_ms) }
+}
+
+#[test]
+fn stale_reads_within_their_bound_pass() {
+    let hist = timed(&[
+        (1, Invoke, w(1), 0),
+        (1, Ok, w(1), 10),
+        (1, Invoke, w(2), 20),
+        (1, Ok, w(2), 30),
+        // Overwritten at 30 ms, read at 500 ms with 0 ms reported: within the 1 s slack.
+        (2, Invoke, sr(None, 0), 500),
+        (2, Ok, sr(Some(1), 0), 510),
+        // Read at 5 s, reporting 4.5 s without a leader: still within the bound.
+        (3, Invoke, sr(None, 0), 5000),
+        (3, Ok, sr(None, 4500), 5010),
+        // A value being written concurrently may be seen.
+        (1, Invoke, w(3), 6000),
+        (4, Invoke, sr(None, 0), 6001),
+        (4, Ok, sr(Some(3), 0), 6002),
+        (1, Ok, w(3), 6003),
+    ]);
+    let v = stale::check(&hist, stale::SLACK_MS_DEFAULT).unwrap();
+    assert!(v.valid, "{:?}", v.counterexamples);
+    assert_eq!(v.ops, 3);
+}
+
+#[test]
+fn stale_reads_beyond_their_bound_or_of_bad_values_fail() {
+    let base = [
+        (1, Invoke, w(1), 0),
+        (1, Ok, w(1), 10),
+        (1, Invoke, w(2), 20),
+        (1, Ok, w(2), 30),
+        (1, Invoke, w(5), 40),
+        (1, Fail, w(5), 50),
+    ];
+    let with = |read: Op, at: u64| {
+        let mut e = base.to_vec();
+        e.push((2, Invoke, sr(None, 0), at));
+        e.push((2, Ok, read, at + 1));
+        timed(&e)
+    };
+    let too_old = stale::check(&with(sr(Some(1), 100), 3000), stale::SLACK_MS_DEFAULT).unwrap();
+    assert!(!too_old.valid);
+    assert!(too_old.counterexamples[0].contains("certainly overwritten"), "{:?}", too_old);
+    assert!(!too_old.events.is_empty(), "the report needs the read's position");
+    let empty_too_old = stale::check(&with(sr(None, 0), 3000), stale::SLACK_MS_DEFAULT).unwrap();
+    assert!(!empty_too_old.valid, "the initial empty value was overwritten at 10 ms");
+    let invented = stale::check(&with(sr(Some(9), 0), 100), stale::SLACK_MS_DEFAULT).unwrap();
+    assert!(!invented.valid && invented.counterexamples[0].contains("nobody wrote"));
+    let failed = stale::check(&with(sr(Some(5), 0), 100), stale::SLACK_MS_DEFAULT).unwrap();
+    assert!(!failed.valid && failed.counterexamples[0].contains("failed"));
 }

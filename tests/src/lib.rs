@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
+pub mod netns;
+pub use netns::NetLab;
+
 /// Raft timing for tests: short, so failover tests finish quickly, but well above loopback
 /// latency so a loaded CI machine does not see spurious elections.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +82,8 @@ pub struct Cluster {
     members_arg: String,
     layout: Layout,
     leader_cache: Mutex<HashMap<u64, u64>>,
+    /// The network namespaces the nodes run in, if any (dropped after the nodes).
+    pub net: Option<NetLab>,
 }
 
 /// A workspace binary (`ringkv-node`, `ringkv-router`, `ringkv`) next to the test
@@ -175,16 +180,34 @@ pub fn reason(status: &tonic::Status) -> Option<String> {
 
 impl Cluster {
     pub async fn start(nodes: u64, shards: u32, rf: u32, tuning: Tuning) -> Result<Self> {
+        Self::start_in(nodes, shards, rf, tuning, None).await
+    }
+
+    /// Starts a cluster; with a [`NetLab`], node `i` runs in the lab's namespace for `i`, on
+    /// its own address, so the network between nodes can be broken.
+    pub async fn start_in(
+        nodes: u64,
+        shards: u32,
+        rf: u32,
+        tuning: Tuning,
+        net: Option<NetLab>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ringkv-test-").tempdir()?;
         let mut specs = Vec::new();
         let mut procs = Vec::new();
         for id in 1..=nodes {
-            let addr = format!("127.0.0.1:{}", free_port()?);
+            // In a namespace the node has its address to itself, so fixed ports do.
+            let (addr, metrics_addr) = match &net {
+                Some(lab) => (format!("{}:7000", lab.ip(id)), format!("{}:9100", lab.ip(id))),
+                None => {
+                    (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?))
+                }
+            };
             specs.push(NodeSpec { id, addr: addr.clone(), weight: 1 });
             procs.push(NodeProc {
                 id,
                 addr,
-                metrics_addr: format!("127.0.0.1:{}", free_port()?),
+                metrics_addr,
                 data_dir: dir.path().join(format!("node-{id}")),
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,
@@ -202,6 +225,7 @@ impl Cluster {
             members_arg,
             layout,
             leader_cache: Mutex::new(HashMap::new()),
+            net,
         };
         for id in 1..=nodes {
             c.spawn(id)?;
@@ -254,7 +278,11 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, id: u64) -> Result<()> {
-        let mut cmd = self.command(id)?;
+        let cmd = self.command(id)?;
+        let mut cmd = match &self.net {
+            Some(lab) => lab.wrap(id, &cmd),
+            None => cmd,
+        };
         let n = self.node(id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log_path)?;
         cmd.stdout(log.try_clone()?).stderr(log);
@@ -366,6 +394,20 @@ impl Cluster {
             })
             .await
             .map_err(|e| anyhow!("{e}\n{}", self.log_tail(n.id)))?;
+        }
+        Ok(())
+    }
+
+    /// Copies the node and router logs into `to` (the cluster's own folder is removed on drop).
+    pub fn copy_logs(&self, to: &Path) -> Result<()> {
+        std::fs::create_dir_all(to)?;
+        for e in std::fs::read_dir(self.dir.path())? {
+            let path = e?.path();
+            if path.extension().is_some_and(|x| x == "log")
+                && let Some(name) = path.file_name()
+            {
+                std::fs::copy(&path, to.join(name))?;
+            }
         }
         Ok(())
     }

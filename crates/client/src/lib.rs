@@ -35,7 +35,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
-pub use ringkv_proto::v1::{Consistency, KeyValue};
+pub use ringkv_proto::v1::{Consistency, GetResponse, KeyValue, ResponseHeader};
 
 /// What went wrong. [`ClientError::reason`] gives the server's machine-readable reason.
 #[derive(Debug, thiserror::Error)]
@@ -254,10 +254,21 @@ impl Client {
         key: &[u8],
         consistency: Consistency,
     ) -> Result<Option<KeyValue>, ClientError> {
+        Ok(self.get_detailed(key, consistency).await?.kv)
+    }
+
+    /// Reads `key` and returns the whole response, whose header says which replica answered,
+    /// at which applied index and, for STALE reads, how long ago that replica last heard from
+    /// its leader (`staleness_ms`).
+    pub async fn get_detailed(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<GetResponse, ClientError> {
         let req = GetRequest { key: key.to_vec().into(), consistency: consistency as i32 };
         Ok(match &self.mode {
-            Mode::Router(r) => r.kv.clone().get(self.request(req)).await?.into_inner().kv,
-            Mode::Direct(c) => c.get(req, Some(self.timeout)).await?.kv,
+            Mode::Router(r) => r.kv.clone().get(self.request(req)).await?.into_inner(),
+            Mode::Direct(c) => c.get(req, Some(self.timeout)).await?,
         })
     }
 

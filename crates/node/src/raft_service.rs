@@ -69,7 +69,7 @@ impl RaftRpc for RaftService {
             wire::decode::<AppendEntriesRequest<TypeConfig>>(&req.payload),
         ) {
             (Ok(shard), Ok(rpc)) => {
-                shard.touch_leader_contact();
+                shard.note_leader_contact(rpc.leader_commit.map_or(0, |l| l.index));
                 match shard.raft.append_entries(rpc).await {
                     Ok(resp) => ok(&resp),
                     Err(e) => err(e),
@@ -109,7 +109,9 @@ impl RaftRpc for RaftService {
                     wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok()
                 }))
             })
-            .inspect(move |_| contact.touch_leader_contact());
+            .inspect(move |rpc| {
+                contact.note_leader_contact(rpc.leader_commit.map_or(0, |l| l.index))
+            });
         let replies = shard.raft.stream_append(requests).map(|r| {
             Ok(match r {
                 Ok(result) => ok(&result),

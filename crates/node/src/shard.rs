@@ -7,17 +7,23 @@
 //!   write acknowledged before the read began.
 //! - LEASE: the leader skips the quorum round while its lease (the time since a quorum last
 //!   acknowledged it, below the election timeout) is fresh; otherwise it refuses.
-//! - STALE: no barrier; any replica answers from what it has applied and says how long ago it
-//!   last heard from a leader.
+//! - STALE: no barrier; any replica answers from what it has applied and says how old that
+//!   state may be (`staleness_ms`, an upper bound on the age of the newest write it might miss):
+//!   - a leader: the time since a quorum last acknowledged it (the send time of the heartbeat
+//!     they acknowledged), so a deposed leader cut off in a minority reports a growing age;
+//!   - a follower: the time since it received a leader message whose commit index it has since
+//!     applied. Merely hearing from a leader is not enough: a follower catching up after a
+//!     partition hears heartbeats long before it has the entries (the chaos harness caught
+//!     exactly that: STALE reads 3 s old reported as 40 ms old).
 
 use crate::error::NodeError;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
-use openraft::{RaftMetrics, ReadPolicy, ServerState};
+use openraft::{Instant as _, RaftMetrics, ReadPolicy, ServerState};
 use ringkv_placement::{NodeId, ShardId};
 use ringkv_proto::v1::{Consistency, ResponseHeader};
 use ringkv_storage::{CommandResult, Proposal, ShardReader, ShardStateMachine, TypeConfig};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;
@@ -32,8 +38,18 @@ pub struct Shard {
     pub state_machine: ShardStateMachine,
     pub reader: ShardReader,
     started: Instant,
-    /// Milliseconds after `started` at which a leader last sent us entries or a heartbeat.
-    leader_contact_ms: AtomicU64,
+    freshness: Mutex<Freshness>,
+}
+
+/// When this replica's applied state was last known to hold everything committed, in
+/// milliseconds after `Shard::started`.
+#[derive(Debug, Default)]
+struct Freshness {
+    fresh_ms: u64,
+    /// The newest leader contact not yet covered: (received at ms, leader's commit index).
+    /// One slot, the newest: a follower that applies slower than the leader commits never
+    /// catches up with it and honestly reports a growing staleness.
+    pending: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -57,7 +73,7 @@ impl Shard {
             state_machine,
             reader,
             started: Instant::now(),
-            leader_contact_ms: AtomicU64::new(0),
+            freshness: Mutex::new(Freshness::default()),
         }
     }
 
@@ -65,18 +81,36 @@ impl Shard {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    /// Called on every AppendEntries (heartbeats included) received from a leader.
-    pub fn touch_leader_contact(&self) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.leader_contact_ms.store(now, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Called on every AppendEntries (heartbeats included) received from a leader, with the
+    /// leader's commit index: once this replica has applied that index, its state is as fresh
+    /// as the moment the message arrived.
+    pub fn note_leader_contact(&self, leader_commit: u64) {
+        let now = self.now_ms();
+        let mut f = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
+        f.pending = Some((now, leader_commit));
     }
 
     fn staleness_ms(&self, m: &RaftMetrics<TypeConfig>) -> u64 {
+        let now = self.now_ms();
         if m.state == ServerState::Leader {
-            return 0;
+            return match &m.last_quorum_acked {
+                Some(acked) => u64::try_from(acked.elapsed().as_millis()).unwrap_or(u64::MAX),
+                None => now,
+            };
         }
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        now.saturating_sub(self.leader_contact_ms.load(Ordering::Relaxed))
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let mut f = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, commit)) = f.pending
+            && applied >= commit
+        {
+            f.fresh_ms = f.fresh_ms.max(at);
+            f.pending = None;
+        }
+        now.saturating_sub(f.fresh_ms)
     }
 
     pub fn header(&self, consistency: Consistency) -> ResponseHeader {

@@ -50,7 +50,7 @@ pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
             _ => {}
         }
     }
-    let mut bad = Vec::new();
+    let mut bad: Vec<(String, usize)> = Vec::new();
     for (key, k) in &keys {
         let mut reads = k.reads.clone();
         reads.sort_by_key(|(at, _)| *at);
@@ -61,16 +61,25 @@ pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
             }
             for (e, n) in counts {
                 if n > 1 {
-                    bad.push(format!("key {key}: element {e} appears {n} times in the read completed at event {at}"));
+                    bad.push((
+                        format!(
+                            "key {key}: element {e} appears {n} times in the read completed at event {at}"
+                        ),
+                        *at,
+                    ));
                 }
                 if !k.attempted.contains(&e) {
-                    bad.push(format!(
-                        "key {key}: element {e} was read (event {at}) but never appended"
+                    bad.push((
+                        format!("key {key}: element {e} was read (event {at}) but never appended"),
+                        *at,
                     ));
                 }
                 if k.failed.contains(&e) {
-                    bad.push(format!(
-                        "key {key}: element {e} was read (event {at}) but its append failed"
+                    bad.push((
+                        format!(
+                            "key {key}: element {e} was read (event {at}) but its append failed"
+                        ),
+                        *at,
                     ));
                 }
             }
@@ -80,12 +89,16 @@ pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
         for w in by_len.windows(2) {
             let (short, long) = (&w[0].1, &w[1].1);
             if long[..short.len()] != short[..] {
-                bad.push(format!(
-                    "key {key}: read at event {} ({short:?}) is not a prefix of read at event {} ({long:?})",
-                    w[0].0, w[1].0
+                bad.push((
+                    format!(
+                        "key {key}: read at event {} ({short:?}) is not a prefix of read at event {} ({long:?})",
+                        w[0].0, w[1].0
+                    ),
+                    w[1].0,
                 ));
             }
         }
+        let last_at = reads.last().map_or(0, |(at, _)| *at);
         let last = reads
             .last()
             .map(|(_, r)| r.iter().copied().collect::<HashSet<_>>())
@@ -93,11 +106,19 @@ pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
         let mut lost: Vec<i64> = k.acked.iter().filter(|e| !last.contains(e)).copied().collect();
         lost.sort_unstable();
         if !lost.is_empty() {
-            bad.push(format!(
-                "key {key}: acknowledged appends missing from the final read: {lost:?}"
+            bad.push((
+                format!("key {key}: acknowledged appends missing from the final read: {lost:?}"),
+                last_at,
             ));
         }
     }
-    bad.sort_by_key(String::len);
-    Ok(Verdict { checker: "append", valid: bad.is_empty(), ops, counterexamples: bad })
+    bad.sort_by_key(|(s, _)| s.len());
+    let events = bad.first().map(|(_, at)| vec![*at]).unwrap_or_default();
+    Ok(Verdict {
+        checker: "append",
+        valid: bad.is_empty(),
+        ops,
+        counterexamples: bad.into_iter().map(|(s, _)| s).collect(),
+        events,
+    })
 }

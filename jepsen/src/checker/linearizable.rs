@@ -29,7 +29,7 @@ fn step(state: State, op: &Op) -> Option<State> {
         Op::Read { value, .. } => (*value == state).then_some(state),
         Op::Write { value, .. } => Some(Some(*value)),
         Op::Cas { from, to, .. } => (state == Some(*from)).then_some(Some(*to)),
-        Op::Append { .. } | Op::ReadList { .. } => None,
+        Op::Append { .. } | Op::ReadList { .. } | Op::StaleRead { .. } => None,
     }
 }
 
@@ -45,7 +45,7 @@ struct Entry {
 }
 
 /// Checks one key's operations; returns a counterexample if they are not linearizable.
-fn check_key(ops: &[Call]) -> Result<(), String> {
+fn check_key(ops: &[Call]) -> Result<(), (String, Vec<usize>)> {
     // Events in history order: (position, is_return, op index).
     let mut points: Vec<(usize, bool, usize)> = Vec::new();
     for (i, c) in ops.iter().enumerate() {
@@ -103,7 +103,7 @@ fn check_key(ops: &[Call]) -> Result<(), String> {
         if cur == head {
             // Only unknown-outcome calls are left unlinked on this path but some ok operation is
             // not linearized: impossible, since every ok op has a return entry we would meet.
-            return Err("search ran past the end of the history".into());
+            return Err(("search ran past the end of the history".into(), Vec::new()));
         }
         let e = entries[cur];
         if e.call {
@@ -143,10 +143,15 @@ fn check_key(ops: &[Call]) -> Result<(), String> {
                     .take(8)
                     .map(describe)
                     .collect();
-                return Err(format!(
-                    "{} cannot be linearized with the operations before it; concurrent with: [{}]",
-                    describe(c),
-                    concurrent.join(", ")
+                let events =
+                    [Some(c.invoke_index), c.complete_index].into_iter().flatten().collect();
+                return Err((
+                    format!(
+                        "{} cannot be linearized with the operations before it; concurrent with: [{}]",
+                        describe(c),
+                        concurrent.join(", ")
+                    ),
+                    events,
                 ));
             };
             let ce = entries[call_entry];
@@ -197,6 +202,7 @@ pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
         }
     }
     let mut counterexamples = Vec::new();
+    let mut events = Vec::new();
     for (key, calls) in by_key {
         if calls.len() > OPS_PER_KEY_MAX {
             counterexamples.push(format!(
@@ -205,8 +211,11 @@ pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
             ));
             continue;
         }
-        if let Err(why) = check_key(&calls) {
+        if let Err((why, at)) = check_key(&calls) {
             counterexamples.push(format!("key {key}: {why}"));
+            if events.is_empty() {
+                events = at;
+            }
         }
     }
     Ok(Verdict {
@@ -214,5 +223,6 @@ pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
         valid: counterexamples.is_empty(),
         ops,
         counterexamples,
+        events,
     })
 }
