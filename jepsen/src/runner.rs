@@ -183,8 +183,12 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
     drop(cluster);
 
     let events = rec.events().await;
+    // The history first: if checking fails or is interrupted, it can be checked again with
+    // `ringkv-jepsen check`.
+    write_history(o, &events, &faults)?;
     let verdicts = check(&events, o)?;
-    write_results(o, &events, &faults, &verdicts, &notes)?;
+    std::fs::write(o.out.join("verdict.json"), serde_json::to_string_pretty(&verdicts)?)?;
+    report::write(&o.out, &events, &faults, &verdicts, &notes)?;
     Ok(RunReport { verdicts, events: events.len(), faults, dir: o.out.clone(), namespaces, notes })
 }
 
@@ -204,13 +208,7 @@ fn check(events: &[Event], o: &RunOptions) -> Result<Vec<Verdict>> {
     Ok(verdicts)
 }
 
-fn write_results(
-    o: &RunOptions,
-    events: &[Event],
-    faults: &[FaultWindow],
-    verdicts: &[Verdict],
-    notes: &[String],
-) -> Result<()> {
+fn write_history(o: &RunOptions, events: &[Event], faults: &[FaultWindow]) -> Result<()> {
     let history: String = events
         .iter()
         .map(|e| serde_json::to_string(e).map(|l| l + "\n"))
@@ -218,7 +216,5 @@ fn write_results(
     std::fs::write(o.out.join("history.jsonl"), history)?;
     std::fs::write(o.out.join("history.edn"), edn::export(events))?;
     std::fs::write(o.out.join("faults.json"), serde_json::to_string_pretty(&faults)?)?;
-    std::fs::write(o.out.join("verdict.json"), serde_json::to_string_pretty(&verdicts)?)?;
-    report::write(&o.out, events, faults, verdicts, notes)?;
     Ok(())
 }

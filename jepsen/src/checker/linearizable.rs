@@ -91,10 +91,13 @@ fn check_key(ops: &[Call]) -> Result<(), (String, Vec<usize>)> {
     };
     let must = ops.iter().filter(|c| c.outcome == Kind::Ok).count();
     let mut done_must = 0usize;
-    let mut linearized = vec![false; ops.len()];
+    // A bitset (64 operations a word): the cache holds one per step of the search, so its
+    // size is what bounds the memory of checking long histories.
+    let mut linearized = vec![0u64; ops.len().div_ceil(64)];
+    let bit = |i: usize| (i / 64, 1u64 << (i % 64));
     let mut state: State = None;
     let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut cache: HashSet<(Vec<bool>, State)> = HashSet::new();
+    let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
     // The operation at which the longest path (most operations linearized) got stuck: the
     // most useful counterexample, since everything before it was explainable.
     let mut stuck: (usize, usize) = (0, 0);
@@ -109,11 +112,12 @@ fn check_key(ops: &[Call]) -> Result<(), (String, Vec<usize>)> {
         if e.call {
             if let Some(new_state) = step(state, &ops[e.op].op) {
                 let mut set = linearized.clone();
-                set[e.op] = true;
+                let (w, b) = bit(e.op);
+                set[w] |= b;
                 if cache.insert((set, new_state)) {
                     stack.push((cur, state));
                     state = new_state;
-                    linearized[e.op] = true;
+                    linearized[w] |= b;
                     if ops[e.op].outcome == Kind::Ok {
                         done_must += 1;
                     }
@@ -159,7 +163,8 @@ fn check_key(ops: &[Call]) -> Result<(), (String, Vec<usize>)> {
                 relink(r, &mut next, &mut prev);
             }
             relink(call_entry, &mut next, &mut prev);
-            linearized[ce.op] = false;
+            let (w, b) = bit(ce.op);
+            linearized[w] &= !b;
             if ops[ce.op].outcome == Kind::Ok {
                 done_must -= 1;
             }
