@@ -1,0 +1,436 @@
+//! `ringkv-bench`: run YCSB workloads against ringkv (router or direct) and etcd, the
+//! side-by-side comparison suite, and the availability-vs-distribution lab.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ringkv_bench::driver::{self, LoadSpec};
+use ringkv_bench::etcd::EtcdCluster;
+use ringkv_bench::keys::{Distribution, KeyChooser};
+use ringkv_bench::lab::{self, LabOptions};
+use ringkv_bench::results::{self, RunResult};
+use ringkv_bench::simulate::simulate;
+use ringkv_bench::target::{Conn, TargetKind};
+use ringkv_bench::workload::Workload;
+use ringkv_client::Consistency;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringkv-bench",
+    version,
+    about = "Benchmarks ringkv and etcd side by side, and the HA-vs-load-distribution lab"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Level {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+impl From<Level> for Consistency {
+    fn from(l: Level) -> Self {
+        match l {
+            Level::Linearizable => Consistency::Linearizable,
+            Level::Lease => Consistency::Lease,
+            Level::Stale => Consistency::Stale,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args, Clone)]
+struct Load {
+    /// Seconds per run.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Records loaded before the runs.
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    /// Concurrent clients (closed loop) or operations in flight at most (open loop).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Connections the clients share.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Results folder.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One workload against fresh clusters of each target, side by side.
+    Run {
+        #[command(flatten)]
+        load: Load,
+        /// Targets, comma separated: router, direct, etcd.
+        #[arg(long, value_delimiter = ',', default_value = "router")]
+        target: Vec<TargetKind>,
+        #[arg(long, value_enum, default_value = "a")]
+        workload: Workload,
+        /// Key distribution (default: the workload's own).
+        #[arg(long, value_enum)]
+        distribution: Option<Distribution>,
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: Level,
+        /// Open loop at this many operations per second (closed loop without it).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        #[arg(long, default_value_t = 8)]
+        shards: u32,
+        #[arg(long, default_value_t = 3)]
+        rf: u32,
+    },
+    /// The comparison with etcd behind docs/performance.md: writes at 64 clients and at one,
+    /// linearizable and stale/serializable reads, RF 1 beside RF 3, router beside direct.
+    Suite {
+        #[command(flatten)]
+        load: Load,
+        /// Leave etcd out (when it is not installed).
+        #[arg(long)]
+        no_etcd: bool,
+    },
+    /// Sweeps over fresh clusters: rf, shards, failure; or simulate at scale.
+    Lab {
+        #[command(subcommand)]
+        sweep: Sweep,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Sweep {
+    /// Replication factor × read consistency, and writes per RF.
+    Rf {
+        #[command(flatten)]
+        load: Load,
+        #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
+        rf: Vec<u32>,
+        #[arg(long, default_value_t = 8)]
+        shards: u32,
+        #[arg(long)]
+        net_delay: Option<u32>,
+    },
+    /// Shard count × read-balancing policy, with per-node load spread.
+    Shards {
+        #[command(flatten)]
+        load: Load,
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+        shards: Vec<u32>,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "round-robin,least-outstanding,peak-ewma,key-affinity"
+        )]
+        policy: Vec<String>,
+        #[arg(long)]
+        net_delay: Option<u32>,
+    },
+    /// Kill the busiest leader mid-run, per replication factor.
+    Failure {
+        #[command(flatten)]
+        load: Load,
+        #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
+        rf: Vec<u32>,
+        #[arg(long, default_value_t = 8)]
+        shards: u32,
+        #[arg(long)]
+        net_delay: Option<u32>,
+    },
+    /// Quorum loss, load spread and data movement at scale, from the placement code alone.
+    Simulate {
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        nodes: Vec<u64>,
+        #[arg(long, default_value_t = 1024)]
+        shards: u32,
+        #[arg(long, value_delimiter = ',', default_value = "3,5")]
+        rf: Vec<u32>,
+        /// Nodes failed at once.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        fail: Vec<u64>,
+        #[arg(long, default_value_t = 200)]
+        trials: u32,
+    },
+}
+
+/// A point of the suite: name, target, workload, consistency, clients, (nodes, shards, RF).
+type SuitePoint = (String, TargetKind, Workload, Consistency, usize, (u64, u32, u32));
+
+fn lab_options(load: &Load, net_delay: Option<u32>) -> LabOptions {
+    LabOptions {
+        duration: Duration::from_secs(load.duration),
+        records: load.records,
+        value_bytes: load.value_bytes,
+        clients: load.clients,
+        connections: load.connections,
+        target: TargetKind::Router,
+        net_delay_ms: net_delay,
+    }
+}
+
+fn finish(dir: &std::path::Path, title: &str, runs: &[RunResult], extra: &[&str]) -> Result<()> {
+    let table = results::write_folder(dir, title, runs, extra)?;
+    println!("\n## {title}\n\n{table}\nresults in {}", dir.display());
+    Ok(())
+}
+
+/// Runs one workload on a fresh cluster of `kind`.
+#[allow(clippy::too_many_arguments)]
+async fn run_target(
+    kind: TargetKind,
+    load: &Load,
+    workload: Workload,
+    distribution: Distribution,
+    consistency: Consistency,
+    rate: Option<f64>,
+    (nodes, shards, rf): (u64, u32, u32),
+    clients: usize,
+    name: &str,
+) -> Result<RunResult> {
+    let keys = Arc::new(KeyChooser::new(distribution, load.records)?);
+    let spec = LoadSpec {
+        workload,
+        keys,
+        value_bytes: load.value_bytes,
+        clients,
+        duration: Duration::from_secs(load.duration),
+        rate,
+        consistency,
+    };
+    let mut r = if kind == TargetKind::Etcd {
+        let etcd = EtcdCluster::start(3).await?;
+        let mut conns = Vec::new();
+        for i in 0..load.connections.max(1) {
+            let addr = &etcd.client_addrs[i % etcd.client_addrs.len()];
+            conns.push(Arc::new(Conn::open(kind, addr, consistency).await?));
+        }
+        driver::load(&conns, load.records, load.value_bytes, 64).await?;
+        driver::run(name, &conns, &spec).await?
+    } else {
+        let cluster = lab::start_cluster(nodes, shards, rf, None).await?;
+        let router = cluster.start_router("round-robin").await?;
+        let conns =
+            lab::connect(kind, &cluster, Some(&router), load.connections, consistency).await?;
+        driver::load(&conns, load.records, load.value_bytes, 64).await?;
+        driver::run(name, &conns, &spec).await?
+    };
+    r.distribution = Some(format!("{distribution:?}").to_lowercase());
+    Ok(r)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Run {
+            load,
+            target,
+            workload,
+            distribution,
+            consistency,
+            rate,
+            nodes,
+            shards,
+            rf,
+        } => {
+            let dist = distribution.unwrap_or(workload.default_distribution());
+            let mut runs = Vec::new();
+            for t in target {
+                let name = format!("{t:?} {workload:?}").to_lowercase();
+                runs.push(
+                    run_target(
+                        t,
+                        &load,
+                        workload,
+                        dist,
+                        consistency.into(),
+                        rate,
+                        (nodes, shards, rf),
+                        load.clients,
+                        &name,
+                    )
+                    .await
+                    .with_context(|| format!("running against {t:?}"))?,
+                );
+            }
+            finish(&load.out, &format!("workload {workload:?}, {dist:?} keys"), &runs, &[])
+        }
+        Command::Suite { load, no_etcd } => {
+            let c = load.clients;
+            let shape = (3, 8, 3);
+            let mut points: Vec<SuitePoint> = vec![
+                (
+                    format!("ringkv router writes x{c}"),
+                    TargetKind::Router,
+                    Workload::W,
+                    Consistency::Linearizable,
+                    c,
+                    shape,
+                ),
+                (
+                    format!("ringkv direct writes x{c}"),
+                    TargetKind::Direct,
+                    Workload::W,
+                    Consistency::Linearizable,
+                    c,
+                    shape,
+                ),
+                (
+                    "ringkv router writes x1".into(),
+                    TargetKind::Router,
+                    Workload::W,
+                    Consistency::Linearizable,
+                    1,
+                    shape,
+                ),
+                (
+                    format!("ringkv RF1 writes x{c}"),
+                    TargetKind::Router,
+                    Workload::W,
+                    Consistency::Linearizable,
+                    c,
+                    (3, 8, 1),
+                ),
+                (
+                    format!("ringkv linearizable reads x{c}"),
+                    TargetKind::Router,
+                    Workload::C,
+                    Consistency::Linearizable,
+                    c,
+                    shape,
+                ),
+                (
+                    format!("ringkv stale reads x{c}"),
+                    TargetKind::Router,
+                    Workload::C,
+                    Consistency::Stale,
+                    c,
+                    shape,
+                ),
+            ];
+            if !no_etcd {
+                points.extend([
+                    (
+                        format!("etcd writes x{c}"),
+                        TargetKind::Etcd,
+                        Workload::W,
+                        Consistency::Linearizable,
+                        c,
+                        shape,
+                    ),
+                    (
+                        "etcd writes x1".into(),
+                        TargetKind::Etcd,
+                        Workload::W,
+                        Consistency::Linearizable,
+                        1,
+                        shape,
+                    ),
+                    (
+                        format!("etcd linearizable reads x{c}"),
+                        TargetKind::Etcd,
+                        Workload::C,
+                        Consistency::Linearizable,
+                        c,
+                        shape,
+                    ),
+                    (
+                        format!("etcd serializable reads x{c}"),
+                        TargetKind::Etcd,
+                        Workload::C,
+                        Consistency::Stale,
+                        c,
+                        shape,
+                    ),
+                ]);
+            }
+            let mut runs = Vec::new();
+            for (name, kind, w, cons, clients, shape) in points {
+                runs.push(
+                    run_target(
+                        kind,
+                        &load,
+                        w,
+                        Distribution::Uniform,
+                        cons,
+                        None,
+                        shape,
+                        clients,
+                        &name,
+                    )
+                    .await
+                    .with_context(|| name.clone())?,
+                );
+            }
+            finish(&load.out, "ringkv and etcd side by side", &runs, &[])
+        }
+        Command::Lab { sweep } => match sweep {
+            Sweep::Rf { load, rf, shards, net_delay } => {
+                let runs = lab::sweep_rf(&lab_options(&load, net_delay), &rf, shards).await?;
+                finish(&load.out.join("rf"), "replication factor x consistency", &runs, &["rf"])
+            }
+            Sweep::Shards { load, shards, policy, net_delay } => {
+                let policies: Vec<&str> = policy.iter().map(String::as_str).collect();
+                let runs =
+                    lab::sweep_shards(&lab_options(&load, net_delay), &shards, &policies).await?;
+                finish(
+                    &load.out.join("shards"),
+                    "shards x balancing",
+                    &runs,
+                    &["shards", "node_load_max_over_mean"],
+                )
+            }
+            Sweep::Failure { load, rf, shards, net_delay } => {
+                let runs = lab::sweep_failure(&lab_options(&load, net_delay), &rf, shards).await?;
+                finish(
+                    &load.out.join("failure"),
+                    "kill the busiest leader",
+                    &runs,
+                    &[
+                        "rf",
+                        "shards_unavailable",
+                        "unavailable_s_max",
+                        "dip_fraction",
+                        "recovery_s",
+                    ],
+                )
+            }
+            Sweep::Simulate { nodes, shards, rf, fail, trials } => {
+                println!(
+                    "| nodes | shards | RF | failed | shards without quorum (mean) | worst trial | trials with loss | replicas max/mean | leaders max/mean | moved on +1 node | moved on -1 node |"
+                );
+                println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+                for &n in &nodes {
+                    for &r in &rf {
+                        for &f in &fail {
+                            let s = simulate(n, shards, r, f, trials)?;
+                            println!(
+                                "| {} | {} | {} | {} | {:.4}% | {:.2}% | {:.0}% | {:.2} | {:.2} | {:.2}% | {:.2}% |",
+                                s.nodes,
+                                s.shards,
+                                s.rf,
+                                s.failed,
+                                100.0 * s.quorum_lost_mean,
+                                100.0 * s.quorum_lost_max,
+                                100.0 * s.trials_with_loss,
+                                s.replicas_max_over_mean,
+                                s.leaders_max_over_mean,
+                                100.0 * s.moved_on_add,
+                                100.0 * s.moved_on_remove
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            }
+        },
+    }
+}

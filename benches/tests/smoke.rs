@@ -1,0 +1,74 @@
+//! The bench smoke CI runs so the harness cannot rot: the `ringkv-bench` binary runs a few
+//! seconds of workload A against a fresh ringkv cluster (router and direct) and etcd, and
+//! writes its results folder; the driver's open loop keeps its schedule.
+
+use ringkv_bench::driver::{self, LoadSpec};
+use ringkv_bench::keys::{Distribution, KeyChooser};
+use ringkv_bench::lab;
+use ringkv_bench::target::TargetKind;
+use ringkv_bench::workload::Workload;
+use ringkv_client::Consistency;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[test]
+fn bench_binary_runs_router_direct_and_etcd_side_by_side() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let bin = ringkv_tests::binary("ringkv-bench")?;
+    let targets = if ringkv_bench::etcd::etcd_binary().is_ok() {
+        "router,direct,etcd"
+    } else {
+        "router,direct"
+    };
+    let status = std::process::Command::new(bin)
+        .args([
+            "run",
+            "--target",
+            targets,
+            "--workload",
+            "a",
+            "--records",
+            "300",
+            "--duration",
+            "3",
+        ])
+        .args(["--clients", "8", "--connections", "2", "--out"])
+        .arg(out.path())
+        .status()?;
+    anyhow::ensure!(status.success(), "ringkv-bench run failed: {status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json"))?)?;
+    let runs = json.as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(runs.len() == targets.split(',').count(), "one result per target: {json}");
+    for r in &runs {
+        anyhow::ensure!(r["ops"].as_u64().unwrap_or(0) > 10, "too few operations: {r}");
+        anyhow::ensure!(r["all"]["p99_ms"].as_f64().unwrap_or(0.0) > 0.0, "no latency: {r}");
+    }
+    for f in ["results.md", "throughput.svg", "timeline.svg"] {
+        anyhow::ensure!(out.path().join(f).exists(), "{f} missing");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_offers_the_scheduled_rate() -> anyhow::Result<()> {
+    let cluster = lab::start_cluster(3, 2, 3, None).await?;
+    let router = cluster.start_router("round-robin").await?;
+    let conns =
+        lab::connect(TargetKind::Router, &cluster, Some(&router), 2, Consistency::Stale).await?;
+    driver::load(&conns, 100, 64, 8).await?;
+    let spec = LoadSpec {
+        workload: Workload::C,
+        keys: Arc::new(KeyChooser::new(Distribution::Uniform, 100)?),
+        value_bytes: 64,
+        clients: 32,
+        duration: Duration::from_secs(3),
+        rate: Some(50.0),
+        consistency: Consistency::Stale,
+    };
+    let r = driver::run("open loop", &conns, &spec).await?;
+    // 50/s for 3 s: the schedule issues 150 operations; all must complete and be counted.
+    anyhow::ensure!((140..=151).contains(&r.ops), "{} operations for a schedule of 150", r.ops);
+    anyhow::ensure!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    Ok(())
+}
