@@ -413,7 +413,7 @@ async fn main() -> Result<()> {
                         for &f in &fail {
                             let s = simulate(n, shards, r, f, trials)?;
                             println!(
-                                "| {} | {} | {} | {} | {:.4}% | {:.2}% | {:.0}% | {:.2} | {:.2} | {:.2}% | {:.2}% |",
+                                "| {} | {} | {} | {} | {:.4}% | {:.2}% | {:.0}% | {:.2} | {:.2} | {:.2}% | {} |",
                                 s.nodes,
                                 s.shards,
                                 s.rf,
@@ -424,7 +424,11 @@ async fn main() -> Result<()> {
                                 s.replicas_max_over_mean,
                                 s.leaders_max_over_mean,
                                 100.0 * s.moved_on_add,
-                                100.0 * s.moved_on_remove
+                                if s.moved_on_remove.is_nan() {
+                                    "n/a".to_string()
+                                } else {
+                                    format!("{:.2}%", 100.0 * s.moved_on_remove)
+                                }
                             );
                         }
                     }

@@ -6,7 +6,8 @@
 //!   `:read`, `:write` or `:cas` and `:value` is `[key value]`, with `[from to]` as a CAS's
 //!   value; keys are strings (`"r0"`);
 //! - append operations as Elle list-append transactions of one micro-op: `:f :txn`,
-//!   `:value [[:append key element]]` or `[[:r key [elements]]]`, keys as integers (`a3` → 3);
+//!   `:value [[:append key element]]` or `[[:r key [elements]]]`, keys as integers (`a2.7` →
+//!   2000007);
 //! - STALE reads with `:f :stale-read` and the reported `:staleness-ms`, for filtering (they
 //!   do not promise linearizability, so a register checker must leave them out).
 
@@ -17,11 +18,14 @@ fn opt(v: Option<i64>) -> String {
     v.map_or("nil".into(), |v| v.to_string())
 }
 
-/// `a3` → 3 (Elle wants integer keys); other keys unchanged as strings.
+/// `a<generation>.<k>` → generation × 1,000,000 + k (Elle wants integer keys); other keys
+/// unchanged, as strings.
 fn list_key(key: &str) -> String {
-    key.strip_prefix('a')
-        .and_then(|k| k.parse::<u64>().ok())
-        .map_or_else(|| format!("{key:?}"), |k| k.to_string())
+    let parsed = key.strip_prefix('a').and_then(|rest| {
+        let (g, k) = rest.split_once('.').unwrap_or(("0", rest));
+        Some(g.parse::<u64>().ok()? * 1_000_000 + k.parse::<u64>().ok()?)
+    });
+    parsed.map_or_else(|| format!("{key:?}"), |k| k.to_string())
 }
 
 fn value(op: &Op, kind: Kind) -> (&'static str, String) {
@@ -87,8 +91,8 @@ mod tests {
             ev(0, Kind::Invoke, Op::Read { key: "r1".into(), value: None }),
             ev(0, Kind::Ok, Op::Read { key: "r1".into(), value: Some(3) }),
             ev(1, Kind::Invoke, Op::Cas { key: "r1".into(), from: 3, to: 4 }),
-            ev(2, Kind::Invoke, Op::Append { key: "a7".into(), element: 9 }),
-            ev(3, Kind::Ok, Op::ReadList { key: "a7".into(), value: Some(vec![1, 9]) }),
+            ev(2, Kind::Invoke, Op::Append { key: "a2.7".into(), element: 9 }),
+            ev(3, Kind::Ok, Op::ReadList { key: "a2.7".into(), value: Some(vec![1, 9]) }),
         ];
         let lines: Vec<String> = export(&h).lines().map(String::from).collect();
         assert_eq!(
@@ -97,7 +101,7 @@ mod tests {
         );
         assert!(lines[1].ends_with(":f :read, :value [\"r1\" 3]}"));
         assert!(lines[2].ends_with(":f :cas, :value [\"r1\" [3 4]]}"));
-        assert!(lines[3].ends_with(":f :txn, :value [[:append 7 9]]}"));
-        assert!(lines[4].ends_with(":type :ok, :process 3, :f :txn, :value [[:r 7 [1 9]]]}"));
+        assert!(lines[3].ends_with(":f :txn, :value [[:append 2000007 9]]}"));
+        assert!(lines[4].ends_with(":type :ok, :process 3, :f :txn, :value [[:r 2000007 [1 9]]]}"));
     }
 }

@@ -53,9 +53,12 @@ pub enum Op {
     StaleRead {
         key: String,
         value: Option<i64>,
-        /// What the answering replica reported: time since it last heard from a leader.
+        /// What the answering replica reported: how old its state may be.
         #[serde(default)]
         staleness_ms: Option<u64>,
+        /// The answering replica's node id, term and applied index (for diagnosis).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replica: Option<(u64, u64, u64)>,
     },
 }
 

@@ -56,9 +56,13 @@ enum Command {
         cycle: bool,
         #[arg(long, default_value_t = 10)]
         clients: usize,
-        /// Keys per workload.
+        /// Keys per workload at a time.
         #[arg(long, default_value_t = 4)]
         keys: usize,
+        /// Seconds a key is used before the workload moves to fresh keys (keeps each key's
+        /// history small enough to check).
+        #[arg(long, default_value_t = 10)]
+        key_lifetime: u64,
         #[arg(long, default_value_t = 3)]
         nodes: u64,
         #[arg(long, default_value_t = 4)]
@@ -165,6 +169,7 @@ async fn main() -> ExitCode {
             cycle,
             clients,
             keys,
+            key_lifetime,
             nodes,
             shards,
             rf,
@@ -204,6 +209,7 @@ async fn main() -> ExitCode {
                 cycle_faults: cycle,
                 clients,
                 keys,
+                key_lifetime: Duration::from_secs(key_lifetime.max(1)),
                 nodes,
                 shards,
                 rf,

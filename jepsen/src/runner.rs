@@ -5,7 +5,9 @@
 use crate::checker::{Verdict, append, linearizable, stale};
 use crate::history::{Event, Kind, Op};
 use crate::nemesis::{self, Fault, FaultWindow};
-use crate::workload::{ClientCtx, ReadMode, Recorder, Workload, client_loop, perform};
+use crate::workload::{
+    ClientCtx, ReadMode, Recorder, Workload, client_loop, generation, key_name, perform,
+};
 use crate::{edn, report};
 use anyhow::{Context, Result};
 use ringkv_client::Client;
@@ -28,8 +30,10 @@ pub struct RunOptions {
     /// Take the faults in the given order, round and round, instead of at random.
     pub cycle_faults: bool,
     pub clients: usize,
-    /// Keys per workload.
+    /// Keys per workload at a time.
     pub keys: usize,
+    /// How long a key is used before the workload moves to a fresh one.
+    pub key_lifetime: Duration,
     pub nodes: u64,
     pub shards: u32,
     pub rf: u32,
@@ -126,6 +130,7 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
             stop: stop.clone(),
             reads: o.reads,
             op_timeout: o.op_timeout,
+            key_lifetime: o.key_lifetime,
         })));
     }
 
@@ -159,12 +164,14 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
     let client =
         Client::builder().router(router.addr.clone()).timeout(o.op_timeout).connect().await?;
     let mut process = 1_000_000;
+    let generations = generation(rec.elapsed_ns(), o.key_lifetime);
+    let keys = (0..=generations).flat_map(|g| (0..o.keys).map(move |k| (g, k)));
     for w in &o.workloads {
-        for k in 0..o.keys {
+        for (g, k) in keys.clone() {
             let until = Instant::now() + Duration::from_secs(60);
             let read = || match w {
-                Workload::Register => Op::Read { key: format!("r{k}"), value: None },
-                Workload::Append => Op::ReadList { key: format!("a{k}"), value: None },
+                Workload::Register => Op::Read { key: key_name(*w, g, k), value: None },
+                Workload::Append => Op::ReadList { key: key_name(*w, g, k), value: None },
             };
             while perform(&client, &rec, process, read(), o.reads, o.op_timeout).await.0 != Kind::Ok
             {

@@ -1,9 +1,9 @@
 //! The workloads: concurrent clients, through the router, recording every operation.
 //!
-//! - *register*: read, write and compare-and-swap integer registers `r0..rN`. Reads are
+//! - *register*: read, write and compare-and-swap integer registers (`r<generation>.<k>`). Reads are
 //!   LINEARIZABLE or LEASE (checked for linearizability); optionally STALE reads are mixed in
 //!   (checked against what STALE promises).
-//! - *append*: append unique integers to lists `a0..aN` (read the list, CAS it to the list
+//! - *append*: append unique integers to lists (`a<generation>.<k>`) (read the list, CAS it to the list
 //!   plus the element, retry on a lost race) and read whole lists (linearizable).
 //!
 //! Each written value is unique, so a read names the write it saw. Outcomes map to history
@@ -166,8 +166,9 @@ pub async fn perform(
             match client.get_detailed(key.as_bytes(), Consistency::Stale).await {
                 Ok(resp) => {
                     let value = resp.kv.and_then(|kv| decode(&kv.value));
-                    let staleness_ms = resp.header.map(|h| h.staleness_ms);
-                    (Kind::Ok, Op::StaleRead { key: key.clone(), value, staleness_ms })
+                    let staleness_ms = resp.header.as_ref().map(|h| h.staleness_ms);
+                    let replica = resp.header.map(|h| (h.node_id, h.term, h.applied_index));
+                    (Kind::Ok, Op::StaleRead { key: key.clone(), value, staleness_ms, replica })
                 }
                 Err(_) => (Kind::Info, op.clone()),
             }
@@ -216,27 +217,54 @@ pub struct ClientCtx {
     pub stop: Arc<AtomicBool>,
     pub reads: ReadMode,
     pub op_timeout: Duration,
+    /// Keys are replaced by fresh ones this often (see [`key_name`]).
+    pub key_lifetime: Duration,
+}
+
+/// The key `k` of generation `generation`: `r3.1` (register) or `a3.1` (append).
+///
+/// Workloads move to fresh keys every `key_lifetime`, as Jepsen's independent keys do: the
+/// linearizability search is exponential in the concurrency of one key's history, and a
+/// timed-out write stays "concurrent" with everything after it, so a key that lives for a
+/// whole long run becomes uncheckable. Short-lived keys keep each key's history small.
+pub fn key_name(workload: Workload, generation: u64, k: usize) -> String {
+    let p = match workload {
+        Workload::Register => 'r',
+        Workload::Append => 'a',
+    };
+    format!("{p}{generation}.{k}")
+}
+
+/// The key generation at `elapsed_ns` into the run.
+pub fn generation(elapsed_ns: u64, key_lifetime: Duration) -> u64 {
+    elapsed_ns / u64::try_from(key_lifetime.as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Runs one client until `stop`: random operations of its workload over `keys` keys.
 pub async fn client_loop(ctx: ClientCtx) {
     let mut process = ctx.first_process;
     let mut last_seen: Vec<Option<i64>> = vec![None; ctx.keys];
+    let mut current_generation = 0;
     let next = || ctx.next_value.fetch_add(1, Ordering::Relaxed);
     while !ctx.stop.load(Ordering::Relaxed) {
+        let g = generation(ctx.rec.elapsed_ns(), ctx.key_lifetime);
+        if g != current_generation {
+            current_generation = g;
+            last_seen = vec![None; ctx.keys];
+        }
         let k = rand::random_range(0..ctx.keys);
         let op = match ctx.workload {
             Workload::Register => {
-                let key = format!("r{k}");
+                let key = key_name(Workload::Register, g, k);
                 match rand::random_range(0..if ctx.reads.stale { 4u8 } else { 3 }) {
                     0 => Op::Read { key, value: None },
                     1 => Op::Write { key, value: next() },
                     2 => Op::Cas { key, from: last_seen[k].unwrap_or(0), to: next() },
-                    _ => Op::StaleRead { key, value: None, staleness_ms: None },
+                    _ => Op::StaleRead { key, value: None, staleness_ms: None, replica: None },
                 }
             }
             Workload::Append => {
-                let key = format!("a{k}");
+                let key = key_name(Workload::Append, g, k);
                 if rand::random_range(0..2u8) == 0 {
                     Op::ReadList { key, value: None }
                 } else {

@@ -293,7 +293,7 @@ fn timed(events: &[(u64, Kind, Op, u64)]) -> Vec<Event> {
 }
 
 fn sr(v: Option<i64>, staleness_ms: u64) -> Op {
-    Op::StaleRead { key: "x".into(), value: v, staleness_ms: Some(staleness_ms) }
+    Op::StaleRead { key: "x".into(), value: v, staleness_ms: Some(staleness_ms), replica: None }
 }
 
 #[test]

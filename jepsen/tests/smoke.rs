@@ -27,6 +27,7 @@ async fn workloads_stay_valid_under_partitions_and_kills() -> anyhow::Result<()>
         cycle_faults: true,
         clients: 8,
         keys: 3,
+        key_lifetime: Duration::from_secs(8),
         nodes: 3,
         shards: 2,
         rf: 3,

@@ -107,6 +107,13 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
     }
 }
 
+/// This node's wall clock, Unix milliseconds (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn status_to_rpc(s: tonic::Status) -> RPCError<TypeConfig> {
     match s.code() {
         // Connection refused/reset, peer down: openraft backs off before retrying.
@@ -135,7 +142,12 @@ impl ShardPeer {
     fn request<T: Serialize>(&self, msg: &T) -> Result<RaftRequest, RPCError<TypeConfig>> {
         let payload =
             wire::encode(msg).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
-        Ok(RaftRequest { shard_id: self.shard, from_node_id: self.from, payload: payload.into() })
+        Ok(RaftRequest {
+            shard_id: self.shard,
+            from_node_id: self.from,
+            payload: payload.into(),
+            sent_at_unix_ms: unix_ms(),
+        })
     }
 
     /// One unary call with openraft's deadline.
@@ -214,6 +226,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                         shard_id: shard,
                         from_node_id: from,
                         payload: p.into(),
+                        sent_at_unix_ms: unix_ms(),
                     })
                 })
                 .take_while(|r| futures::future::ready(r.is_ok()))

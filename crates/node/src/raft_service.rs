@@ -69,7 +69,10 @@ impl RaftRpc for RaftService {
             wire::decode::<AppendEntriesRequest<TypeConfig>>(&req.payload),
         ) {
             (Ok(shard), Ok(rpc)) => {
-                shard.note_leader_contact(rpc.leader_commit.map_or(0, |l| l.index));
+                shard.note_leader_contact(
+                    req.sent_at_unix_ms,
+                    rpc.leader_commit.map_or(0, |l| l.index),
+                );
                 match shard.raft.append_entries(rpc).await {
                     Ok(resp) => ok(&resp),
                     Err(e) => err(e),
@@ -104,13 +107,15 @@ impl RaftRpc for RaftService {
             .take_while(move |m| {
                 futures::future::ready(matches!(m, Ok(m) if m.shard_id == shard_id))
             })
-            .filter_map(|m| {
+            .filter_map(move |m| {
                 futures::future::ready(m.ok().and_then(|m| {
-                    wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok()
+                    let rpc = wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok()?;
+                    contact.note_leader_contact(
+                        m.sent_at_unix_ms,
+                        rpc.leader_commit.as_ref().map_or(0, |l| l.index),
+                    );
+                    Some(rpc)
                 }))
-            })
-            .inspect(move |rpc| {
-                contact.note_leader_contact(rpc.leader_commit.map_or(0, |l| l.index))
             });
         let replies = shard.raft.stream_append(requests).map(|r| {
             Ok(match r {

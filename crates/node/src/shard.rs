@@ -7,14 +7,19 @@
 //!   write acknowledged before the read began.
 //! - LEASE: the leader skips the quorum round while its lease (the time since a quorum last
 //!   acknowledged it, below the election timeout) is fresh; otherwise it refuses.
-//! - STALE: no barrier; any replica answers from what it has applied and says how old that
-//!   state may be (`staleness_ms`, an upper bound on the age of the newest write it might miss):
+//! - STALE: no quorum round; any replica answers from what it has applied and says how old
+//!   that state may be (`staleness_ms`, an upper bound on the age of the newest write it might
+//!   miss):
 //!   - a leader: the time since a quorum last acknowledged it (the send time of the heartbeat
 //!     they acknowledged), so a deposed leader cut off in a minority reports a growing age;
-//!   - a follower: the time since it received a leader message whose commit index it has since
-//!     applied. Merely hearing from a leader is not enough: a follower catching up after a
-//!     partition hears heartbeats long before it has the entries (the chaos harness caught
-//!     exactly that: STALE reads 3 s old reported as 40 ms old).
+//!   - a follower: the time since the leader *sent* a message whose commit index the follower
+//!     has since applied (the sender's wall clock, carried on every Raft message).
+//!   A follower that has not caught up with a leader since it started refuses (UNAVAILABLE,
+//!   retried elsewhere by the router): its state is as old as its crash, or older.
+//!   The chaos harness's STALE checker found each of the weaker versions wrong: "time since a
+//!   leader message arrived" (a follower catching up after a partition hears heartbeats long
+//!   before it has the entries; a paused follower finds seconds-old messages queued on wake)
+//!   and "fresh since process start" (a restarted follower serves data from before its crash).
 
 use crate::error::NodeError;
 use openraft::async_runtime::WatchReceiver;
@@ -24,7 +29,7 @@ use ringkv_placement::{NodeId, ShardId};
 use ringkv_proto::v1::{Consistency, ResponseHeader};
 use ringkv_storage::{CommandResult, Proposal, ShardReader, ShardStateMachine, TypeConfig};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;
 
@@ -37,16 +42,15 @@ pub struct Shard {
     pub raft: ShardRaft,
     pub state_machine: ShardStateMachine,
     pub reader: ShardReader,
-    started: Instant,
     freshness: Mutex<Freshness>,
 }
 
-/// When this replica's applied state was last known to hold everything committed, in
-/// milliseconds after `Shard::started`.
+/// When this replica's applied state was last known to hold everything committed: the
+/// leader's send time (Unix ms) of a message whose commit index this replica has applied.
 #[derive(Debug, Default)]
 struct Freshness {
-    fresh_ms: u64,
-    /// The newest leader contact not yet covered: (received at ms, leader's commit index).
+    fresh_unix_ms: Option<u64>,
+    /// The newest leader message not yet covered: (sent at Unix ms, leader's commit index).
     /// One slot, the newest: a follower that applies slower than the leader commits never
     /// catches up with it and honestly reports a growing staleness.
     pending: Option<(u64, u64)>,
@@ -72,7 +76,6 @@ impl Shard {
             raft,
             state_machine,
             reader,
-            started: Instant::now(),
             freshness: Mutex::new(Freshness::default()),
         }
     }
@@ -81,36 +84,35 @@ impl Shard {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Called on every AppendEntries (heartbeats included) received from a leader, with the
-    /// leader's commit index: once this replica has applied that index, its state is as fresh
-    /// as the moment the message arrived.
-    pub fn note_leader_contact(&self, leader_commit: u64) {
-        let now = self.now_ms();
+    /// Called on every AppendEntries (heartbeats included) received from a leader, with its
+    /// send time and the leader's commit index: once this replica has applied that index, its
+    /// state is as fresh as the leader was when it sent the message.
+    pub fn note_leader_contact(&self, sent_at_unix_ms: u64, leader_commit: u64) {
         let mut f = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
-        f.pending = Some((now, leader_commit));
+        // Messages of one stream arrive in order; across reconnects keep the newest.
+        if f.pending.is_none_or(|(at, _)| sent_at_unix_ms >= at) {
+            f.pending = Some((sent_at_unix_ms, leader_commit));
+        }
     }
 
-    fn staleness_ms(&self, m: &RaftMetrics<TypeConfig>) -> u64 {
-        let now = self.now_ms();
+    /// How old this replica's state may be, or `None` if it has not caught up with a leader
+    /// since it started.
+    fn staleness_ms(&self, m: &RaftMetrics<TypeConfig>) -> Option<u64> {
         if m.state == ServerState::Leader {
-            return match &m.last_quorum_acked {
-                Some(acked) => u64::try_from(acked.elapsed().as_millis()).unwrap_or(u64::MAX),
-                None => now,
-            };
+            // No quorum acknowledgement yet: a leader elected a moment ago, or the only voter.
+            return Some(m.last_quorum_acked.as_ref().map_or(0, |acked| {
+                u64::try_from(acked.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }));
         }
         let applied = m.last_applied.map_or(0, |l| l.index);
         let mut f = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, commit)) = f.pending
             && applied >= commit
         {
-            f.fresh_ms = f.fresh_ms.max(at);
+            f.fresh_unix_ms = Some(f.fresh_unix_ms.map_or(at, |fresh| fresh.max(at)));
             f.pending = None;
         }
-        now.saturating_sub(f.fresh_ms)
+        f.fresh_unix_ms.map(|fresh| crate::network::unix_ms().saturating_sub(fresh))
     }
 
     pub fn header(&self, consistency: Consistency) -> ResponseHeader {
@@ -120,7 +122,11 @@ impl Shard {
             node_id: self.node_id,
             term: m.current_term,
             applied_index: m.last_applied.map_or(0, |l| l.index),
-            staleness_ms: if consistency == Consistency::Stale { self.staleness_ms(&m) } else { 0 },
+            staleness_ms: if consistency == Consistency::Stale {
+                self.staleness_ms(&m).unwrap_or(u64::MAX)
+            } else {
+                0
+            },
         }
     }
 
@@ -186,10 +192,21 @@ impl Shard {
     ) -> Result<(), NodeError> {
         let policy = match consistency {
             Consistency::Stale => {
-                // Even stale reads must come from a running shard (not a stopped, corrupt one).
-                return match &self.metrics().running_state {
-                    Ok(()) => Ok(()),
-                    Err(f) => Err(self.fatal(f)),
+                // Even stale reads must come from a running shard (not a stopped, corrupt one)
+                // that knows how old its state is.
+                let m = self.metrics();
+                if let Err(f) = &m.running_state {
+                    return Err(self.fatal(f));
+                }
+                return match self.staleness_ms(&m) {
+                    Some(_) => Ok(()),
+                    None => Err(NodeError::ShardUnavailable {
+                        shard: self.id,
+                        reason: "this replica has not caught up with a leader since it started, \
+                                 so it cannot bound the staleness of its state; try another \
+                                 replica"
+                            .into(),
+                    }),
                 };
             }
             Consistency::Lease => ReadPolicy::LeaseRead,

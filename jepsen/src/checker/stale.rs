@@ -58,7 +58,7 @@ pub fn check(events: &[Event], slack_ms: u64) -> Result<Verdict, HistoryError> {
     let none: Vec<Write> = Vec::new();
     let mut bad: Vec<(String, Vec<usize>)> = Vec::new();
     for r in &reads {
-        let Op::StaleRead { key, value, staleness_ms } = &r.op else { continue };
+        let Op::StaleRead { key, value, staleness_ms, replica } = &r.op else { continue };
         let ws = writes.get(key.as_str()).unwrap_or(&none);
         let read_invoke = time(r.invoke_index);
         let read_done = r.complete_index.map_or(u64::MAX, time);
@@ -106,7 +106,7 @@ pub fn check(events: &[Event], slack_ms: u64) -> Result<Verdict, HistoryError> {
                 format!(
                     "key {key}: stale read (invoked at {} ms) returned {value:?}, certainly \
                      overwritten at {} ms: {} ms old, more than the reported staleness {} ms + \
-                     slack {slack_ms} ms",
+                     slack {slack_ms} ms (replica node, term, applied index: {replica:?})",
                     read_invoke / 1_000_000,
                     t / 1_000_000,
                     (read_invoke - t) / 1_000_000,
