@@ -69,10 +69,7 @@ impl RaftRpc for RaftService {
             wire::decode::<AppendEntriesRequest<TypeConfig>>(&req.payload),
         ) {
             (Ok(shard), Ok(rpc)) => {
-                shard.note_leader_contact(
-                    req.sent_at_unix_ms,
-                    rpc.leader_commit.map_or(0, |l| l.index),
-                );
+                shard.note_leader_contact(req.sent_at_unix_ms, &rpc);
                 match shard.raft.append_entries(rpc).await {
                     Ok(resp) => ok(&resp),
                     Err(e) => err(e),
@@ -110,10 +107,7 @@ impl RaftRpc for RaftService {
             .filter_map(move |m| {
                 futures::future::ready(m.ok().and_then(|m| {
                     let rpc = wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok()?;
-                    contact.note_leader_contact(
-                        m.sent_at_unix_ms,
-                        rpc.leader_commit.as_ref().map_or(0, |l| l.index),
-                    );
+                    contact.note_leader_contact(m.sent_at_unix_ms, &rpc);
                     Some(rpc)
                 }))
             });

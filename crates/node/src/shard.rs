@@ -24,6 +24,7 @@
 use crate::error::NodeError;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
+use openraft::raft::AppendEntriesRequest;
 use openraft::{Instant as _, RaftMetrics, ReadPolicy, ServerState};
 use ringkv_placement::{NodeId, ShardId};
 use ringkv_proto::v1::{Consistency, ResponseHeader};
@@ -85,9 +86,26 @@ impl Shard {
     }
 
     /// Called on every AppendEntries (heartbeats included) received from a leader, with its
-    /// send time and the leader's commit index: once this replica has applied that index, its
-    /// state is as fresh as the leader was when it sent the message.
-    pub fn note_leader_contact(&self, sent_at_unix_ms: u64, leader_commit: u64) {
+    /// send time: once this replica has applied the message's commit index, its state is as
+    /// fresh as the leader was when it sent the message.
+    ///
+    /// Only a commit index of the leader's own term counts: a new leader does not know how far
+    /// its predecessor committed until it commits an entry of its own term (Raft §5.4.2), so
+    /// until then its commit index may miss writes already acknowledged to clients (found by
+    /// the chaos harness: a 2 s old STALE read reported as 4 ms old right after an election).
+    pub fn note_leader_contact(
+        &self,
+        sent_at_unix_ms: u64,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) {
+        let Some(leader_commit) = rpc
+            .leader_commit
+            .as_ref()
+            .filter(|c| c.leader_id.term == rpc.vote.leader_id.term)
+            .map(|c| c.index)
+        else {
+            return;
+        };
         let mut f = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
         // Messages of one stream arrive in order; across reconnects keep the newest.
         if f.pending.is_none_or(|(at, _)| sent_at_unix_ms >= at) {
@@ -99,6 +117,11 @@ impl Shard {
     /// since it started.
     fn staleness_ms(&self, m: &RaftMetrics<TypeConfig>) -> Option<u64> {
         if m.state == ServerState::Leader {
+            // Until it has applied an entry of its own term, a new leader may lack writes its
+            // predecessor committed (see `note_leader_contact`).
+            if m.last_applied.as_ref().map(|l| l.leader_id.term) != Some(m.current_term) {
+                return None;
+            }
             // No quorum acknowledgement yet: a leader elected a moment ago, or the only voter.
             return Some(m.last_quorum_acked.as_ref().map_or(0, |acked| {
                 u64::try_from(acked.elapsed().as_millis()).unwrap_or(u64::MAX)
