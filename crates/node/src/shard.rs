@@ -13,13 +13,15 @@
 //!   - a leader: the time since a quorum last acknowledged it (the send time of the heartbeat
 //!     they acknowledged), so a deposed leader cut off in a minority reports a growing age;
 //!   - a follower: the time since the leader *sent* a message whose commit index the follower
-//!     has since applied (the sender's wall clock, carried on every Raft message).
-//!   A follower that has not caught up with a leader since it started refuses (UNAVAILABLE,
-//!   retried elsewhere by the router): its state is as old as its crash, or older.
-//!   The chaos harness's STALE checker found each of the weaker versions wrong: "time since a
-//!   leader message arrived" (a follower catching up after a partition hears heartbeats long
-//!   before it has the entries; a paused follower finds seconds-old messages queued on wake)
-//!   and "fresh since process start" (a restarted follower serves data from before its crash).
+//!     has since applied (the sender's wall clock, carried on every Raft message);
+//!   - a follower that has not caught up with a leader since it started refuses (UNAVAILABLE,
+//!     retried elsewhere by the router): its state is as old as its crash, or older.
+//!
+//! The chaos harness's STALE checker found each weaker version wrong: "time since a leader
+//! message arrived" (a follower catching up after a partition hears heartbeats long before it
+//! has the entries; a paused follower finds seconds-old messages queued on wake), "fresh since
+//! process start" (a restarted follower serves data from before its crash), and "any commit
+//! index" (a new leader's commit index lags until it commits an entry of its own term).
 
 use crate::error::NodeError;
 use openraft::async_runtime::WatchReceiver;
