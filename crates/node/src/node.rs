@@ -213,8 +213,10 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
                 .max_decoding_message_size(crate::wire::PAYLOAD_BYTES_MAX)
                 .max_encoding_message_size(crate::wire::PAYLOAD_BYTES_MAX),
         )
+        // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; ours must
+        // say it again, or small responses wait for a delayed ACK (a 40 ms stall per request).
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let _ = shutdown_rx.await;
             },
