@@ -53,8 +53,7 @@ pub async fn start_cluster(
             Some(lab)
         }
     };
-    let tuning = Tuning { leader_balance_ms: 1000, ..Tuning::default() };
-    let c = Cluster::start_in(nodes, shards, rf, tuning, lab).await?;
+    let c = Cluster::start_in(nodes, shards, rf, Tuning::default(), lab).await?;
     c.wait_for_leaders(Duration::from_secs(60)).await?;
     Ok(c)
 }
@@ -100,8 +99,7 @@ fn spec(
 pub async fn requests_per_node(c: &Cluster) -> BTreeMap<u64, f64> {
     let mut out = BTreeMap::new();
     for n in &c.nodes {
-        let url = c.metrics_url(n.id);
-        let text = scrape(&url).await.unwrap_or_default();
+        let text = c.metrics(n.id).await.unwrap_or_default();
         let total: f64 = text
             .lines()
             .filter(|l| l.starts_with("ringkv_requests_total"))
@@ -110,19 +108,6 @@ pub async fn requests_per_node(c: &Cluster) -> BTreeMap<u64, f64> {
         out.insert(n.id, total);
     }
     out
-}
-
-/// A plain HTTP/1.0 GET (the metrics endpoint is the only HTTP the lab needs).
-async fn scrape(url: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(host))
-        .await??;
-    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body)).await??;
-    Ok(body.split_once("\r\n\r\n").map_or(body.clone(), |(_, b)| b.to_string()))
 }
 
 fn spread(before: &BTreeMap<u64, f64>, after: &BTreeMap<u64, f64>) -> f64 {

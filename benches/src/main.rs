@@ -107,19 +107,24 @@ enum Command {
     },
 }
 
+/// A sweep over replication factors.
+#[derive(Debug, clap::Args)]
+struct PerRf {
+    #[command(flatten)]
+    load: Load,
+    #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
+    rf: Vec<u32>,
+    #[arg(long, default_value_t = 8)]
+    shards: u32,
+    /// Delay on every packet between nodes, ms (nodes in network namespaces; needs netem).
+    #[arg(long)]
+    net_delay: Option<u32>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Sweep {
     /// Replication factor × read consistency, and writes per RF.
-    Rf {
-        #[command(flatten)]
-        load: Load,
-        #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
-        rf: Vec<u32>,
-        #[arg(long, default_value_t = 8)]
-        shards: u32,
-        #[arg(long)]
-        net_delay: Option<u32>,
-    },
+    Rf(PerRf),
     /// Shard count × read-balancing policy, with per-node load spread.
     Shards {
         #[command(flatten)]
@@ -136,16 +141,7 @@ enum Sweep {
         net_delay: Option<u32>,
     },
     /// Kill the busiest leader mid-run, per replication factor.
-    Failure {
-        #[command(flatten)]
-        load: Load,
-        #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
-        rf: Vec<u32>,
-        #[arg(long, default_value_t = 8)]
-        shards: u32,
-        #[arg(long)]
-        net_delay: Option<u32>,
-    },
+    Failure(PerRf),
     /// Quorum loss, load spread and data movement at scale, from the placement code alone.
     Simulate {
         #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
@@ -373,7 +369,7 @@ async fn main() -> Result<()> {
             finish(&load.out, "ringkv and etcd side by side", &runs, &[])
         }
         Command::Lab { sweep } => match sweep {
-            Sweep::Rf { load, rf, shards, net_delay } => {
+            Sweep::Rf(PerRf { load, rf, shards, net_delay }) => {
                 let runs = lab::sweep_rf(&lab_options(&load, net_delay), &rf, shards).await?;
                 finish(&load.out.join("rf"), "replication factor x consistency", &runs, &["rf"])
             }
@@ -388,7 +384,7 @@ async fn main() -> Result<()> {
                     &["shards", "node_load_max_over_mean"],
                 )
             }
-            Sweep::Failure { load, rf, shards, net_delay } => {
+            Sweep::Failure(PerRf { load, rf, shards, net_delay }) => {
                 let runs = lab::sweep_failure(&lab_options(&load, net_delay), &rf, shards).await?;
                 finish(
                     &load.out.join("failure"),

@@ -185,8 +185,7 @@ async fn main() -> ExitCode {
                 Ok(w) => w,
                 Err(e) => return usage(e),
             };
-            // Whether delay may join the groups is decided once the lab exists.
-            let nemeses = match Fault::parse_list(&nemesis, true) {
+            let nemeses = match Fault::parse_list(&nemesis) {
                 Ok(n) => n,
                 Err(e) => return usage(e),
             };

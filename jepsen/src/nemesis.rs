@@ -72,15 +72,13 @@ impl Fault {
     }
 
     /// Parses a comma-separated list of faults and groups (`process`, `partition`, `network`,
-    /// `all`, `none`). `netem` says whether `delay` may be part of `network`/`all`.
-    pub fn parse_list(names: &[String], netem: bool) -> Result<Vec<Fault>, String> {
+    /// `all`, `none`). What the machine cannot inject is dropped later, with a note, by the
+    /// runner (which knows whether there are namespaces and netem).
+    pub fn parse_list(names: &[String]) -> Result<Vec<Fault>, String> {
         let mut out = Vec::new();
         let network = || {
             let mut v = PARTITIONS.to_vec();
-            v.extend([Fault::Loss, Fault::Slow]);
-            if netem {
-                v.push(Fault::Delay);
-            }
+            v.extend([Fault::Loss, Fault::Slow, Fault::Delay]);
             v
         };
         for n in names {

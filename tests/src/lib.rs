@@ -269,6 +269,8 @@ impl Cluster {
             .arg(t.snapshot_after_entries.to_string())
             .arg("--log-entries-kept")
             .arg(t.log_entries_kept.to_string())
+            .arg("--leader-balance-interval-ms")
+            .arg(t.leader_balance_ms.to_string())
             .env(
                 "RUST_LOG",
                 std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -428,6 +430,11 @@ impl Cluster {
 
     pub fn metrics_url(&self, id: u64) -> String {
         format!("http://{}/metrics", self.node(id).metrics_addr)
+    }
+
+    /// Node `id`'s Prometheus metrics text.
+    pub async fn metrics(&self, id: u64) -> Result<String> {
+        http_get(&self.node(id).metrics_addr, "/metrics").await
     }
 
     pub async fn kv(&self, id: u64) -> Result<KvClient<Channel>> {
@@ -596,6 +603,23 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The body of a plain HTTP/1.0 GET, bounded in time (the metrics endpoints are the only HTTP
+/// the harnesses read).
+pub async fn http_get(addr: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .map_err(|_| anyhow!("GET {path} from {addr} timed out"))??;
+    Ok(text.split_once("\r\n\r\n").map_or(text.clone(), |(_, body)| body.to_string()))
 }
 
 pub async fn channel(addr: &str) -> Result<Channel> {

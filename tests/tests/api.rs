@@ -8,7 +8,6 @@ use ringkv_proto::v1::{
 };
 use ringkv_tests::{Cluster, Tuning, leader_hint, reason};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -233,21 +232,11 @@ async fn kv_semantics_versions_cas_batch_and_scan() -> Result<()> {
     Ok(())
 }
 
-async fn http_get(addr: &str, path: &str) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await?;
-    Ok(body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_clean_shutdown_and_changed_layout_refused() -> Result<()> {
     let mut c = Cluster::start(1, 3, 1, Tuning::default()).await?;
     c.wait_for_leaders(T).await?;
     c.put(b"m", b"1", T).await?;
-    let addr =
-        c.metrics_url(1).trim_start_matches("http://").trim_end_matches("/metrics").to_string();
     // Shard gauges refresh every second; request counters at once.
     let needles = [
         r#"ringkv_requests_total{method="put",code="OK"} 1"#,
@@ -256,12 +245,9 @@ async fn metrics_clean_shutdown_and_changed_layout_refused() -> Result<()> {
         "ringkv_storage_group_commit_syncs_total",
         "ringkv_request_duration_seconds_bucket",
     ];
-    ringkv_tests::wait_for(T, "metrics to show the shards and the put", || {
-        let addr = addr.clone();
-        async move {
-            let t = http_get(&addr, "/metrics").await.ok()?;
-            needles.iter().all(|n| t.contains(n)).then_some(t)
-        }
+    ringkv_tests::wait_for(T, "metrics to show the shards and the put", || async {
+        let t = c.metrics(1).await.ok()?;
+        needles.iter().all(|n| t.contains(n)).then_some(t)
     })
     .await?;
 

@@ -87,6 +87,12 @@ impl Shard {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Runs `f` on the current metrics without cloning them (they hold maps; reads call this
+    /// on every request).
+    fn with_metrics<R>(&self, f: impl FnOnce(&RaftMetrics<TypeConfig>) -> R) -> R {
+        f(&self.raft.metrics().borrow_watched())
+    }
+
     /// Called on every AppendEntries (heartbeats included) received from a leader, with its
     /// send time: once this replica has applied the message's commit index, its state is as
     /// fresh as the leader was when it sent the message.
@@ -141,18 +147,17 @@ impl Shard {
     }
 
     pub fn header(&self, consistency: Consistency) -> ResponseHeader {
-        let m = self.metrics();
-        ResponseHeader {
+        self.with_metrics(|m| ResponseHeader {
             shard_id: self.id,
             node_id: self.node_id,
             term: m.current_term,
             applied_index: m.last_applied.map_or(0, |l| l.index),
             staleness_ms: if consistency == Consistency::Stale {
-                self.staleness_ms(&m).unwrap_or(u64::MAX)
+                self.staleness_ms(m).unwrap_or(u64::MAX)
             } else {
                 0
             },
-        }
+        })
     }
 
     fn leader_hint(
@@ -219,20 +224,21 @@ impl Shard {
             Consistency::Stale => {
                 // Even stale reads must come from a running shard (not a stopped, corrupt one)
                 // that knows how old its state is.
-                let m = self.metrics();
-                if let Err(f) = &m.running_state {
-                    return Err(self.fatal(f));
-                }
-                return match self.staleness_ms(&m) {
-                    Some(_) => Ok(()),
-                    None => Err(NodeError::ShardUnavailable {
-                        shard: self.id,
-                        reason: "this replica has not caught up with a leader since it started, \
-                                 so it cannot bound the staleness of its state; try another \
-                                 replica"
-                            .into(),
-                    }),
-                };
+                return self.with_metrics(|m| {
+                    if let Err(f) = &m.running_state {
+                        return Err(self.fatal(f));
+                    }
+                    match self.staleness_ms(m) {
+                        Some(_) => Ok(()),
+                        None => Err(NodeError::ShardUnavailable {
+                            shard: self.id,
+                            reason: "this replica has not caught up with a leader since it \
+                                     started, so it cannot bound the staleness of its state; \
+                                     try another replica"
+                                .into(),
+                        }),
+                    }
+                });
             }
             Consistency::Lease => ReadPolicy::LeaseRead,
             Consistency::Linearizable | Consistency::Unspecified => ReadPolicy::ReadIndex,
