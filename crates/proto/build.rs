@@ -7,7 +7,12 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["ringkv/v1/kv.proto", "ringkv/v1/admin.proto", "ringkv/v1/raft.proto"];
+    let files = [
+        "ringkv/v1/kv.proto",
+        "ringkv/v1/admin.proto",
+        "ringkv/v1/events.proto",
+        "ringkv/v1/raft.proto",
+    ];
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("ringkv_descriptor.bin"), fds.encode_to_vec())?;

@@ -41,6 +41,9 @@ pub struct Tuning {
     pub log_entries_kept: u64,
     /// 0 turns leader balancing off.
     pub leader_balance_ms: u64,
+    /// How often leaders enforce topic retention and compact the watch history.
+    pub retention_interval_ms: u64,
+    pub watch_history_revisions: u64,
 }
 
 impl Default for Tuning {
@@ -52,6 +55,8 @@ impl Default for Tuning {
             snapshot_after_entries: 10_000,
             log_entries_kept: 1000,
             leader_balance_ms: 1000,
+            retention_interval_ms: 200,
+            watch_history_revisions: 100_000,
         }
     }
 }
@@ -271,6 +276,10 @@ impl Cluster {
             .arg(t.log_entries_kept.to_string())
             .arg("--leader-balance-interval-ms")
             .arg(t.leader_balance_ms.to_string())
+            .arg("--retention-interval-ms")
+            .arg(t.retention_interval_ms.to_string())
+            .arg("--watch-history-revisions")
+            .arg(t.watch_history_revisions.to_string())
             .env(
                 "RUST_LOG",
                 std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),

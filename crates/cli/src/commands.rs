@@ -1,4 +1,5 @@
-//! The key-value commands: they talk to a router through the client library.
+//! The key-value commands: they talk to a router through the client library. (Event and
+//! watch commands are in `events`.)
 
 use crate::{Cli, ClusterCommand, Command, EXIT_CAS_FAILED, EXIT_NOT_FOUND};
 use anyhow::{Context, Result, bail};
@@ -56,7 +57,7 @@ pub fn parse_consistency(s: &str) -> Result<Consistency> {
     })
 }
 
-async fn client(cli: &Cli) -> Result<Client> {
+pub async fn client(cli: &Cli) -> Result<Client> {
     Client::builder()
         .router(cli.endpoint.clone())
         .timeout(Duration::from_millis(cli.timeout_ms))
@@ -197,6 +198,9 @@ pub async fn run(cli: &Cli) -> Result<u8> {
                 println!("shard {shard} (epoch {}), replicas {replicas:?}", map.epoch);
             }
             Ok(0)
+        }
+        Command::Topic { .. } | Command::Produce(_) | Command::Consume(_) | Command::Watch(_) => {
+            crate::events::run(cli, client(cli).await?).await
         }
     }
 }

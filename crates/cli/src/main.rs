@@ -10,6 +10,7 @@
 
 mod commands;
 mod dev;
+mod events;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +63,30 @@ pub enum Command {
     },
     /// Which shard a key belongs to, and its replicas.
     ShardOf { key: String },
+    /// Create, list, describe or delete event topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Append events to a topic (payloads as arguments, or one per stdin line).
+    Produce(events::ProduceArgs),
+    /// Print a topic's events; with --group, resume from and commit the group's offsets.
+    Consume(events::ConsumeArgs),
+    /// Print changes of keys under a prefix (or one key) as they happen.
+    Watch(events::WatchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    Create(events::CreateTopicArgs),
+    List,
+    Describe {
+        name: String,
+    },
+    /// Delete a topic and its events (exit code 3 if it did not exist).
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,10 @@
 //! - **direct mode** ([`ClientBuilder::direct`]): the client embeds the same routing core as
 //!   the router ([`ringkv_routing::Cluster`]) and talks to the nodes itself, saving a hop.
 //!
+//! Besides key-value calls, the client has event streams and watch (module `events`):
+//! topics, appends, idempotent [`Producer`]s, subscriptions and consumer-group offsets, and
+//! watches of keys or prefixes.
+//!
 //! Writes always carry a session (client id + sequence number), so they are applied at most
 //! once even when retried after a lost reply. Reads are linearizable unless you ask for
 //! [`Consistency::Lease`] or [`Consistency::Stale`].
@@ -22,12 +26,22 @@
 //! # let _ = stale; Ok(()) }
 //! ```
 
+mod events;
+
+pub use events::{ClientStream, Producer, Subscription, Watcher};
 use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::events_client::EventsClient;
 use ringkv_proto::v1::kv_client::KvClient;
+use ringkv_proto::v1::watch_client::WatchClient;
 use ringkv_proto::v1::{
     BatchWriteRequest, Compare, CompareAndSwapRequest, DeleteRequest, GetRequest,
     GetShardMapRequest, MultiGetRequest, PutRequest, ScanRequest, ShardMap, WriteOp, compare,
     write_op,
+};
+pub use ringkv_proto::v1::{
+    DescribeTopicResponse, Event, PartitionInfo, ReadResponse, Retention, StoredEvent,
+    SubscribeRequest, SubscribeResponse, TopicInfo, WatchEvent, WatchRequest, WatchResponse,
+    subscribe_request, watch_event,
 };
 use ringkv_routing::lanes::Lanes;
 use ringkv_routing::{Cluster, ReadPolicy, RoutingConfig, RoutingError};
@@ -130,6 +144,8 @@ enum Mode {
 struct RouterConn {
     kv: KvClient<Channel>,
     admin: AdminClient<Channel>,
+    events: EventsClient<Channel>,
+    watch: WatchClient<Channel>,
     lanes: Lanes,
 }
 
@@ -197,7 +213,9 @@ impl ClientBuilder {
                     .map_err(|e| connect_err(e.to_string()))?;
                 Mode::Router(Box::new(RouterConn {
                     kv: KvClient::new(channel.clone()).max_decoding_message_size(64 << 20),
-                    admin: AdminClient::new(channel),
+                    admin: AdminClient::new(channel.clone()),
+                    events: EventsClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+                    watch: WatchClient::new(channel).max_decoding_message_size(64 << 20),
                     lanes: Lanes::new(1024),
                 }))
             }

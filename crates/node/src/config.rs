@@ -77,6 +77,13 @@ pub struct Args {
     /// How often to move leaderships to their preferred replicas; 0 turns balancing off.
     #[arg(long, env = "RINGKV_LEADER_BALANCE_INTERVAL_MS")]
     pub leader_balance_interval_ms: Option<u64>,
+    /// How often shard leaders enforce topic retention and trim the watch history.
+    #[arg(long, env = "RINGKV_RETENTION_INTERVAL_MS")]
+    pub retention_interval_ms: Option<u64>,
+    /// Revisions (log entries) of change history each shard keeps for watchers; a watch
+    /// starting further back gets COMPACTED.
+    #[arg(long, env = "RINGKV_WATCH_HISTORY_REVISIONS")]
+    pub watch_history_revisions: Option<u64>,
 }
 
 /// Raft tuning. Defaults suit a LAN; raise them for many shards per node or slow links.
@@ -89,6 +96,8 @@ pub struct RaftTuning {
     pub snapshot_after_entries: u64,
     pub log_entries_kept: u64,
     pub leader_balance_interval_ms: u64,
+    pub retention_interval_ms: u64,
+    pub watch_history_revisions: u64,
 }
 
 impl Default for RaftTuning {
@@ -100,6 +109,10 @@ impl Default for RaftTuning {
             snapshot_after_entries: 10_000,
             log_entries_kept: 1_000,
             leader_balance_interval_ms: 3_000,
+            retention_interval_ms: 1_000,
+            // About what etcd's default compaction keeps on a busy cluster, and at most
+            // ~100k small change records per shard.
+            watch_history_revisions: 100_000,
         }
     }
 }
@@ -229,6 +242,8 @@ impl NodeConfig {
             (args.snapshot_after_entries, &mut raft.snapshot_after_entries),
             (args.log_entries_kept, &mut raft.log_entries_kept),
             (args.leader_balance_interval_ms, &mut raft.leader_balance_interval_ms),
+            (args.retention_interval_ms, &mut raft.retention_interval_ms),
+            (args.watch_history_revisions, &mut raft.watch_history_revisions),
         ];
         for (flag, slot) in overrides {
             if let Some(v) = flag {

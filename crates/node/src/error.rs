@@ -16,6 +16,14 @@
 //! | Timeout             | DEADLINE_EXCEEDED     | retry; a timed-out write may have been applied   |
 //! | Corrupted           | DATA_LOSS             | page an operator; read from another replica      |
 //! | Internal            | INTERNAL              | report a bug                                     |
+//! | NotFound            | NOT_FOUND             | create the topic / check the name                |
+//! | AlreadyExists       | ALREADY_EXISTS        | use the existing topic or another name           |
+//! | OffsetOutOfRange    | OUT_OF_RANGE          | resume from `earliest_offset`                    |
+//! | Compacted           | OUT_OF_RANGE          | re-read state, watch from `compact_revision`     |
+//! | OutOfOrderSequence  | FAILED_PRECONDITION   | resend from `expected_sequence` (or new producer)|
+//! | DuplicateSequence   | ALREADY_EXISTS        | nothing: the batch was appended before           |
+//! | TopicChanged        | FAILED_PRECONDITION   | look the topic up again                          |
+//! | LimitReached        | RESOURCE_EXHAUSTED    | free something up; retrying will not help        |
 
 use ringkv_placement::{NodeId, ShardId};
 use std::collections::HashMap;
@@ -51,6 +59,34 @@ pub enum NodeError {
     Corrupted { shard: ShardId, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{what} not found")]
+    NotFound { what: String, topic: String, partition: Option<u32> },
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    #[error(
+        "offset {offset} of {topic}/{partition} is out of range: the partition keeps offsets {earliest_offset} to {end_offset} (end exclusive)"
+    )]
+    OffsetOutOfRange {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        earliest_offset: u64,
+        end_offset: u64,
+    },
+    #[error(
+        "revision {revision} of shard {shard} is compacted; the oldest revision kept is {compact_revision}"
+    )]
+    Compacted { shard: ShardId, revision: u64, compact_revision: u64 },
+    #[error("producer {producer} sent sequence {got}, expected {expected}")]
+    OutOfOrderSequence { producer: u64, expected: u64, got: u64 },
+    #[error(
+        "producer {producer} resent sequence {got}, older than its last batch (up to {last_seq}): it was appended before, at offsets no longer remembered"
+    )]
+    DuplicateSequence { producer: u64, got: u64, last_seq: u64 },
+    #[error("topic {topic} changed: {detail}")]
+    TopicChanged { topic: String, detail: String },
+    #[error("limit of {limit} {what} reached")]
+    LimitReached { what: &'static str, limit: u64 },
 }
 
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
@@ -120,6 +156,40 @@ impl NodeError {
                 (Code::DataLoss, "SHARD_CORRUPTED")
             }
             NodeError::Internal(_) => (Code::Internal, "INTERNAL"),
+            NodeError::NotFound { topic, partition, .. } => {
+                md.insert("topic".into(), topic.clone());
+                if let Some(p) = partition {
+                    md.insert("partition".into(), p.to_string());
+                }
+                (Code::NotFound, "NOT_FOUND")
+            }
+            NodeError::AlreadyExists { .. } => (Code::AlreadyExists, "ALREADY_EXISTS"),
+            NodeError::OffsetOutOfRange { earliest_offset, end_offset, .. } => {
+                md.insert("earliest_offset".into(), earliest_offset.to_string());
+                md.insert("end_offset".into(), end_offset.to_string());
+                (Code::OutOfRange, "OFFSET_OUT_OF_RANGE")
+            }
+            NodeError::Compacted { shard, compact_revision, .. } => {
+                md.insert("shard_id".into(), shard.to_string());
+                md.insert("compact_revision".into(), compact_revision.to_string());
+                (Code::OutOfRange, "COMPACTED")
+            }
+            NodeError::OutOfOrderSequence { expected, .. } => {
+                md.insert("expected_sequence".into(), expected.to_string());
+                (Code::FailedPrecondition, "OUT_OF_ORDER_SEQUENCE")
+            }
+            NodeError::DuplicateSequence { last_seq, .. } => {
+                md.insert("last_sequence".into(), last_seq.to_string());
+                (Code::AlreadyExists, "DUPLICATE_SEQUENCE")
+            }
+            NodeError::TopicChanged { topic, .. } => {
+                md.insert("topic".into(), topic.clone());
+                (Code::FailedPrecondition, "TOPIC_CHANGED")
+            }
+            NodeError::LimitReached { limit, .. } => {
+                md.insert("limit".into(), limit.to_string());
+                (Code::ResourceExhausted, "LIMIT_REACHED")
+            }
         };
         (code_reason.0, code_reason.1, md)
     }
@@ -199,6 +269,32 @@ mod tests {
                 "SHARD_UNAVAILABLE",
             ),
             (NodeError::Internal("bug".into()), Code::Internal, "INTERNAL"),
+            (
+                NodeError::OffsetOutOfRange {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 1,
+                    earliest_offset: 5,
+                    end_offset: 9,
+                },
+                Code::OutOfRange,
+                "OFFSET_OUT_OF_RANGE",
+            ),
+            (
+                NodeError::Compacted { shard: 1, revision: 3, compact_revision: 10 },
+                Code::OutOfRange,
+                "COMPACTED",
+            ),
+            (
+                NodeError::OutOfOrderSequence { producer: 1, expected: 4, got: 9 },
+                Code::FailedPrecondition,
+                "OUT_OF_ORDER_SEQUENCE",
+            ),
+            (
+                NodeError::LimitReached { what: "topics", limit: 10 },
+                Code::ResourceExhausted,
+                "LIMIT_REACHED",
+            ),
         ];
         for (err, code, reason) in cases {
             let s = err.to_status();

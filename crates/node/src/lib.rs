@@ -5,6 +5,7 @@
 //!
 //! ```text
 //!            gRPC :7001 ──┬── ringkv.v1.KV ────────┐
+//!                         ├── ringkv.v1.Streams ───┤  topic/partition ─▶ shard
 //!                         ├── ringkv.v1.Admin      │  key ─▶ shard (placement)
 //!                         └── internal Raft ◀──┐   ▼
 //!                                              │  ShardRegistry ─▶ Shard { Raft group }
@@ -16,7 +17,8 @@
 //! Modules: [`config`] (TOML/env/flags), [`node`] (start-up and shutdown), [`registry`] and
 //! [`shard`] (local replicas and their read/write paths), [`kv_service`] and
 //! [`admin_service`] (the public API), [`raft_service`] and [`network`] (the Raft transport),
-//! [`balancer`] (spreading leaderships), [`error`] (the one error-to-status table), [`validate`] (input limits), [`metrics`] and
+//! [`streams_service`] (event streams and watch, shard level), [`retention`] (trimming events
+//! and watch history through Raft), [`balancer`] (spreading leaderships), [`error`] (the one error-to-status table), [`validate`] and [`validate_events`] (input limits), [`metrics`] and
 //! [`http`] (observability), [`wire`] (payload encoding).
 
 pub mod admin_service;
@@ -30,8 +32,11 @@ pub mod network;
 pub mod node;
 pub mod raft_service;
 pub mod registry;
+pub mod retention;
 pub mod shard;
+pub mod streams_service;
 pub mod validate;
+pub mod validate_events;
 pub mod wire;
 
 pub use config::{Args, NodeConfig};

@@ -6,7 +6,8 @@
 //!    to run if they changed (that would silently re-place every key on old data);
 //! 3. create one openraft instance per local shard; each recovers its log, vote and applied
 //!    state from disk;
-//! 4. start the gRPC server (KV, Admin, the internal Raft transport, health) and `/metrics`;
+//! 4. start the gRPC server (KV, Streams, Admin, the internal Raft transport, health) and
+//!    `/metrics`, and the background loops (leader balancing, retention);
 //! 5. initialize every shard that has never been initialized, with the same membership on
 //!    every replica. openraft accepts identical initialization on several nodes, and refuses it
 //!    on any node that already has a log or a vote, so restarts, and nodes starting in any
@@ -23,12 +24,14 @@ use crate::network::{PeerPool, ShardNetwork};
 use crate::raft_service::RaftService;
 use crate::registry::ShardRegistry;
 use crate::shard::Shard;
+use crate::streams_service::StreamsService;
 use crate::validate::GRPC_MESSAGE_BYTES_MAX;
 use openraft::{BasicNode, SnapshotPolicy};
 use ringkv_placement::{Layout, NodeSpec, PlacementError, ShardMap};
 use ringkv_proto::internal::raft_server::RaftServer;
 use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::kv_server::KvServer;
+use ringkv_proto::v1::streams_server::StreamsServer;
 use ringkv_storage::{NodeStorage, StorageMetrics};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -207,6 +210,10 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             KvServer::new(KvService::new(registry.clone(), metrics.clone()))
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         )
+        .add_service(
+            StreamsServer::new(StreamsService::new(registry.clone(), metrics.clone()))
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+        )
         .add_service(AdminServer::new(AdminService::new(registry.clone())))
         .add_service(
             RaftServer::new(RaftService::new(registry.clone()))
@@ -250,6 +257,14 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             registry.clone(),
             Duration::from_millis(cfg.raft.leader_balance_interval_ms),
             Duration::from_millis(cfg.raft.election_timeout_min_ms),
+        ));
+    }
+
+    if cfg.raft.retention_interval_ms > 0 {
+        background.push(crate::retention::spawn(
+            registry.clone(),
+            Duration::from_millis(cfg.raft.retention_interval_ms),
+            cfg.raft.watch_history_revisions,
         ));
     }
 

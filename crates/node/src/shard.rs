@@ -87,6 +87,16 @@ impl Shard {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Whether this replica is the shard's leader now (streams end when it stops being one).
+    pub fn is_leader(&self) -> bool {
+        self.with_metrics(|m| m.state == ServerState::Leader && m.running_state.is_ok())
+    }
+
+    /// The last log index this replica has applied.
+    pub fn applied_index(&self) -> u64 {
+        self.with_metrics(|m| m.last_applied.map_or(0, |l| l.index))
+    }
+
     /// Runs `f` on the current metrics without cloning them (they hold maps; reads call this
     /// on every request).
     fn with_metrics<R>(&self, f: impl FnOnce(&RaftMetrics<TypeConfig>) -> R) -> R {

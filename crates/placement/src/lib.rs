@@ -28,11 +28,13 @@ pub mod hash;
 pub mod key_ring;
 pub mod replica_ring;
 pub mod shard_map;
+pub mod topics;
 
 pub use error::PlacementError;
 pub use key_ring::KeyRing;
 pub use replica_ring::ReplicaRing;
 pub use shard_map::{Layout, NodeSpec, ShardMap};
+pub use topics::{CATALOG_KEY, check_topic_name, partition_key};
 
 /// A node's id, unique in a cluster, never 0 (0 reads as "unknown" on the wire).
 pub type NodeId = u64;

@@ -11,6 +11,7 @@
 //! migrations, like nginx's `weight=9` with `ip_hash`, but sticky per key rather than per
 //! client.
 
+pub mod events_service;
 pub mod metrics;
 pub mod service;
 
@@ -100,6 +101,7 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
         .build_v1()
         .map_err(|e| RouterError::Reflection(e.to_string()))?;
     let kv = service::RouterKv::new(primary.clone(), secondary, metrics.clone());
+    let events = events_service::RouterEvents::new(primary.clone(), metrics.clone());
     let admin = service::RouterAdmin::new(primary);
     let (tx, rx) = oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -109,6 +111,11 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
         .add_service(
             ringkv_proto::v1::kv_server::KvServer::new(kv).max_decoding_message_size(16 << 20),
         )
+        .add_service(
+            ringkv_proto::v1::events_server::EventsServer::new(events.clone())
+                .max_decoding_message_size(16 << 20),
+        )
+        .add_service(ringkv_proto::v1::watch_server::WatchServer::new(events))
         .add_service(ringkv_proto::v1::admin_server::AdminServer::new(admin))
         // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; ours must
         // say it again, or small responses wait for a delayed ACK (a 40 ms stall per request).

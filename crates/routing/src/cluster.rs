@@ -83,23 +83,24 @@ impl RoutingStats {
 /// A handle to a ringkv cluster. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Cluster {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    cfg: RoutingConfig,
-    topology: Topology,
-    nodes: Nodes,
-    budget: RetryBudget,
-    lanes: Lanes,
-    rr: AtomicUsize,
-    stats: RoutingStats,
+pub(crate) struct Inner {
+    pub(crate) cfg: RoutingConfig,
+    pub(crate) topology: Topology,
+    pub(crate) nodes: Nodes,
+    pub(crate) budget: RetryBudget,
+    pub(crate) lanes: Lanes,
+    pub(crate) rr: AtomicUsize,
+    pub(crate) stats: RoutingStats,
+    pub(crate) topics: crate::events::TopicCache,
 }
 
 /// Which replicas may serve a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
+pub(crate) enum Target {
     Leader,
     AnyReplica { key_hash: u64 },
 }
@@ -117,6 +118,7 @@ impl Cluster {
             nodes: Nodes::default(),
             rr: AtomicUsize::new(0),
             stats: RoutingStats::default(),
+            topics: Default::default(),
             cfg,
         });
         let cluster = Cluster { inner };
@@ -200,7 +202,7 @@ impl Cluster {
         Err(RoutingError::NoMap(errors.join("; ")))
     }
 
-    fn current_map(&self) -> Result<Arc<ShardMap>, RoutingError> {
+    pub(crate) fn current_map(&self) -> Result<Arc<ShardMap>, RoutingError> {
         self.map().ok_or_else(|| RoutingError::NoMap("no shard map yet".into()))
     }
 
@@ -214,7 +216,7 @@ impl Cluster {
     }
 
     /// The node to try next for `shard`. `skip` holds nodes that just failed this call.
-    fn choose(
+    pub(crate) fn choose(
         &self,
         map: &ShardMap,
         shard: ShardId,
@@ -247,7 +249,7 @@ impl Cluster {
         }
     }
 
-    /// The retry loop around one call to one shard.
+    /// The retry loop around one KV call to one shard.
     async fn call<T, F, Fut>(
         &self,
         shard: ShardId,
@@ -257,6 +259,25 @@ impl Cluster {
     ) -> Result<T, RoutingError>
     where
         F: Fn(KvClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call_with(shard, target, deadline, |ch, t| {
+            f(KvClient::new(ch).max_decoding_message_size(crate::nodes::MESSAGE_BYTES_MAX), t)
+        })
+        .await
+    }
+
+    /// The retry loop around one call to one shard, of any service: `f` gets the node's
+    /// channel and the time left.
+    pub(crate) async fn call_with<T, F, Fut>(
+        &self,
+        shard: ShardId,
+        target: Target,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T, RoutingError>
+    where
+        F: Fn(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let inner = &self.inner;
@@ -289,7 +310,7 @@ impl Cluster {
             attempts += 1;
             inner.stats.node_attempts.get_or_create(&NodeLabel { node: node.id }).inc();
             let guard = node.start();
-            let result = f(node.kv(), remaining).await;
+            let result = f(node.channel(), remaining).await;
             let latency = guard.elapsed();
             drop(guard);
             let status = match result {
@@ -358,7 +379,7 @@ impl Cluster {
     /// Gives a write without a session one from a free lane, held until the write is done
     /// (all its retries carry the same sequence number). Writes that bring their own session
     /// (a client in router mode) keep it.
-    async fn lane_for(&self, session: &mut Option<WriteSession>) -> Option<LaneGuard> {
+    pub(crate) async fn lane_for(&self, session: &mut Option<WriteSession>) -> Option<LaneGuard> {
         if session.is_some() {
             return None;
         }
@@ -367,7 +388,7 @@ impl Cluster {
         Some(lane)
     }
 
-    fn deadline(&self, timeout: Option<Duration>) -> Instant {
+    pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Instant {
         Instant::now() + timeout.unwrap_or(self.inner.cfg.default_timeout)
     }
 

@@ -16,15 +16,21 @@
 //!   sequence number, so a retry after an unknown outcome is never applied twice.
 //! - [`cluster`]: the operations, each one a loop of "pick a node, call, learn from the
 //!   answer" until success, a final error, the budget or the deadline.
+//! - [`events`]: topics, appends, reads and consumer offsets, built from the nodes'
+//!   shard-level `Streams` steps; [`watch`]: KV watch merged over shards; [`follow`]: server
+//!   streams that follow a shard's leader and resume where they stopped.
 
 pub mod balance;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod follow;
 pub mod lanes;
 pub mod nodes;
 pub mod retry;
 pub mod topology;
+pub mod watch;
 
 pub use cluster::Cluster;
 pub use config::{ReadPolicy, RoutingConfig};

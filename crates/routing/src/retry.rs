@@ -46,6 +46,8 @@ pub fn classify(status: &Status) -> Next {
         (Code::FailedPrecondition, Some("WRONG_SHARD")) => Next::RefreshMap,
         // No ErrorInfo: the transport failed (connection refused or reset), not the shard.
         (Code::Unavailable, None) | (Code::Cancelled, _) => Next::Backoff { node_failed: true },
+        // A bound of the cluster (topics, groups): waiting does not free it.
+        (Code::ResourceExhausted, Some("LIMIT_REACHED")) => Next::Fail,
         (Code::Unavailable, Some(_))
         | (Code::DeadlineExceeded, _)
         | (Code::ResourceExhausted, _)

@@ -6,6 +6,7 @@
 //! keys, one shard per batch) happens before a command is proposed; `apply` never rejects a
 //! committed command, it only reports conditional outcomes such as a failed compare.
 
+use crate::streams::{StreamCommand, StreamResult};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -46,6 +47,8 @@ pub enum Command {
     Batch {
         ops: Vec<BatchOp>,
     },
+    /// Topics, partitions, events, offsets, change history: see [`crate::streams`].
+    Stream(StreamCommand),
 }
 
 impl fmt::Display for Command {
@@ -58,6 +61,13 @@ impl fmt::Display for Command {
             Command::Delete { key } => write!(f, "delete({}B key)", key.len()),
             Command::Cas { key, .. } => write!(f, "cas({}B key)", key.len()),
             Command::Batch { ops } => write!(f, "batch({} ops)", ops.len()),
+            Command::Stream(StreamCommand::Append { events, partition, .. }) => {
+                write!(f, "append({} events to partition {partition})", events.len())
+            }
+            Command::Stream(other) => {
+                let name = format!("{other:?}");
+                write!(f, "{}", name.split([' ', '{']).next().unwrap_or("stream"))
+            }
         }
     }
 }
@@ -126,4 +136,5 @@ pub enum CommandResult {
     SessionSuperseded {
         last_seq: u64,
     },
+    Stream(StreamResult),
 }

@@ -13,6 +13,7 @@
 //! | `sm_state`   | shard, tag                   | framed last-applied / membership / snapshot meta |
 //! | `node`       | name                         | framed node-wide records (cluster config) |
 //! | `sessions`   | shard, 1, client id / shard, 2, last index, client id | framed session record / empty (age index) |
+//! | `streams`    | shard, space, ... (see `streams`) | topics, events, offsets, KV changes |
 //!
 //! A handful of families rather than one per shard: thousands of column families each carry
 //! their own memtable and files, and per-shard families would make adding shards a schema
@@ -26,9 +27,11 @@ pub const CF_KV: &str = "kv";
 pub const CF_SM_STATE: &str = "sm_state";
 pub const CF_NODE: &str = "node";
 pub const CF_SESSIONS: &str = "sessions";
+/// Topics, events, consumer offsets and the KV change history (see [`crate::streams`]).
+pub const CF_STREAMS: &str = "streams";
 
-pub const ALL_CFS: [&str; 6] =
-    [CF_RAFT_LOG, CF_RAFT_STATE, CF_KV, CF_SM_STATE, CF_NODE, CF_SESSIONS];
+pub const ALL_CFS: [&str; 7] =
+    [CF_RAFT_LOG, CF_RAFT_STATE, CF_KV, CF_SM_STATE, CF_NODE, CF_SESSIONS, CF_STREAMS];
 
 /// Tags of the single-value records under `raft_state`.
 pub const TAG_VOTE: u8 = 1;

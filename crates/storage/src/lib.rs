@@ -9,6 +9,8 @@
 //! - [`log_store`]: openraft's `RaftLogStorage` for one shard.
 //! - [`state_machine`]: openraft's `RaftStateMachine` for one shard: the key-value data,
 //!   applied atomically with the applied log id; snapshots via [`snapshot`] files.
+//! - [`streams`], [`stream_apply`], [`stream_reader`]: event-stream partitions, consumer
+//!   offsets and the KV change history (for watch), in the `streams` family.
 //! - [`reader`]: reads of applied data for the request handlers.
 //! - [`NodeStorage`]: opens the database and hands out per-shard stores.
 //!
@@ -25,6 +27,9 @@ pub mod reader;
 pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
+pub mod stream_apply;
+pub mod stream_reader;
+pub mod streams;
 pub mod type_config;
 pub mod wal_syncer;
 

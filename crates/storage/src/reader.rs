@@ -8,7 +8,7 @@
 use crate::ShardId;
 use crate::codec;
 use crate::command::Versioned;
-use crate::keys::{self, CF_KV, CF_SESSIONS, CF_SM_STATE};
+use crate::keys::{self, CF_KV, CF_SESSIONS, CF_SM_STATE, CF_STREAMS};
 use crate::log_store::{cf, rocks_err};
 use crate::state_machine::read_kv;
 use crate::type_config::LogId;
@@ -19,8 +19,8 @@ use std::sync::Arc;
 /// Read access to one shard's key-value data.
 #[derive(Clone)]
 pub struct ShardReader {
-    shard: ShardId,
-    db: Arc<DB>,
+    pub(crate) shard: ShardId,
+    pub(crate) db: Arc<DB>,
 }
 
 impl std::fmt::Debug for ShardReader {
@@ -91,8 +91,8 @@ impl ShardReader {
     }
 
     /// CRC32 over (key length, key, version, value length, value) of every key in order, then
-    /// the session table, with
-    /// the applied index, both read from one RocksDB snapshot.
+    /// the session table and the `streams` records, with the applied index, all read from one
+    /// RocksDB snapshot.
     pub fn checksum(&self) -> io::Result<ShardChecksum> {
         let view = self.db.snapshot();
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
@@ -133,6 +133,18 @@ impl ShardReader {
             view.iterator_cf_opt(sessions_cf, opts, IteratorMode::From(&from, Direction::Forward))
         {
             let (key, raw) = item.map_err(rocks_err)?;
+            hasher.update(&key[8..]);
+            hasher.update(&raw);
+        }
+        // And the event streams, offsets and change history.
+        let streams_cf = cf(&self.db, CF_STREAMS)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::shard_end(self.shard));
+        for item in
+            view.iterator_cf_opt(streams_cf, opts, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, raw) = item.map_err(rocks_err)?;
+            hasher.update(&(key.len() as u64).to_le_bytes());
             hasher.update(&key[8..]);
             hasher.update(&raw);
         }

@@ -5,8 +5,13 @@
 //!
 //! ```text
 //!   frame  = [len: u32 LE] [record: format, crc32, postcard payload]   (see crate::codec)
-//!   file   = Header { shard, meta } · Chunk { kvs }* · Sessions { records }* · End { keys, sessions }
+//!   file   = Header { shard, meta } · Chunk { kvs }* · Sessions { records }*
+//!            · Streams { records }* · StreamsEnd { records } · End { keys, sessions }
 //! ```
+//!
+//! `Streams` frames carry the shard's range of the `streams` family (topics, events, offsets,
+//! change history) as raw key/value pairs, keys without the shard prefix; files written before
+//! event streams existed have no `Streams`/`StreamsEnd` frames and still read.
 //!
 //! Chunks hold at most [`CHUNK_BYTES_MAX`] of keys and values, so neither writing, sending nor
 //! reading a snapshot needs more memory than one chunk. Every frame has its own CRC32 and the
@@ -44,6 +49,8 @@ pub enum Frame {
     Chunk { kvs: Vec<SnapshotKv> },
     Sessions { records: Vec<(u64, SessionRecord)> },
     End { keys: u64, sessions: u64 },
+    Streams { records: Vec<(Vec<u8>, Vec<u8>)> },
+    StreamsEnd { records: u64 },
 }
 
 /// A piece of a snapshot's content.
@@ -51,6 +58,8 @@ pub enum Frame {
 pub enum Chunk {
     Kvs(Vec<SnapshotKv>),
     Sessions(Vec<(u64, SessionRecord)>),
+    /// Raw `streams` records: key (without the shard prefix), value.
+    Streams(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 /// Session records per frame (each is well under 100 bytes plus its stored result).
@@ -65,6 +74,9 @@ pub struct SnapshotWriter {
     keys: u64,
     pending_sessions: Vec<(u64, SessionRecord)>,
     sessions: u64,
+    pending_streams: Vec<(Vec<u8>, Vec<u8>)>,
+    pending_streams_bytes: usize,
+    streams: u64,
 }
 
 impl SnapshotWriter {
@@ -78,6 +90,9 @@ impl SnapshotWriter {
             keys: 0,
             pending_sessions: Vec::new(),
             sessions: 0,
+            pending_streams: Vec::new(),
+            pending_streams_bytes: 0,
+            streams: 0,
         };
         w.frame(&Frame::Header { shard, meta: meta.clone() })?;
         Ok(w)
@@ -111,6 +126,28 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// Adds a raw `streams` record; call after every key and session.
+    pub fn push_stream(&mut self, key: Vec<u8>, value: Vec<u8>) -> io::Result<()> {
+        self.flush_chunk()?;
+        self.flush_sessions()?;
+        self.pending_streams_bytes += key.len() + value.len() + 8;
+        self.pending_streams.push((key, value));
+        self.streams += 1;
+        if self.pending_streams_bytes >= CHUNK_BYTES_MAX {
+            self.flush_streams()?;
+        }
+        Ok(())
+    }
+
+    fn flush_streams(&mut self) -> io::Result<()> {
+        if self.pending_streams.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.pending_streams);
+        self.pending_streams_bytes = 0;
+        self.frame(&Frame::Streams { records })
+    }
+
     fn flush_sessions(&mut self) -> io::Result<()> {
         if self.pending_sessions.is_empty() {
             return Ok(());
@@ -132,6 +169,9 @@ impl SnapshotWriter {
     pub fn finish(mut self) -> io::Result<SnapshotFile> {
         self.flush_chunk()?;
         self.flush_sessions()?;
+        self.flush_streams()?;
+        let records = self.streams;
+        self.frame(&Frame::StreamsEnd { records })?;
         let (keys, sessions) = (self.keys, self.sessions);
         self.frame(&Frame::End { keys, sessions })?;
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
@@ -154,6 +194,7 @@ pub struct SnapshotReader {
     input: BufReader<File>,
     keys_seen: u64,
     sessions_seen: u64,
+    streams_seen: u64,
     done: bool,
 }
 
@@ -165,7 +206,8 @@ impl SnapshotReader {
     /// Opens a snapshot and returns its header.
     pub fn open(path: &Path) -> io::Result<(Self, ShardId, SnapshotMeta)> {
         let input = BufReader::new(File::open(path)?);
-        let mut r = SnapshotReader { input, keys_seen: 0, sessions_seen: 0, done: false };
+        let mut r =
+            SnapshotReader { input, keys_seen: 0, sessions_seen: 0, streams_seen: 0, done: false };
         match r.frame()? {
             Some(Frame::Header { shard, meta }) => Ok((r, shard, meta)),
             _ => Err(bad("missing header")),
@@ -202,6 +244,17 @@ impl SnapshotReader {
                 self.sessions_seen += records.len() as u64;
                 Ok(Some(Chunk::Sessions(records)))
             }
+            Some(Frame::Streams { records }) => {
+                self.streams_seen += records.len() as u64;
+                Ok(Some(Chunk::Streams(records)))
+            }
+            Some(Frame::StreamsEnd { records }) if records == self.streams_seen => {
+                self.next_chunk()
+            }
+            Some(Frame::StreamsEnd { records }) => Err(bad(format!(
+                "streams end frame says {records} records, read {}",
+                self.streams_seen
+            ))),
             Some(Frame::End { keys, sessions })
                 if keys == self.keys_seen && sessions == self.sessions_seen =>
             {

@@ -15,11 +15,13 @@
 use crate::ShardId;
 use crate::codec;
 use crate::command::{BatchOp, Command, CommandResult, Expected, Proposal, Versioned};
-use crate::keys::{self, CF_KV, CF_SESSIONS, CF_SM_STATE};
+use crate::keys::{self, CF_KV, CF_SESSIONS, CF_SM_STATE, CF_STREAMS};
 use crate::log_store::{cf, rocks_err};
 use crate::metrics::StorageMetrics;
 use crate::sessions::{SESSIONS_PER_SHARD_MAX, SessionOverlay, SessionRecord};
 use crate::snapshot::{Chunk, SnapshotFile, SnapshotReader, SnapshotWriter, sync_dir};
+use crate::stream_apply::{StreamOverlay, Target};
+use crate::streams::{ChangeRecord, StreamCommand};
 use crate::type_config::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::wal_syncer::WalSyncer;
 use futures::TryStreamExt;
@@ -53,6 +55,8 @@ pub struct ShardStateMachine {
     snapshot_dir: PathBuf,
     metrics: StorageMetrics,
     session_limit: u64,
+    /// The last log index applied, for watchers and subscribers waiting for new data.
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -78,6 +82,7 @@ impl ShardStateMachine {
             snapshot_dir,
             metrics,
             session_limit: SESSIONS_PER_SHARD_MAX,
+            applied: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         // Partial files of builds or transfers cut short by a crash.
         sm.remove_files(|name| name.ends_with(".building") || name.ends_with(".tmp"));
@@ -132,6 +137,20 @@ impl ShardStateMachine {
         }
     }
 
+    /// Changes whenever entries are applied (its value: the last applied log index of this
+    /// process; 0 until the first apply).
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn announce_applied(&self, index: u64) {
+        self.applied.send_if_modified(|cur| {
+            let changed = *cur != index;
+            *cur = index;
+            changed
+        });
+    }
+
     /// A fresh path in this shard's snapshot directory for an incoming snapshot transfer.
     pub fn incoming_snapshot_path(&self) -> PathBuf {
         let nanos = std::time::SystemTime::now()
@@ -156,9 +175,14 @@ struct ApplyBatch<'a> {
     db: &'a DB,
     kv_cf: &'a rocksdb::ColumnFamily,
     sm_cf: &'a rocksdb::ColumnFamily,
+    streams_cf: &'a rocksdb::ColumnFamily,
     batch: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<Versioned>>,
     sessions: SessionOverlay,
+    streams: StreamOverlay,
+    /// The entry being applied and how many key changes it has recorded (for watchers).
+    index: u64,
+    changes: u32,
     bytes: usize,
     entries: usize,
 }
@@ -170,9 +194,13 @@ impl<'a> ApplyBatch<'a> {
             db,
             kv_cf: cf(db, CF_KV)?,
             sm_cf: cf(db, CF_SM_STATE)?,
+            streams_cf: cf(db, CF_STREAMS)?,
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
             sessions: SessionOverlay::new(shard, session_limit),
+            streams: StreamOverlay::new(shard),
+            index: 0,
+            changes: 0,
             bytes: 0,
             entries: 0,
         })
@@ -204,6 +232,20 @@ impl<'a> ApplyBatch<'a> {
             keys::kv_value(version, value),
         );
         self.overlay.insert(key.to_vec(), Some(Versioned { value: value.to_vec(), version }));
+        self.record_change(key, Some(value));
+    }
+
+    /// Appends to the shard's change history (revision = this entry's index), for watchers.
+    fn record_change(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let change = ChangeRecord { key: key.to_vec(), value: value.map(<[u8]>::to_vec) };
+        // Encoding a struct of two byte vectors cannot fail; a failure would be a bug in the
+        // codec, and dropping a watch record is better than failing the write.
+        if let Ok(raw) = codec::encode(&change) {
+            self.bytes += raw.len();
+            let key = crate::streams::change_key(self.shard, self.index, self.changes);
+            self.batch.put_cf(self.streams_cf, key, raw);
+            self.changes += 1;
+        }
     }
 
     fn delete(&mut self, key: &[u8]) -> io::Result<bool> {
@@ -212,12 +254,15 @@ impl<'a> ApplyBatch<'a> {
             self.bytes += key.len();
             self.batch.delete_cf(self.kv_cf, keys::kv_key(self.shard, key));
             self.overlay.insert(key.to_vec(), None);
+            self.record_change(key, None);
         }
         Ok(existed)
     }
 
     fn apply(&mut self, cmd: Command, index: u64) -> io::Result<CommandResult> {
         self.entries += 1;
+        self.index = index;
+        self.changes = 0;
         Ok(match cmd {
             Command::Put { key, value } => {
                 self.put(&key, &value, index);
@@ -252,6 +297,13 @@ impl<'a> ApplyBatch<'a> {
                     }
                 }
                 CommandResult::Batch { version: index }
+            }
+            Command::Stream(cmd) => {
+                if let StreamCommand::Append { events, .. } = &cmd {
+                    self.bytes += events.iter().map(|e| e.size() as usize + 32).sum::<usize>();
+                }
+                let mut t = Target { db: self.db, cf: self.streams_cf, batch: &mut self.batch };
+                CommandResult::Stream(self.streams.apply(&mut t, cmd, index)?)
             }
         })
     }
@@ -298,8 +350,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
         let mut pending = ApplyBatch::new(self.shard, &self.db, self.session_limit)?;
         let mut replies = Vec::new();
+        let mut last_index = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id;
+            last_index = Some(log_id.index);
             let result = match entry.payload {
                 EntryPayload::Blank => CommandResult::Nothing,
                 EntryPayload::Normal(proposal) => pending.apply_proposal(proposal, log_id.index)?,
@@ -325,12 +379,16 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                     ApplyBatch::new(self.shard, &self.db, self.session_limit)?,
                 );
                 self.db.write(full.batch).map_err(rocks_err)?;
+                self.announce_applied(log_id.index);
                 for (r, result) in replies.drain(..) {
                     r.send(result);
                 }
             }
         }
         self.db.write(pending.batch).map_err(rocks_err)?;
+        if let Some(index) = last_index {
+            self.announce_applied(index);
+        }
         for (r, result) in replies {
             r.send(result);
         }
@@ -347,13 +405,16 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
         let this = self.clone();
+        let applied = meta.last_log_id.map_or(0, |l| l.index);
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || this.install_blocking(&meta, &snapshot.path))
             .await
             .map_err(io::Error::other)??;
         // The install batch replaced the shard's data; make it durable before openraft
         // purges the log behind it.
-        self.syncer.sync().await
+        self.syncer.sync().await?;
+        self.announce_applied(applied);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<ShardSnapshot>, io::Error> {
@@ -422,6 +483,15 @@ impl ShardStateMachine {
                 codec::decode(&raw).map_err(|e| self.corrupt("session record", e))?;
             w.push_session(client, rec)?;
         }
+        let streams_cf = cf(&self.db, CF_STREAMS)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::shard_end(self.shard));
+        let from = keys::shard_prefix(self.shard);
+        let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+        for item in view.iterator_cf_opt(streams_cf, opts, mode) {
+            let (key, raw) = item.map_err(rocks_err)?;
+            w.push_stream(key[8..].to_vec(), raw.to_vec())?;
+        }
         drop(view);
         w.finish()?;
         let path = self.snapshot_dir.join(&file_name);
@@ -453,11 +523,13 @@ impl ShardStateMachine {
         let kv_cf = cf(&self.db, CF_KV)?;
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
         let sessions_cf = cf(&self.db, CF_SESSIONS)?;
+        let streams_cf = cf(&self.db, CF_STREAMS)?;
         // One batch: readers see either the old state or the whole new one, never a mix.
         let mut batch = WriteBatch::default();
         let (from, to) = (keys::shard_prefix(self.shard), keys::shard_end(self.shard));
         batch.delete_range_cf(kv_cf, from.as_slice(), to.as_slice());
         batch.delete_range_cf(sessions_cf, from.as_slice(), to.as_slice());
+        batch.delete_range_cf(streams_cf, from.as_slice(), to.as_slice());
         let mut session_count = 0u64;
         while let Some(chunk) = reader.next_chunk().map_err(|e| self.corrupt("snapshot", e))? {
             match chunk {
@@ -480,6 +552,11 @@ impl ShardStateMachine {
                         let raw = codec::encode(&rec).map_err(io::Error::other)?;
                         batch.put_cf(sessions_cf, keys::session_key(self.shard, client), raw);
                         session_count += 1;
+                    }
+                }
+                Chunk::Streams(records) => {
+                    for (key, value) in records {
+                        batch.put_cf(streams_cf, keys::kv_key(self.shard, &key), value);
                     }
                 }
             }
