@@ -1,7 +1,9 @@
 //! The wire types of ringkv, generated from `proto/` at build time.
 //!
-//! Three services live here:
+//! The services:
 //! - `ringkv.v1.KV`: the public key-value API, served by every node (and by the router).
+//! - `ringkv.v1.Events` and `ringkv.v1.Watch`: event streams and KV watch, served by the
+//!   router (nodes serve their shard-level steps, `ringkv.v1.Streams`).
 //! - `ringkv.v1.Admin`: cluster status and the shard map.
 //! - `ringkv.internal.v1.Raft`: the node-to-node Raft transport. It carries a shard id on
 //!   every call, so one gRPC server per node serves every shard's Raft group.

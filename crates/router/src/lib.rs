@@ -4,7 +4,9 @@
 //! cluster were one big node: locally as a sidecar (listen on 127.0.0.1 next to the app) or as
 //! a shared deployment. Behind that API the routing core ([`ringkv_routing::Cluster`]) finds
 //! each key's shard and leader, spreads stale reads by the configured policy, retries safely
-//! (every write carries a session), ejects failing nodes and merges cross-shard scans.
+//! (every write carries a session), ejects failing nodes and merges cross-shard scans. It also
+//! serves `ringkv.v1.Events` and `ringkv.v1.Watch` (see [`events_service`]), built from the
+//! nodes' shard-level `Streams` service.
 //!
 //! Traffic splitting: with a second cluster configured, a fixed percentage of keys (chosen by
 //! key hash, so a key always goes to the same cluster) is sent there — for canaries and
