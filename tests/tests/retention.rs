@@ -103,5 +103,19 @@ async fn retention_trims_every_replica_and_old_offsets_fail_clearly() -> Result<
     .await?;
     let r = client.append("aged", Some(0), events(5, 1)).await?;
     ensure!(r.first_offset == 5, "offsets continue after a full trim: {r:?}");
+
+    // The nodes count what they did: 46 events appended, at least one trim per topic.
+    let (mut appended, mut trims) = (0.0, 0.0);
+    for id in 1..=3u64 {
+        let text = c.metrics(id).await?;
+        appended += metric(&text, "ringkv_events_appended_total");
+        trims += metric(&text, "ringkv_retention_proposals_total");
+    }
+    ensure!(appended == 46.0, "events appended per metrics: {appended}");
+    ensure!(trims >= 3.0, "retention proposals per metrics: {trims}");
     Ok(())
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().filter_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).sum()
 }

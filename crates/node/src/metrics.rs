@@ -43,6 +43,12 @@ pub struct NodeMetrics {
     applied_index: Family<ShardLabel, Gauge>,
     requests: Family<MethodCodeLabel, Counter>,
     latency: Family<MethodLabel, Histogram>,
+    /// Subscriptions and watches being served.
+    pub open_streams: Gauge,
+    /// Events stored by appends (retried duplicates not counted).
+    pub events_appended: Counter,
+    /// Retention trims and history compactions proposed by this node's leaders.
+    pub retention_proposals: Counter,
 }
 
 impl Default for NodeMetrics {
@@ -67,6 +73,9 @@ impl NodeMetrics {
             applied_index: Family::default(),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            open_streams: Gauge::default(),
+            events_appended: Counter::default(),
+            retention_proposals: Counter::default(),
         };
         {
             let mut reg = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -97,6 +106,21 @@ impl NodeMetrics {
                 "request_duration_seconds",
                 "KV request latency by method",
                 m.latency.clone(),
+            );
+            r.register(
+                "open_streams",
+                "Subscriptions and watches being served",
+                m.open_streams.clone(),
+            );
+            r.register(
+                "events_appended",
+                "Events stored by appends on this node's leaders",
+                m.events_appended.clone(),
+            );
+            r.register(
+                "retention_proposals",
+                "Trims and watch-history compactions proposed",
+                m.retention_proposals.clone(),
             );
         }
         m

@@ -263,6 +263,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     if cfg.raft.retention_interval_ms > 0 {
         background.push(crate::retention::spawn(
             registry.clone(),
+            metrics.clone(),
             Duration::from_millis(cfg.raft.retention_interval_ms),
             cfg.raft.watch_history_revisions,
         ));

@@ -12,6 +12,7 @@
 //! more than `watch_history_revisions` entries beyond its oldest kept change, the leader
 //! proposes `CompactChanges` so that about that many revisions stay available.
 
+use crate::metrics::NodeMetrics;
 use crate::registry::ShardRegistry;
 use crate::shard::Shard;
 use ringkv_storage::stream_reader::PartitionEntry;
@@ -26,6 +27,7 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn spawn(
     registry: ShardRegistry,
+    metrics: NodeMetrics,
     interval: Duration,
     history_revisions: u64,
 ) -> JoinHandle<()> {
@@ -38,7 +40,7 @@ pub fn spawn(
                 if !shard.is_leader() {
                     continue;
                 }
-                if let Err(e) = enforce(&shard, history_revisions).await {
+                if let Err(e) = enforce(&shard, &metrics, history_revisions).await {
                     tracing::warn!(shard = shard.id, error = %e, "retention round failed");
                 }
             }
@@ -46,12 +48,17 @@ pub fn spawn(
     })
 }
 
-async fn propose(shard: &Shard, cmd: StreamCommand) -> Result<(), String> {
+async fn propose(shard: &Shard, metrics: &NodeMetrics, cmd: StreamCommand) -> Result<(), String> {
+    metrics.retention_proposals.inc();
     let proposal = Proposal { session: None, command: Command::Stream(cmd) };
     shard.write(proposal, PROPOSE_TIMEOUT).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
-async fn enforce(shard: &Shard, history_revisions: u64) -> Result<(), String> {
+async fn enforce(
+    shard: &Shard,
+    metrics: &NodeMetrics,
+    history_revisions: u64,
+) -> Result<(), String> {
     let partitions = shard.reader.partitions().map_err(|e| e.to_string())?;
     let now_ms = crate::network::unix_ms();
     for p in partitions {
@@ -60,6 +67,7 @@ async fn enforce(shard: &Shard, history_revisions: u64) -> Result<(), String> {
             tracing::debug!(shard = shard.id, topic = %p.topic, partition = p.partition, before, "trimming");
             propose(
                 shard,
+                metrics,
                 StreamCommand::Trim {
                     topic: p.topic,
                     partition: p.partition,
@@ -75,6 +83,7 @@ async fn enforce(shard: &Shard, history_revisions: u64) -> Result<(), String> {
     if history_revisions > 0 && applied > first + history_revisions + history_revisions / 10 {
         propose(
             shard,
+            metrics,
             StreamCommand::CompactChanges { below_revision: applied - history_revisions },
         )
         .await?;

@@ -211,11 +211,26 @@ impl StreamsService {
         Ok((shard, rec.ok_or_else(|| no_partition(topic, partition))?))
     }
 
-    fn acquire_stream(&self) -> Result<tokio::sync::OwnedSemaphorePermit, NodeError> {
-        self.open_streams.clone().try_acquire_owned().map_err(|_| NodeError::LimitReached {
-            what: "open subscriptions and watches on this node",
-            limit: STREAMS_PER_NODE_MAX as u64,
-        })
+    fn acquire_stream(&self) -> Result<StreamSlot, NodeError> {
+        let permit =
+            self.open_streams.clone().try_acquire_owned().map_err(|_| NodeError::LimitReached {
+                what: "open subscriptions and watches on this node",
+                limit: STREAMS_PER_NODE_MAX as u64,
+            })?;
+        self.metrics.open_streams.inc();
+        Ok(StreamSlot { _permit: permit, metrics: self.metrics.clone() })
+    }
+}
+
+/// A stream's place under [`STREAMS_PER_NODE_MAX`]; given back (and counted) when dropped.
+struct StreamSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: NodeMetrics,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.metrics.open_streams.dec();
     }
 }
 
@@ -551,13 +566,18 @@ impl Streams for StreamsService {
                 events,
             };
             match Self::propose(&shard, session, cmd, timeout).await? {
-                StreamResult::Appended { first_offset, count, duplicate } => Ok(AppendResponse {
-                    partition,
-                    first_offset,
-                    count,
-                    duplicate,
-                    header: Some(shard.header(Consistency::Linearizable)),
-                }),
+                StreamResult::Appended { first_offset, count, duplicate } => {
+                    if !duplicate {
+                        self.metrics.events_appended.inc_by(u64::from(count));
+                    }
+                    Ok(AppendResponse {
+                        partition,
+                        first_offset,
+                        count,
+                        duplicate,
+                        header: Some(shard.header(Consistency::Linearizable)),
+                    })
+                }
                 StreamResult::Rejected(r) => Err(rejected(r, &req.topic, partition, producer)),
                 other => Err(internal(format!("unexpected {other:?}"))),
             }
