@@ -34,6 +34,35 @@ pub struct LabOptions {
     pub connections: usize,
     pub target: TargetKind,
     pub net_delay_ms: Option<u32>,
+    /// Where to write the results after every point, so a long sweep cut short keeps what
+    /// it measured.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A results folder that is rewritten after each point of a sweep.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: std::path::PathBuf,
+    pub title: String,
+    pub extra_cols: Vec<&'static str>,
+}
+
+impl Checkpoint {
+    pub fn save(&self, runs: &[RunResult]) -> Result<()> {
+        let title = format!("{} (in progress: {} points)", self.title, runs.len());
+        crate::results::write_folder(&self.dir, &title, runs, &self.extra_cols).map(|_| ())
+    }
+}
+
+impl LabOptions {
+    /// Adds a point's result and saves the checkpoint.
+    fn record(&self, out: &mut Vec<RunResult>, r: RunResult) -> Result<()> {
+        out.push(r);
+        match &self.checkpoint {
+            Some(c) => c.save(out),
+            None => Ok(()),
+        }
+    }
 }
 
 pub async fn start_cluster(
@@ -140,7 +169,7 @@ pub async fn sweep_rf(o: &LabOptions, rfs: &[u32], shards: u32) -> Result<Vec<Ru
             let mut r =
                 driver::run(&name, &conns, &spec(o, Workload::C, &keys, consistency)).await?;
             r.extra.insert("rf".into(), f64::from(rf));
-            out.push(r);
+            o.record(&mut out, r)?;
         }
         let conns =
             connect(o.target, &cluster, Some(&router), o.connections, Consistency::Linearizable)
@@ -152,7 +181,7 @@ pub async fn sweep_rf(o: &LabOptions, rfs: &[u32], shards: u32) -> Result<Vec<Ru
         )
         .await?;
         r.extra.insert("rf".into(), f64::from(rf));
-        out.push(r);
+        o.record(&mut out, r)?;
     }
     Ok(out)
 }
@@ -189,7 +218,7 @@ pub async fn sweep_shards(
             let after = requests_per_node(&cluster).await;
             r.extra.insert("shards".into(), f64::from(shards));
             r.extra.insert("node_load_max_over_mean".into(), spread(&before, &after));
-            out.push(r);
+            o.record(&mut out, r)?;
         }
     }
     Ok(out)
@@ -248,7 +277,7 @@ pub async fn sweep_failure(o: &LabOptions, rfs: &[u32], shards: u32) -> Result<V
             .insert("unavailable_s_max".into(), unavailable.values().copied().fold(0.0, f64::max));
         r.extra.insert("dip_fraction".into(), if base > 0.0 { dip / base } else { 0.0 });
         r.extra.insert("recovery_s".into(), recovery);
-        out.push(r);
+        o.record(&mut out, r)?;
     }
     Ok(out)
 }

@@ -161,8 +161,19 @@ enum Sweep {
 /// A point of the suite: name, target, workload, consistency, clients, (nodes, shards, RF).
 type SuitePoint = (String, TargetKind, Workload, Consistency, usize, (u64, u32, u32));
 
-fn lab_options(load: &Load, net_delay: Option<u32>) -> LabOptions {
+fn lab_options(
+    load: &Load,
+    net_delay: Option<u32>,
+    sub: &str,
+    title: &str,
+    extra_cols: &[&'static str],
+) -> LabOptions {
     LabOptions {
+        checkpoint: Some(lab::Checkpoint {
+            dir: load.out.join(sub),
+            title: title.to_string(),
+            extra_cols: extra_cols.to_vec(),
+        }),
         duration: Duration::from_secs(load.duration),
         records: load.records,
         value_bytes: load.value_bytes,
@@ -348,6 +359,11 @@ async fn main() -> Result<()> {
                     ),
                 ]);
             }
+            let checkpoint = lab::Checkpoint {
+                dir: load.out.clone(),
+                title: "ringkv and etcd side by side".into(),
+                extra_cols: vec![],
+            };
             let mut runs = Vec::new();
             for (name, kind, w, cons, clients, shape) in points {
                 runs.push(
@@ -365,39 +381,31 @@ async fn main() -> Result<()> {
                     .await
                     .with_context(|| name.clone())?,
                 );
+                checkpoint.save(&runs)?;
             }
             finish(&load.out, "ringkv and etcd side by side", &runs, &[])
         }
         Command::Lab { sweep } => match sweep {
             Sweep::Rf(PerRf { load, rf, shards, net_delay }) => {
-                let runs = lab::sweep_rf(&lab_options(&load, net_delay), &rf, shards).await?;
-                finish(&load.out.join("rf"), "replication factor x consistency", &runs, &["rf"])
+                let (title, cols) = ("replication factor x consistency", ["rf"]);
+                let o = lab_options(&load, net_delay, "rf", title, &cols);
+                let runs = lab::sweep_rf(&o, &rf, shards).await?;
+                finish(&load.out.join("rf"), title, &runs, &cols)
             }
             Sweep::Shards { load, shards, policy, net_delay } => {
                 let policies: Vec<&str> = policy.iter().map(String::as_str).collect();
-                let runs =
-                    lab::sweep_shards(&lab_options(&load, net_delay), &shards, &policies).await?;
-                finish(
-                    &load.out.join("shards"),
-                    "shards x balancing",
-                    &runs,
-                    &["shards", "node_load_max_over_mean"],
-                )
+                let (title, cols) = ("shards x balancing", ["shards", "node_load_max_over_mean"]);
+                let o = lab_options(&load, net_delay, "shards", title, &cols);
+                let runs = lab::sweep_shards(&o, &shards, &policies).await?;
+                finish(&load.out.join("shards"), title, &runs, &cols)
             }
             Sweep::Failure(PerRf { load, rf, shards, net_delay }) => {
-                let runs = lab::sweep_failure(&lab_options(&load, net_delay), &rf, shards).await?;
-                finish(
-                    &load.out.join("failure"),
-                    "kill the busiest leader",
-                    &runs,
-                    &[
-                        "rf",
-                        "shards_unavailable",
-                        "unavailable_s_max",
-                        "dip_fraction",
-                        "recovery_s",
-                    ],
-                )
+                let title = "kill the busiest leader";
+                let cols =
+                    ["rf", "shards_unavailable", "unavailable_s_max", "dip_fraction", "recovery_s"];
+                let o = lab_options(&load, net_delay, "failure", title, &cols);
+                let runs = lab::sweep_failure(&o, &rf, shards).await?;
+                finish(&load.out.join("failure"), title, &runs, &cols)
             }
             Sweep::Simulate { nodes, shards, rf, fail, trials } => {
                 println!(

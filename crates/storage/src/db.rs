@@ -2,9 +2,13 @@
 //!
 //! One database per node holds every shard (see [`crate::keys`]). The options that matter for
 //! correctness:
-//! - the WAL is on, and every write that acknowledges something (log appends, votes, snapshot
-//!   installs, purges) is written with `sync = true` by the [`crate::LogWriter`]; a synced write
-//!   also makes every earlier unsynced write durable, since all families share the one WAL;
+//! - the WAL is on, and nothing that acknowledges something (log appends, votes, snapshot
+//!   installs, purges) counts as durable before the [`crate::WalSyncer`] has run
+//!   `FlushWAL(sync = true)` after it; one sync makes every earlier write durable, since all
+//!   families share the one WAL;
+//! - `manual_wal_flush`: writes stay in RocksDB's WAL buffer until that sync instead of costing
+//!   a `write(2)` each. A crash loses the unsynced tail either way (page cache or buffer), and
+//!   nothing in it was acknowledged;
 //! - `atomic_flush`, so memtables of different families are flushed together and a crash can
 //!   never leave the state machine flushed ahead of the log it came from.
 //!
@@ -25,6 +29,7 @@ pub fn open(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_atomic_flush(true);
+    opts.set_manual_wal_flush(true);
     opts.set_max_background_jobs(2);
     opts.set_db_write_buffer_size(WRITE_BUFFER_BYTES * 4);
     opts.set_paranoid_checks(true);
