@@ -8,6 +8,8 @@
 //! - append operations as Elle list-append transactions of one micro-op: `:f :txn`,
 //!   `:value [[:append key element]]` or `[[:r key [elements]]]`, keys as integers (`a2.7` →
 //!   2000007);
+//! - event appends and partition reads the same way (a partition is a list; keys `p<k>` become
+//!   10^12 + k);
 //! - STALE reads with `:f :stale-read` and the reported `:staleness-ms`, for filtering (they
 //!   do not promise linearizability, so a register checker must leave them out).
 
@@ -18,9 +20,12 @@ fn opt(v: Option<i64>) -> String {
     v.map_or("nil".into(), |v| v.to_string())
 }
 
-/// `a<generation>.<k>` → generation × 1,000,000 + k (Elle wants integer keys); other keys
-/// unchanged, as strings.
+/// `a<generation>.<k>` → generation × 1,000,000 + k (Elle wants integer keys); event
+/// partitions `p<k>` → 10^12 + k; other keys unchanged, as strings.
 fn list_key(key: &str) -> String {
+    if let Some(k) = key.strip_prefix('p').and_then(|k| k.parse::<u64>().ok()) {
+        return (1_000_000_000_000 + k).to_string();
+    }
     let parsed = key.strip_prefix('a').and_then(|rest| {
         let (g, k) = rest.split_once('.').unwrap_or(("0", rest));
         Some(g.parse::<u64>().ok()? * 1_000_000 + k.parse::<u64>().ok()?)
@@ -40,8 +45,10 @@ fn value(op: &Op, kind: Kind) -> (&'static str, String) {
         Op::StaleRead { key, value, .. } => {
             ("stale-read", format!("[{key:?} {}]", if done { opt(*value) } else { "nil".into() }))
         }
-        Op::Append { key, element } => ("txn", format!("[[:append {} {element}]]", list_key(key))),
-        Op::ReadList { key, value } => {
+        Op::Append { key, element } | Op::Produce { key, element, .. } => {
+            ("txn", format!("[[:append {} {element}]]", list_key(key)))
+        }
+        Op::ReadList { key, value } | Op::ReadPartition { key, value } => {
             let list = match value {
                 Some(l) if done => {
                     format!("[{}]", l.iter().map(i64::to_string).collect::<Vec<_>>().join(" "))

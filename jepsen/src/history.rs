@@ -47,6 +47,21 @@ pub enum Op {
         key: String,
         value: Option<Vec<i64>>,
     },
+    /// Appends a unique element as one event to partition `key` (`p<k>`) of the events
+    /// workload's topic, through an idempotent producer; an `ok` completion carries the offset
+    /// the append returned.
+    Produce {
+        key: String,
+        element: i64,
+        #[serde(default)]
+        offset: Option<u64>,
+    },
+    /// Reads partition `key` from offset 0 to its end: the elements in offset order.
+    #[serde(rename = "read-partition")]
+    ReadPartition {
+        key: String,
+        value: Option<Vec<i64>>,
+    },
     /// A STALE read of a register: checked against what STALE promises (a committed value,
     /// no older than the replica's reported `staleness_ms`), not against linearizability.
     #[serde(rename = "stale-read")]
@@ -70,6 +85,8 @@ impl Op {
             | Op::Cas { key, .. }
             | Op::Append { key, .. }
             | Op::ReadList { key, .. }
+            | Op::Produce { key, .. }
+            | Op::ReadPartition { key, .. }
             | Op::StaleRead { key, .. } => key,
         }
     }

@@ -37,7 +37,7 @@ enum Command {
         /// Seconds of workload.
         #[arg(long, default_value_t = 60)]
         time: u64,
-        /// Workloads, comma separated: register, append (run side by side on their own keys).
+        /// Workloads, comma separated: register, append, events (run side by side on their own keys).
         #[arg(long, default_value = "register,append", value_delimiter = ',')]
         workload: Vec<String>,
         /// Faults, comma separated: kill, pause, pause-leader, transfer, partition-halves,

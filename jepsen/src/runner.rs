@@ -2,15 +2,16 @@
 //! drive the workloads from concurrent clients while the nemesis injects faults, heal, take
 //! final reads, check the history, write the results folder.
 
-use crate::checker::{Verdict, append, linearizable, stale};
+use crate::checker::{Verdict, append, events, linearizable, stale};
 use crate::history::{Event, Kind, Op};
 use crate::nemesis::{self, Fault, FaultWindow};
 use crate::workload::{
-    ClientCtx, ReadMode, Recorder, Workload, client_loop, generation, key_name, perform,
+    ClientCtx, EVENTS_TOPIC, ReadMode, Recorder, Workload, client_loop, generation, key_name,
+    perform,
 };
 use crate::{edn, report};
 use anyhow::{Context, Result};
-use ringkv_client::Client;
+use ringkv_client::{Client, Retention};
 use ringkv_tests::{Cluster, NetLab, Tuning};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,6 +113,11 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
     let mut cluster = Cluster::start_in(o.nodes, o.shards, o.rf, Tuning::default(), lab).await?;
     cluster.wait_for_leaders(Duration::from_secs(30)).await?;
     let router = cluster.start_router("round-robin").await?;
+    if o.workloads.contains(&Workload::Events) {
+        let admin = Client::builder().router(router.addr.clone()).connect().await?;
+        let partitions = u32::try_from(o.keys).context("too many keys for partitions")?;
+        admin.create_topic(EVENTS_TOPIC, partitions, Retention::default()).await?;
+    }
     let rec = Recorder::default();
     let stop = Arc::new(AtomicBool::new(false));
     let next_value = Arc::new(AtomicI64::new(1));
@@ -167,13 +173,19 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
     let generations = generation(rec.elapsed_ns(), o.key_lifetime);
     let keys = (0..=generations).flat_map(|g| (0..o.keys).map(move |k| (g, k)));
     for w in &o.workloads {
-        for (g, k) in keys.clone() {
+        let names: Vec<String> = match w {
+            Workload::Events => (0..o.keys).map(|k| key_name(*w, 0, k)).collect(),
+            _ => keys.clone().map(|(g, k)| key_name(*w, g, k)).collect(),
+        };
+        for key in names {
             let until = Instant::now() + Duration::from_secs(60);
             let read = || match w {
-                Workload::Register => Op::Read { key: key_name(*w, g, k), value: None },
-                Workload::Append => Op::ReadList { key: key_name(*w, g, k), value: None },
+                Workload::Register => Op::Read { key: key.clone(), value: None },
+                Workload::Append => Op::ReadList { key: key.clone(), value: None },
+                Workload::Events => Op::ReadPartition { key: key.clone(), value: None },
             };
-            while perform(&client, &rec, process, read(), o.reads, o.op_timeout).await.0 != Kind::Ok
+            while perform(&client, None, &rec, process, read(), o.reads, o.op_timeout).await.0
+                != Kind::Ok
             {
                 process += 1;
                 anyhow::ensure!(
@@ -210,6 +222,7 @@ fn check(events: &[Event], o: &RunOptions) -> Result<Vec<Verdict>> {
                 }
             }
             Workload::Append => verdicts.push(append::check(events)?),
+            Workload::Events => verdicts.push(events::check(events)?),
         }
     }
     Ok(verdicts)

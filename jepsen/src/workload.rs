@@ -5,6 +5,9 @@
 //!   (checked against what STALE promises).
 //! - *append*: append unique integers to lists (`a<generation>.<k>`) (read the list, CAS it to the list
 //!   plus the element, retry on a lost race) and read whole lists (linearizable).
+//! - *events*: produce unique integers as events to the partitions (`p<k>`) of one topic through
+//!   idempotent producers (the router and the producer retry across failovers) and read whole
+//!   partitions; a produce whose outcome is unknown retires its producer, as Kafka's does.
 //!
 //! Each written value is unique, so a read names the write it saw. Outcomes map to history
 //! kinds as the checker needs them: success is `ok`; a CAS whose condition did not hold is
@@ -13,7 +16,7 @@
 //! id takes its place, since the old operation may still be in flight.
 
 use crate::history::{Event, Kind, Op};
-use ringkv_client::{Client, Consistency, Expect};
+use ringkv_client::{Client, Consistency, Event as StreamEvent, Expect, Producer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -75,13 +78,18 @@ fn decode_list(b: &[u8]) -> Option<Vec<i64>> {
 pub enum Workload {
     Register,
     Append,
+    Events,
 }
+
+/// The events workload's topic (one partition per key).
+pub const EVENTS_TOPIC: &str = "jepsen-events";
 
 impl Workload {
     pub fn name(self) -> &'static str {
         match self {
             Workload::Register => "register",
             Workload::Append => "append",
+            Workload::Events => "events",
         }
     }
 }
@@ -92,7 +100,8 @@ impl std::str::FromStr for Workload {
         match s {
             "register" => Ok(Workload::Register),
             "append" => Ok(Workload::Append),
-            other => Err(format!("unknown workload {other:?}: use register or append")),
+            "events" => Ok(Workload::Events),
+            other => Err(format!("unknown workload {other:?}: use register, append or events")),
         }
     }
 }
@@ -143,10 +152,29 @@ async fn append(client: &Client, key: &str, element: i64, deadline: Instant) -> 
     Ok(false)
 }
 
-/// One operation against `client`, recorded as invoke + completion. Returns the completion
-/// (`Kind::Info` when the outcome is unknown; the caller then retires the process).
+/// Reads partition `p<k>` of the events topic from offset 0 to its end.
+async fn read_partition(client: &Client, key: &str) -> Result<Vec<i64>, ()> {
+    let partition: u32 = key.strip_prefix('p').and_then(|k| k.parse().ok()).ok_or(())?;
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = client.read_events(EVENTS_TOPIC, partition, offset, 0).await.map_err(|_| ())?;
+        for e in &page.events {
+            out.push(decode(&e.payload).ok_or(())?);
+        }
+        if page.next_offset >= page.end_offset || page.events.is_empty() {
+            return Ok(out);
+        }
+        offset = page.next_offset;
+    }
+}
+
+/// One operation against `client` (produces through `producer`), recorded as invoke +
+/// completion. Returns the completion (`Kind::Info` when the outcome is unknown; the caller
+/// then retires the process).
 pub async fn perform(
     client: &Client,
+    producer: Option<&Producer<'_>>,
     rec: &Recorder,
     process: u64,
     op: Op,
@@ -200,6 +228,32 @@ pub async fn perform(
             },
             Err(_) => (Kind::Info, op.clone()),
         },
+        Op::Produce { key, element, .. } => {
+            let partition = key.strip_prefix('p').and_then(|k| k.parse::<u32>().ok());
+            match (producer, partition) {
+                (Some(p), Some(partition)) => {
+                    let event =
+                        StreamEvent { payload: encode(*element).into(), ..Default::default() };
+                    match p.send_to(partition, vec![event]).await {
+                        Ok(r) => (
+                            Kind::Ok,
+                            Op::Produce {
+                                key: key.clone(),
+                                element: *element,
+                                offset: Some(r.first_offset),
+                            },
+                        ),
+                        Err(_) => (Kind::Info, op.clone()),
+                    }
+                }
+                // Nothing was sent: certainly not appended.
+                _ => (Kind::Fail, op.clone()),
+            }
+        }
+        Op::ReadPartition { key, .. } => match read_partition(client, key).await {
+            Ok(l) => (Kind::Ok, Op::ReadPartition { key: key.clone(), value: Some(l) }),
+            Err(()) => (Kind::Info, op.clone()),
+        },
     };
     rec.record(process, kind, done.clone()).await;
     (kind, done)
@@ -227,10 +281,14 @@ pub struct ClientCtx {
 /// linearizability search is exponential in the concurrency of one key's history, and a
 /// timed-out write stays "concurrent" with everything after it, so a key that lives for a
 /// whole long run becomes uncheckable. Short-lived keys keep each key's history small.
+///
+/// Event partitions do not rotate (`p<k>`, whatever the generation): the events checker is
+/// linear in the history, and a topic's partition count is fixed.
 pub fn key_name(workload: Workload, generation: u64, k: usize) -> String {
     let p = match workload {
         Workload::Register => 'r',
         Workload::Append => 'a',
+        Workload::Events => return format!("p{k}"),
     };
     format!("{p}{generation}.{k}")
 }
@@ -246,7 +304,19 @@ pub async fn client_loop(ctx: ClientCtx) {
     let mut last_seen: Vec<Option<i64>> = vec![None; ctx.keys];
     let mut current_generation = 0;
     let next = || ctx.next_value.fetch_add(1, Ordering::Relaxed);
+    // Events clients produce through one idempotent producer, replaced (a new producer id)
+    // after an unknown outcome, like the logical process.
+    let mut producer: Option<Producer<'_>> = None;
     while !ctx.stop.load(Ordering::Relaxed) {
+        if ctx.workload == Workload::Events && producer.is_none() {
+            match ctx.client.producer(EVENTS_TOPIC).await {
+                Ok(p) => producer = Some(p),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
         let g = generation(ctx.rec.elapsed_ns(), ctx.key_lifetime);
         if g != current_generation {
             current_generation = g;
@@ -271,9 +341,32 @@ pub async fn client_loop(ctx: ClientCtx) {
                     Op::Append { key, element: next() }
                 }
             }
+            Workload::Events => {
+                let key = key_name(Workload::Events, g, k);
+                // Whole-partition reads grow with the run: fewer of them.
+                if rand::random_range(0..4u8) == 0 {
+                    Op::ReadPartition { key, value: None }
+                } else {
+                    Op::Produce { key, element: next(), offset: None }
+                }
+            }
         };
         // Remember what this client last read or wrote, to aim CAS at likely-current values.
-        match perform(&ctx.client, &ctx.rec, process, op, ctx.reads, ctx.op_timeout).await {
+        let done = perform(
+            &ctx.client,
+            producer.as_ref(),
+            &ctx.rec,
+            process,
+            op,
+            ctx.reads,
+            ctx.op_timeout,
+        )
+        .await;
+        match done {
+            (Kind::Info, Op::Produce { .. }) => {
+                process += ctx.process_stride;
+                producer = None;
+            }
             (Kind::Info, _) => process += ctx.process_stride,
             (Kind::Ok, Op::Read { value, .. }) => last_seen[k] = value,
             (Kind::Ok, Op::Write { value, .. } | Op::Cas { to: value, .. }) => {

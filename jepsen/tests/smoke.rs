@@ -1,4 +1,4 @@
-//! The chaos smoke run CI makes: register and append workloads against three real nodes, each
+//! The chaos smoke run CI makes: register, append and events workloads against three real nodes, each
 //! in its own network namespace (CI runs as root), while the network is partitioned, a node is
 //! killed and a leader paused; every verdict must be valid. Without root the nodes run on
 //! loopback with process faults only, and the test says so.
@@ -18,7 +18,7 @@ async fn workloads_stay_valid_under_partitions_and_kills() -> anyhow::Result<()>
     }
     let opts = RunOptions {
         time: Duration::from_secs(24),
-        workloads: vec![Workload::Register, Workload::Append],
+        workloads: vec![Workload::Register, Workload::Append, Workload::Events],
         reads: ReadMode { stale: true, ..ReadMode::default() },
         // In this order, one per interval: the partition and the kill are both guaranteed.
         nemeses: vec![Fault::PartitionHalves, Fault::Kill, Fault::PauseLeader],

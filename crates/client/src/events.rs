@@ -269,15 +269,36 @@ fn rand_id() -> u64 {
 /// Appends with a producer id and per-partition sequence numbers, so that retrying an append
 /// whose answer was lost never stores it twice (Kafka's idempotent producer). It retries
 /// transient failures itself, with the same sequence number, until the client's timeout.
-/// One batch per partition is in flight at a time (sends to one partition queue up).
+/// One batch per partition is in flight at a time (sends to one partition queue up). If a
+/// batch's outcome stays unknown, the producer refuses further sends to that partition
+/// ([`ClientError::ProducerFenced`]): start a new producer, as with Kafka's fatal errors.
 #[derive(Debug)]
 pub struct Producer<'a> {
     client: &'a Client,
     topic: String,
     partitions: u32,
     id: u64,
-    next_seq: Mutex<HashMap<u32, Arc<Mutex<u64>>>>,
+    next_seq: Mutex<HashMap<u32, Arc<Mutex<PartitionSeq>>>>,
     round_robin: AtomicU64,
+}
+
+/// A producer's sequence on one partition.
+#[derive(Debug, Default)]
+struct PartitionSeq {
+    next: u64,
+    /// The last batch's outcome is unknown: see [`ClientError::ProducerFenced`].
+    fenced: bool,
+}
+
+/// Whether a failed append certainly changed nothing, so its sequence number is still free.
+fn certainly_not_appended(e: &ClientError) -> bool {
+    match e {
+        ClientError::Status(s) => {
+            matches!(s.code(), Code::InvalidArgument | Code::NotFound)
+                || s.get_error_details_reason().as_deref() == Some("TOPIC_CHANGED")
+        }
+        _ => true,
+    }
 }
 
 fn retryable(e: &ClientError) -> bool {
@@ -330,13 +351,16 @@ impl Producer<'_> {
         events: Vec<Event>,
     ) -> Result<AppendResponse, ClientError> {
         let slot = self.next_seq.lock().await.entry(partition).or_default().clone();
-        let mut next_seq = slot.lock().await;
+        let mut seq = slot.lock().await;
+        if seq.fenced {
+            return Err(ClientError::ProducerFenced { partition });
+        }
         let count = events.len() as u64;
         let req = AppendRequest {
             topic: self.topic.clone(),
             partition: Some(partition),
             events,
-            producer: Some(ProducerSequence { producer_id: self.id, sequence: *next_seq }),
+            producer: Some(ProducerSequence { producer_id: self.id, sequence: seq.next }),
             ..Default::default()
         };
         let deadline = Instant::now() + self.client.timeout;
@@ -344,7 +368,7 @@ impl Producer<'_> {
         loop {
             match self.client.append_request(req.clone()).await {
                 Ok(resp) => {
-                    *next_seq += count;
+                    seq.next += count;
                     return Ok(resp);
                 }
                 Err(e) if retryable(&e) && Instant::now() < deadline => {
@@ -355,7 +379,10 @@ impl Producer<'_> {
                     )
                     .await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    seq.fenced = !certainly_not_appended(&e);
+                    return Err(e);
+                }
             }
         }
     }

@@ -60,6 +60,13 @@ pub enum ClientError {
     Status(tonic::Status),
     #[error("client is not configured: {0}")]
     Config(&'static str),
+    /// An idempotent producer's batch to this partition ended with an unknown outcome (it may
+    /// or may not have been appended). Reusing its sequence number for other events could make
+    /// them look like a retry and be dropped, so the producer refuses; start a new one.
+    #[error(
+        "this producer's last batch to partition {partition} has an unknown outcome; start a new producer to go on"
+    )]
+    ProducerFenced { partition: u32 },
 }
 
 impl ClientError {

@@ -29,7 +29,11 @@ fn step(state: State, op: &Op) -> Option<State> {
         Op::Read { value, .. } => (*value == state).then_some(state),
         Op::Write { value, .. } => Some(Some(*value)),
         Op::Cas { from, to, .. } => (state == Some(*from)).then_some(Some(*to)),
-        Op::Append { .. } | Op::ReadList { .. } | Op::StaleRead { .. } => None,
+        Op::Append { .. }
+        | Op::ReadList { .. }
+        | Op::StaleRead { .. }
+        | Op::Produce { .. }
+        | Op::ReadPartition { .. } => None,
     }
 }
 

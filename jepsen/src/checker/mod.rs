@@ -1,6 +1,7 @@
 //! Checkers: each takes a history and returns a [`Verdict`].
 
 pub mod append;
+pub mod events;
 pub mod linearizable;
 pub mod stale;
 
