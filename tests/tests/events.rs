@@ -234,3 +234,55 @@ async fn producers_and_a_consumer_group_see_every_event_once_across_failovers() 
     ensure!(l.acked.len() >= 350, "the run acknowledged {} events", l.acked.len());
     Ok(())
 }
+
+/// Bad input and producer mistakes get clear, typed errors, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistakes_get_clear_errors_and_change_nothing() -> Result<()> {
+    use ringkv_proto::v1::events_client::EventsClient;
+    use ringkv_proto::v1::{AppendRequest, ProducerSequence};
+    use tonic::Code;
+    let c = Cluster::start(1, 2, 1, Tuning::default()).await?;
+    c.wait_for_leaders(Duration::from_secs(30)).await?;
+    let router = c.start_router("round-robin").await?;
+    let client = connect(&router.addr).await?;
+    let status = |e: ringkv_client::ClientError| match e {
+        ringkv_client::ClientError::Status(s) => Ok(s),
+        other => Err(anyhow::anyhow!("not a status: {other}")),
+    };
+
+    let bad = status(client.create_topic("no spaces", 1, Retention::default()).await.unwrap_err())?;
+    ensure!(bad.code() == Code::InvalidArgument && bad.message().contains("' '"), "{bad:?}");
+    let missing = status(client.append("nope", None, vec![Event::default()]).await.unwrap_err())?;
+    ensure!(missing.code() == Code::NotFound, "{missing:?}");
+
+    client.create_topic("t", 2, Retention::default()).await?;
+    let other = status(client.create_topic("t", 3, Retention::default()).await.unwrap_err())?;
+    ensure!(
+        other.code() == Code::AlreadyExists && other.message().contains("2 partitions"),
+        "{other:?}"
+    );
+    let beyond = status(client.append("t", Some(7), vec![Event::default()]).await.unwrap_err())?;
+    ensure!(
+        beyond.code() == Code::InvalidArgument && beyond.message().contains("2 partitions"),
+        "{beyond:?}"
+    );
+
+    // A new producer must start at sequence 0; a gap names the expected sequence.
+    let mut events = EventsClient::new(ringkv_tests::channel(&router.addr).await?);
+    let append = |seq| AppendRequest {
+        topic: "t".into(),
+        partition: Some(0),
+        events: vec![Event { payload: b"x".to_vec().into(), ..Default::default() }],
+        producer: Some(ProducerSequence { producer_id: 42, sequence: seq }),
+        ..Default::default()
+    };
+    let gap = events.append(append(5)).await.unwrap_err();
+    ensure!(gap.code() == Code::FailedPrecondition, "{gap:?}");
+    ensure!(ringkv_tests::reason(&gap).as_deref() == Some("OUT_OF_ORDER_SEQUENCE"), "{gap:?}");
+    let first = events.append(append(0)).await?.into_inner();
+    let retry = events.append(append(0)).await?.into_inner();
+    ensure!(retry.duplicate && retry.first_offset == first.first_offset, "{retry:?}");
+    let d = client.describe_topic("t").await?;
+    ensure!(d.partitions[0].end_offset == 1, "only one event stored: {:?}", d.partitions[0]);
+    Ok(())
+}
