@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Modules: [`config`] (TOML/env/flags), [`node`] (start-up and shutdown), [`registry`] and
-//! [`shard`] (local replicas and their read/write paths), [`kv_service`] and
+//! [`shard`] (local replicas and their read/write paths), [`read_barrier`] (sharing ReadIndex
+//! rounds among concurrent reads), [`kv_service`] and
 //! [`admin_service`] (the public API), [`raft_service`] and [`network`] (the Raft transport),
 //! [`streams_service`] (event streams and watch, shard level), [`retention`] (trimming events
 //! and watch history through Raft), [`balancer`] (spreading leaderships), [`error`] (the one error-to-status table), [`validate`] and [`validate_events`] (input limits), [`metrics`] and
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod raft_service;
+pub mod read_barrier;
 pub mod registry;
 pub mod retention;
 pub mod shard;

@@ -24,6 +24,7 @@
 //! index" (a new leader's commit index lags until it commits an entry of its own term).
 
 use crate::error::NodeError;
+use crate::read_barrier::ReadBarrier;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::AppendEntriesRequest;
@@ -46,6 +47,7 @@ pub struct Shard {
     pub state_machine: ShardStateMachine,
     pub reader: ShardReader,
     freshness: Mutex<Freshness>,
+    reads: ReadBarrier,
 }
 
 /// When this replica's applied state was last known to hold everything committed: the
@@ -76,6 +78,7 @@ impl Shard {
         Shard {
             id,
             node_id,
+            reads: ReadBarrier::start(raft.clone()),
             raft,
             state_machine,
             reader,
@@ -250,15 +253,22 @@ impl Shard {
                     }
                 });
             }
-            Consistency::Lease => ReadPolicy::LeaseRead,
-            Consistency::Linearizable | Consistency::Unspecified => ReadPolicy::ReadIndex,
+            Consistency::Lease => Some(ReadPolicy::LeaseRead),
+            // ReadIndex rounds are shared by the reads waiting for one (see `read_barrier`).
+            Consistency::Linearizable | Consistency::Unspecified => None,
         };
         let waited_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let result = tokio::time::timeout(timeout, self.raft.ensure_linearizable(policy))
+        let barrier = async {
+            match policy {
+                Some(p) => self.raft.ensure_linearizable(p).await.map(|_| ()),
+                None => self.reads.wait().await,
+            }
+        };
+        let result = tokio::time::timeout(timeout, barrier)
             .await
             .map_err(|_| NodeError::Timeout { shard: self.id, what: "read barrier", waited_ms })?;
         match result {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(self.leader_hint(f.leader_id, f.leader_node))
             }

@@ -1,0 +1,65 @@
+//! Sharing ReadIndex rounds among a shard's concurrent LINEARIZABLE reads.
+//!
+//! A LINEARIZABLE read needs a ReadIndex round: the leader confirms with a quorum (a heartbeat
+//! round) that it is still leader, then waits until it has applied up to the commit index it
+//! saw. openraft starts a heartbeat broadcast per read; [`ReadBarrier`] runs one round at a
+//! time per shard instead, and every read that arrived while a round was running waits for the
+//! next one and shares it. That is safe because each read a round serves arrived before the
+//! round started, so the quorum confirmed leadership after the read began (Raft dissertation
+//! §6.4, batching ReadIndex requests), and a lone read waits for exactly one round, as before.
+//! Measured: +40% linearizable reads at 64 clients (docs/performance.md).
+//!
+//! Batching writes the same way (one `client_write_many` per shard at a time, taking every
+//! write waiting) was tried and changed nothing measurable: write cost is per entry here, not
+//! per round. The queue closes when the shard's Raft stops; waiters then get its fatal error.
+
+use openraft::ReadPolicy;
+use openraft::errors::{Fatal, LinearizableReadError, RaftError};
+use ringkv_storage::TypeConfig;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::shard::ShardRaft;
+
+/// Reads waiting for the next ReadIndex round per shard.
+pub const READ_QUEUE_MAX: usize = 4096;
+
+pub type ReadOutcome = Result<(), RaftError<TypeConfig, LinearizableReadError<TypeConfig>>>;
+
+/// LINEARIZABLE reads of a shard share ReadIndex rounds.
+#[derive(Debug, Clone)]
+pub struct ReadBarrier {
+    tx: mpsc::Sender<oneshot::Sender<ReadOutcome>>,
+}
+
+impl ReadBarrier {
+    pub fn start(raft: ShardRaft) -> Self {
+        let (tx, rx) = mpsc::channel(READ_QUEUE_MAX);
+        tokio::spawn(read_loop(raft, rx));
+        ReadBarrier { tx }
+    }
+
+    /// Returns once a ReadIndex round that started after this call has completed and the
+    /// shard has applied up to its read index.
+    pub async fn wait(&self) -> ReadOutcome {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || Err(RaftError::Fatal(Fatal::Stopped));
+        if self.tx.send(tx).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+}
+
+async fn read_loop(raft: ShardRaft, mut rx: mpsc::Receiver<oneshot::Sender<ReadOutcome>>) {
+    while let Some(first) = rx.recv().await {
+        // Everyone queued now arrived before the round below starts.
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let outcome = raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ());
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
+    }
+}
