@@ -2,7 +2,7 @@
 //! through the default-style endpoint, check exit codes and JSON output, stop it with Ctrl-C
 //! (SIGINT), start it again on the same data directory, and find the data still there.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use ringkv_tests::{binary, free_port, free_port_range, wait_for};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -97,10 +97,19 @@ async fn dev_cluster_cli_and_restart() -> Result<()> {
     let json: serde_json::Value =
         serde_json::from_str(&stdout(&cli(&endpoint, &["--json", "get", "greeting"])?))?;
     ensure!(json["value"] == "hello" && json["version"].as_u64().is_some_and(|v| v > 0), "{json}");
-    let status: serde_json::Value =
-        serde_json::from_str(&stdout(&cli(&endpoint, &["--json", "cluster", "status"])?))?;
-    let shards = status["shards"].as_array().context("shards")?;
-    ensure!(shards.len() == 8 && shards.iter().all(|s| s["leader"].as_u64().is_some()), "{status}");
+    // Every shard shows a leader. Leader balancing may be moving one at any moment, so the
+    // status is taken until it shows all eight (it must, within a few election timeouts).
+    wait_for(Duration::from_secs(30), "cluster status to show a leader for every shard", || {
+        let endpoint = endpoint.clone();
+        async move {
+            let out = cli(&endpoint, &["--json", "cluster", "status"]).ok()?;
+            let status: serde_json::Value = serde_json::from_str(&stdout(&out)).ok()?;
+            let shards = status["shards"].as_array()?;
+            (shards.len() == 8 && shards.iter().all(|s| s["leader"].as_u64().is_some()))
+                .then_some(())
+        }
+    })
+    .await?;
     let bad = cli(&endpoint, &["get", "k", "--consistency", "sometimes"])?;
     ensure!(
         bad.status.code() == Some(1)

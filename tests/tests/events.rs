@@ -188,7 +188,7 @@ async fn producers_and_a_consumer_group_see_every_event_once_across_failovers() 
         .iter()
         .map(|p| (p.partition, p.end_offset))
         .collect();
-    wait_for(Duration::from_secs(60), "the consumer group to reach the end", || {
+    let reached = wait_for(Duration::from_secs(60), "the consumer group to reach the end", || {
         let (ledger, ends) = (ledger.clone(), ends.clone());
         async move {
             let l = ledger.lock().await;
@@ -197,7 +197,29 @@ async fn producers_and_a_consumer_group_see_every_event_once_across_failovers() 
                 .then_some(())
         }
     })
-    .await?;
+    .await;
+    if let Err(e) = reached {
+        // Say why: a consumer that stopped with an error, or how far each partition got.
+        stop_second.store(true, Ordering::SeqCst);
+        let mut why = Vec::new();
+        for t in second_consumer {
+            match tokio::time::timeout(Duration::from_secs(5), t).await {
+                Ok(Ok(Err(e))) => why.push(format!("{e:#}")),
+                Ok(Err(e)) => why.push(format!("consumer panicked: {e}")),
+                Ok(Ok(Ok(()))) => {}
+                Err(_) => why.push("a consumer did not stop".into()),
+            }
+        }
+        let l = ledger.lock().await;
+        let got: Vec<(u32, usize)> = l.consumed.iter().map(|(p, v)| (*p, v.len())).collect();
+        let logs =
+            std::env::temp_dir().join(format!("ringkv-events-failure-{}", std::process::id()));
+        let kept =
+            c.copy_logs(&logs).map_or_else(|e| e.to_string(), |()| logs.display().to_string());
+        anyhow::bail!(
+            "{e}: consumed {got:?} of {ends:?}; consumer errors: {why:?}; logs in {kept}"
+        );
+    }
     stop_second.store(true, Ordering::SeqCst);
     for t in second_consumer {
         t.await??;

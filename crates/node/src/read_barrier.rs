@@ -7,7 +7,10 @@
 //! next one and shares it. That is safe because each read a round serves arrived before the
 //! round started, so the quorum confirmed leadership after the read began (Raft dissertation
 //! §6.4, batching ReadIndex requests), and a lone read waits for exactly one round, as before.
-//! Measured: +40% linearizable reads at 64 clients (docs/performance.md).
+//! Measured: +40% linearizable reads at 64 clients (docs/performance.md). Each round is
+//! bounded by [`ROUND_TIMEOUT`], so one round that cannot finish (found by the event-stream
+//! tests under load: a read index from a leadership that ended before committing it) fails
+//! its readers, who retry, instead of blocking the shard's reads behind it.
 //!
 //! Batching writes the same way (one `client_write_many` per shard at a time, taking every
 //! write waiting) was tried and changed nothing measurable: write cost is per entry here, not
@@ -16,14 +19,28 @@
 use openraft::ReadPolicy;
 use openraft::errors::{Fatal, LinearizableReadError, RaftError};
 use ringkv_storage::TypeConfig;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::shard::ShardRaft;
 
 /// Reads waiting for the next ReadIndex round per shard.
 pub const READ_QUEUE_MAX: usize = 4096;
+/// The longest one round may take. A round normally takes a heartbeat round trip; one that
+/// takes longer is waiting for something that may never come (its read index belonged to a
+/// leadership that ended before committing it, and a quiet shard never reaches that index
+/// again). Without a bound, every later read of the shard would queue behind it.
+pub const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub type ReadOutcome = Result<(), RaftError<TypeConfig, LinearizableReadError<TypeConfig>>>;
+/// Why a round did not confirm the read.
+#[derive(Debug, Clone)]
+pub enum ReadFailure {
+    Raft(RaftError<TypeConfig, LinearizableReadError<TypeConfig>>),
+    /// The round took longer than [`ROUND_TIMEOUT`]; a new round may succeed.
+    RoundTimeout,
+}
+
+pub type ReadOutcome = Result<(), ReadFailure>;
 
 /// LINEARIZABLE reads of a shard share ReadIndex rounds.
 #[derive(Debug, Clone)]
@@ -42,7 +59,7 @@ impl ReadBarrier {
     /// shard has applied up to its read index.
     pub async fn wait(&self) -> ReadOutcome {
         let (tx, rx) = oneshot::channel();
-        let stopped = || Err(RaftError::Fatal(Fatal::Stopped));
+        let stopped = || Err(ReadFailure::Raft(RaftError::Fatal(Fatal::Stopped)));
         if self.tx.send(tx).await.is_err() {
             return stopped();
         }
@@ -57,7 +74,12 @@ async fn read_loop(raft: ShardRaft, mut rx: mpsc::Receiver<oneshot::Sender<ReadO
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let outcome = raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ());
+        let round = raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        let outcome = match tokio::time::timeout(ROUND_TIMEOUT, round).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ReadFailure::Raft(e)),
+            Err(_) => Err(ReadFailure::RoundTimeout),
+        };
         for w in waiters {
             let _ = w.send(outcome.clone());
         }

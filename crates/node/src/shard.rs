@@ -24,7 +24,7 @@
 //! index" (a new leader's commit index lags until it commits an entry of its own term).
 
 use crate::error::NodeError;
-use crate::read_barrier::ReadBarrier;
+use crate::read_barrier::{ReadBarrier, ReadFailure};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::AppendEntriesRequest;
@@ -260,22 +260,27 @@ impl Shard {
         let waited_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let barrier = async {
             match policy {
-                Some(p) => self.raft.ensure_linearizable(p).await.map(|_| ()),
+                Some(p) => {
+                    self.raft.ensure_linearizable(p).await.map(|_| ()).map_err(ReadFailure::Raft)
+                }
                 None => self.reads.wait().await,
             }
         };
-        let result = tokio::time::timeout(timeout, barrier)
-            .await
-            .map_err(|_| NodeError::Timeout { shard: self.id, what: "read barrier", waited_ms })?;
-        match result {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+        let timed_out = || NodeError::Timeout { shard: self.id, what: "read barrier", waited_ms };
+        let result = tokio::time::timeout(timeout, barrier).await.map_err(|_| timed_out())?;
+        let raft_error = match result {
+            Ok(()) => return Ok(()),
+            Err(ReadFailure::RoundTimeout) => return Err(timed_out()),
+            Err(ReadFailure::Raft(e)) => e,
+        };
+        match raft_error {
+            RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => {
                 Err(self.leader_hint(f.leader_id, f.leader_node))
             }
-            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+            RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)) => {
                 Err(NodeError::QuorumUnavailable { shard: self.id, reason: q.to_string() })
             }
-            Err(RaftError::Fatal(f)) => Err(self.fatal(&f)),
+            RaftError::Fatal(f) => Err(self.fatal(&f)),
         }
     }
 

@@ -76,6 +76,7 @@ pub async fn follow<R: Resumable>(
                 }
             };
             cluster.inner.topology.set_leader(shard, node.id);
+            tracing::debug!(shard, node = node.id, "stream opened");
             skip.clear();
             loop {
                 let msg = tokio::select! {
@@ -124,7 +125,13 @@ async fn note_failure(
 ) {
     let topology = &cluster.inner.topology;
     match retry::classify(status) {
-        Next::Redirect(Some(leader)) if leader != node => topology.set_leader(shard, leader),
+        Next::Redirect(Some(leader)) if leader != node => {
+            topology.set_leader(shard, leader);
+            // A fresh hint outranks an earlier failure of that node: a stream has no deadline,
+            // so a node skipped forever while every other replica names it as leader would
+            // be a livelock (found by the event tests under load).
+            skip.retain(|n| *n != leader);
+        }
         Next::Redirect(_) | Next::Backoff { node_failed: true } => {
             topology.forget_leader(shard, node);
             skip.push(node);
