@@ -8,9 +8,9 @@
 //! round started, so the quorum confirmed leadership after the read began (Raft dissertation
 //! §6.4, batching ReadIndex requests), and a lone read waits for exactly one round, as before.
 //! Measured: +40% linearizable reads at 64 clients (docs/performance.md). Each round is
-//! bounded by [`ROUND_TIMEOUT`], so one round that cannot finish (found by the event-stream
-//! tests under load: a read index from a leadership that ended before committing it) fails
-//! its readers, who retry, instead of blocking the shard's reads behind it.
+//! bounded by [`ROUND_TIMEOUT`], so one round that cannot finish (a read index from a
+//! leadership that ended before committing it, on a quiet shard) fails its readers, who
+//! retry, instead of blocking the shard's reads behind it.
 //!
 //! Batching writes the same way (one `client_write_many` per shard at a time, taking every
 //! write waiting) was tried and changed nothing measurable: write cost is per entry here, not
