@@ -8,8 +8,8 @@
 //! - append operations as Elle list-append transactions of one micro-op: `:f :txn`,
 //!   `:value [[:append key element]]` or `[[:r key [elements]]]`, keys as integers (`a2.7` →
 //!   2000007);
-//! - event appends and partition reads the same way (a partition is a list; keys `p<k>` become
-//!   10^12 + k);
+//! - event appends and partition reads the same way (a partition is a list; keys `e<g>.<k>`
+//!   become 10^12 + g × 1,000,000 + k);
 //! - STALE reads with `:f :stale-read` and the reported `:staleness-ms`, for filtering (they
 //!   do not promise linearizability, so a register checker must leave them out).
 
@@ -21,14 +21,16 @@ fn opt(v: Option<i64>) -> String {
 }
 
 /// `a<generation>.<k>` → generation × 1,000,000 + k (Elle wants integer keys); event
-/// partitions `p<k>` → 10^12 + k; other keys unchanged, as strings.
+/// partitions `e<generation>.<k>` → 10^12 + the same; other keys unchanged, as strings.
 fn list_key(key: &str) -> String {
-    if let Some(k) = key.strip_prefix('p').and_then(|k| k.parse::<u64>().ok()) {
-        return (1_000_000_000_000 + k).to_string();
-    }
-    let parsed = key.strip_prefix('a').and_then(|rest| {
+    let (base, rest) = match (key.strip_prefix('a'), key.strip_prefix('e')) {
+        (Some(rest), _) => (0, Some(rest)),
+        (None, Some(rest)) => (1_000_000_000_000, Some(rest)),
+        _ => (0, None),
+    };
+    let parsed = rest.and_then(|rest| {
         let (g, k) = rest.split_once('.').unwrap_or(("0", rest));
-        Some(g.parse::<u64>().ok()? * 1_000_000 + k.parse::<u64>().ok()?)
+        Some(base + g.parse::<u64>().ok()? * 1_000_000 + k.parse::<u64>().ok()?)
     });
     parsed.map_or_else(|| format!("{key:?}"), |k| k.to_string())
 }

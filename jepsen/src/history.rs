@@ -47,8 +47,8 @@ pub enum Op {
         key: String,
         value: Option<Vec<i64>>,
     },
-    /// Appends a unique element as one event to partition `key` (`p<k>`) of the events
-    /// workload's topic, through an idempotent producer; an `ok` completion carries the offset
+    /// Appends a unique element as one event to the partition `key` names (`e<g>.<k>`:
+    /// partition k of topic `jepsen-events-<g>`), through an idempotent producer; an `ok` completion carries the offset
     /// the append returned.
     Produce {
         key: String,

@@ -6,12 +6,11 @@ use crate::checker::{Verdict, append, events, linearizable, stale};
 use crate::history::{Event, Kind, Op};
 use crate::nemesis::{self, Fault, FaultWindow};
 use crate::workload::{
-    ClientCtx, EVENTS_TOPIC, ReadMode, Recorder, Workload, client_loop, generation, key_name,
-    perform,
+    ClientCtx, ReadMode, Recorder, Workload, client_loop, generation, key_name, perform,
 };
 use crate::{edn, report};
 use anyhow::{Context, Result};
-use ringkv_client::{Client, Retention};
+use ringkv_client::Client;
 use ringkv_tests::{Cluster, NetLab, Tuning};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -113,11 +112,7 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
     let mut cluster = Cluster::start_in(o.nodes, o.shards, o.rf, Tuning::default(), lab).await?;
     cluster.wait_for_leaders(Duration::from_secs(30)).await?;
     let router = cluster.start_router("round-robin").await?;
-    if o.workloads.contains(&Workload::Events) {
-        let admin = Client::builder().router(router.addr.clone()).connect().await?;
-        let partitions = u32::try_from(o.keys).context("too many keys for partitions")?;
-        admin.create_topic(EVENTS_TOPIC, partitions, Retention::default()).await?;
-    }
+    anyhow::ensure!(u32::try_from(o.keys).is_ok(), "too many keys for event partitions");
     let rec = Recorder::default();
     let stop = Arc::new(AtomicBool::new(false));
     let next_value = Arc::new(AtomicI64::new(1));
@@ -173,10 +168,7 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
     let generations = generation(rec.elapsed_ns(), o.key_lifetime);
     let keys = (0..=generations).flat_map(|g| (0..o.keys).map(move |k| (g, k)));
     for w in &o.workloads {
-        let names: Vec<String> = match w {
-            Workload::Events => (0..o.keys).map(|k| key_name(*w, 0, k)).collect(),
-            _ => keys.clone().map(|(g, k)| key_name(*w, g, k)).collect(),
-        };
+        let names: Vec<String> = keys.clone().map(|(g, k)| key_name(*w, g, k)).collect();
         for key in names {
             let until = Instant::now() + Duration::from_secs(60);
             let read = || match w {

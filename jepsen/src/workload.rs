@@ -5,9 +5,12 @@
 //!   (checked against what STALE promises).
 //! - *append*: append unique integers to lists (`a<generation>.<k>`) (read the list, CAS it to the list
 //!   plus the element, retry on a lost race) and read whole lists (linearizable).
-//! - *events*: produce unique integers as events to the partitions (`p<k>`) of one topic through
-//!   idempotent producers (the router and the producer retry across failovers) and read whole
-//!   partitions; a produce whose outcome is unknown retires its producer, as Kafka's does.
+//! - *events*: produce unique integers as events to partition `k` of topic
+//!   `jepsen-events-<generation>` (key `e<generation>.<k>`) through idempotent producers (the
+//!   router and the producer retry across failovers) and read whole partitions; a produce whose
+//!   outcome is unknown retires its producer, as Kafka's does. Topics rotate with the key
+//!   generation so whole-partition reads stay small (a long run with one topic recorded every
+//!   partition in full at every read: a 730 MB history in 6 minutes).
 //!
 //! Each written value is unique, so a read names the write it saw. Outcomes map to history
 //! kinds as the checker needs them: success is `ok`; a CAS whose condition did not hold is
@@ -16,7 +19,7 @@
 //! id takes its place, since the old operation may still be in flight.
 
 use crate::history::{Event, Kind, Op};
-use ringkv_client::{Client, Consistency, Event as StreamEvent, Expect, Producer};
+use ringkv_client::{Client, Consistency, Event as StreamEvent, Expect, Producer, Retention};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -81,8 +84,19 @@ pub enum Workload {
     Events,
 }
 
-/// The events workload's topic (one partition per key).
+/// The events workload's topics: one per key generation, one partition per key.
 pub const EVENTS_TOPIC: &str = "jepsen-events";
+
+/// The events topic of `generation`.
+pub fn events_topic(generation: u64) -> String {
+    format!("{EVENTS_TOPIC}-{generation}")
+}
+
+/// (topic, partition) of an events key `e<generation>.<k>`.
+pub fn event_partition(key: &str) -> Option<(String, u32)> {
+    let (g, k) = key.strip_prefix('e')?.split_once('.')?;
+    Some((events_topic(g.parse().ok()?), k.parse().ok()?))
+}
 
 impl Workload {
     pub fn name(self) -> &'static str {
@@ -152,13 +166,18 @@ async fn append(client: &Client, key: &str, element: i64, deadline: Instant) -> 
     Ok(false)
 }
 
-/// Reads partition `p<k>` of the events topic from offset 0 to its end.
+/// Reads the partition of events key `e<g>.<k>` from offset 0 to its end. A topic that does
+/// not exist (no client reached that generation) reads as empty: nothing was appended to it.
 async fn read_partition(client: &Client, key: &str) -> Result<Vec<i64>, ()> {
-    let partition: u32 = key.strip_prefix('p').and_then(|k| k.parse().ok()).ok_or(())?;
+    let (topic, partition) = event_partition(key).ok_or(())?;
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
-        let page = client.read_events(EVENTS_TOPIC, partition, offset, 0).await.map_err(|_| ())?;
+        let page = match client.read_events(&topic, partition, offset, 0).await {
+            Ok(page) => page,
+            Err(e) if e.reason().as_deref() == Some("NOT_FOUND") => return Ok(out),
+            Err(_) => return Err(()),
+        };
         for e in &page.events {
             out.push(decode(&e.payload).ok_or(())?);
         }
@@ -229,9 +248,8 @@ pub async fn perform(
             Err(_) => (Kind::Info, op.clone()),
         },
         Op::Produce { key, element, .. } => {
-            let partition = key.strip_prefix('p').and_then(|k| k.parse::<u32>().ok());
-            match (producer, partition) {
-                (Some(p), Some(partition)) => {
+            match (producer, event_partition(key)) {
+                (Some(p), Some((_, partition))) => {
                     let event =
                         StreamEvent { payload: encode(*element).into(), ..Default::default() };
                     match p.send_to(partition, vec![event]).await {
@@ -282,13 +300,13 @@ pub struct ClientCtx {
 /// timed-out write stays "concurrent" with everything after it, so a key that lives for a
 /// whole long run becomes uncheckable. Short-lived keys keep each key's history small.
 ///
-/// Event partitions do not rotate (`p<k>`, whatever the generation): the events checker is
-/// linear in the history, and a topic's partition count is fixed.
+/// Events keys name a partition of the generation's topic (`e3.1`: partition 1 of
+/// `jepsen-events-3`).
 pub fn key_name(workload: Workload, generation: u64, k: usize) -> String {
     let p = match workload {
         Workload::Register => 'r',
         Workload::Append => 'a',
-        Workload::Events => return format!("p{k}"),
+        Workload::Events => 'e',
     };
     format!("{p}{generation}.{k}")
 }
@@ -307,20 +325,31 @@ pub async fn client_loop(ctx: ClientCtx) {
     // Events clients produce through one idempotent producer, replaced (a new producer id)
     // after an unknown outcome, like the logical process.
     let mut producer: Option<Producer<'_>> = None;
+    let partitions = u32::try_from(ctx.keys).unwrap_or(u32::MAX);
     while !ctx.stop.load(Ordering::Relaxed) {
+        let g = generation(ctx.rec.elapsed_ns(), ctx.key_lifetime);
+        if g != current_generation {
+            current_generation = g;
+            last_seen = vec![None; ctx.keys];
+            producer = None;
+        }
         if ctx.workload == Workload::Events && producer.is_none() {
-            match ctx.client.producer(EVENTS_TOPIC).await {
-                Ok(p) => producer = Some(p),
+            // Creating a topic is idempotent: every events client of the generation asks.
+            let topic = events_topic(g);
+            let created = ctx.client.create_topic(&topic, partitions, Retention::default()).await;
+            match created {
+                Ok(_) => match ctx.client.producer(&topic).await {
+                    Ok(p) => producer = Some(p),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             }
-        }
-        let g = generation(ctx.rec.elapsed_ns(), ctx.key_lifetime);
-        if g != current_generation {
-            current_generation = g;
-            last_seen = vec![None; ctx.keys];
         }
         let k = rand::random_range(0..ctx.keys);
         let op = match ctx.workload {

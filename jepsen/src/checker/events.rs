@@ -76,7 +76,7 @@ mod tests {
     }
 
     fn produce(process: u64, element: i64, offset: Option<u64>) -> [Event; 2] {
-        let key = "p0".to_string();
+        let key = "e0.0".to_string();
         [
             ev(process, Kind::Invoke, Op::Produce { key: key.clone(), element, offset: None }),
             ev(process, Kind::Ok, Op::Produce { key, element, offset }),
@@ -84,7 +84,7 @@ mod tests {
     }
 
     fn read(process: u64, value: Vec<i64>) -> [Event; 2] {
-        let key = "p0".to_string();
+        let key = "e0.0".to_string();
         [
             ev(process, Kind::Invoke, Op::ReadPartition { key: key.clone(), value: None }),
             ev(process, Kind::Ok, Op::ReadPartition { key, value: Some(value) }),
