@@ -21,7 +21,7 @@ use crate::workload::Workload;
 use anyhow::{Result, bail};
 use ringkv_client::Consistency;
 use ringkv_tests::{Cluster, NetLab, RouterProc, Tuning};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -241,12 +241,7 @@ pub async fn sweep_failure(o: &LabOptions, rfs: &[u32], shards: u32) -> Result<V
         };
         let started = Instant::now();
         tokio::time::sleep(o.duration / 3).await;
-        let leaders = cluster.leaders().await;
-        let mut count: HashMap<u64, usize> = HashMap::new();
-        for n in leaders.values() {
-            *count.entry(*n).or_default() += 1;
-        }
-        let victim = count.iter().max_by_key(|(n, k)| (**k, **n)).map_or(1, |(n, _)| *n);
+        let victim = cluster.busiest_leader().await.unwrap_or(1);
         let kill_at = started.elapsed();
         cluster.kill(victim)?;
         // Seconds each shard had no leader on a running node, sampled every 100 ms until the

@@ -22,7 +22,6 @@ use ringkv_proto::v1::TransferLeaderRequest;
 use ringkv_tests::Cluster;
 use ringkv_tests::netns::{Grudge, partitions};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,14 +140,11 @@ fn describe(g: &Grudge) -> String {
 
 /// The node leading the most shards, and every leader.
 async fn leaders(c: &Cluster) -> (Option<u64>, Vec<u64>) {
-    let mut count: HashMap<u64, usize> = HashMap::new();
-    for node in c.leaders().await.into_values() {
-        *count.entry(node).or_default() += 1;
-    }
-    let busiest = count.iter().max_by_key(|(n, k)| (**k, **n)).map(|(n, _)| *n);
-    let mut all: Vec<u64> = count.into_keys().collect();
+    let leaders = c.leaders().await;
+    let mut all: Vec<u64> = leaders.values().copied().collect();
     all.sort_unstable();
-    (busiest, all)
+    all.dedup();
+    (ringkv_tests::busiest(&leaders), all)
 }
 
 /// Injects `fault`, holds it for `hold`, heals it; returns what was done.

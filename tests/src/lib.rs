@@ -150,6 +150,25 @@ impl Drop for RouterProc {
     }
 }
 
+/// Of a shard → leader map, the node leading the most shards (ties: the highest id).
+pub fn busiest(leaders: &HashMap<u64, u64>) -> Option<u64> {
+    let mut count: HashMap<u64, usize> = HashMap::new();
+    for &node in leaders.values() {
+        *count.entry(node).or_default() += 1;
+    }
+    count.into_iter().max_by_key(|&(n, k)| (k, n)).map(|(n, _)| n)
+}
+
+/// A client in router mode with a 20 s deadline per call (retries included), for tests that
+/// ride out failovers.
+pub async fn router_client(addr: &str) -> Result<ringkv_client::Client> {
+    Ok(ringkv_client::Client::builder()
+        .router(addr.to_string())
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await?)
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
 where
@@ -475,6 +494,11 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// The running node that leads the most shards (ties: the highest id), if any leads.
+    pub async fn busiest_leader(&self) -> Option<u64> {
+        busiest(&self.leaders().await)
     }
 
     /// Waits until every shard has a leader among the running nodes.

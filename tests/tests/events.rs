@@ -10,9 +10,9 @@
 //!   sequence numbers), and nothing appears that no producer sent.
 
 use anyhow::{Context, Result, ensure};
-use ringkv_client::{Client, Event, Retention};
+use ringkv_client::{Event, Retention};
 use ringkv_proto::v1::TransferLeaderRequest;
-use ringkv_tests::{Cluster, Tuning, wait_for};
+use ringkv_tests::{Cluster, Tuning, router_client, wait_for};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,14 +33,6 @@ struct Ledger {
     consumed: BTreeMap<u32, Vec<(u64, String)>>,
 }
 
-async fn connect(addr: &str) -> Result<Client> {
-    Ok(Client::builder()
-        .router(addr.to_string())
-        .timeout(Duration::from_secs(20))
-        .connect()
-        .await?)
-}
-
 /// One consumer of group "g": a subscription per partition, recording then committing each
 /// batch, until `stop` (checked between batches, so what is recorded is what is committed).
 fn start_consumer(
@@ -52,7 +44,7 @@ fn start_consumer(
         .map(|p| {
             let (router, ledger, stop) = (router.clone(), ledger.clone(), stop.clone());
             tokio::spawn(async move {
-                let client = connect(&router).await?;
+                let client = router_client(&router).await?;
                 let mut sub = client.subscribe_group(TOPIC, p, "g").await?;
                 while !stop.load(Ordering::SeqCst) {
                     let next = tokio::select! {
@@ -83,7 +75,7 @@ async fn producers_and_a_consumer_group_see_every_event_once_across_failovers() 
     let mut c = Cluster::start(3, 4, 3, Tuning::default()).await?;
     c.wait_for_leaders(Duration::from_secs(30)).await?;
     let router = c.start_router("round-robin").await?;
-    let admin_client = connect(&router.addr).await?;
+    let admin_client = router_client(&router.addr).await?;
     let created = admin_client.create_topic(TOPIC, PARTITIONS, Retention::default()).await?;
     ensure!(created.created, "a fresh cluster has no topic {TOPIC}");
     let again = admin_client.create_topic(TOPIC, PARTITIONS, Retention::default()).await?;
@@ -95,7 +87,7 @@ async fn producers_and_a_consumer_group_see_every_event_once_across_failovers() 
     for w in 0..PRODUCERS {
         let (ledger, stop, addr) = (ledger.clone(), stop_producers.clone(), router.addr.clone());
         producers.push(tokio::spawn(async move {
-            let client = connect(&addr).await?;
+            let client = router_client(&addr).await?;
             let producer = client.producer(TOPIC).await?;
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -166,11 +158,7 @@ async fn producers_and_a_consumer_group_see_every_event_once_across_failovers() 
     let second_consumer = start_consumer(router.addr.clone(), ledger.clone(), stop_second.clone());
 
     eprintln!("stage: kill");
-    let mut count: HashMap<u64, usize> = HashMap::new();
-    for n in c.leaders().await.values() {
-        *count.entry(*n).or_default() += 1;
-    }
-    let victim = count.into_iter().max_by_key(|(_, k)| *k).map(|(n, _)| n).context("leaders")?;
+    let victim = c.busiest_leader().await.context("no leader")?;
     c.kill(victim)?;
     wait_more("appends with a node down", 100).await?;
     c.restart(victim).await?;
@@ -266,7 +254,7 @@ async fn mistakes_get_clear_errors_and_change_nothing() -> Result<()> {
     let c = Cluster::start(1, 2, 1, Tuning::default()).await?;
     c.wait_for_leaders(Duration::from_secs(30)).await?;
     let router = c.start_router("round-robin").await?;
-    let client = connect(&router.addr).await?;
+    let client = router_client(&router.addr).await?;
     let status = |e: ringkv_client::ClientError| match e {
         ringkv_client::ClientError::Status(s) => Ok(s),
         other => Err(anyhow::anyhow!("not a status: {other}")),

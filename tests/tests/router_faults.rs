@@ -152,11 +152,7 @@ async fn appends_stay_exactly_once_while_leaders_move_and_a_node_dies() -> Resul
     .await?;
     eprintln!("stage: kill");
     // Fault 2: SIGKILL the node that leads the most shards, keep going, bring it back.
-    let mut count: HashMap<u64, usize> = HashMap::new();
-    for n in c.leaders().await.values() {
-        *count.entry(*n).or_default() += 1;
-    }
-    let victim = count.into_iter().max_by_key(|(_, k)| *k).map(|(n, _)| n).context("leaders")?;
+    let victim = c.busiest_leader().await.context("no leader")?;
     c.kill(victim)?;
     let before = acked(ledger.clone()).await;
     wait_for(Duration::from_secs(60), "appends with a node down", || {

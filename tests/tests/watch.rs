@@ -8,9 +8,9 @@
 //! reads from the history (so the first watch missed nothing across the failover).
 
 use anyhow::{Context, Result, ensure};
-use ringkv_client::{Client, WatchRequest, Watcher, watch_event};
+use ringkv_client::{WatchRequest, Watcher, watch_event};
 use ringkv_proto::v1::ShardRevision;
-use ringkv_tests::{Cluster, Tuning, wait_for};
+use ringkv_tests::{Cluster, Tuning, router_client, wait_for};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,14 +22,6 @@ type Change = (u64, String, Option<String>);
 /// Changes per shard.
 type Seen = BTreeMap<u64, Vec<Change>>;
 type Shared<T> = Arc<Mutex<T>>;
-
-async fn connect(addr: &str) -> Result<Client> {
-    Ok(Client::builder()
-        .router(addr.to_string())
-        .timeout(Duration::from_secs(20))
-        .connect()
-        .await?)
-}
 
 async fn drain(
     w: &mut Watcher,
@@ -59,7 +51,7 @@ async fn a_watch_sees_every_change_in_order_across_a_failover() -> Result<()> {
     let mut c = Cluster::start(3, 3, 3, Tuning::default()).await?;
     c.wait_for_leaders(Duration::from_secs(30)).await?;
     let router = c.start_router("round-robin").await?;
-    let client = connect(&router.addr).await?;
+    let client = router_client(&router.addr).await?;
     // Some history before the watch starts; the watch begins after it.
     let mut start: HashMap<u64, u64> = HashMap::new();
     for i in 0..30 {
@@ -97,7 +89,7 @@ async fn a_watch_sees_every_change_in_order_across_a_failover() -> Result<()> {
             (acked.clone(), attempted.clone(), stop.clone(), router.addr.clone());
         let map_keys: Vec<String> = (0..5).map(|k| format!("w/{w}/{k}")).collect();
         writers.push(tokio::spawn(async move {
-            let client = connect(&addr).await?;
+            let client = router_client(&addr).await?;
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let key = map_keys[(n % 5) as usize].clone();
@@ -124,11 +116,7 @@ async fn a_watch_sees_every_change_in_order_across_a_failover() -> Result<()> {
         async move { (count(a).await >= 100).then_some(()) }
     })
     .await?;
-    let mut leads: HashMap<u64, usize> = HashMap::new();
-    for n in c.leaders().await.values() {
-        *leads.entry(*n).or_default() += 1;
-    }
-    let victim = leads.into_iter().max_by_key(|(_, k)| *k).map(|(n, _)| n).context("leaders")?;
+    let victim = c.busiest_leader().await.context("no leader")?;
     eprintln!("stage: kill node {victim}");
     c.kill(victim)?;
     let before = count(acked.clone()).await;
@@ -234,7 +222,7 @@ async fn a_watch_from_a_compacted_revision_fails_clearly() -> Result<()> {
     let c = Cluster::start(1, 1, 1, tuning).await?;
     c.wait_for_leaders(Duration::from_secs(30)).await?;
     let router = c.start_router("round-robin").await?;
-    let client = connect(&router.addr).await?;
+    let client = router_client(&router.addr).await?;
     for i in 0..200 {
         client.put(b"hot", format!("{i}").as_bytes()).await?;
     }

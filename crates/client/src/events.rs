@@ -245,25 +245,12 @@ impl Client {
             client: self,
             topic: topic.into(),
             partitions,
-            id: loop {
-                let id: u64 = rand_id();
-                if id != 0 {
-                    break id;
-                }
-            },
+            // Random, so producers never share an id; never 0 (the wire's "none").
+            id: rand::random::<u64>().max(1),
             next_seq: Mutex::new(HashMap::new()),
             round_robin: AtomicU64::new(0),
         })
     }
-}
-
-fn rand_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS per process and per instance: enough to make two
-    // producers' ids differ without another dependency.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id().into());
-    h.finish()
 }
 
 /// Appends with a producer id and per-partition sequence numbers, so that retrying an append
@@ -295,34 +282,20 @@ fn certainly_not_appended(e: &ClientError) -> bool {
     match e {
         ClientError::Status(s) => {
             matches!(s.code(), Code::InvalidArgument | Code::NotFound)
-                || s.get_error_details_reason().as_deref() == Some("TOPIC_CHANGED")
+                || e.reason().as_deref() == Some("TOPIC_CHANGED")
         }
         _ => true,
     }
 }
 
+/// Whether retrying the same batch (same sequence number) may help: the routing core's own
+/// rule for what is safe to repeat, which the sequence number makes true of every append.
 fn retryable(e: &ClientError) -> bool {
     match e {
         ClientError::Status(s) => {
-            let reason = s.get_error_details_reason();
-            matches!(
-                s.code(),
-                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
-            ) || (s.code() == Code::Unknown
-                && matches!(reason.as_deref(), None | Some("OUTCOME_UNKNOWN")))
+            ringkv_routing::retry::classify(s) != ringkv_routing::retry::Next::Fail
         }
         _ => false,
-    }
-}
-
-trait Reason {
-    fn get_error_details_reason(&self) -> Option<String>;
-}
-
-impl Reason for tonic::Status {
-    fn get_error_details_reason(&self) -> Option<String> {
-        use tonic_types::StatusExt;
-        self.get_error_details().error_info().map(|i| i.reason.clone())
     }
 }
 

@@ -8,7 +8,7 @@
 use crate::error::NodeError;
 use crate::metrics::NodeMetrics;
 use crate::registry::ShardRegistry;
-use crate::shard::{REQUEST_TIMEOUT_DEFAULT, Shard};
+use crate::shard::{Shard, request_deadline};
 use crate::validate;
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
@@ -18,7 +18,7 @@ use ringkv_proto::v1::{
 };
 use ringkv_storage::{BatchOp, Command, CommandResult, Expected, Proposal, ScanRange, Versioned};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone, Debug)]
@@ -33,11 +33,6 @@ impl KvService {
     }
 }
 
-/// The caller's deadline (grpc-timeout) if it set one, else the default.
-fn deadline<T>(req: &Request<T>) -> Duration {
-    ringkv_proto::grpc_timeout(req.metadata()).unwrap_or(REQUEST_TIMEOUT_DEFAULT)
-}
-
 fn kv(key: Vec<u8>, v: Versioned) -> KeyValue {
     KeyValue { key: key.into(), value: v.value.into(), version: v.version }
 }
@@ -47,17 +42,6 @@ fn unexpected(result: &CommandResult) -> NodeError {
 }
 
 impl KvService {
-    async fn observed<T>(
-        &self,
-        method: &'static str,
-        f: impl Future<Output = Result<T, NodeError>>,
-    ) -> Result<Response<T>, Status> {
-        let started = Instant::now();
-        let result = f.await;
-        self.metrics.observe_request(method, started.elapsed(), result.as_ref().err());
-        result.map(Response::new).map_err(|e| e.to_status())
-    }
-
     async fn read_shard(
         &self,
         key: &[u8],
@@ -73,69 +57,72 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("put", async {
-            validate::key(&req.key)?;
-            validate::value(&req.value)?;
-            let shard = self.registry.shard_for_key(&req.key)?;
-            let session = validate::session(req.session.as_ref())?;
-            let command = Command::Put { key: req.key.to_vec(), value: req.value.to_vec() };
-            match shard.write(Proposal { session, command }, timeout).await? {
-                CommandResult::Put { version } => Ok(PutResponse {
-                    header: Some(shard.header(Consistency::Linearizable)),
-                    version,
-                }),
-                other => Err(unexpected(&other)),
-            }
-        })
-        .await
+        self.metrics
+            .observed("put", async {
+                validate::key(&req.key)?;
+                validate::value(&req.value)?;
+                let shard = self.registry.shard_for_key(&req.key)?;
+                let session = validate::session(req.session.as_ref())?;
+                let command = Command::Put { key: req.key.to_vec(), value: req.value.to_vec() };
+                match shard.write(Proposal { session, command }, timeout).await? {
+                    CommandResult::Put { version } => Ok(PutResponse {
+                        header: Some(shard.header(Consistency::Linearizable)),
+                        version,
+                    }),
+                    other => Err(unexpected(&other)),
+                }
+            })
+            .await
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("get", async {
-            validate::key(&req.key)?;
-            let consistency = validate::consistency(req.consistency)?;
-            let shard = self.read_shard(&req.key, consistency, timeout).await?;
-            let header = shard.header(consistency);
-            let found =
-                shard.reader.get(&req.key).map_err(|e| NodeError::Internal(e.to_string()))?;
-            Ok(GetResponse { header: Some(header), kv: found.map(|v| kv(req.key.to_vec(), v)) })
-        })
-        .await
+        self.metrics
+            .observed("get", async {
+                validate::key(&req.key)?;
+                let consistency = validate::consistency(req.consistency)?;
+                let shard = self.read_shard(&req.key, consistency, timeout).await?;
+                let header = shard.header(consistency);
+                let found =
+                    shard.reader.get(&req.key).map_err(|e| NodeError::Internal(e.to_string()))?;
+                Ok(GetResponse { header: Some(header), kv: found.map(|v| kv(req.key.to_vec(), v)) })
+            })
+            .await
     }
 
     async fn delete(
         &self,
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("delete", async {
-            validate::key(&req.key)?;
-            let shard = self.registry.shard_for_key(&req.key)?;
-            let session = validate::session(req.session.as_ref())?;
-            let command = Command::Delete { key: req.key.to_vec() };
-            match shard.write(Proposal { session, command }, timeout).await? {
-                CommandResult::Delete { deleted } => Ok(DeleteResponse {
-                    header: Some(shard.header(Consistency::Linearizable)),
-                    deleted,
-                }),
-                other => Err(unexpected(&other)),
-            }
-        })
-        .await
+        self.metrics
+            .observed("delete", async {
+                validate::key(&req.key)?;
+                let shard = self.registry.shard_for_key(&req.key)?;
+                let session = validate::session(req.session.as_ref())?;
+                let command = Command::Delete { key: req.key.to_vec() };
+                match shard.write(Proposal { session, command }, timeout).await? {
+                    CommandResult::Delete { deleted } => Ok(DeleteResponse {
+                        header: Some(shard.header(Consistency::Linearizable)),
+                        deleted,
+                    }),
+                    other => Err(unexpected(&other)),
+                }
+            })
+            .await
     }
 
     async fn compare_and_swap(
         &self,
         req: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("compare_and_swap", async {
+        self.metrics.observed("compare_and_swap", async {
             validate::key(&req.key)?;
             let expected = match req.expected.and_then(|c| c.target) {
                 Some(compare::Target::Value(v)) => {
@@ -174,9 +161,9 @@ impl Kv for KvService {
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("scan", async {
+        self.metrics.observed("scan", async {
             let consistency = validate::consistency(req.consistency)?;
             let limit = validate::scan_limit(req.limit)?;
             for (field, v) in [("start_key", &req.start_key), ("end_key", &req.end_key), ("prefix", &req.prefix)] {
@@ -215,9 +202,9 @@ impl Kv for KvService {
         &self,
         req: Request<BatchWriteRequest>,
     ) -> Result<Response<BatchWriteResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("batch_write", async {
+        self.metrics.observed("batch_write", async {
             let bytes: usize = req
                 .ops
                 .iter()
@@ -270,40 +257,41 @@ impl Kv for KvService {
         &self,
         req: Request<MultiGetRequest>,
     ) -> Result<Response<MultiGetResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("multi_get", async {
-            if req.keys.len() > validate::MULTI_GET_KEYS_MAX {
-                return Err(NodeError::InvalidArgument {
-                    field: "keys",
-                    reason: format!(
-                        "{} keys exceeds the limit of {}",
-                        req.keys.len(),
-                        validate::MULTI_GET_KEYS_MAX
-                    ),
-                    limit: Some(validate::MULTI_GET_KEYS_MAX as u64),
-                });
-            }
-            let consistency = validate::consistency(req.consistency)?;
-            for k in &req.keys {
-                validate::key(k)?;
-            }
-            // One barrier per shard, then plain reads.
-            let mut ready = std::collections::HashSet::new();
-            let mut kvs = Vec::new();
-            for k in &req.keys {
-                let shard = self.registry.shard_for_key(k)?;
-                if ready.insert(shard.id) {
-                    shard.read_barrier(consistency, timeout).await?;
+        self.metrics
+            .observed("multi_get", async {
+                if req.keys.len() > validate::MULTI_GET_KEYS_MAX {
+                    return Err(NodeError::InvalidArgument {
+                        field: "keys",
+                        reason: format!(
+                            "{} keys exceeds the limit of {}",
+                            req.keys.len(),
+                            validate::MULTI_GET_KEYS_MAX
+                        ),
+                        limit: Some(validate::MULTI_GET_KEYS_MAX as u64),
+                    });
                 }
-                if let Some(v) =
-                    shard.reader.get(k).map_err(|e| NodeError::Internal(e.to_string()))?
-                {
-                    kvs.push(kv(k.to_vec(), v));
+                let consistency = validate::consistency(req.consistency)?;
+                for k in &req.keys {
+                    validate::key(k)?;
                 }
-            }
-            Ok(MultiGetResponse { kvs })
-        })
-        .await
+                // One barrier per shard, then plain reads.
+                let mut ready = std::collections::HashSet::new();
+                let mut kvs = Vec::new();
+                for k in &req.keys {
+                    let shard = self.registry.shard_for_key(k)?;
+                    if ready.insert(shard.id) {
+                        shard.read_barrier(consistency, timeout).await?;
+                    }
+                    if let Some(v) =
+                        shard.reader.get(k).map_err(|e| NodeError::Internal(e.to_string()))?
+                    {
+                        kvs.push(kv(k.to_vec(), v));
+                    }
+                }
+                Ok(MultiGetResponse { kvs })
+            })
+            .await
     }
 }

@@ -131,6 +131,19 @@ impl NodeMetrics {
         f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
+    /// Runs a request handler and records its method, outcome and latency; the one place a
+    /// node's errors become gRPC statuses on their way out.
+    pub async fn observed<T>(
+        &self,
+        method: &'static str,
+        f: impl Future<Output = Result<T, NodeError>>,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let started = std::time::Instant::now();
+        let result = f.await;
+        self.observe_request(method, started.elapsed(), result.as_ref().err());
+        result.map(tonic::Response::new).map_err(|e| e.to_status())
+    }
+
     pub fn observe_request(&self, method: &'static str, took: Duration, error: Option<&NodeError>) {
         let code = match error {
             None => "OK".to_string(),

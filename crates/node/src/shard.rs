@@ -40,6 +40,11 @@ pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;
 /// How long a request may wait on Raft when the caller set no deadline.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
+/// The caller's deadline (grpc-timeout) if it set one, else the default.
+pub fn request_deadline<T>(req: &tonic::Request<T>) -> Duration {
+    ringkv_proto::grpc_timeout(req.metadata()).unwrap_or(REQUEST_TIMEOUT_DEFAULT)
+}
+
 pub struct Shard {
     pub id: ShardId,
     pub node_id: NodeId,
@@ -187,6 +192,12 @@ impl Shard {
             _ => None,
         };
         NodeError::NotLeader { shard: self.id, leader }
+    }
+
+    /// `NotLeader` naming the leader this replica currently knows of, if any.
+    pub fn not_leader(&self) -> NodeError {
+        let leader = self.with_metrics(|m| m.current_leader);
+        self.leader_hint(leader, None)
     }
 
     fn fatal(&self, f: &Fatal<TypeConfig>) -> NodeError {

@@ -17,7 +17,7 @@
 use crate::error::NodeError;
 use crate::metrics::NodeMetrics;
 use crate::registry::ShardRegistry;
-use crate::shard::{REQUEST_TIMEOUT_DEFAULT, Shard};
+use crate::shard::{Shard, request_deadline};
 use crate::validate;
 use crate::validate_events as check;
 use ringkv_proto::v1::streams_server::Streams;
@@ -51,10 +51,6 @@ pub struct StreamsService {
     registry: ShardRegistry,
     metrics: NodeMetrics,
     open_streams: Arc<Semaphore>,
-}
-
-fn deadline<T>(req: &Request<T>) -> Duration {
-    ringkv_proto::grpc_timeout(req.metadata()).unwrap_or(REQUEST_TIMEOUT_DEFAULT)
 }
 
 fn internal(e: impl std::fmt::Display) -> NodeError {
@@ -163,17 +159,6 @@ impl StreamsService {
         }
     }
 
-    async fn observed<T>(
-        &self,
-        method: &'static str,
-        f: impl Future<Output = Result<T, NodeError>>,
-    ) -> Result<Response<T>, Status> {
-        let started = Instant::now();
-        let result = f.await;
-        self.metrics.observe_request(method, started.elapsed(), result.as_ref().err());
-        result.map(Response::new).map_err(|e| e.to_status())
-    }
-
     fn catalog(&self) -> Result<Arc<Shard>, NodeError> {
         self.registry.shard(self.registry.map().catalog_shard())
     }
@@ -247,14 +232,6 @@ async fn wait_for_data<T>(
     }
 }
 
-fn not_leader(shard: &Shard) -> Status {
-    let hint = shard.metrics();
-    let leader = hint.current_leader.and_then(|id| {
-        hint.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone()))
-    });
-    NodeError::NotLeader { shard: shard.id, leader }.to_status()
-}
-
 /// The body of one subscription: pages of events from `next` on, until the client leaves,
 /// this replica loses leadership, or the position falls behind retention.
 async fn run_subscription(
@@ -277,7 +254,7 @@ async fn run_subscription(
     }
     loop {
         if !shard.is_leader() {
-            let _ = tx.send(Err(not_leader(&shard))).await;
+            let _ = tx.send(Err(shard.not_leader().to_status())).await;
             return;
         }
         applied.borrow_and_update();
@@ -337,7 +314,7 @@ async fn run_watch(
     let filter = if prefix { KeyFilter::Prefix(&key) } else { KeyFilter::Exact(&key) };
     loop {
         if !shard.is_leader() {
-            let _ = tx.send(Err(not_leader(&shard))).await;
+            let _ = tx.send(Err(shard.not_leader().to_status())).await;
             return;
         }
         applied.borrow_and_update();
@@ -411,212 +388,220 @@ impl Streams for StreamsService {
         &self,
         req: Request<PutTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("put_topic", async {
-            check::topic(&req.name)?;
-            let config = check::config(req.config.as_ref())?;
-            let shard = self.catalog()?;
-            let cmd = StreamCommand::PutTopic { name: req.name.clone(), config };
-            match Self::propose(&shard, None, cmd, timeout).await? {
-                StreamResult::Topic { topic, created } => {
-                    Ok(CreateTopicResponse { topic: Some(topic_info(topic)), created })
+        self.metrics
+            .observed("put_topic", async {
+                check::topic(&req.name)?;
+                let config = check::config(req.config.as_ref())?;
+                let shard = self.catalog()?;
+                let cmd = StreamCommand::PutTopic { name: req.name.clone(), config };
+                match Self::propose(&shard, None, cmd, timeout).await? {
+                    StreamResult::Topic { topic, created } => {
+                        Ok(CreateTopicResponse { topic: Some(topic_info(topic)), created })
+                    }
+                    StreamResult::Rejected(r) => Err(rejected(r, &req.name, 0, None)),
+                    other => Err(internal(format!("unexpected {other:?}"))),
                 }
-                StreamResult::Rejected(r) => Err(rejected(r, &req.name, 0, None)),
-                other => Err(internal(format!("unexpected {other:?}"))),
-            }
-        })
-        .await
+            })
+            .await
     }
 
     async fn remove_topic(
         &self,
         req: Request<RemoveTopicRequest>,
     ) -> Result<Response<RemoveTopicResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("remove_topic", async {
-            check::topic(&req.name)?;
-            let shard = self.catalog()?;
-            let cmd = StreamCommand::RemoveTopic {
-                name: req.name.clone(),
-                topic_id: req.topic_id,
-                mark_only: req.mark_only,
-            };
-            match Self::propose(&shard, None, cmd, timeout).await? {
-                StreamResult::Removed { existed } => Ok(RemoveTopicResponse { existed }),
-                StreamResult::Rejected(r) => Err(rejected(r, &req.name, 0, None)),
-                other => Err(internal(format!("unexpected {other:?}"))),
-            }
-        })
-        .await
+        self.metrics
+            .observed("remove_topic", async {
+                check::topic(&req.name)?;
+                let shard = self.catalog()?;
+                let cmd = StreamCommand::RemoveTopic {
+                    name: req.name.clone(),
+                    topic_id: req.topic_id,
+                    mark_only: req.mark_only,
+                };
+                match Self::propose(&shard, None, cmd, timeout).await? {
+                    StreamResult::Removed { existed } => Ok(RemoveTopicResponse { existed }),
+                    StreamResult::Rejected(r) => Err(rejected(r, &req.name, 0, None)),
+                    other => Err(internal(format!("unexpected {other:?}"))),
+                }
+            })
+            .await
     }
 
     async fn get_topics(
         &self,
         req: Request<GetTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("get_topics", async {
-            if let Some(n) = &req.name {
-                check::topic(n)?;
-            }
-            let shard = self.catalog()?;
-            shard.read_barrier(Consistency::Linearizable, timeout).await?;
-            let topics = shard.reader.topics(req.name.as_deref()).map_err(internal)?;
-            Ok(ListTopicsResponse { topics: topics.into_iter().map(topic_info).collect() })
-        })
-        .await
+        self.metrics
+            .observed("get_topics", async {
+                if let Some(n) = &req.name {
+                    check::topic(n)?;
+                }
+                let shard = self.catalog()?;
+                shard.read_barrier(Consistency::Linearizable, timeout).await?;
+                let topics = shard.reader.topics(req.name.as_deref()).map_err(internal)?;
+                Ok(ListTopicsResponse { topics: topics.into_iter().map(topic_info).collect() })
+            })
+            .await
     }
 
     async fn create_partition(
         &self,
         req: Request<CreatePartitionRequest>,
     ) -> Result<Response<PartitionInfo>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("create_partition", async {
-            check::topic(&req.topic)?;
-            let config = check::config(req.config.as_ref())?;
-            let shard = self.partition_shard(&req.topic, req.partition)?;
-            let cmd = StreamCommand::CreatePartition {
-                topic: req.topic.clone(),
-                partition: req.partition,
-                topic_id: req.topic_id,
-                config,
-            };
-            match Self::propose(&shard, None, cmd, timeout).await? {
-                StreamResult::Partition(p) => Ok(partition_info(req.partition, shard.id, &p)),
-                StreamResult::Rejected(r) => Err(rejected(r, &req.topic, req.partition, None)),
-                other => Err(internal(format!("unexpected {other:?}"))),
-            }
-        })
-        .await
+        self.metrics
+            .observed("create_partition", async {
+                check::topic(&req.topic)?;
+                let config = check::config(req.config.as_ref())?;
+                let shard = self.partition_shard(&req.topic, req.partition)?;
+                let cmd = StreamCommand::CreatePartition {
+                    topic: req.topic.clone(),
+                    partition: req.partition,
+                    topic_id: req.topic_id,
+                    config,
+                };
+                match Self::propose(&shard, None, cmd, timeout).await? {
+                    StreamResult::Partition(p) => Ok(partition_info(req.partition, shard.id, &p)),
+                    StreamResult::Rejected(r) => Err(rejected(r, &req.topic, req.partition, None)),
+                    other => Err(internal(format!("unexpected {other:?}"))),
+                }
+            })
+            .await
     }
 
     async fn drop_partition(
         &self,
         req: Request<DropPartitionRequest>,
     ) -> Result<Response<DropPartitionResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("drop_partition", async {
-            check::topic(&req.topic)?;
-            let shard = self.partition_shard(&req.topic, req.partition)?;
-            let cmd = StreamCommand::DropPartition {
-                topic: req.topic.clone(),
-                partition: req.partition,
-                topic_id: req.topic_id,
-            };
-            match Self::propose(&shard, None, cmd, timeout).await? {
-                StreamResult::Removed { existed } => Ok(DropPartitionResponse { existed }),
-                StreamResult::Rejected(r) => Err(rejected(r, &req.topic, req.partition, None)),
-                other => Err(internal(format!("unexpected {other:?}"))),
-            }
-        })
-        .await
+        self.metrics
+            .observed("drop_partition", async {
+                check::topic(&req.topic)?;
+                let shard = self.partition_shard(&req.topic, req.partition)?;
+                let cmd = StreamCommand::DropPartition {
+                    topic: req.topic.clone(),
+                    partition: req.partition,
+                    topic_id: req.topic_id,
+                };
+                match Self::propose(&shard, None, cmd, timeout).await? {
+                    StreamResult::Removed { existed } => Ok(DropPartitionResponse { existed }),
+                    StreamResult::Rejected(r) => Err(rejected(r, &req.topic, req.partition, None)),
+                    other => Err(internal(format!("unexpected {other:?}"))),
+                }
+            })
+            .await
     }
 
     async fn get_partition(
         &self,
         req: Request<GetPartitionRequest>,
     ) -> Result<Response<PartitionInfo>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("get_partition", async {
-            let (shard, rec) = self
-                .read_partition(&req.topic, req.partition, Consistency::Linearizable, timeout)
-                .await?;
-            Ok(partition_info(req.partition, shard.id, &rec))
-        })
-        .await
+        self.metrics
+            .observed("get_partition", async {
+                let (shard, rec) = self
+                    .read_partition(&req.topic, req.partition, Consistency::Linearizable, timeout)
+                    .await?;
+                Ok(partition_info(req.partition, shard.id, &rec))
+            })
+            .await
     }
 
     async fn append(
         &self,
         req: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("append", async {
-            check::topic(&req.topic)?;
-            let partition = req.partition.ok_or_else(|| {
-                NodeError::invalid(
-                    "partition",
-                    "a node needs an explicit partition (routers choose one by key)",
-                )
-            })?;
-            let producer = match req.producer {
-                Some(p) if p.producer_id == 0 => {
-                    return Err(NodeError::invalid("producer.producer_id", "must be non-zero"));
-                }
-                Some(p) => Some((p.producer_id, p.sequence)),
-                None => None,
-            };
-            let session = validate::session(req.session.as_ref())?;
-            let events = check::events(req.events)?;
-            let shard = self.partition_shard(&req.topic, partition)?;
-            let cmd = StreamCommand::Append {
-                topic: req.topic.clone(),
-                partition,
-                topic_id: req.topic_id,
-                producer,
-                timestamp_ms: crate::network::unix_ms(),
-                events,
-            };
-            match Self::propose(&shard, session, cmd, timeout).await? {
-                StreamResult::Appended { first_offset, count, duplicate } => {
-                    if !duplicate {
-                        self.metrics.events_appended.inc_by(u64::from(count));
+        self.metrics
+            .observed("append", async {
+                check::topic(&req.topic)?;
+                let partition = req.partition.ok_or_else(|| {
+                    NodeError::invalid(
+                        "partition",
+                        "a node needs an explicit partition (routers choose one by key)",
+                    )
+                })?;
+                let producer = match req.producer {
+                    Some(p) if p.producer_id == 0 => {
+                        return Err(NodeError::invalid("producer.producer_id", "must be non-zero"));
                     }
-                    Ok(AppendResponse {
-                        partition,
-                        first_offset,
-                        count,
-                        duplicate,
-                        header: Some(shard.header(Consistency::Linearizable)),
-                    })
+                    Some(p) => Some((p.producer_id, p.sequence)),
+                    None => None,
+                };
+                let session = validate::session(req.session.as_ref())?;
+                let events = check::events(req.events)?;
+                let shard = self.partition_shard(&req.topic, partition)?;
+                let cmd = StreamCommand::Append {
+                    topic: req.topic.clone(),
+                    partition,
+                    topic_id: req.topic_id,
+                    producer,
+                    timestamp_ms: crate::network::unix_ms(),
+                    events,
+                };
+                match Self::propose(&shard, session, cmd, timeout).await? {
+                    StreamResult::Appended { first_offset, count, duplicate } => {
+                        if !duplicate {
+                            self.metrics.events_appended.inc_by(u64::from(count));
+                        }
+                        Ok(AppendResponse {
+                            partition,
+                            first_offset,
+                            count,
+                            duplicate,
+                            header: Some(shard.header(Consistency::Linearizable)),
+                        })
+                    }
+                    StreamResult::Rejected(r) => Err(rejected(r, &req.topic, partition, producer)),
+                    other => Err(internal(format!("unexpected {other:?}"))),
                 }
-                StreamResult::Rejected(r) => Err(rejected(r, &req.topic, partition, producer)),
-                other => Err(internal(format!("unexpected {other:?}"))),
-            }
-        })
-        .await
+            })
+            .await
     }
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("read", async {
-            let consistency = validate::consistency(req.consistency)?;
-            let (max_events, max_bytes) = check::read_limits(req.max_events, req.max_bytes)?;
-            let (shard, rec) =
-                self.read_partition(&req.topic, req.partition, consistency, timeout).await?;
-            if req.offset < rec.start_offset || req.offset > rec.next_offset {
-                return Err(NodeError::OffsetOutOfRange {
-                    topic: req.topic.clone(),
-                    partition: req.partition,
-                    offset: req.offset,
-                    earliest_offset: rec.start_offset,
+        self.metrics
+            .observed("read", async {
+                let consistency = validate::consistency(req.consistency)?;
+                let (max_events, max_bytes) = check::read_limits(req.max_events, req.max_bytes)?;
+                let (shard, rec) =
+                    self.read_partition(&req.topic, req.partition, consistency, timeout).await?;
+                if req.offset < rec.start_offset || req.offset > rec.next_offset {
+                    return Err(NodeError::OffsetOutOfRange {
+                        topic: req.topic.clone(),
+                        partition: req.partition,
+                        offset: req.offset,
+                        earliest_offset: rec.start_offset,
+                        end_offset: rec.next_offset,
+                    });
+                }
+                let header = shard.header(consistency);
+                let events = shard
+                    .reader
+                    .events(&req.topic, req.partition, req.offset, max_events, max_bytes)
+                    .map_err(internal)?;
+                let next_offset = events.last().map_or(req.offset, |(o, _)| o + 1);
+                Ok(ReadResponse {
+                    events: events.into_iter().map(|(o, r)| stored_event(o, r)).collect(),
+                    next_offset,
+                    start_offset: rec.start_offset,
                     end_offset: rec.next_offset,
-                });
-            }
-            let header = shard.header(consistency);
-            let events = shard
-                .reader
-                .events(&req.topic, req.partition, req.offset, max_events, max_bytes)
-                .map_err(internal)?;
-            let next_offset = events.last().map_or(req.offset, |(o, _)| o + 1);
-            Ok(ReadResponse {
-                events: events.into_iter().map(|(o, r)| stored_event(o, r)).collect(),
-                next_offset,
-                start_offset: rec.start_offset,
-                end_offset: rec.next_offset,
-                header: Some(header),
+                    header: Some(header),
+                })
             })
-        })
-        .await
+            .await
     }
 
     type SubscribeStream = Stream<SubscribeResponse>;
@@ -625,100 +610,103 @@ impl Streams for StreamsService {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("subscribe", async {
-            let batch = match req.max_batch_events {
-                0 => check::SUBSCRIBE_BATCH_DEFAULT,
-                n if n > check::READ_EVENTS_MAX => {
-                    return Err(NodeError::InvalidArgument {
-                        field: "max_batch_events",
-                        reason: format!("{n} exceeds the limit of {}", check::READ_EVENTS_MAX),
-                        limit: Some(u64::from(check::READ_EVENTS_MAX)),
+        self.metrics
+            .observed("subscribe", async {
+                let batch = match req.max_batch_events {
+                    0 => check::SUBSCRIBE_BATCH_DEFAULT,
+                    n if n > check::READ_EVENTS_MAX => {
+                        return Err(NodeError::InvalidArgument {
+                            field: "max_batch_events",
+                            reason: format!("{n} exceeds the limit of {}", check::READ_EVENTS_MAX),
+                            limit: Some(u64::from(check::READ_EVENTS_MAX)),
+                        });
+                    }
+                    n => n,
+                } as usize;
+                if let Some(subscribe_request::Start::Group(g)) = &req.start {
+                    check::group(g)?;
+                }
+                let permit = self.acquire_stream()?;
+                let (shard, rec) = self
+                    .read_partition(&req.topic, req.partition, Consistency::Linearizable, timeout)
+                    .await?;
+                let start = match &req.start {
+                    Some(subscribe_request::Start::Offset(o)) => *o,
+                    Some(subscribe_request::Start::Latest(_)) => rec.next_offset,
+                    Some(subscribe_request::Start::Group(g)) => shard
+                        .reader
+                        .group_offset(&req.topic, req.partition, g)
+                        .map_err(internal)?
+                        .unwrap_or(rec.start_offset),
+                    Some(subscribe_request::Start::Earliest(_)) | None => rec.start_offset,
+                };
+                if start < rec.start_offset || start > rec.next_offset {
+                    return Err(NodeError::OffsetOutOfRange {
+                        topic: req.topic.clone(),
+                        partition: req.partition,
+                        offset: start,
+                        earliest_offset: rec.start_offset,
+                        end_offset: rec.next_offset,
                     });
                 }
-                n => n,
-            } as usize;
-            if let Some(subscribe_request::Start::Group(g)) = &req.start {
-                check::group(g)?;
-            }
-            let permit = self.acquire_stream()?;
-            let (shard, rec) = self
-                .read_partition(&req.topic, req.partition, Consistency::Linearizable, timeout)
-                .await?;
-            let start = match &req.start {
-                Some(subscribe_request::Start::Offset(o)) => *o,
-                Some(subscribe_request::Start::Latest(_)) => rec.next_offset,
-                Some(subscribe_request::Start::Group(g)) => shard
-                    .reader
-                    .group_offset(&req.topic, req.partition, g)
-                    .map_err(internal)?
-                    .unwrap_or(rec.start_offset),
-                Some(subscribe_request::Start::Earliest(_)) | None => rec.start_offset,
-            };
-            if start < rec.start_offset || start > rec.next_offset {
-                return Err(NodeError::OffsetOutOfRange {
-                    topic: req.topic.clone(),
-                    partition: req.partition,
-                    offset: start,
-                    earliest_offset: rec.start_offset,
-                    end_offset: rec.next_offset,
+                let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+                tokio::spawn(async move {
+                    run_subscription(shard, req.topic, req.partition, start, batch, tx).await;
+                    drop(permit);
                 });
-            }
-            let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-            tokio::spawn(async move {
-                run_subscription(shard, req.topic, req.partition, start, batch, tx).await;
-                drop(permit);
-            });
-            Ok(Box::pin(ReceiverStream::new(rx)) as Self::SubscribeStream)
-        })
-        .await
+                Ok(Box::pin(ReceiverStream::new(rx)) as Self::SubscribeStream)
+            })
+            .await
     }
 
     async fn commit_offset(
         &self,
         req: Request<CommitOffsetRequest>,
     ) -> Result<Response<CommitOffsetResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("commit_offset", async {
-            check::topic(&req.topic)?;
-            check::group(&req.group)?;
-            let session = validate::session(req.session.as_ref())?;
-            let shard = self.partition_shard(&req.topic, req.partition)?;
-            let cmd = StreamCommand::CommitOffset {
-                topic: req.topic.clone(),
-                partition: req.partition,
-                group: req.group.clone(),
-                offset: req.offset,
-            };
-            match Self::propose(&shard, session, cmd, timeout).await? {
-                StreamResult::Committed => Ok(CommitOffsetResponse {}),
-                StreamResult::Rejected(r) => Err(rejected(r, &req.topic, req.partition, None)),
-                other => Err(internal(format!("unexpected {other:?}"))),
-            }
-        })
-        .await
+        self.metrics
+            .observed("commit_offset", async {
+                check::topic(&req.topic)?;
+                check::group(&req.group)?;
+                let session = validate::session(req.session.as_ref())?;
+                let shard = self.partition_shard(&req.topic, req.partition)?;
+                let cmd = StreamCommand::CommitOffset {
+                    topic: req.topic.clone(),
+                    partition: req.partition,
+                    group: req.group.clone(),
+                    offset: req.offset,
+                };
+                match Self::propose(&shard, session, cmd, timeout).await? {
+                    StreamResult::Committed => Ok(CommitOffsetResponse {}),
+                    StreamResult::Rejected(r) => Err(rejected(r, &req.topic, req.partition, None)),
+                    other => Err(internal(format!("unexpected {other:?}"))),
+                }
+            })
+            .await
     }
 
     async fn fetch_offset(
         &self,
         req: Request<FetchOffsetRequest>,
     ) -> Result<Response<FetchOffsetResponse>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("fetch_offset", async {
-            check::group(&req.group)?;
-            let (shard, _) = self
-                .read_partition(&req.topic, req.partition, Consistency::Linearizable, timeout)
-                .await?;
-            let offset = shard
-                .reader
-                .group_offset(&req.topic, req.partition, &req.group)
-                .map_err(internal)?;
-            Ok(FetchOffsetResponse { offset })
-        })
-        .await
+        self.metrics
+            .observed("fetch_offset", async {
+                check::group(&req.group)?;
+                let (shard, _) = self
+                    .read_partition(&req.topic, req.partition, Consistency::Linearizable, timeout)
+                    .await?;
+                let offset = shard
+                    .reader
+                    .group_offset(&req.topic, req.partition, &req.group)
+                    .map_err(internal)?;
+                Ok(FetchOffsetResponse { offset })
+            })
+            .await
     }
 
     type WatchStream = Stream<WatchResponse>;
@@ -727,49 +715,56 @@ impl Streams for StreamsService {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let timeout = deadline(&req);
+        let timeout = request_deadline(&req);
         let req = req.into_inner();
-        self.observed("watch", async {
-            if req.key.len() > validate::KEY_BYTES_MAX {
-                return Err(NodeError::too_large("key", req.key.len(), validate::KEY_BYTES_MAX));
-            }
-            let shard = match req.shard_id {
-                Some(id) => self.registry.shard(id)?,
-                None if !req.prefix => {
-                    validate::key(&req.key)?;
-                    self.registry.shard_for_key(&req.key)?
-                }
-                None if self.registry.map().layout().shard_count == 1 => self.registry.shard(0)?,
-                None => {
-                    return Err(NodeError::invalid(
-                        "shard_id",
-                        "a prefix watch on a node needs a shard id (routers watch every shard)",
+        self.metrics
+            .observed("watch", async {
+                if req.key.len() > validate::KEY_BYTES_MAX {
+                    return Err(NodeError::too_large(
+                        "key",
+                        req.key.len(),
+                        validate::KEY_BYTES_MAX,
                     ));
                 }
-            };
-            let permit = self.acquire_stream()?;
-            shard.read_barrier(Consistency::Linearizable, timeout).await?;
-            let start = req
-                .resume
-                .iter()
-                .find(|r| r.shard_id == shard.id)
-                .map_or(req.start_revision, |r| r.revision);
-            let start = if start == 0 { shard.applied_index() + 1 } else { start };
-            let first = shard.reader.first_revision().map_err(internal)?;
-            if start < first {
-                return Err(NodeError::Compacted {
-                    shard: shard.id,
-                    revision: start,
-                    compact_revision: first,
+                let shard = match req.shard_id {
+                    Some(id) => self.registry.shard(id)?,
+                    None if !req.prefix => {
+                        validate::key(&req.key)?;
+                        self.registry.shard_for_key(&req.key)?
+                    }
+                    None if self.registry.map().layout().shard_count == 1 => {
+                        self.registry.shard(0)?
+                    }
+                    None => {
+                        return Err(NodeError::invalid(
+                            "shard_id",
+                            "a prefix watch on a node needs a shard id (routers watch every shard)",
+                        ));
+                    }
+                };
+                let permit = self.acquire_stream()?;
+                shard.read_barrier(Consistency::Linearizable, timeout).await?;
+                let start = req
+                    .resume
+                    .iter()
+                    .find(|r| r.shard_id == shard.id)
+                    .map_or(req.start_revision, |r| r.revision);
+                let start = if start == 0 { shard.applied_index() + 1 } else { start };
+                let first = shard.reader.first_revision().map_err(internal)?;
+                if start < first {
+                    return Err(NodeError::Compacted {
+                        shard: shard.id,
+                        revision: start,
+                        compact_revision: first,
+                    });
+                }
+                let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+                tokio::spawn(async move {
+                    run_watch(shard, req.key.to_vec(), req.prefix, start, tx).await;
+                    drop(permit);
                 });
-            }
-            let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-            tokio::spawn(async move {
-                run_watch(shard, req.key.to_vec(), req.prefix, start, tx).await;
-                drop(permit);
-            });
-            Ok(Box::pin(ReceiverStream::new(rx)) as Self::WatchStream)
-        })
-        .await
+                Ok(Box::pin(ReceiverStream::new(rx)) as Self::WatchStream)
+            })
+            .await
     }
 }

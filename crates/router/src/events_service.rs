@@ -12,9 +12,8 @@ use crate::metrics::RouterMetrics;
 use ringkv_proto::v1::events_server::Events;
 use ringkv_proto::v1::watch_server::Watch;
 use ringkv_proto::v1::*;
-use ringkv_routing::{Cluster, RoutingError};
+use ringkv_routing::Cluster;
 use std::pin::Pin;
-use std::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -30,18 +29,6 @@ impl RouterEvents {
     pub fn new(cluster: Cluster, metrics: RouterMetrics) -> Self {
         RouterEvents { cluster, metrics }
     }
-
-    async fn observed<T>(
-        &self,
-        method: &'static str,
-        f: impl Future<Output = Result<T, RoutingError>>,
-    ) -> Result<Response<T>, Status> {
-        let started = Instant::now();
-        let result = f.await.map_err(|e| e.to_status());
-        let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        self.metrics.observe(method, started.elapsed(), code);
-        result.map(Response::new)
-    }
 }
 
 fn timeout<T>(req: &Request<T>) -> Option<std::time::Duration> {
@@ -55,7 +42,7 @@ impl Events for RouterEvents {
         req: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let t = timeout(&req);
-        self.observed("create_topic", self.cluster.create_topic(req.into_inner(), t)).await
+        self.metrics.observed("create_topic", self.cluster.create_topic(req.into_inner(), t)).await
     }
 
     async fn delete_topic(
@@ -63,7 +50,7 @@ impl Events for RouterEvents {
         req: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let t = timeout(&req);
-        self.observed("delete_topic", self.cluster.delete_topic(req.into_inner(), t)).await
+        self.metrics.observed("delete_topic", self.cluster.delete_topic(req.into_inner(), t)).await
     }
 
     async fn describe_topic(
@@ -71,7 +58,9 @@ impl Events for RouterEvents {
         req: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let t = timeout(&req);
-        self.observed("describe_topic", self.cluster.describe_topic(req.into_inner(), t)).await
+        self.metrics
+            .observed("describe_topic", self.cluster.describe_topic(req.into_inner(), t))
+            .await
     }
 
     async fn list_topics(
@@ -79,7 +68,7 @@ impl Events for RouterEvents {
         req: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let t = timeout(&req);
-        self.observed("list_topics", self.cluster.list_topics(t)).await
+        self.metrics.observed("list_topics", self.cluster.list_topics(t)).await
     }
 
     async fn append(
@@ -87,12 +76,12 @@ impl Events for RouterEvents {
         req: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
         let t = timeout(&req);
-        self.observed("append", self.cluster.append(req.into_inner(), t)).await
+        self.metrics.observed("append", self.cluster.append(req.into_inner(), t)).await
     }
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let t = timeout(&req);
-        self.observed("read", self.cluster.read(req.into_inner(), t)).await
+        self.metrics.observed("read", self.cluster.read(req.into_inner(), t)).await
     }
 
     type SubscribeStream = Stream<SubscribeResponse>;
@@ -101,8 +90,10 @@ impl Events for RouterEvents {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let rx =
-            self.observed("subscribe", async { self.cluster.subscribe(req.into_inner()) }).await?;
+        let rx = self
+            .metrics
+            .observed("subscribe", async { self.cluster.subscribe(req.into_inner()) })
+            .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx.into_inner()))))
     }
 
@@ -111,7 +102,9 @@ impl Events for RouterEvents {
         req: Request<CommitOffsetRequest>,
     ) -> Result<Response<CommitOffsetResponse>, Status> {
         let t = timeout(&req);
-        self.observed("commit_offset", self.cluster.commit_offset(req.into_inner(), t)).await
+        self.metrics
+            .observed("commit_offset", self.cluster.commit_offset(req.into_inner(), t))
+            .await
     }
 
     async fn fetch_offset(
@@ -119,7 +112,7 @@ impl Events for RouterEvents {
         req: Request<FetchOffsetRequest>,
     ) -> Result<Response<FetchOffsetResponse>, Status> {
         let t = timeout(&req);
-        self.observed("fetch_offset", self.cluster.fetch_offset(req.into_inner(), t)).await
+        self.metrics.observed("fetch_offset", self.cluster.fetch_offset(req.into_inner(), t)).await
     }
 }
 
@@ -131,7 +124,8 @@ impl Watch for RouterEvents {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let rx = self.observed("watch", async { self.cluster.watch(req.into_inner()) }).await?;
+        let rx =
+            self.metrics.observed("watch", async { self.cluster.watch(req.into_inner()) }).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx.into_inner()))))
     }
 }

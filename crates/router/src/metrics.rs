@@ -54,6 +54,19 @@ impl RouterMetrics {
         m
     }
 
+    /// Runs a routed call and records its method, gRPC code and latency.
+    pub async fn observed<T>(
+        &self,
+        method: &'static str,
+        f: impl Future<Output = Result<T, ringkv_routing::RoutingError>>,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let started = std::time::Instant::now();
+        let result = f.await.map_err(|e| e.to_status());
+        let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.observe(method, started.elapsed(), code);
+        result.map(tonic::Response::new)
+    }
+
     pub fn observe(&self, method: &'static str, took: Duration, code: tonic::Code) {
         self.requests.get_or_create(&MethodCode { method, code: format!("{code:?}") }).inc();
         self.latency.get_or_create(&Method { method }).observe(took.as_secs_f64());

@@ -6,9 +6,7 @@ use ringkv_placement::hash::key_hash;
 use ringkv_proto::v1::admin_server::Admin;
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::*;
-use ringkv_routing::{Cluster, RoutingError};
-use std::future::Future;
-use std::time::Instant;
+use ringkv_routing::Cluster;
 use tonic::{Request, Response, Status};
 
 #[derive(Clone, Debug)]
@@ -37,18 +35,6 @@ impl RouterKv {
             _ => &self.primary,
         }
     }
-
-    async fn observed<T>(
-        &self,
-        method: &'static str,
-        f: impl Future<Output = Result<T, RoutingError>>,
-    ) -> Result<Response<T>, Status> {
-        let started = Instant::now();
-        let result = f.await.map_err(|e| e.to_status());
-        let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        self.metrics.observe(method, started.elapsed(), code);
-        result.map(Response::new)
-    }
 }
 
 #[tonic::async_trait]
@@ -56,13 +42,13 @@ impl Kv for RouterKv {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let t = ringkv_proto::grpc_timeout(req.metadata());
         let req = req.into_inner();
-        self.observed("put", self.cluster_for(&req.key).put(req.clone(), t)).await
+        self.metrics.observed("put", self.cluster_for(&req.key).put(req.clone(), t)).await
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let t = ringkv_proto::grpc_timeout(req.metadata());
         let req = req.into_inner();
-        self.observed("get", self.cluster_for(&req.key).get(req.clone(), t)).await
+        self.metrics.observed("get", self.cluster_for(&req.key).get(req.clone(), t)).await
     }
 
     async fn delete(
@@ -71,7 +57,7 @@ impl Kv for RouterKv {
     ) -> Result<Response<DeleteResponse>, Status> {
         let t = ringkv_proto::grpc_timeout(req.metadata());
         let req = req.into_inner();
-        self.observed("delete", self.cluster_for(&req.key).delete(req.clone(), t)).await
+        self.metrics.observed("delete", self.cluster_for(&req.key).delete(req.clone(), t)).await
     }
 
     async fn compare_and_swap(
@@ -80,17 +66,18 @@ impl Kv for RouterKv {
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
         let t = ringkv_proto::grpc_timeout(req.metadata());
         let req = req.into_inner();
-        self.observed(
-            "compare_and_swap",
-            self.cluster_for(&req.key).compare_and_swap(req.clone(), t),
-        )
-        .await
+        self.metrics
+            .observed(
+                "compare_and_swap",
+                self.cluster_for(&req.key).compare_and_swap(req.clone(), t),
+            )
+            .await
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let t = ringkv_proto::grpc_timeout(req.metadata());
         // Scans cover key ranges, which a per-key split cannot divide: they go to the primary.
-        self.observed("scan", self.primary.scan(req.into_inner(), t)).await
+        self.metrics.observed("scan", self.primary.scan(req.into_inner(), t)).await
     }
 
     async fn batch_write(
@@ -105,7 +92,7 @@ impl Kv for RouterKv {
             None => None,
         });
         let cluster = self.cluster_for(first.as_deref().unwrap_or_default());
-        self.observed("batch_write", cluster.batch_write(req, t)).await
+        self.metrics.observed("batch_write", cluster.batch_write(req, t)).await
     }
 
     async fn multi_get(
@@ -114,28 +101,32 @@ impl Kv for RouterKv {
     ) -> Result<Response<MultiGetResponse>, Status> {
         let t = ringkv_proto::grpc_timeout(req.metadata());
         let req = req.into_inner();
-        self.observed("multi_get", async {
-            let Some((secondary, _)) = &self.secondary else {
-                return self.primary.multi_get(req, t).await;
-            };
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            for k in &req.keys {
-                if std::ptr::eq(self.cluster_for(k), secondary) {
-                    b.push(k.clone())
-                } else {
-                    a.push(k.clone())
+        self.metrics
+            .observed("multi_get", async {
+                let Some((secondary, _)) = &self.secondary else {
+                    return self.primary.multi_get(req, t).await;
+                };
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for k in &req.keys {
+                    if std::ptr::eq(self.cluster_for(k), secondary) {
+                        b.push(k.clone())
+                    } else {
+                        a.push(k.clone())
+                    }
                 }
-            }
-            let (ra, rb) = futures::try_join!(
-                self.primary
-                    .multi_get(MultiGetRequest { keys: a, consistency: req.consistency }, t),
-                secondary.multi_get(MultiGetRequest { keys: b, consistency: req.consistency }, t),
-            )?;
-            let mut found: std::collections::HashMap<_, _> =
-                ra.kvs.into_iter().chain(rb.kvs).map(|kv| (kv.key.clone(), kv)).collect();
-            Ok(MultiGetResponse { kvs: req.keys.iter().filter_map(|k| found.remove(k)).collect() })
-        })
-        .await
+                let (ra, rb) = futures::try_join!(
+                    self.primary
+                        .multi_get(MultiGetRequest { keys: a, consistency: req.consistency }, t),
+                    secondary
+                        .multi_get(MultiGetRequest { keys: b, consistency: req.consistency }, t),
+                )?;
+                let mut found: std::collections::HashMap<_, _> =
+                    ra.kvs.into_iter().chain(rb.kvs).map(|kv| (kv.key.clone(), kv)).collect();
+                Ok(MultiGetResponse {
+                    kvs: req.keys.iter().filter_map(|k| found.remove(k)).collect(),
+                })
+            })
+            .await
     }
 }
 

@@ -97,6 +97,33 @@ impl Cluster {
         Ok(self.current_map()?.partition_shard(topic, partition))
     }
 
+    /// Runs `call` against the leader of every partition of `topic` (at most
+    /// [`PARTITION_CALLS_IN_FLIGHT`] at once, each with the routing core's retries); the results
+    /// come back in partition order.
+    async fn on_partitions<T, F, Fut>(
+        &self,
+        topic: &TopicInfo,
+        deadline: Instant,
+        call: F,
+    ) -> Result<Vec<T>, RoutingError>
+    where
+        F: Fn(StreamsClient<Channel>, u32, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let partitions = topic.config.as_ref().map_or(0, |c| c.partitions);
+        let call = &call;
+        let calls = (0..partitions).map(|p| async move {
+            let shard = self.partition_shard(&topic.name, p)?;
+            self.call_with(shard, Target::Leader, deadline, |ch, t| call(streams(ch), p, t)).await
+        });
+        futures::stream::iter(calls)
+            .buffered(PARTITION_CALLS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
     /// Catalog records: all of them, or the one named.
     async fn get_topics(
         &self,
@@ -146,28 +173,19 @@ impl Cluster {
             .topic
             .clone()
             .ok_or_else(|| RoutingError::InvalidArgument("node returned no topic".into()))?;
-        let partitions = topic.config.as_ref().map_or(0, |c| c.partitions);
-        let calls = (0..partitions).map(|p| {
-            let sub = CreatePartitionRequest {
-                topic: topic.name.clone(),
-                partition: p,
-                topic_id: topic.topic_id,
-                config: topic.config,
-            };
-            let shard = self.partition_shard(&topic.name, p);
-            async move {
-                self.call_with(shard?, Target::Leader, deadline, |ch, t| {
-                    let r = request(sub.clone(), t);
-                    async move { streams(ch).create_partition(r).await }
-                })
-                .await
-            }
-        });
-        let done: Vec<Result<PartitionInfo, RoutingError>> = futures::stream::iter(calls)
-            .buffer_unordered(PARTITION_CALLS_IN_FLIGHT)
-            .collect()
-            .await;
-        done.into_iter().collect::<Result<Vec<_>, _>>()?;
+        self.on_partitions(&topic, deadline, |mut c, p, t| {
+            let r = request(
+                CreatePartitionRequest {
+                    topic: topic.name.clone(),
+                    partition: p,
+                    topic_id: topic.topic_id,
+                    config: topic.config,
+                },
+                t,
+            );
+            async move { c.create_partition(r).await }
+        })
+        .await?;
         self.inner.topics.put(topic);
         Ok(resp)
     }
@@ -199,27 +217,18 @@ impl Cluster {
             }
         };
         remove(true).await?;
-        let partitions = topic.config.as_ref().map_or(0, |c| c.partitions);
-        let calls = (0..partitions).map(|p| {
-            let sub = DropPartitionRequest {
-                topic: topic.name.clone(),
-                partition: p,
-                topic_id: topic.topic_id,
-            };
-            let shard = self.partition_shard(&topic.name, p);
-            async move {
-                self.call_with(shard?, Target::Leader, deadline, |ch, t| {
-                    let r = request(sub.clone(), t);
-                    async move { streams(ch).drop_partition(r).await }
-                })
-                .await
-            }
-        });
-        let done: Vec<Result<DropPartitionResponse, RoutingError>> = futures::stream::iter(calls)
-            .buffer_unordered(PARTITION_CALLS_IN_FLIGHT)
-            .collect()
-            .await;
-        done.into_iter().collect::<Result<Vec<_>, _>>()?;
+        self.on_partitions(&topic, deadline, |mut c, p, t| {
+            let r = request(
+                DropPartitionRequest {
+                    topic: topic.name.clone(),
+                    partition: p,
+                    topic_id: topic.topic_id,
+                },
+                t,
+            );
+            async move { c.drop_partition(r).await }
+        })
+        .await?;
         remove(false).await?;
         Ok(DeleteTopicResponse { deleted: true })
     }
@@ -234,25 +243,12 @@ impl Cluster {
         else {
             return Err(not_found(&req.name));
         };
-        let partitions = topic.config.as_ref().map_or(0, |c| c.partitions);
-        let calls = (0..partitions).map(|p| {
-            let sub = GetPartitionRequest { topic: topic.name.clone(), partition: p };
-            let shard = self.partition_shard(&topic.name, p);
-            async move {
-                self.call_with(shard?, Target::Leader, deadline, |ch, t| {
-                    let r = request(sub.clone(), t);
-                    async move { streams(ch).get_partition(r).await }
-                })
-                .await
-            }
-        });
-        let mut infos: Vec<PartitionInfo> = futures::stream::iter(calls)
-            .buffer_unordered(PARTITION_CALLS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-        infos.sort_by_key(|p| p.partition);
+        let infos = self
+            .on_partitions(&topic, deadline, |mut c, p, t| {
+                let r = request(GetPartitionRequest { topic: topic.name.clone(), partition: p }, t);
+                async move { c.get_partition(r).await }
+            })
+            .await?;
         Ok(DescribeTopicResponse { topic: Some(topic), partitions: infos })
     }
 

@@ -64,10 +64,7 @@ impl fmt::Display for Command {
             Command::Stream(StreamCommand::Append { events, partition, .. }) => {
                 write!(f, "append({} events to partition {partition})", events.len())
             }
-            Command::Stream(other) => {
-                let name = format!("{other:?}");
-                write!(f, "{}", name.split([' ', '{']).next().unwrap_or("stream"))
-            }
+            Command::Stream(other) => write!(f, "{}", other.name()),
         }
     }
 }

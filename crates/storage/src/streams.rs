@@ -189,6 +189,22 @@ pub enum StreamCommand {
     },
 }
 
+impl StreamCommand {
+    /// The command's kind, for logs (topic names, events and groups stay out of them).
+    pub fn name(&self) -> &'static str {
+        match self {
+            StreamCommand::PutTopic { .. } => "put_topic",
+            StreamCommand::RemoveTopic { .. } => "remove_topic",
+            StreamCommand::CreatePartition { .. } => "create_partition",
+            StreamCommand::DropPartition { .. } => "drop_partition",
+            StreamCommand::Append { .. } => "append",
+            StreamCommand::Trim { .. } => "trim",
+            StreamCommand::CommitOffset { .. } => "commit_offset",
+            StreamCommand::CompactChanges { .. } => "compact_changes",
+        }
+    }
+}
+
 /// Why a committed stream command changed nothing. Decided while applying, so the same on
 /// every replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
