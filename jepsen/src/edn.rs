@@ -91,7 +91,7 @@ mod tests {
     use super::*;
 
     fn ev(process: u64, kind: Kind, op: Op) -> Event {
-        Event { process, kind, op, time_ns: 5 }
+        Event { process, kind, op, time_ns: 5, error: None }
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct Event {
     pub kind: Kind,
     pub op: Op,
     pub time_ns: u64,
+    /// Why an operation ended `info` or `fail`, when the client said (for diagnosis only;
+    /// checkers ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ringkv_client::Consistency;
-use ringkv_jepsen::checker::{Verdict, append, linearizable, stale};
+use ringkv_jepsen::checker::{Verdict, append, events, linearizable, stale};
 use ringkv_jepsen::nemesis::Fault;
 use ringkv_jepsen::runner::{RunOptions, run};
 use ringkv_jepsen::workload::{ReadMode, Workload};
@@ -88,8 +88,8 @@ enum Command {
     /// Check a recorded history.jsonl again.
     Check {
         history: PathBuf,
-        /// Checkers, comma separated: register, stale, append.
-        #[arg(long, default_value = "register,stale,append", value_delimiter = ',')]
+        /// Checkers, comma separated: register, stale, append, events.
+        #[arg(long, default_value = "register,stale,append,events", value_delimiter = ',')]
         checker: Vec<String>,
     },
     /// Convert a history.jsonl to Jepsen EDN on standard output.
@@ -98,20 +98,17 @@ enum Command {
 
 fn print_verdicts(verdicts: &[Verdict]) -> ExitCode {
     for v in verdicts {
-        println!(
-            "{}: {} over {} operations",
-            v.checker,
-            if v.valid { "VALID" } else { "INVALID" },
-            v.ops
-        );
-        for c in v.counterexamples.iter().take(10) {
+        println!("{}: {} over {} operations", v.checker, v.outcome(), v.ops);
+        for c in v.counterexamples.iter().chain(&v.unknown).take(10) {
             println!("  {c}");
         }
     }
-    if !verdicts.is_empty() && verdicts.iter().all(|v| v.valid) {
+    if verdicts.iter().any(|v| v.outcome() == "INVALID") {
+        ExitCode::from(1)
+    } else if !verdicts.is_empty() && verdicts.iter().all(|v| v.valid) {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(3)
     }
 }
 
@@ -139,9 +136,10 @@ async fn main() -> ExitCode {
                     "register" => linearizable::check(&events),
                     "stale" => stale::check(&events, stale::SLACK_MS_DEFAULT),
                     "append" => append::check(&events),
+                    "events" => events::check(&events),
                     other => {
                         return usage(format!(
-                            "unknown checker {other:?}: use register, stale, append"
+                            "unknown checker {other:?}: use register, stale, append, events"
                         ));
                     }
                 };

@@ -188,6 +188,13 @@ pub fn write(
     let per_sec = per_second(events);
     timeline_svg(&dir.join("timeline.svg"), &per_sec, faults)?;
     let valid = !verdicts.is_empty() && verdicts.iter().all(|v| v.valid);
+    let overall = if valid {
+        "VALID"
+    } else if verdicts.iter().any(|v| v.outcome() == "INVALID") {
+        "INVALID"
+    } else {
+        "UNKNOWN"
+    };
     let mut h = String::from(
         "<!doctype html><meta charset=utf-8><title>ringkv chaos run</title><style>\
          body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}\
@@ -197,7 +204,7 @@ pub fn write(
         h,
         "<h1>ringkv chaos run: <span class={}>{}</span></h1>",
         if valid { "ok" } else { "bad" },
-        if valid { "VALID" } else { "INVALID" }
+        overall
     );
     let total: u64 = per_sec.iter().map(|s| s.ok + s.fail + s.info).sum();
     let _ = write!(
@@ -219,14 +226,14 @@ pub fn write(
             "<tr><td>{}</td><td class={}>{}</td><td>{}</td></tr>",
             v.checker,
             if v.valid { "ok" } else { "bad" },
-            if v.valid { "valid" } else { "INVALID" },
+            v.outcome(),
             v.ops
         );
     }
     h.push_str("</table><img src=timeline.svg alt=timeline>");
     for v in verdicts.iter().filter(|v| !v.valid) {
-        let _ = write!(h, "<h2>{}: counterexamples</h2><ol>", v.checker);
-        for c in v.counterexamples.iter().take(20) {
+        let _ = write!(h, "<h2>{}: counterexamples and undecided keys</h2><ol>", v.checker);
+        for c in v.counterexamples.iter().chain(&v.unknown).take(20) {
             let _ = write!(h, "<li><code>{}</code></li>", esc(c));
         }
         h.push_str("</ol>");

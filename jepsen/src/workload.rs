@@ -46,9 +46,14 @@ impl Recorder {
 
     /// Appends an event; the order of appends is the history's real-time order.
     pub async fn record(&self, process: u64, kind: Kind, op: Op) {
+        self.record_error(process, kind, op, None).await;
+    }
+
+    /// [`Recorder::record`] with the client's error, if it gave one.
+    pub async fn record_error(&self, process: u64, kind: Kind, op: Op, error: Option<String>) {
         let mut events = self.events.lock().await;
         let time_ns = self.elapsed_ns();
-        events.push(Event { process, kind, op, time_ns });
+        events.push(Event { process, kind, op, time_ns, error });
     }
 
     pub async fn events(&self) -> Vec<Event> {
@@ -201,13 +206,17 @@ pub async fn perform(
     op_timeout: Duration,
 ) -> (Kind, Op) {
     rec.record(process, Kind::Invoke, op.clone()).await;
+    let mut error = None;
     let (kind, done) = match &op {
         Op::Read { key, .. } => match client.get_with(key.as_bytes(), reads.register).await {
             Ok(kv) => {
                 let value = kv.and_then(|kv| decode(&kv.value));
                 (Kind::Ok, Op::Read { key: key.clone(), value })
             }
-            Err(_) => (Kind::Info, op.clone()),
+            Err(e) => {
+                error = Some(e.to_string());
+                (Kind::Info, op.clone())
+            }
         },
         Op::StaleRead { key, .. } => {
             match client.get_detailed(key.as_bytes(), Consistency::Stale).await {
@@ -217,19 +226,28 @@ pub async fn perform(
                     let replica = resp.header.map(|h| (h.node_id, h.term, h.applied_index));
                     (Kind::Ok, Op::StaleRead { key: key.clone(), value, staleness_ms, replica })
                 }
-                Err(_) => (Kind::Info, op.clone()),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    (Kind::Info, op.clone())
+                }
             }
         }
         Op::Write { key, value } => match client.put(key.as_bytes(), &encode(*value)).await {
             Ok(_) => (Kind::Ok, op.clone()),
-            Err(_) => (Kind::Info, op.clone()),
+            Err(e) => {
+                error = Some(e.to_string());
+                (Kind::Info, op.clone())
+            }
         },
         Op::Cas { key, from, to } => {
             match client.cas(key.as_bytes(), Expect::Value(encode(*from)), Some(&encode(*to))).await
             {
                 Ok(out) if out.succeeded => (Kind::Ok, op.clone()),
                 Ok(_) => (Kind::Fail, op.clone()),
-                Err(_) => (Kind::Info, op.clone()),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    (Kind::Info, op.clone())
+                }
             }
         }
         Op::Append { key, element } => {
@@ -245,7 +263,10 @@ pub async fn perform(
                 Some(Some(l)) => (Kind::Ok, Op::ReadList { key: key.clone(), value: Some(l) }),
                 None => (Kind::Ok, Op::ReadList { key: key.clone(), value: None }),
             },
-            Err(_) => (Kind::Info, op.clone()),
+            Err(e) => {
+                error = Some(e.to_string());
+                (Kind::Info, op.clone())
+            }
         },
         Op::Produce { key, element, .. } => {
             match (producer, event_partition(key)) {
@@ -261,7 +282,10 @@ pub async fn perform(
                                 offset: Some(r.first_offset),
                             },
                         ),
-                        Err(_) => (Kind::Info, op.clone()),
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            (Kind::Info, op.clone())
+                        }
                     }
                 }
                 // Nothing was sent: certainly not appended.
@@ -273,7 +297,7 @@ pub async fn perform(
             Err(()) => (Kind::Info, op.clone()),
         },
     };
-    rec.record(process, kind, done.clone()).await;
+    rec.record_error(process, kind, done.clone(), error).await;
     (kind, done)
 }
 

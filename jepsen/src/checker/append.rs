@@ -120,5 +120,6 @@ pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
         ops,
         counterexamples: bad.into_iter().map(|(s, _)| s).collect(),
         events,
+        unknown: Vec::new(),
     })
 }

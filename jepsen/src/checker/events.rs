@@ -72,7 +72,7 @@ mod tests {
     use super::*;
 
     fn ev(process: u64, kind: Kind, op: Op) -> Event {
-        Event { process, kind, op, time_ns: 0 }
+        Event { process, kind, op, time_ns: 0, error: None }
     }
 
     fn produce(process: u64, element: i64, offset: Option<u64>) -> [Event; 2] {

@@ -16,10 +16,53 @@
 //!
 //! Keys are independent registers, so each key is checked on its own (exponentially cheaper
 //! than checking them together).
+//!
+//! Unknown writes nobody saw are dropped before the search. The search may leave any unknown
+//! operation out, so each one doubles the subsets it can explore; during a long outage a key
+//! collects hundreds of them (a 6-minute campaign had a key with 362, and the search ran for
+//! hours). An unknown write or CAS whose value no read returned and no CAS expected changes
+//! nothing: in any linearization that includes it, the next kept operation cannot depend on
+//! its value, so it is a blind write (or nothing), and removing the unknown operation leaves
+//! a valid linearization; leaving it out is always allowed. This holds for a whole set of such
+//! operations at once as long as only operations inside the set expect their values, so the
+//! set is grown to a fixpoint. Values are unique per run, so "nobody saw it" is exact.
+//!
+//! What remains is still exponential in the worst case, so the search is bounded: past
+//! [`SEARCH_STEPS_MAX`] steps or [`CACHE_WORDS_MAX`] words of cache a key is reported as
+//! *unknown* (neither valid nor a counterexample) instead of running for hours.
 
 use super::Verdict;
 use crate::history::{Call, Event, HistoryError, Kind, Op, calls};
 use std::collections::{BTreeMap, HashSet};
+
+/// Steps (call or return events visited) the search takes for one key before giving up.
+/// About a second per ten million steps; checks that pass take well under a million.
+pub const SEARCH_STEPS_MAX: u64 = 50_000_000;
+
+/// Memory the search's cache may hold for one key, in 64-bit words (2 GiB): each entry is a
+/// bitset over the key's operations.
+pub const CACHE_WORDS_MAX: usize = 256 << 20;
+
+/// How far the search for one key may go before the key is reported undecided.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchLimits {
+    pub steps_max: u64,
+    pub cache_words_max: usize,
+}
+
+impl Default for SearchLimits {
+    fn default() -> Self {
+        SearchLimits { steps_max: SEARCH_STEPS_MAX, cache_words_max: CACHE_WORDS_MAX }
+    }
+}
+
+/// Why a key failed to check.
+enum KeyFailure {
+    /// Not linearizable: why, and the history positions to show.
+    Invalid(String, Vec<usize>),
+    /// The search hit a limit before deciding.
+    Undecided(String),
+}
 
 type State = Option<i64>;
 
@@ -49,7 +92,7 @@ struct Entry {
 }
 
 /// Checks one key's operations; returns a counterexample if they are not linearizable.
-fn check_key(ops: &[Call]) -> Result<(), (String, Vec<usize>)> {
+fn check_key(ops: &[Call], limits: SearchLimits) -> Result<(), KeyFailure> {
     // Events in history order: (position, is_return, op index).
     let mut points: Vec<(usize, bool, usize)> = Vec::new();
     for (i, c) in ops.iter().enumerate() {
@@ -102,15 +145,29 @@ fn check_key(ops: &[Call]) -> Result<(), (String, Vec<usize>)> {
     let mut state: State = None;
     let mut stack: Vec<(usize, State)> = Vec::new();
     let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
+    let mut steps = 0u64;
     // The operation at which the longest path (most operations linearized) got stuck: the
     // most useful counterexample, since everything before it was explainable.
     let mut stuck: (usize, usize) = (0, 0);
     let mut cur = next[head];
     while done_must < must {
+        steps += 1;
+        if steps > limits.steps_max || cache.len() * (linearized.len() + 2) > limits.cache_words_max
+        {
+            return Err(KeyFailure::Undecided(format!(
+                "search gave up after {steps} steps with {} cached states ({} operations, {} of unknown outcome)",
+                cache.len(),
+                ops.len(),
+                ops.len() - must
+            )));
+        }
         if cur == head {
             // Only unknown-outcome calls are left unlinked on this path but some ok operation is
             // not linearized: impossible, since every ok op has a return entry we would meet.
-            return Err(("search ran past the end of the history".into(), Vec::new()));
+            return Err(KeyFailure::Invalid(
+                "search ran past the end of the history".into(),
+                Vec::new(),
+            ));
         }
         let e = entries[cur];
         if e.call {
@@ -153,7 +210,7 @@ fn check_key(ops: &[Call]) -> Result<(), (String, Vec<usize>)> {
                     .collect();
                 let events =
                     [Some(c.invoke_index), c.complete_index].into_iter().flatten().collect();
-                return Err((
+                return Err(KeyFailure::Invalid(
                     format!(
                         "{} cannot be linearized with the operations before it; concurrent with: [{}]",
                         describe(c),
@@ -192,8 +249,57 @@ fn describe(c: &Call) -> String {
     format!("process {} {what} (invoked at event {}, {done})", c.process, c.invoke_index)
 }
 
+/// Removes the unknown-outcome writes and CASes of one key whose value no read returned and
+/// no remaining CAS expected (see the module comment for why the verdict cannot change).
+///
+/// Dropping a CAS can make its `from` value unseen in turn, so this repeats until nothing
+/// more goes: the largest set of unknown operations whose values only other dropped
+/// operations depend on.
+fn drop_unseen_unknown_writes(calls: Vec<Call>) -> Vec<Call> {
+    let written = |c: &Call| match (&c.op, c.outcome) {
+        (_, Kind::Ok) => None,
+        (Op::Write { value, .. } | Op::Cas { to: value, .. }, _) => Some(*value),
+        _ => None,
+    };
+    let read: HashSet<i64> = calls
+        .iter()
+        .filter_map(|c| match (&c.op, c.outcome) {
+            (Op::Read { value: Some(v), .. }, Kind::Ok) => Some(*v),
+            _ => None,
+        })
+        .collect();
+    let mut dropped: Vec<bool> =
+        calls.iter().map(|c| written(c).is_some_and(|v| !read.contains(&v))).collect();
+    loop {
+        let expected: HashSet<i64> = calls
+            .iter()
+            .zip(&dropped)
+            .filter_map(|(c, gone)| match &c.op {
+                Op::Cas { from, .. } if !gone => Some(*from),
+                _ => None,
+            })
+            .collect();
+        let mut changed = false;
+        for (c, gone) in calls.iter().zip(dropped.iter_mut()) {
+            if *gone && written(c).is_some_and(|v| expected.contains(&v)) {
+                *gone = false;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    calls.into_iter().zip(dropped).filter(|(_, gone)| !gone).map(|(c, _)| c).collect()
+}
+
 /// Checks every key of a register history.
 pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
+    check_with(events, SearchLimits::default())
+}
+
+/// [`check`] with explicit search limits.
+pub fn check_with(events: &[Event], limits: SearchLimits) -> Result<Verdict, HistoryError> {
     let all = calls(events)?;
     let mut by_key: BTreeMap<&str, Vec<Call>> = BTreeMap::new();
     let mut ops = 0;
@@ -211,27 +317,34 @@ pub fn check(events: &[Event]) -> Result<Verdict, HistoryError> {
         }
     }
     let mut counterexamples = Vec::new();
+    let mut unknown = Vec::new();
     let mut events = Vec::new();
     for (key, calls) in by_key {
+        let calls = drop_unseen_unknown_writes(calls);
         if calls.len() > OPS_PER_KEY_MAX {
-            counterexamples.push(format!(
+            unknown.push(format!(
                 "key {key}: {} operations exceed the checker's limit of {OPS_PER_KEY_MAX}",
                 calls.len()
             ));
             continue;
         }
-        if let Err((why, at)) = check_key(&calls) {
-            counterexamples.push(format!("key {key}: {why}"));
-            if events.is_empty() {
-                events = at;
+        match check_key(&calls, limits) {
+            Ok(()) => {}
+            Err(KeyFailure::Invalid(why, at)) => {
+                counterexamples.push(format!("key {key}: {why}"));
+                if events.is_empty() {
+                    events = at;
+                }
             }
+            Err(KeyFailure::Undecided(why)) => unknown.push(format!("key {key}: {why}")),
         }
     }
     Ok(Verdict {
         checker: "linearizable-register",
-        valid: counterexamples.is_empty(),
+        valid: counterexamples.is_empty() && unknown.is_empty(),
         ops,
         counterexamples,
         events,
+        unknown,
     })
 }

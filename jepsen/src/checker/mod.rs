@@ -5,7 +5,9 @@ pub mod events;
 pub mod linearizable;
 pub mod stale;
 
-/// A checker's decision. `valid: false` always comes with a counterexample.
+/// A checker's decision. `valid: false` comes with a counterexample, or, when the checker could
+/// not decide within its limits, with the reason in `unknown` (not valid, but not proven
+/// invalid either).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub checker: &'static str,
@@ -18,4 +20,19 @@ pub struct Verdict {
     /// report can show the faults around it.
     #[serde(default)]
     pub events: Vec<usize>,
+    /// What could not be decided, and why (a search that hit its limit).
+    #[serde(default)]
+    pub unknown: Vec<String>,
+}
+
+impl Verdict {
+    /// `VALID`, `INVALID` (a counterexample was found) or `UNKNOWN` (undecided, no
+    /// counterexample).
+    pub fn outcome(&self) -> &'static str {
+        match (self.valid, self.counterexamples.is_empty()) {
+            (true, _) => "VALID",
+            (false, false) => "INVALID",
+            (false, true) => "UNKNOWN",
+        }
+    }
 }

@@ -124,5 +124,6 @@ pub fn check(events: &[Event], slack_ms: u64) -> Result<Verdict, HistoryError> {
         ops: reads.len(),
         counterexamples: bad.into_iter().map(|(s, _)| s).take(20).collect(),
         events: events_at,
+        unknown: Vec::new(),
     })
 }
