@@ -14,6 +14,7 @@ use crate::error::RoutingError;
 use crate::lanes::{LaneGuard, Lanes};
 use crate::nodes::{NodeEntry, Nodes};
 use crate::retry::{self, Next, RetryBudget};
+use crate::skips::Skips;
 use crate::topology::{Topology, map_from_proto};
 use futures::future::try_join_all;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -287,7 +288,7 @@ impl Cluster {
         let started = Instant::now();
         let mut attempts = 0u32;
         let mut retries = 0u32;
-        let mut skip: Vec<u64> = Vec::new();
+        let mut skip = Skips::default();
         let mut last = String::from("no attempt made");
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -300,7 +301,7 @@ impl Cluster {
                 });
             }
             let map = self.current_map()?;
-            let Some(node) = self.choose(&map, shard, target, &skip) else {
+            let Some(node) = self.choose(&map, shard, target, skip.nodes()) else {
                 // Every replica failed this round: start over with all of them, after a pause.
                 skip.clear();
                 tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
@@ -325,8 +326,11 @@ impl Cluster {
             };
             last = format!("node {}: {:?}: {}", node.id, status.code(), status.message());
             let next = match retry::classify(&status) {
-                // A hint naming a node this call could not reach is stale: look elsewhere.
-                Next::Redirect(Some(l)) if skip.contains(&l) => Next::Redirect(None),
+                // A hint naming a node this call could not reach is stale: look elsewhere (a
+                // node that only refused comes back; see `skips`).
+                Next::Redirect(Some(l)) if l != node.id && !skip.follow_hint(l) => {
+                    Next::Redirect(None)
+                }
                 other => other,
             };
             // Redirects are cheap and expected around elections: a few are free.
@@ -351,7 +355,7 @@ impl Cluster {
                 Next::Redirect(_) => {
                     inner.stats.redirects.inc();
                     inner.topology.forget_leader(shard, node.id);
-                    skip.push(node.id);
+                    skip.refused(node.id);
                     tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
                     retries += 1;
                 }
@@ -363,7 +367,7 @@ impl Cluster {
                     if node_failed {
                         inner.stats.node_failures.get_or_create(&NodeLabel { node: node.id }).inc();
                         inner.topology.forget_leader(shard, node.id);
-                        skip.push(node.id);
+                        skip.failed(node.id);
                         if node.on_failure(&inner.cfg) {
                             inner.stats.ejections.inc();
                         }

@@ -16,6 +16,7 @@
 
 use crate::cluster::{Cluster, Target};
 use crate::retry::{self, Next};
+use crate::skips::Skips;
 use futures::future::BoxFuture;
 use ringkv_placement::ShardId;
 use std::time::Duration;
@@ -49,7 +50,7 @@ pub async fn follow<R: Resumable>(
     let shard = r.shard();
     let mut failures = 0u32;
     let mut first_ever = true;
-    let mut skip: Vec<u64> = Vec::new();
+    let mut skip = Skips::default();
     loop {
         if tx.is_closed() {
             return;
@@ -59,7 +60,7 @@ pub async fn follow<R: Resumable>(
                 Ok(m) => m,
                 Err(e) => break 'attempt e.to_status(),
             };
-            let Some(node) = cluster.choose(&map, shard, Target::Leader, &skip) else {
+            let Some(node) = cluster.choose(&map, shard, Target::Leader, skip.nodes()) else {
                 skip.clear();
                 break 'attempt Status::unavailable("no replica of the shard is known");
             };
@@ -71,7 +72,7 @@ pub async fn follow<R: Resumable>(
                     break 'attempt status;
                 }
                 Err(_) => {
-                    skip.push(node.id);
+                    skip.failed(node.id);
                     break 'attempt Status::deadline_exceeded("opening the stream timed out");
                 }
             };
@@ -121,20 +122,24 @@ async fn note_failure(
     shard: ShardId,
     node: u64,
     status: &Status,
-    skip: &mut Vec<u64>,
+    skip: &mut Skips,
 ) {
     let topology = &cluster.inner.topology;
     match retry::classify(status) {
-        Next::Redirect(Some(leader)) if leader != node => {
+        // A fresh hint brings back a node that only refused: a stream has no deadline, so a
+        // node skipped forever while every other replica names it as leader would be a
+        // livelock (found by the event tests under load). A hint naming a node that did not
+        // answer is stale (see `skips`).
+        Next::Redirect(Some(leader)) if leader != node && skip.follow_hint(leader) => {
             topology.set_leader(shard, leader);
-            // A fresh hint outranks an earlier failure of that node: a stream has no deadline,
-            // so a node skipped forever while every other replica names it as leader would
-            // be a livelock (found by the event tests under load).
-            skip.retain(|n| *n != leader);
         }
-        Next::Redirect(_) | Next::Backoff { node_failed: true } => {
+        Next::Redirect(_) => {
             topology.forget_leader(shard, node);
-            skip.push(node);
+            skip.refused(node);
+        }
+        Next::Backoff { node_failed: true } => {
+            topology.forget_leader(shard, node);
+            skip.failed(node);
         }
         Next::RefreshMap => {
             let _ = cluster.refresh_map().await;

@@ -12,6 +12,7 @@
 //!   outstanding requests (power of two choices), peak-EWMA latency, or key-hash affinity.
 //! - [`retry`]: which failures are safe to retry, a retry budget (retries may add at most a
 //!   fixed fraction of load), and jittered exponential backoff bounded by the caller's deadline.
+//! - [`skips`]: the nodes one call steers around, and which hints bring them back.
 //! - [`lanes`]: session lanes for at-most-once writes: every write carries a client id and a
 //!   sequence number, so a retry after an unknown outcome is never applied twice.
 //! - [`cluster`]: the operations, each one a loop of "pick a node, call, learn from the
@@ -29,6 +30,7 @@ pub mod follow;
 pub mod lanes;
 pub mod nodes;
 pub mod retry;
+pub mod skips;
 pub mod topology;
 pub mod watch;
 
