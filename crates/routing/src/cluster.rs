@@ -311,6 +311,7 @@ impl Cluster {
             attempts += 1;
             inner.stats.node_attempts.get_or_create(&NodeLabel { node: node.id }).inc();
             let guard = node.start();
+            let sent = guard.started();
             let result = f(node.channel(), remaining).await;
             let latency = guard.elapsed();
             drop(guard);
@@ -368,7 +369,7 @@ impl Cluster {
                         inner.stats.node_failures.get_or_create(&NodeLabel { node: node.id }).inc();
                         inner.topology.forget_leader(shard, node.id);
                         skip.failed(node.id);
-                        if node.on_failure(&inner.cfg) {
+                        if node.on_failure(&inner.cfg, sent) {
                             inner.stats.ejections.inc();
                         }
                     }

@@ -41,6 +41,9 @@ enum Health {
     /// Half-open: one probe is out. A probe that never reports back (its caller gave up) does
     /// not block the node forever: after `PROBE_TIMEOUT` another probe may go.
     Probing {
+        /// When the probe was let through: failures of requests sent before it are not the
+        /// probe's.
+        opened: Instant,
         since: Instant,
     },
 }
@@ -60,6 +63,11 @@ impl Drop for InFlight {
 impl InFlight {
     pub fn elapsed(&self) -> Duration {
         self.1.elapsed()
+    }
+
+    /// When the request was sent.
+    pub fn started(&self) -> Instant {
+        self.1
     }
 }
 
@@ -111,9 +119,11 @@ impl NodeEntry {
         let now = Instant::now();
         match *state {
             Health::Healthy => true,
-            Health::Ejected { until } | Health::Probing { since: until } if now < until => false,
+            Health::Ejected { until } | Health::Probing { since: until, .. } if now < until => {
+                false
+            }
             Health::Ejected { .. } | Health::Probing { .. } => {
-                *state = Health::Probing { since: now + PROBE_TIMEOUT };
+                *state = Health::Probing { opened: now, since: now + PROBE_TIMEOUT };
                 true
             }
         }
@@ -124,7 +134,7 @@ impl NodeEntry {
         let now = Instant::now();
         match *self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             Health::Healthy => false,
-            Health::Ejected { until } | Health::Probing { since: until } => now < until,
+            Health::Ejected { until } | Health::Probing { since: until, .. } => now < until,
         }
     }
 
@@ -147,10 +157,25 @@ impl NodeEntry {
         self.ewma_us.store(new, Ordering::Relaxed);
     }
 
-    /// A transport-level failure. Returns true if it ejected the node.
-    pub fn on_failure(&self, cfg: &RoutingConfig) -> bool {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+    /// A transport-level failure of a request sent at `started`. Returns true if it ejected
+    /// the node.
+    ///
+    /// Requests already in flight when the node was ejected fail late, often all at once (a
+    /// paused process times them all out together). They say nothing new, so they neither
+    /// extend the ejection nor count as failed probes: counting them doubled the interval
+    /// once per request and ejected a node paused for 3 s for the 30 s maximum within
+    /// milliseconds (seen in a chaos campaign's router log).
+    pub fn on_failure(&self, cfg: &RoutingConfig, started: Instant) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let stale = match *state {
+            Health::Healthy => false,
+            Health::Ejected { until } => started < until,
+            Health::Probing { opened, .. } => started < opened,
+        };
+        if stale {
+            return false;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         // A failure after the ejection interval is a failed probe, however it was sent.
         let was_probe = *state != Health::Healthy;
         if failures < cfg.eject_after_failures && !was_probe {
@@ -205,14 +230,15 @@ mod tests {
             ..RoutingConfig::default()
         };
         let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
-        assert!(!n.on_failure(&cfg) && !n.on_failure(&cfg));
-        assert!(n.on_failure(&cfg), "third consecutive failure ejects");
+        let now = Instant::now;
+        assert!(!n.on_failure(&cfg, now()) && !n.on_failure(&cfg, now()));
+        assert!(n.on_failure(&cfg, now()), "third consecutive failure ejects");
         assert!(!n.available() && n.is_ejected());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(n.available(), "after the interval one probe goes through");
         assert!(!n.available(), "but only one");
         // The probe fails: ejected again, for twice as long.
-        assert!(n.on_failure(&cfg));
+        assert!(n.on_failure(&cfg, now()));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!n.available(), "second ejection lasts 80 ms");
         tokio::time::sleep(Duration::from_millis(40)).await;
@@ -220,6 +246,32 @@ mod tests {
         n.on_success(Duration::from_millis(1));
         assert!(n.available() && n.available(), "a successful probe restores the node");
         assert_eq!(n.ejection_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn requests_in_flight_at_the_ejection_do_not_extend_it() {
+        let cfg = RoutingConfig {
+            eject_after_failures: 3,
+            eject_base: Duration::from_millis(40),
+            eject_max: Duration::from_secs(30),
+            ..RoutingConfig::default()
+        };
+        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        let sent = Instant::now();
+        assert!(!n.on_failure(&cfg, sent) && !n.on_failure(&cfg, sent));
+        assert!(n.on_failure(&cfg, sent));
+        // Fifty more requests sent before the ejection fail late, together.
+        for _ in 0..50 {
+            assert!(!n.on_failure(&cfg, sent), "a late failure must not re-eject");
+        }
+        assert_eq!(n.ejection_count(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(n.available(), "the first 40 ms ejection ended on time");
+        // While the probe is out, failures of older requests are not the probe's either.
+        assert!(!n.on_failure(&cfg, sent));
+        assert_eq!(n.ejection_count(), 1);
+        assert!(n.on_failure(&cfg, Instant::now()), "the probe itself failing re-ejects");
+        assert_eq!(n.ejection_count(), 2);
     }
 
     #[tokio::test]
