@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ringkv_client::Consistency;
-use ringkv_jepsen::checker::{Verdict, append, events, linearizable, stale};
+use ringkv_jepsen::checker::{Outcome, Verdict, append, events, linearizable, stale};
 use ringkv_jepsen::nemesis::Fault;
 use ringkv_jepsen::runner::{RunOptions, run};
 use ringkv_jepsen::workload::{ReadMode, Workload};
@@ -103,12 +103,10 @@ fn print_verdicts(verdicts: &[Verdict]) -> ExitCode {
             println!("  {c}");
         }
     }
-    if verdicts.iter().any(|v| v.outcome() == "INVALID") {
-        ExitCode::from(1)
-    } else if !verdicts.is_empty() && verdicts.iter().all(|v| v.valid) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
+    match Outcome::of(verdicts) {
+        Outcome::Valid => ExitCode::SUCCESS,
+        Outcome::Invalid => ExitCode::from(1),
+        Outcome::Unknown => ExitCode::from(3),
     }
 }
 

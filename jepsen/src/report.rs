@@ -2,7 +2,7 @@
 //! windows shaded) and `report.html` (verdicts, notes, faults, and for an invalid verdict the
 //! operations and faults around its counterexample).
 
-use crate::checker::Verdict;
+use crate::checker::{Outcome, Verdict};
 use crate::history::{Event, Kind, calls};
 use crate::nemesis::FaultWindow;
 use anyhow::Result;
@@ -187,14 +187,8 @@ pub fn write(
 ) -> Result<()> {
     let per_sec = per_second(events);
     timeline_svg(&dir.join("timeline.svg"), &per_sec, faults)?;
-    let valid = !verdicts.is_empty() && verdicts.iter().all(|v| v.valid);
-    let overall = if valid {
-        "VALID"
-    } else if verdicts.iter().any(|v| v.outcome() == "INVALID") {
-        "INVALID"
-    } else {
-        "UNKNOWN"
-    };
+    let overall = Outcome::of(verdicts);
+    let valid = overall == Outcome::Valid;
     let mut h = String::from(
         "<!doctype html><meta charset=utf-8><title>ringkv chaos run</title><style>\
          body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}\

@@ -2,7 +2,7 @@
 //! drive the workloads from concurrent clients while the nemesis injects faults, heal, take
 //! final reads, check the history, write the results folder.
 
-use crate::checker::{Verdict, append, events, linearizable, stale};
+use crate::checker::{Outcome, Verdict, append, events, linearizable, stale};
 use crate::history::{Event, Kind, Op};
 use crate::nemesis::{self, Fault, FaultWindow};
 use crate::workload::{
@@ -58,7 +58,7 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn valid(&self) -> bool {
-        !self.verdicts.is_empty() && self.verdicts.iter().all(|v| v.valid)
+        Outcome::of(&self.verdicts) == Outcome::Valid
     }
 }
 

@@ -1,7 +1,7 @@
 //! The checkers on hand-made histories: valid ones pass, and each kind of anomaly the chaos
 //! harness exists to find is caught.
 
-use ringkv_jepsen::checker::{append, linearizable, stale};
+use ringkv_jepsen::checker::{Outcome, append, linearizable, stale};
 use ringkv_jepsen::history::{Event, Kind, Op};
 
 /// Builds a history from (process, kind, op) in order.
@@ -174,9 +174,9 @@ fn an_outage_of_unknown_writes_is_checked_quickly_and_anomalies_still_show() {
     assert!(v.valid, "none of them happened: {:?}", v.counterexamples);
     // A value nobody wrote, or one read before any write of it was invoked, is still caught.
     let v = linearizable::check(&outage(400, Some(999), false)).unwrap();
-    assert_eq!(v.outcome(), "INVALID", "{v:?}");
+    assert_eq!(v.outcome(), Outcome::Invalid, "{v:?}");
     let v = linearizable::check(&outage(400, Some(200), true)).unwrap();
-    assert_eq!(v.outcome(), "INVALID", "{v:?}");
+    assert_eq!(v.outcome(), Outcome::Invalid, "{v:?}");
 }
 
 #[test]
@@ -196,12 +196,12 @@ fn a_search_past_its_limits_is_unknown_not_a_counterexample() {
     assert!(linearizable::check(&seen).unwrap().valid);
     let limits = linearizable::SearchLimits { steps_max: 5, cache_words_max: usize::MAX };
     let v = linearizable::check_with(&seen, limits).unwrap();
-    assert_eq!(v.outcome(), "UNKNOWN", "{v:?}");
+    assert_eq!(v.outcome(), Outcome::Unknown, "{v:?}");
     assert!(!v.valid && v.counterexamples.is_empty());
     assert!(v.unknown[0].contains("gave up"), "{:?}", v.unknown);
     let limits = linearizable::SearchLimits { steps_max: u64::MAX, cache_words_max: 8 };
     let v = linearizable::check_with(&seen, limits).unwrap();
-    assert_eq!(v.outcome(), "UNKNOWN", "{v:?}");
+    assert_eq!(v.outcome(), Outcome::Unknown, "{v:?}");
 }
 
 fn app(e: i64) -> Op {

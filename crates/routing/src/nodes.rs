@@ -221,14 +221,19 @@ impl Nodes {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn ejection_grows_then_half_open_probe_restores() {
-        let cfg = RoutingConfig {
+    /// Ejects after 3 failures, for 40 ms doubling up to `eject_max`.
+    fn ejecting(eject_max: Duration) -> RoutingConfig {
+        RoutingConfig {
             eject_after_failures: 3,
             eject_base: Duration::from_millis(40),
-            eject_max: Duration::from_millis(200),
+            eject_max,
             ..RoutingConfig::default()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn ejection_grows_then_half_open_probe_restores() {
+        let cfg = ejecting(Duration::from_millis(200));
         let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
         let now = Instant::now;
         assert!(!n.on_failure(&cfg, now()) && !n.on_failure(&cfg, now()));
@@ -250,12 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_in_flight_at_the_ejection_do_not_extend_it() {
-        let cfg = RoutingConfig {
-            eject_after_failures: 3,
-            eject_base: Duration::from_millis(40),
-            eject_max: Duration::from_secs(30),
-            ..RoutingConfig::default()
-        };
+        let cfg = ejecting(Duration::from_secs(30));
         let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
         let sent = Instant::now();
         assert!(!n.on_failure(&cfg, sent) && !n.on_failure(&cfg, sent));

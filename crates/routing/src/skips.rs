@@ -29,10 +29,6 @@ impl Skips {
         &self.nodes
     }
 
-    pub fn contains(&self, node: u64) -> bool {
-        self.nodes.contains(&node)
-    }
-
     /// `node` refused (not the leader, no usable hint).
     pub fn refused(&mut self, node: u64) {
         if !self.nodes.contains(&node) {
@@ -79,7 +75,7 @@ mod tests {
         assert!(s.follow_hint(3), "node 3 only refused: it may have taken over since");
         assert_eq!(s.nodes(), &[2]);
         assert!(!s.follow_hint(2), "node 2 did not answer: a hint naming it is stale");
-        assert!(s.contains(2));
+        assert!(s.nodes().contains(&2));
         assert!(s.follow_hint(1), "a hint for a node never skipped is followed");
         s.clear();
         assert!(s.nodes().is_empty() && s.follow_hint(2));

@@ -33,7 +33,7 @@
 
 use super::Verdict;
 use crate::history::{Call, Event, HistoryError, Kind, Op, calls};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Steps (call or return events visited) the search takes for one key before giving up.
 /// About a second per ten million steps; checks that pass take well under a million.
@@ -252,45 +252,39 @@ fn describe(c: &Call) -> String {
 /// Removes the unknown-outcome writes and CASes of one key whose value no read returned and
 /// no remaining CAS expected (see the module comment for why the verdict cannot change).
 ///
-/// Dropping a CAS can make its `from` value unseen in turn, so this repeats until nothing
-/// more goes: the largest set of unknown operations whose values only other dropped
-/// operations depend on.
+/// Keeping a CAS makes its `from` value expected, which may keep the unknown operations that
+/// wrote it, and so on: a worklist of expected values, each visited once (linear in the
+/// key's operations), gives the largest set that can go.
 fn drop_unseen_unknown_writes(calls: Vec<Call>) -> Vec<Call> {
-    let written = |c: &Call| match (&c.op, c.outcome) {
-        (_, Kind::Ok) => None,
-        (Op::Write { value, .. } | Op::Cas { to: value, .. }, _) => Some(*value),
-        _ => None,
-    };
-    let read: HashSet<i64> = calls
-        .iter()
-        .filter_map(|c| match (&c.op, c.outcome) {
-            (Op::Read { value: Some(v), .. }, Kind::Ok) => Some(*v),
-            _ => None,
-        })
-        .collect();
-    let mut dropped: Vec<bool> =
-        calls.iter().map(|c| written(c).is_some_and(|v| !read.contains(&v))).collect();
-    loop {
-        let expected: HashSet<i64> = calls
-            .iter()
-            .zip(&dropped)
-            .filter_map(|(c, gone)| match &c.op {
-                Op::Cas { from, .. } if !gone => Some(*from),
-                _ => None,
-            })
-            .collect();
-        let mut changed = false;
-        for (c, gone) in calls.iter().zip(dropped.iter_mut()) {
-            if *gone && written(c).is_some_and(|v| expected.contains(&v)) {
-                *gone = false;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
+    let mut keep: Vec<bool> = vec![true; calls.len()];
+    // Unknown operations by the value they write; all start dropped.
+    let mut writers: HashMap<i64, Vec<usize>> = HashMap::new();
+    for (i, c) in calls.iter().enumerate() {
+        if c.outcome != Kind::Ok
+            && let Op::Write { value, .. } | Op::Cas { to: value, .. } = &c.op
+        {
+            writers.entry(*value).or_default().push(i);
+            keep[i] = false;
         }
     }
-    calls.into_iter().zip(dropped).filter(|(_, gone)| !gone).map(|(c, _)| c).collect()
+    let mut expected: Vec<i64> = Vec::new();
+    for (c, kept) in calls.iter().zip(&keep) {
+        match (&c.op, c.outcome) {
+            (Op::Read { value: Some(v), .. }, Kind::Ok) => expected.push(*v),
+            (Op::Cas { from, .. }, _) if *kept => expected.push(*from),
+            _ => {}
+        }
+    }
+    while let Some(v) = expected.pop() {
+        // `remove`: each value's writers are brought back at most once.
+        for i in writers.remove(&v).unwrap_or_default() {
+            keep[i] = true;
+            if let Op::Cas { from, .. } = &calls[i].op {
+                expected.push(*from);
+            }
+        }
+    }
+    calls.into_iter().zip(keep).filter(|(_, kept)| *kept).map(|(c, _)| c).collect()
 }
 
 /// Checks every key of a register history.

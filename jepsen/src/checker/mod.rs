@@ -25,14 +25,50 @@ pub struct Verdict {
     pub unknown: Vec<String>,
 }
 
+/// What a verdict, or a set of them, amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Valid,
+    /// A counterexample was found.
+    Invalid,
+    /// Undecided: no counterexample, but not shown valid either (or nothing was checked).
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Valid => "VALID",
+            Outcome::Invalid => "INVALID",
+            Outcome::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// Of several verdicts: invalid if any is, valid if there are some and all are, else
+    /// unknown.
+    pub fn of(verdicts: &[Verdict]) -> Outcome {
+        if verdicts.iter().any(|v| v.outcome() == Outcome::Invalid) {
+            Outcome::Invalid
+        } else if !verdicts.is_empty() && verdicts.iter().all(|v| v.valid) {
+            Outcome::Valid
+        } else {
+            Outcome::Unknown
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Verdict {
-    /// `VALID`, `INVALID` (a counterexample was found) or `UNKNOWN` (undecided, no
-    /// counterexample).
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> Outcome {
         match (self.valid, self.counterexamples.is_empty()) {
-            (true, _) => "VALID",
-            (false, false) => "INVALID",
-            (false, true) => "UNKNOWN",
+            (true, _) => Outcome::Valid,
+            (false, false) => Outcome::Invalid,
+            (false, true) => Outcome::Unknown,
         }
     }
 }
