@@ -19,7 +19,10 @@
 //! id takes its place, since the old operation may still be in flight.
 
 use crate::history::{Event, Kind, Op};
-use ringkv_client::{Client, Consistency, Event as StreamEvent, Expect, Producer, Retention};
+use ringkv_client::{
+    Client, ClientError, Consistency, Event as StreamEvent, Expect, Producer, Retention,
+    WriteOutcome,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -165,6 +168,8 @@ async fn append(client: &Client, key: &str, element: i64, deadline: Instant) -> 
         match client.cas(key.as_bytes(), expect, Some(&encode_list(&list))).await {
             Ok(out) if out.succeeded => return Ok(true),
             Ok(_) => continue,
+            // Refused before it was proposed (e.g. every attempt met a former leader).
+            Err(e) if e.write_outcome() == WriteOutcome::NotApplied => return Ok(false),
             Err(_) => return Err(()),
         }
     }
@@ -190,6 +195,15 @@ async fn read_partition(client: &Client, key: &str) -> Result<Vec<i64>, ()> {
             return Ok(out);
         }
         offset = page.next_offset;
+    }
+}
+
+/// How a failed write completes: `fail` when the client knows it was not applied (every
+/// attempt was refused before anything was proposed), else `info` (it may show up later).
+fn failed_write(e: &ClientError) -> Kind {
+    match e.write_outcome() {
+        WriteOutcome::NotApplied => Kind::Fail,
+        WriteOutcome::Unknown => Kind::Info,
     }
 }
 
@@ -236,7 +250,7 @@ pub async fn perform(
             Ok(_) => (Kind::Ok, op.clone()),
             Err(e) => {
                 error = Some(e.to_string());
-                (Kind::Info, op.clone())
+                (failed_write(&e), op.clone())
             }
         },
         Op::Cas { key, from, to } => {
@@ -246,7 +260,7 @@ pub async fn perform(
                 Ok(_) => (Kind::Fail, op.clone()),
                 Err(e) => {
                     error = Some(e.to_string());
-                    (Kind::Info, op.clone())
+                    (failed_write(&e), op.clone())
                 }
             }
         }
@@ -284,7 +298,7 @@ pub async fn perform(
                         ),
                         Err(e) => {
                             error = Some(e.to_string());
-                            (Kind::Info, op.clone())
+                            (failed_write(&e), op.clone())
                         }
                     }
                 }

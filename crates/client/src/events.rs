@@ -21,14 +21,14 @@
 //! # Ok(()) }
 //! ```
 
-use crate::{Client, ClientError, Mode};
+use crate::{Client, ClientError, Mode, WriteOutcome};
 use ringkv_proto::v1::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc};
-use tonic::{Code, Streaming};
+use tonic::Streaming;
 
 enum Source<T> {
     Router(Box<Streaming<T>>),
@@ -277,17 +277,6 @@ struct PartitionSeq {
     fenced: bool,
 }
 
-/// Whether a failed append certainly changed nothing, so its sequence number is still free.
-fn certainly_not_appended(e: &ClientError) -> bool {
-    match e {
-        ClientError::Status(s) => {
-            matches!(s.code(), Code::InvalidArgument | Code::NotFound)
-                || e.reason().as_deref() == Some("TOPIC_CHANGED")
-        }
-        _ => true,
-    }
-}
-
 /// Whether retrying the same batch (same sequence number) may help: the routing core's own
 /// rule for what is safe to repeat, which the sequence number makes true of every append.
 fn retryable(e: &ClientError) -> bool {
@@ -338,6 +327,8 @@ impl Producer<'_> {
         };
         let deadline = Instant::now() + self.client.timeout;
         let mut attempt = 0u32;
+        // Whether any attempt so far may have appended the batch.
+        let mut outcome = WriteOutcome::NotApplied;
         loop {
             match self.client.append_request(req.clone()).await {
                 Ok(resp) => {
@@ -345,6 +336,7 @@ impl Producer<'_> {
                     return Ok(resp);
                 }
                 Err(e) if retryable(&e) && Instant::now() < deadline => {
+                    outcome = outcome.and(e.write_outcome());
                     attempt += 1;
                     let pause = Duration::from_millis(20u64 << attempt.min(5));
                     tokio::time::sleep(
@@ -353,7 +345,8 @@ impl Producer<'_> {
                     .await;
                 }
                 Err(e) => {
-                    seq.fenced = !certainly_not_appended(&e);
+                    // A refusal after an attempt of unknown outcome leaves the batch unknown.
+                    seq.fenced = outcome.and(e.write_outcome()) == WriteOutcome::Unknown;
                     return Err(e);
                 }
             }

@@ -43,6 +43,7 @@ pub use ringkv_proto::v1::{
     SubscribeRequest, SubscribeResponse, TopicInfo, WatchEvent, WatchRequest, WatchResponse,
     subscribe_request, watch_event,
 };
+pub use ringkv_routing::WriteOutcome;
 use ringkv_routing::lanes::Lanes;
 use ringkv_routing::{Cluster, ReadPolicy, RoutingConfig, RoutingError};
 use std::time::Duration;
@@ -82,6 +83,19 @@ impl ClientError {
         match self {
             ClientError::Status(s) => Some(s.code()),
             _ => None,
+        }
+    }
+
+    /// Whether the failed call may have been applied. [`WriteOutcome::NotApplied`] means it
+    /// certainly was not (every attempt was refused before anything was proposed, or nothing
+    /// was sent): the write can be sent again as a new one. [`WriteOutcome::Unknown`] means
+    /// read back first (or retry with the same session, which the router already did).
+    pub fn write_outcome(&self) -> WriteOutcome {
+        match self {
+            ClientError::Status(s) => WriteOutcome::of(s),
+            ClientError::Connect { .. }
+            | ClientError::Config(_)
+            | ClientError::ProducerFenced { .. } => WriteOutcome::NotApplied,
         }
     }
 }

@@ -32,7 +32,7 @@ impl RouterEvents {
 }
 
 fn timeout<T>(req: &Request<T>) -> Option<std::time::Duration> {
-    ringkv_proto::grpc_timeout(req.metadata())
+    crate::deadline::routing_timeout(req.metadata())
 }
 
 #[tonic::async_trait]

@@ -13,6 +13,7 @@
 //! migrations, like nginx's `weight=9` with `ip_hash`, but sticky per key rather than per
 //! client.
 
+pub mod deadline;
 pub mod events_service;
 pub mod metrics;
 pub mod service;

@@ -40,13 +40,13 @@ impl RouterKv {
 #[tonic::async_trait]
 impl Kv for RouterKv {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let t = ringkv_proto::grpc_timeout(req.metadata());
+        let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         self.metrics.observed("put", self.cluster_for(&req.key).put(req.clone(), t)).await
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let t = ringkv_proto::grpc_timeout(req.metadata());
+        let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         self.metrics.observed("get", self.cluster_for(&req.key).get(req.clone(), t)).await
     }
@@ -55,7 +55,7 @@ impl Kv for RouterKv {
         &self,
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let t = ringkv_proto::grpc_timeout(req.metadata());
+        let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         self.metrics.observed("delete", self.cluster_for(&req.key).delete(req.clone(), t)).await
     }
@@ -64,7 +64,7 @@ impl Kv for RouterKv {
         &self,
         req: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
-        let t = ringkv_proto::grpc_timeout(req.metadata());
+        let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         self.metrics
             .observed(
@@ -75,7 +75,7 @@ impl Kv for RouterKv {
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
-        let t = ringkv_proto::grpc_timeout(req.metadata());
+        let t = crate::deadline::routing_timeout(req.metadata());
         // Scans cover key ranges, which a per-key split cannot divide: they go to the primary.
         self.metrics.observed("scan", self.primary.scan(req.into_inner(), t)).await
     }
@@ -84,7 +84,7 @@ impl Kv for RouterKv {
         &self,
         req: Request<BatchWriteRequest>,
     ) -> Result<Response<BatchWriteResponse>, Status> {
-        let t = ringkv_proto::grpc_timeout(req.metadata());
+        let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         let first = req.ops.first().and_then(|op| match &op.op {
             Some(write_op::Op::Put(p)) => Some(p.key.clone()),
@@ -99,7 +99,7 @@ impl Kv for RouterKv {
         &self,
         req: Request<MultiGetRequest>,
     ) -> Result<Response<MultiGetResponse>, Status> {
-        let t = ringkv_proto::grpc_timeout(req.metadata());
+        let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         self.metrics
             .observed("multi_get", async {

@@ -6,13 +6,16 @@
 //! leader; `NOT_LEADER` redirects (to the named leader, else the next replica); `WRONG_SHARD`
 //! refreshes the map; a transient failure backs off (jittered, exponential) and, for transport
 //! failures, counts toward ejecting the node. Retries stop at the deadline, when the retry
-//! budget is spent, or at an error retrying cannot fix.
+//! budget is spent, or at an error retrying cannot fix. A call that gives up says whether its
+//! write may have been applied: not if every attempt was refused before anything was
+//! proposed (see [`crate::outcome`]).
 
 use crate::balance;
 use crate::config::RoutingConfig;
 use crate::error::RoutingError;
 use crate::lanes::{LaneGuard, Lanes};
 use crate::nodes::{NodeEntry, Nodes};
+use crate::outcome::WriteOutcome;
 use crate::retry::{self, Next, RetryBudget};
 use crate::skips::Skips;
 use crate::topology::{Topology, map_from_proto};
@@ -290,6 +293,8 @@ impl Cluster {
         let mut retries = 0u32;
         let mut skip = Skips::default();
         let mut last = String::from("no attempt made");
+        // Not applied until an attempt says otherwise (see `outcome`).
+        let mut outcome = WriteOutcome::NotApplied;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -298,6 +303,7 @@ impl Cluster {
                         .unwrap_or(u64::MAX),
                     attempts,
                     last,
+                    outcome,
                 });
             }
             let map = self.current_map()?;
@@ -326,6 +332,9 @@ impl Cluster {
                 Err(s) => s,
             };
             last = format!("node {}: {:?}: {}", node.id, status.code(), status.message());
+            let this = WriteOutcome::of(&status);
+            let earlier = outcome;
+            outcome = outcome.and(this);
             let next = match retry::classify(&status) {
                 // A hint naming a node this call could not reach is stale: look elsewhere (a
                 // node that only refused comes back; see `skips`).
@@ -337,10 +346,15 @@ impl Cluster {
             // Redirects are cheap and expected around elections: a few are free.
             let free = matches!(next, Next::Redirect(Some(_))) && attempts <= FREE_REDIRECTS;
             if next == Next::Fail {
+                if earlier == WriteOutcome::Unknown && this == WriteOutcome::NotApplied {
+                    // The node's refusal would read as "not applied"; an earlier attempt may
+                    // have been.
+                    return Err(RoutingError::OutcomeUnknown { attempts, last });
+                }
                 return Err(RoutingError::Node(status));
             }
             if !free && !inner.budget.try_retry() {
-                return Err(RoutingError::BudgetExhausted { attempts, last });
+                return Err(RoutingError::BudgetExhausted { attempts, last, outcome });
             }
             inner.stats.retries.inc();
             match next {

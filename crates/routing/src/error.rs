@@ -1,7 +1,23 @@
 //! Errors of the routing core. A node's own error (with its status details) is passed through
 //! unchanged; the routing core adds only what it decides itself.
+//!
+//! | error           | gRPC code         | ErrorInfo reason         | metadata              |
+//! |-----------------|-------------------|--------------------------|-----------------------|
+//! | Node            | the node's        | the node's               | the node's            |
+//! | NoMap           | UNAVAILABLE       | (none)                   |                       |
+//! | Deadline        | DEADLINE_EXCEEDED | RETRIES_TIMED_OUT        | attempts, outcome     |
+//! | BudgetExhausted | UNAVAILABLE       | RETRY_BUDGET_EXHAUSTED   | attempts, outcome     |
+//! | OutcomeUnknown  | UNKNOWN           | OUTCOME_UNKNOWN          | attempts              |
+//! | InvalidArgument | INVALID_ARGUMENT  | INVALID_INPUT            |                       |
+//!
+//! `outcome` tells a writer whether its write may have been applied ([`WriteOutcome`]).
 
+use crate::outcome::{OUTCOME_KEY, WriteOutcome};
+use std::collections::HashMap;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+const DOMAIN: &str = "ringkv.io";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
@@ -12,24 +28,62 @@ pub enum RoutingError {
     #[error("no seed node answered with a shard map: {0}")]
     NoMap(String),
     #[error("deadline of {deadline_ms} ms exceeded after {attempts} attempts; last error: {last}")]
-    Deadline { deadline_ms: u64, attempts: u32, last: String },
+    Deadline { deadline_ms: u64, attempts: u32, last: String, outcome: WriteOutcome },
     #[error("retry budget exhausted after {attempts} attempts; last error: {last}")]
-    BudgetExhausted { attempts: u32, last: String },
+    BudgetExhausted { attempts: u32, last: String, outcome: WriteOutcome },
+    /// A final refusal after an earlier attempt whose outcome is unknown: the refusal alone
+    /// would read as "not applied", which the earlier attempt makes untrue.
+    #[error(
+        "the write may or may not have been applied: an earlier attempt's outcome is unknown, and the last of {attempts} attempts was refused: {last}"
+    )]
+    OutcomeUnknown { attempts: u32, last: String },
     #[error("invalid request: {0}")]
     InvalidArgument(String),
 }
 
+fn with_info(code: Code, message: String, reason: &str, md: &[(&str, String)]) -> Status {
+    let md: HashMap<String, String> = md.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, DOMAIN, md))
+}
+
 impl RoutingError {
+    /// What the failed call did, for a writer deciding whether to send the write again.
+    pub fn outcome(&self) -> WriteOutcome {
+        match self {
+            RoutingError::Node(s) => WriteOutcome::of(s),
+            RoutingError::NoMap(_) | RoutingError::InvalidArgument(_) => WriteOutcome::NotApplied,
+            RoutingError::Deadline { outcome, .. }
+            | RoutingError::BudgetExhausted { outcome, .. } => *outcome,
+            RoutingError::OutcomeUnknown { .. } => WriteOutcome::Unknown,
+        }
+    }
+
     /// The status to return to a caller of the router.
     pub fn to_status(&self) -> Status {
+        let message = self.to_string();
         match self {
             RoutingError::Node(s) => s.clone(),
-            RoutingError::NoMap(_) | RoutingError::BudgetExhausted { .. } => {
-                Status::unavailable(self.to_string())
-            }
-            RoutingError::Deadline { .. } => Status::deadline_exceeded(self.to_string()),
+            RoutingError::NoMap(_) => Status::unavailable(message),
+            RoutingError::Deadline { attempts, outcome, .. } => with_info(
+                Code::DeadlineExceeded,
+                message,
+                "RETRIES_TIMED_OUT",
+                &[("attempts", attempts.to_string()), (OUTCOME_KEY, outcome.as_str().into())],
+            ),
+            RoutingError::BudgetExhausted { attempts, outcome, .. } => with_info(
+                Code::Unavailable,
+                message,
+                "RETRY_BUDGET_EXHAUSTED",
+                &[("attempts", attempts.to_string()), (OUTCOME_KEY, outcome.as_str().into())],
+            ),
+            RoutingError::OutcomeUnknown { attempts, .. } => with_info(
+                Code::Unknown,
+                message,
+                "OUTCOME_UNKNOWN",
+                &[("attempts", attempts.to_string())],
+            ),
             RoutingError::InvalidArgument(_) => {
-                Status::new(Code::InvalidArgument, self.to_string())
+                with_info(Code::InvalidArgument, message, "INVALID_INPUT", &[])
             }
         }
     }
@@ -38,5 +92,45 @@ impl RoutingError {
 impl From<RoutingError> for Status {
     fn from(e: RoutingError) -> Status {
         e.to_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_says_what_its_error_says() {
+        let cases = [
+            RoutingError::BudgetExhausted {
+                attempts: 4,
+                last: "x".into(),
+                outcome: WriteOutcome::NotApplied,
+            },
+            RoutingError::Deadline {
+                deadline_ms: 10,
+                attempts: 2,
+                last: "x".into(),
+                outcome: WriteOutcome::Unknown,
+            },
+            RoutingError::OutcomeUnknown { attempts: 3, last: "x".into() },
+            RoutingError::InvalidArgument("key is empty".into()),
+        ];
+        for e in cases {
+            // The outcome survives the trip through a status (router -> client).
+            assert_eq!(WriteOutcome::of(&e.to_status()), e.outcome(), "{e}");
+        }
+    }
+
+    #[test]
+    fn exhausted_retries_keep_the_retry_rule() {
+        use crate::retry::{Next, classify};
+        let e = RoutingError::BudgetExhausted {
+            attempts: 4,
+            last: "x".into(),
+            outcome: WriteOutcome::Unknown,
+        };
+        // A router's "no more retries" is not a sign that the router itself failed.
+        assert_eq!(classify(&e.to_status()), Next::Backoff { node_failed: false });
     }
 }

@@ -13,6 +13,8 @@
 //! - [`retry`]: which failures are safe to retry, a retry budget (retries may add at most a
 //!   fixed fraction of load), and jittered exponential backoff bounded by the caller's deadline.
 //! - [`skips`]: the nodes one call steers around, and which hints bring them back.
+//! - [`outcome`]: whether a failed write may have been applied (`NOT_APPLIED` only when every
+//!   attempt was refused before anything was proposed).
 //! - [`lanes`]: session lanes for at-most-once writes: every write carries a client id and a
 //!   sequence number, so a retry after an unknown outcome is never applied twice.
 //! - [`cluster`]: the operations, each one a loop of "pick a node, call, learn from the
@@ -29,6 +31,7 @@ pub mod events;
 pub mod follow;
 pub mod lanes;
 pub mod nodes;
+pub mod outcome;
 pub mod retry;
 pub mod skips;
 pub mod topology;
@@ -37,3 +40,4 @@ pub mod watch;
 pub use cluster::Cluster;
 pub use config::{ReadPolicy, RoutingConfig};
 pub use error::RoutingError;
+pub use outcome::WriteOutcome;

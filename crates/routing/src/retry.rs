@@ -113,18 +113,7 @@ pub fn backoff(cfg: &RoutingConfig, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-    use tonic_types::ErrorDetails;
-
-    fn with_reason(code: Code, reason: &str, md: &[(&str, &str)]) -> Status {
-        let md: HashMap<String, String> =
-            md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Status::with_error_details(
-            code,
-            "x",
-            ErrorDetails::with_error_info(reason, "ringkv.io", md),
-        )
-    }
+    use crate::outcome::tests::with_info as with_reason;
 
     #[test]
     fn only_safe_failures_are_retried() {

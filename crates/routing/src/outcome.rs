@@ -1,0 +1,170 @@
+//! Whether a failed write may still have taken effect.
+//!
+//! A caller whose write failed needs one bit to go on: may it send the write again as a new
+//! one, or must it first find out whether the old one landed (read back, or keep retrying
+//! with the same session)? The answer is "not applied" only when nothing of the request can
+//! have reached a state machine:
+//! - a connection refused (nothing listened at the node's address, so nothing was sent);
+//! - a refusal a node gives before proposing anything: `NOT_LEADER`, `WRONG_SHARD`, invalid
+//!   input, a missing or changed topic, a reached limit, an out-of-order producer sequence;
+//! - a routing error whose every attempt was such a refusal (the `outcome` metadata of
+//!   `RETRY_BUDGET_EXHAUSTED` and `RETRIES_TIMED_OUT`, see kv.proto).
+//!
+//! Everything else is "unknown": a timeout, a lost connection, `OUTCOME_UNKNOWN`, an
+//! unavailable shard, and any code this module does not know. Erring that way only costs the
+//! caller a read; erring the other way would let it report a write as failed that later
+//! shows up, which a linearizability checker (or a user) would rightly call lost-then-found.
+
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// The `ErrorInfo` metadata key routing errors carry the outcome in.
+pub const OUTCOME_KEY: &str = "outcome";
+
+/// What a failed call did, as far as anyone can know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Certainly not applied: safe to send again as a new write.
+    NotApplied,
+    /// May or may not have been applied.
+    Unknown,
+}
+
+impl WriteOutcome {
+    /// The value of the `outcome` metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOutcome::NotApplied => "NOT_APPLIED",
+            WriteOutcome::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The outcome of a failed call that answered with `status`.
+    pub fn of(status: &Status) -> WriteOutcome {
+        if matches!(status.code(), Code::InvalidArgument | Code::NotFound)
+            || connection_refused(status)
+        {
+            return WriteOutcome::NotApplied;
+        }
+        let details = status.get_error_details();
+        let Some(info) = details.error_info() else {
+            return WriteOutcome::Unknown;
+        };
+        let refused = matches!(
+            info.reason.as_str(),
+            "NOT_LEADER"
+                | "WRONG_SHARD"
+                | "INVALID_INPUT"
+                | "TOPIC_CHANGED"
+                | "LIMIT_REACHED"
+                | "OUT_OF_ORDER_SEQUENCE"
+        );
+        let routed_not_applied = info.metadata.get(OUTCOME_KEY).map(String::as_str)
+            == Some(WriteOutcome::NotApplied.as_str());
+        if refused || routed_not_applied { WriteOutcome::NotApplied } else { WriteOutcome::Unknown }
+    }
+
+    /// The outcome of several attempts of the same call: not applied only if none was.
+    pub fn and(self, other: WriteOutcome) -> WriteOutcome {
+        if self == WriteOutcome::NotApplied && other == WriteOutcome::NotApplied {
+            WriteOutcome::NotApplied
+        } else {
+            WriteOutcome::Unknown
+        }
+    }
+}
+
+/// Whether `status` is this process's failure to connect because nothing listened: the
+/// request was never sent. Only a refusal counts: a connection that broke or timed out may
+/// have carried the request first. (The cause chain exists only where the call was made, so
+/// this never matches a status that came over the network.)
+fn connection_refused(status: &Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use tonic_types::ErrorDetails;
+
+    /// A status as a node sends it: code, ErrorInfo reason and metadata.
+    pub(crate) fn with_info(code: Code, reason: &str, md: &[(&str, &str)]) -> Status {
+        let md: HashMap<String, String> =
+            md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Status::with_error_details(
+            code,
+            "x",
+            ErrorDetails::with_error_info(reason, "ringkv.io", md),
+        )
+    }
+
+    #[test]
+    fn refusals_before_proposing_are_not_applied() {
+        for (code, reason) in [
+            (Code::FailedPrecondition, "NOT_LEADER"),
+            (Code::FailedPrecondition, "WRONG_SHARD"),
+            (Code::InvalidArgument, "INVALID_INPUT"),
+            (Code::FailedPrecondition, "TOPIC_CHANGED"),
+            (Code::ResourceExhausted, "LIMIT_REACHED"),
+            (Code::NotFound, "NOT_FOUND"),
+        ] {
+            assert_eq!(WriteOutcome::of(&with_info(code, reason, &[])), WriteOutcome::NotApplied);
+        }
+    }
+
+    #[test]
+    fn anything_that_may_have_reached_a_shard_is_unknown() {
+        for status in [
+            with_info(Code::Unknown, "OUTCOME_UNKNOWN", &[]),
+            with_info(Code::FailedPrecondition, "SESSION_SUPERSEDED", &[]),
+            with_info(Code::DeadlineExceeded, "SHARD_UNAVAILABLE", &[]),
+            with_info(Code::Unavailable, "SHARD_UNAVAILABLE", &[]),
+            // A duplicate sequence was appended before.
+            with_info(Code::AlreadyExists, "DUPLICATE_SEQUENCE", &[]),
+            with_info(Code::Unavailable, "RETRY_BUDGET_EXHAUSTED", &[("outcome", "UNKNOWN")]),
+            Status::unavailable("connection reset"),
+            Status::deadline_exceeded("timeout"),
+            Status::cancelled("gone"),
+        ] {
+            assert_eq!(WriteOutcome::of(&status), WriteOutcome::Unknown, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn routing_errors_carry_their_outcome() {
+        let s =
+            with_info(Code::Unavailable, "RETRY_BUDGET_EXHAUSTED", &[("outcome", "NOT_APPLIED")]);
+        assert_eq!(WriteOutcome::of(&s), WriteOutcome::NotApplied);
+    }
+
+    /// A real call to a port nothing listens on: refused, so certainly not sent.
+    #[tokio::test]
+    async fn a_refused_connection_is_not_applied() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let mut kv = ringkv_proto::v1::kv_client::KvClient::new(channel);
+        let status = kv.put(ringkv_proto::v1::PutRequest::default()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(WriteOutcome::of(&status), WriteOutcome::NotApplied, "{status:?}");
+    }
+
+    #[test]
+    fn one_unknown_attempt_makes_the_call_unknown() {
+        use WriteOutcome::{NotApplied, Unknown};
+        assert_eq!(NotApplied.and(NotApplied), NotApplied);
+        assert_eq!(NotApplied.and(Unknown), Unknown);
+        assert_eq!(Unknown.and(NotApplied), Unknown);
+    }
+}
