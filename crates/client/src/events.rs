@@ -345,9 +345,15 @@ impl Producer<'_> {
                     .await;
                 }
                 Err(e) => {
-                    // A refusal after an attempt of unknown outcome leaves the batch unknown.
+                    // A refusal after an attempt of unknown outcome leaves the batch unknown,
+                    // and the error returned must say so too.
                     seq.fenced = outcome.and(e.write_outcome()) == WriteOutcome::Unknown;
-                    return Err(e);
+                    return Err(match e {
+                        ClientError::Status(s) if seq.fenced => {
+                            ClientError::Status(ringkv_routing::outcome::mark_unknown(s))
+                        }
+                        other => other,
+                    });
                 }
             }
         }

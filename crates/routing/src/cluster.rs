@@ -348,8 +348,8 @@ impl Cluster {
             if next == Next::Fail {
                 if earlier == WriteOutcome::Unknown && this == WriteOutcome::NotApplied {
                     // The node's refusal would read as "not applied"; an earlier attempt may
-                    // have been.
-                    return Err(RoutingError::OutcomeUnknown { attempts, last });
+                    // have been. Its code and reason stay, for readers.
+                    return Err(RoutingError::Node(crate::outcome::mark_unknown(status)));
                 }
                 return Err(RoutingError::Node(status));
             }

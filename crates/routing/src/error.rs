@@ -7,10 +7,11 @@
 //! | NoMap           | UNAVAILABLE       | (none)                   |                       |
 //! | Deadline        | DEADLINE_EXCEEDED | RETRIES_TIMED_OUT        | attempts, outcome     |
 //! | BudgetExhausted | UNAVAILABLE       | RETRY_BUDGET_EXHAUSTED   | attempts, outcome     |
-//! | OutcomeUnknown  | UNKNOWN           | OUTCOME_UNKNOWN          | attempts              |
 //! | InvalidArgument | INVALID_ARGUMENT  | INVALID_INPUT            |                       |
 //!
-//! `outcome` tells a writer whether its write may have been applied ([`WriteOutcome`]).
+//! `outcome` tells a writer whether its write may have been applied ([`WriteOutcome`]). A node's
+//! refusal that followed an attempt of unknown outcome is passed through with `outcome` =
+//! `UNKNOWN` added ([`crate::outcome::mark_unknown`]), so it never reads as "not applied".
 
 use crate::outcome::{OUTCOME_KEY, WriteOutcome};
 use std::collections::HashMap;
@@ -31,12 +32,6 @@ pub enum RoutingError {
     Deadline { deadline_ms: u64, attempts: u32, last: String, outcome: WriteOutcome },
     #[error("retry budget exhausted after {attempts} attempts; last error: {last}")]
     BudgetExhausted { attempts: u32, last: String, outcome: WriteOutcome },
-    /// A final refusal after an earlier attempt whose outcome is unknown: the refusal alone
-    /// would read as "not applied", which the earlier attempt makes untrue.
-    #[error(
-        "the write may or may not have been applied: an earlier attempt's outcome is unknown, and the last of {attempts} attempts was refused: {last}"
-    )]
-    OutcomeUnknown { attempts: u32, last: String },
     #[error("invalid request: {0}")]
     InvalidArgument(String),
 }
@@ -47,14 +42,20 @@ fn with_info(code: Code, message: String, reason: &str, md: &[(&str, String)]) -
 }
 
 impl RoutingError {
-    /// What the failed call did, for a writer deciding whether to send the write again.
-    pub fn outcome(&self) -> WriteOutcome {
+    /// The same error, saying the write may have been applied: for a call of several writes
+    /// that failed after an earlier one took effect.
+    pub fn outcome_unknown(self) -> RoutingError {
         match self {
-            RoutingError::Node(s) => WriteOutcome::of(s),
-            RoutingError::NoMap(_) | RoutingError::InvalidArgument(_) => WriteOutcome::NotApplied,
-            RoutingError::Deadline { outcome, .. }
-            | RoutingError::BudgetExhausted { outcome, .. } => *outcome,
-            RoutingError::OutcomeUnknown { .. } => WriteOutcome::Unknown,
+            RoutingError::Deadline { deadline_ms, attempts, last, .. } => RoutingError::Deadline {
+                deadline_ms,
+                attempts,
+                last,
+                outcome: WriteOutcome::Unknown,
+            },
+            RoutingError::BudgetExhausted { attempts, last, .. } => {
+                RoutingError::BudgetExhausted { attempts, last, outcome: WriteOutcome::Unknown }
+            }
+            other => RoutingError::Node(crate::outcome::mark_unknown(other.to_status())),
         }
     }
 
@@ -76,12 +77,6 @@ impl RoutingError {
                 "RETRY_BUDGET_EXHAUSTED",
                 &[("attempts", attempts.to_string()), (OUTCOME_KEY, outcome.as_str().into())],
             ),
-            RoutingError::OutcomeUnknown { attempts, .. } => with_info(
-                Code::Unknown,
-                message,
-                "OUTCOME_UNKNOWN",
-                &[("attempts", attempts.to_string())],
-            ),
             RoutingError::InvalidArgument(_) => {
                 with_info(Code::InvalidArgument, message, "INVALID_INPUT", &[])
             }
@@ -101,24 +96,50 @@ mod tests {
 
     #[test]
     fn a_status_says_what_its_error_says() {
+        use WriteOutcome::{NotApplied, Unknown};
         let cases = [
+            (
+                RoutingError::BudgetExhausted {
+                    attempts: 4,
+                    last: "x".into(),
+                    outcome: NotApplied,
+                },
+                NotApplied,
+            ),
+            (
+                RoutingError::Deadline {
+                    deadline_ms: 10,
+                    attempts: 2,
+                    last: "x".into(),
+                    outcome: Unknown,
+                },
+                Unknown,
+            ),
+            (RoutingError::InvalidArgument("key is empty".into()), NotApplied),
+            // No seed answered: the status has no details, so it reads as unknown (safe).
+            (RoutingError::NoMap("refused".into()), Unknown),
+        ];
+        for (e, want) in cases {
+            // The outcome survives the trip through a status (router -> client).
+            assert_eq!(WriteOutcome::of(&e.to_status()), want, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_later_step_of_a_multi_write_call_fails_as_unknown() {
+        let refused = RoutingError::Node(Status::not_found("no such partition"));
+        assert_eq!(WriteOutcome::of(&refused.to_status()), WriteOutcome::NotApplied);
+        for e in [
+            refused,
             RoutingError::BudgetExhausted {
                 attempts: 4,
                 last: "x".into(),
                 outcome: WriteOutcome::NotApplied,
             },
-            RoutingError::Deadline {
-                deadline_ms: 10,
-                attempts: 2,
-                last: "x".into(),
-                outcome: WriteOutcome::Unknown,
-            },
-            RoutingError::OutcomeUnknown { attempts: 3, last: "x".into() },
-            RoutingError::InvalidArgument("key is empty".into()),
-        ];
-        for e in cases {
-            // The outcome survives the trip through a status (router -> client).
-            assert_eq!(WriteOutcome::of(&e.to_status()), e.outcome(), "{e}");
+            RoutingError::InvalidArgument("x".into()),
+        ] {
+            let marked = e.outcome_unknown();
+            assert_eq!(WriteOutcome::of(&marked.to_status()), WriteOutcome::Unknown, "{marked}");
         }
     }
 

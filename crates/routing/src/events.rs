@@ -169,10 +169,13 @@ impl Cluster {
                 async move { streams(ch).put_topic(r).await }
             })
             .await?;
-        let topic = resp
-            .topic
-            .clone()
-            .ok_or_else(|| RoutingError::InvalidArgument("node returned no topic".into()))?;
+        // From here on the catalog record exists: a later failure leaves the topic created
+        // (or half-created) and must not read as "not applied".
+        let topic = resp.topic.clone().ok_or_else(|| {
+            RoutingError::Node(crate::outcome::mark_unknown(Status::internal(
+                "the catalog accepted the topic but returned no record of it",
+            )))
+        })?;
         self.on_partitions(&topic, deadline, |mut c, p, t| {
             let r = request(
                 CreatePartitionRequest {
@@ -185,7 +188,8 @@ impl Cluster {
             );
             async move { c.create_partition(r).await }
         })
-        .await?;
+        .await
+        .map_err(RoutingError::outcome_unknown)?;
         self.inner.topics.put(topic);
         Ok(resp)
     }
@@ -217,6 +221,7 @@ impl Cluster {
             }
         };
         remove(true).await?;
+        // The topic is marked deleted now: a later failure must not read as "not applied".
         self.on_partitions(&topic, deadline, |mut c, p, t| {
             let r = request(
                 DropPartitionRequest {
@@ -228,8 +233,9 @@ impl Cluster {
             );
             async move { c.drop_partition(r).await }
         })
-        .await?;
-        remove(false).await?;
+        .await
+        .map_err(RoutingError::outcome_unknown)?;
+        remove(false).await.map_err(RoutingError::outcome_unknown)?;
         Ok(DeleteTopicResponse { deleted: true })
     }
 

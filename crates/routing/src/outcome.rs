@@ -2,24 +2,33 @@
 //!
 //! A caller whose write failed needs one bit to go on: may it send the write again as a new
 //! one, or must it first find out whether the old one landed (read back, or keep retrying
-//! with the same session)? The answer is "not applied" only when nothing of the request can
-//! have reached a state machine:
-//! - a connection refused (nothing listened at the node's address, so nothing was sent);
-//! - a refusal a node gives before proposing anything: `NOT_LEADER`, `WRONG_SHARD`, invalid
-//!   input, a missing or changed topic, a reached limit, an out-of-order producer sequence;
-//! - a routing error whose every attempt was such a refusal (the `outcome` metadata of
-//!   `RETRY_BUDGET_EXHAUSTED` and `RETRIES_TIMED_OUT`, see kv.proto).
+//! with the same session)? The answer is "not applied" only when the request certainly
+//! changed nothing:
+//! - a connection refused while connecting (nothing listened at the node's address, so
+//!   nothing was sent);
+//! - a refusal before anything was proposed: `NOT_LEADER`, `WRONG_SHARD`, invalid input;
+//! - a command rejected when applied, with no effect: a missing or changed topic, a reached
+//!   limit, an out-of-order producer sequence;
+//! - an explicit `outcome` = `NOT_APPLIED` in the status's ErrorInfo metadata, which the
+//!   routing core sets when it gives up after attempts that were all of the kinds above
+//!   (`RETRY_BUDGET_EXHAUSTED`, `RETRIES_TIMED_OUT`, see kv.proto).
 //!
-//! Everything else is "unknown": a timeout, a lost connection, `OUTCOME_UNKNOWN`, an
-//! unavailable shard, and any code this module does not know. Erring that way only costs the
-//! caller a read; erring the other way would let it report a write as failed that later
-//! shows up, which a linearizability checker (or a user) would rightly call lost-then-found.
+//! An explicit `outcome` always wins: the routing core (and the producer, across its own
+//! retries) marks a refusal that followed an attempt of unknown outcome with `UNKNOWN`
+//! ([`mark_unknown`]), keeping the node's code and reason so readers still see, say,
+//! `NOT_FOUND`. Everything else is "unknown": a timeout, a lost connection,
+//! `OUTCOME_UNKNOWN`, an unavailable shard, and any code this module does not know. Erring
+//! that way only costs the caller a read; erring the other way would let it report a write
+//! as failed that later shows up, which a linearizability checker (or a user) would rightly
+//! call lost-then-found.
 
+use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-/// The `ErrorInfo` metadata key routing errors carry the outcome in.
+/// The `ErrorInfo` metadata key the outcome travels in.
 pub const OUTCOME_KEY: &str = "outcome";
+const DOMAIN: &str = "ringkv.io";
 
 /// What a failed call did, as far as anyone can know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,27 +50,30 @@ impl WriteOutcome {
 
     /// The outcome of a failed call that answered with `status`.
     pub fn of(status: &Status) -> WriteOutcome {
+        let details = status.get_error_details();
+        let info = details.error_info();
+        match info.and_then(|i| i.metadata.get(OUTCOME_KEY)).map(String::as_str) {
+            Some("NOT_APPLIED") => return WriteOutcome::NotApplied,
+            Some(_) => return WriteOutcome::Unknown,
+            None => {}
+        }
         if matches!(status.code(), Code::InvalidArgument | Code::NotFound)
             || connection_refused(status)
         {
             return WriteOutcome::NotApplied;
         }
-        let details = status.get_error_details();
-        let Some(info) = details.error_info() else {
-            return WriteOutcome::Unknown;
-        };
-        let refused = matches!(
-            info.reason.as_str(),
-            "NOT_LEADER"
-                | "WRONG_SHARD"
-                | "INVALID_INPUT"
-                | "TOPIC_CHANGED"
-                | "LIMIT_REACHED"
-                | "OUT_OF_ORDER_SEQUENCE"
-        );
-        let routed_not_applied = info.metadata.get(OUTCOME_KEY).map(String::as_str)
-            == Some(WriteOutcome::NotApplied.as_str());
-        if refused || routed_not_applied { WriteOutcome::NotApplied } else { WriteOutcome::Unknown }
+        let refused = info.is_some_and(|i| {
+            matches!(
+                i.reason.as_str(),
+                "NOT_LEADER"
+                    | "WRONG_SHARD"
+                    | "INVALID_INPUT"
+                    | "TOPIC_CHANGED"
+                    | "LIMIT_REACHED"
+                    | "OUT_OF_ORDER_SEQUENCE"
+            )
+        });
+        if refused { WriteOutcome::NotApplied } else { WriteOutcome::Unknown }
     }
 
     /// The outcome of several attempts of the same call: not applied only if none was.
@@ -74,15 +86,35 @@ impl WriteOutcome {
     }
 }
 
-/// Whether `status` is this process's failure to connect because nothing listened: the
-/// request was never sent. Only a refusal counts: a connection that broke or timed out may
-/// have carried the request first. (The cause chain exists only where the call was made, so
-/// this never matches a status that came over the network.)
+/// `status` with `outcome` = `UNKNOWN` added to its ErrorInfo (one is added if it has none),
+/// everything else kept: for a refusal that followed an attempt whose outcome is unknown, or
+/// a step of a multi-write call that failed after an earlier step was applied.
+pub fn mark_unknown(status: Status) -> Status {
+    let mut details = status.get_error_details();
+    let (reason, domain, mut metadata) = match details.error_info() {
+        Some(i) => (i.reason.clone(), i.domain.clone(), i.metadata.clone()),
+        None => ("OUTCOME_UNKNOWN".to_string(), DOMAIN.to_string(), HashMap::new()),
+    };
+    metadata.insert(OUTCOME_KEY.to_string(), WriteOutcome::Unknown.as_str().to_string());
+    details.set_error_info(reason, domain, metadata);
+    Status::with_error_details(status.code(), status.message(), details)
+}
+
+/// Whether `status` is this process's failure to *connect* because nothing listened: the
+/// request was never sent. Both must show in the cause chain: hyper's "tcp connect error"
+/// (a failed connect, not a broken connection) and an I/O error of kind `ConnectionRefused`.
+/// The kind alone is not enough: an established connection that hits an ICMP port
+/// unreachable (an iptables REJECT) and then times out reports `ECONNREFUSED` too, after it
+/// may have carried the request. If hyper ever words the message differently this answers
+/// false, the safe way. (The cause chain exists only where the call was made, so this never
+/// matches a status that came over the network.)
 fn connection_refused(status: &Status) -> bool {
+    let mut connecting = false;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = cause {
+        connecting |= e.to_string().starts_with("tcp connect error");
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+            return connecting && io.kind() == std::io::ErrorKind::ConnectionRefused;
         }
         cause = e.source();
     }
@@ -158,6 +190,22 @@ pub(crate) mod tests {
         let status = kv.put(ringkv_proto::v1::PutRequest::default()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert_eq!(WriteOutcome::of(&status), WriteOutcome::NotApplied, "{status:?}");
+    }
+
+    #[test]
+    fn a_marked_refusal_is_unknown_but_keeps_its_code_and_reason() {
+        let s = mark_unknown(with_info(Code::NotFound, "NOT_FOUND", &[("topic", "t")]));
+        assert_eq!(WriteOutcome::of(&s), WriteOutcome::Unknown);
+        assert_eq!(s.code(), Code::NotFound);
+        let details = s.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "NOT_FOUND");
+        assert_eq!(info.metadata.get("topic").map(String::as_str), Some("t"));
+        // Without ErrorInfo (a bare status) the mark still reads as unknown.
+        assert_eq!(
+            WriteOutcome::of(&mark_unknown(Status::invalid_argument("x"))),
+            WriteOutcome::Unknown
+        );
     }
 
     #[test]
