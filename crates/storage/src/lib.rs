@@ -6,7 +6,8 @@
 //! - [`codec`]: framed records with a CRC32, checked on every read.
 //! - [`wal_syncer`]: group commit. Writes go to RocksDB unsynced; one thread fsyncs the WAL
 //!   for all shards at once and only then tells openraft the entries are durable.
-//! - [`log_store`]: openraft's `RaftLogStorage` for one shard.
+//! - [`log_store`]: openraft's `RaftLogStorage` for one shard, with an [`entry_cache`] of its
+//!   newest entries (read back by replication and apply without RocksDB).
 //! - [`state_machine`]: openraft's `RaftStateMachine` for one shard: the key-value data,
 //!   applied atomically with the applied log id; snapshots via [`snapshot`] files.
 //! - [`streams`], [`stream_apply`], [`stream_reader`]: event-stream partitions, consumer
@@ -19,6 +20,7 @@
 pub mod codec;
 pub mod command;
 pub mod db;
+pub mod entry_cache;
 pub mod keys;
 pub mod log_store;
 pub mod metrics;

@@ -7,10 +7,13 @@
 //! shards share fsyncs.
 //!
 //! openraft calls these methods from one task per shard, in order, so a shard's writes are
-//! never reordered; different shards only ever touch disjoint key ranges.
+//! never reordered; different shards only ever touch disjoint key ranges. The newest entries
+//! are also kept in memory ([`EntryCache`]), shared by every handle of the shard, so the
+//! replication streams and the state machine read them back without RocksDB.
 
 use crate::ShardId;
 use crate::codec;
+use crate::entry_cache::EntryCache;
 use crate::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::metrics::StorageMetrics;
 use crate::type_config::{Entry, LogId, TypeConfig, Vote};
@@ -23,7 +26,7 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A handle to one shard's log. Clones share everything (openraft asks for reader clones).
 #[derive(Clone)]
@@ -32,6 +35,9 @@ pub struct ShardLogStore {
     db: Arc<DB>,
     syncer: WalSyncer,
     metrics: StorageMetrics,
+    /// One per shard per process: every handle of the shard must share it (see
+    /// [`crate::NodeStorage::log_store`]).
+    cache: Arc<Mutex<EntryCache>>,
 }
 
 impl std::fmt::Debug for ShardLogStore {
@@ -49,8 +55,19 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFa
 }
 
 impl ShardLogStore {
-    pub fn new(shard: ShardId, db: Arc<DB>, syncer: WalSyncer, metrics: StorageMetrics) -> Self {
-        ShardLogStore { shard, db, syncer, metrics }
+    pub fn new(
+        shard: ShardId,
+        db: Arc<DB>,
+        syncer: WalSyncer,
+        metrics: StorageMetrics,
+        cache: Arc<Mutex<EntryCache>>,
+    ) -> Self {
+        ShardLogStore { shard, db, syncer, metrics, cache }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, EntryCache> {
+        // The cache is only ever changed whole under the lock, so a poisoned one is intact.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A CRC or decode failure: counted, logged, and returned as `InvalidData` so openraft
@@ -114,6 +131,9 @@ impl RaftLogReader<TypeConfig> for ShardLogStore {
             Bound::Excluded(&i) => Some(i),
             Bound::Unbounded => None,
         };
+        if let Some(entries) = end.and_then(|end| self.cache().get(start, end)) {
+            return Ok(entries);
+        }
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(match end {
@@ -188,12 +208,19 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
     {
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut written = Vec::new();
         for entry in entries {
             let raw = codec::encode(&entry).map_err(io::Error::other)?;
-            batch.put_cf(cf, keys::log_key(self.shard, entry.log_id.index), raw);
+            batch.put_cf(cf, keys::log_key(self.shard, entry.log_id.index), &raw);
+            written.push((entry, raw.len()));
         }
         // Readable now; durable once the syncer's next fsync completes the callback.
-        self.db.write(batch).map_err(rocks_err)?;
+        if let Err(e) = self.db.write(batch) {
+            // What the failed batch left is unknown; the shard stops on this error anyway.
+            self.cache().clear();
+            return Err(rocks_err(e));
+        }
+        self.cache().append(written);
         self.syncer.after_sync(Box::new(move |result| callback.io_completed(result))).await
     }
 
@@ -206,6 +233,8 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
             keys::log_key(self.shard, from).as_slice(),
             keys::shard_end(self.shard).as_slice(),
         );
+        // The cache first: a reader racing this call then misses and reads RocksDB.
+        self.cache().truncate_from(from);
         self.db.write(batch).map_err(rocks_err)?;
         // Synced so that conflicting entries removed here can never come back after a crash
         // alongside entries appended after the truncation.
@@ -225,6 +254,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         );
         let end = keys::log_key(self.shard, log_id.index.saturating_add(1));
         batch.delete_range_cf(log_cf, keys::shard_prefix(self.shard).as_slice(), end.as_slice());
+        self.cache().purge_upto(log_id.index);
         // Unsynced: losing a purge in a crash only leaves entries that will be purged again.
         self.db.write(batch).map_err(rocks_err)
     }

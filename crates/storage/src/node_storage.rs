@@ -2,15 +2,17 @@
 //! and node-wide records such as the cluster configuration the node was bootstrapped with.
 
 use crate::codec;
+use crate::entry_cache::EntryCache;
 use crate::keys::CF_NODE;
 use crate::log_store::{cf, rocks_err};
 use crate::{ShardId, ShardLogStore, ShardReader, ShardStateMachine, StorageMetrics, WalSyncer};
 use rocksdb::DB;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Opened once per node process.
 #[derive(Clone)]
@@ -19,6 +21,9 @@ pub struct NodeStorage {
     syncer: WalSyncer,
     snapshot_root: PathBuf,
     metrics: StorageMetrics,
+    /// Each shard's entry cache, shared by all its log store handles: two caches of one log
+    /// would go stale behind each other's writes.
+    entry_caches: Arc<Mutex<HashMap<ShardId, Arc<Mutex<EntryCache>>>>>,
 }
 
 impl std::fmt::Debug for NodeStorage {
@@ -34,11 +39,24 @@ impl NodeStorage {
         std::fs::create_dir_all(data_dir)?;
         let db = crate::db::open(&data_dir.join("db")).map_err(rocks_err)?;
         let syncer = WalSyncer::start(db.clone(), metrics.clone())?;
-        Ok(NodeStorage { db, syncer, snapshot_root: data_dir.join("snapshots"), metrics })
+        Ok(NodeStorage {
+            db,
+            syncer,
+            snapshot_root: data_dir.join("snapshots"),
+            metrics,
+            entry_caches: Arc::default(),
+        })
     }
 
     pub fn log_store(&self, shard: ShardId) -> ShardLogStore {
-        ShardLogStore::new(shard, self.db.clone(), self.syncer.clone(), self.metrics.clone())
+        let cache = self
+            .entry_caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(shard)
+            .or_default()
+            .clone();
+        ShardLogStore::new(shard, self.db.clone(), self.syncer.clone(), self.metrics.clone(), cache)
     }
 
     pub fn state_machine(&self, shard: ShardId) -> io::Result<ShardStateMachine> {

@@ -83,13 +83,20 @@ async fn a_damaged_log_entry_is_reported_not_returned() {
     let storage = open(dir.path());
     let mut log = storage.log_store(7);
     append(&mut log, (1..=3).map(|i| put(1, i, "k", "v")).collect()).await;
-    let db = storage.db();
-    let cf = db.cf_handle(CF_RAFT_LOG).unwrap();
-    let key = keys::log_key(7, 2);
-    let mut raw = db.get_cf(cf, key).unwrap().unwrap();
-    let last = raw.len() - 1;
-    raw[last] ^= 0x40;
-    db.put_cf(cf, key, raw).unwrap();
+    {
+        let db = storage.db();
+        let cf = db.cf_handle(CF_RAFT_LOG).unwrap();
+        let key = keys::log_key(7, 2);
+        let mut raw = db.get_cf(cf, key).unwrap().unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 0x40;
+        db.put_cf(cf, key, raw).unwrap();
+    }
+    // The damage is on disk; the entries just written are also in the log's memory cache, so
+    // read them the way a restarted node would.
+    drop((log, storage));
+    let storage = open(dir.path());
+    let mut log = storage.log_store(7);
     let err = log.try_get_log_entries(1..4).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
@@ -309,4 +316,35 @@ mod batching_does_not_matter {
             });
         }
     }
+}
+
+/// The entry cache follows truncations and purges, and every handle of a shard sees the same
+/// log: entries read back (from the cache) are always the ones a fresh read from disk gives.
+#[tokio::test]
+async fn log_reads_match_the_disk_through_truncation_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let terms = |v: Vec<Entry>| v.iter().map(|e| e.log_id.leader_id.term).collect::<Vec<_>>();
+    let (after_truncate, after_purge) = {
+        let storage = open(dir.path());
+        let mut log = storage.log_store(3);
+        let mut other = storage.log_store(3);
+        append(&mut log, (1..=5).map(|i| put(1, i, "k", "v")).collect()).await;
+        assert_eq!(terms(other.try_get_log_entries(1..6).await.unwrap()), [1, 1, 1, 1, 1]);
+        // A new leader overwrites 3..: truncate, then append its entries.
+        log.truncate_after(Some(log_id(1, 2))).await.unwrap();
+        assert_eq!(other.try_get_log_entries(1..6).await.unwrap().len(), 2);
+        append(&mut log, (3..=4).map(|i| put(2, i, "k", "w")).collect()).await;
+        let after_truncate = terms(other.try_get_log_entries(1..5).await.unwrap());
+        assert_eq!(after_truncate, [1, 1, 2, 2]);
+        log.purge(log_id(1, 2)).await.unwrap();
+        let after_purge = terms(other.try_get_log_entries(3..5).await.unwrap());
+        assert_eq!(after_purge, [2, 2]);
+        (after_truncate, after_purge)
+    };
+    // The same reads after a restart (empty cache, straight from RocksDB).
+    let storage = open(dir.path());
+    let mut log = storage.log_store(3);
+    assert_eq!(terms(log.try_get_log_entries(3..5).await.unwrap()), after_purge);
+    assert_eq!(after_truncate[2..], after_purge[..]);
+    assert!(log.try_get_log_entries(1..3).await.unwrap().is_empty(), "purged");
 }
