@@ -93,6 +93,18 @@ impl From<Command> for Proposal {
     }
 }
 
+impl Proposal {
+    /// Roughly how many separate heap allocations (keys, values, events) the proposal holds:
+    /// its size in memory grows with these as well as with its bytes.
+    pub fn allocations(&self) -> usize {
+        match &self.command {
+            Command::Batch { ops } => ops.len().saturating_mul(2),
+            Command::Stream(StreamCommand::Append { events, .. }) => events.len().saturating_mul(2),
+            _ => 2,
+        }
+    }
+}
+
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.session {

@@ -15,15 +15,21 @@
 //! about it. Only bounded ranges the cache holds whole are answered; everything else goes to
 //! RocksDB, which stays the source of truth (after a restart the cache starts empty).
 //!
-//! Bounded by [`ENTRIES_MAX`] and [`BYTES_MAX`] per shard (the oldest entries leave first):
-//! a follower far behind reads from RocksDB, as before.
+//! Bounded by [`ENTRIES_MAX`] and [`BYTES_MAX`] per shard (the oldest entries leave first),
+//! counting an over-estimate of each entry's size in memory, not its encoded size: a follower
+//! far behind reads from RocksDB, as before.
+//!
+//! One thing the cache gives up: entries it serves are the ones written from memory, so their
+//! CRC is not checked again. Damage to a recent entry on disk is found when it is next read
+//! from disk (after a restart, or by a follower far behind), as with entries the RocksDB block
+//! cache serves.
 
 use crate::type_config::Entry;
 use std::collections::VecDeque;
 
 /// Entries kept per shard at most.
 pub const ENTRIES_MAX: usize = 1024;
-/// Encoded bytes kept per shard at most (64 shards on a node: 64 MiB at most).
+/// Bytes kept per shard at most, as estimated by the log store (64 shards on a node: 64 MiB).
 pub const BYTES_MAX: usize = 1 << 20;
 
 #[derive(Debug, Default)]
@@ -55,8 +61,9 @@ impl EntryCache {
             self.bytes += size;
             self.entries.push_back((entry, size));
         }
-        while self.entries.len() > ENTRIES_MAX || (self.bytes > BYTES_MAX && self.entries.len() > 1)
-        {
+        // An entry larger than the whole budget is not kept at all (the run stays contiguous:
+        // only the oldest entries leave).
+        while self.entries.len() > ENTRIES_MAX || self.bytes > BYTES_MAX {
             self.pop_front();
         }
     }
@@ -162,11 +169,11 @@ mod tests {
         assert_eq!(c.entries.len(), ENTRIES_MAX);
         assert_eq!(c.bytes, ENTRIES_MAX * 100);
         assert_eq!(c.last_index(), Some(10 + ENTRIES_MAX as u64));
-        let big = (
-            Entry { payload: EntryPayload::Blank, ..entry(1, 11 + ENTRIES_MAX as u64).0 },
-            BYTES_MAX,
-        );
+        let big = (entry(1, 11 + ENTRIES_MAX as u64).0, BYTES_MAX + 1);
         c.append(vec![big]);
-        assert_eq!(c.entries.len(), 1, "one entry over the byte bound is kept alone");
+        assert_eq!(c.entries.len(), 0, "an entry over the whole budget is not kept");
+        assert_eq!(c.bytes, 0);
+        c.append(vec![entry(1, 12 + ENTRIES_MAX as u64)]);
+        assert_eq!(c.first_index(), Some(12 + ENTRIES_MAX as u64));
     }
 }

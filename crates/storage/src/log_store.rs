@@ -116,6 +116,19 @@ impl ShardLogStore {
     }
 }
 
+/// An entry's footprint in the cache, over-estimated: its encoded bytes, plus the overhead
+/// of each allocation its command holds (a batch of many tiny operations takes several times
+/// its encoded size in memory), plus the entry itself.
+fn memory_bytes(entry: &Entry, encoded_bytes: usize) -> usize {
+    const ALLOCATION_BYTES: usize = 48;
+    const ENTRY_BYTES: usize = 128;
+    let allocations = match &entry.payload {
+        openraft::EntryPayload::Normal(p) => p.allocations(),
+        _ => 1,
+    };
+    encoded_bytes.saturating_add(allocations.saturating_mul(ALLOCATION_BYTES)) + ENTRY_BYTES
+}
+
 impl RaftLogReader<TypeConfig> for ShardLogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -212,7 +225,13 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         for entry in entries {
             let raw = codec::encode(&entry).map_err(io::Error::other)?;
             batch.put_cf(cf, keys::log_key(self.shard, entry.log_id.index), &raw);
-            written.push((entry, raw.len()));
+            let size = memory_bytes(&entry, raw.len());
+            written.push((entry, size));
+        }
+        // openraft truncates before it overwrites, but if an append ever did overwrite, no
+        // reader may see a cached entry that the write below replaces.
+        if let Some((first, _)) = written.first() {
+            self.cache().truncate_from(first.log_id.index);
         }
         // Readable now; durable once the syncer's next fsync completes the callback.
         if let Err(e) = self.db.write(batch) {
