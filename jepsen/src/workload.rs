@@ -208,8 +208,9 @@ fn failed_write(e: &ClientError) -> Kind {
 }
 
 /// One operation against `client` (produces through `producer`), recorded as invoke +
-/// completion. Returns the completion (`Kind::Info` when the outcome is unknown; the caller
-/// then retires the process).
+/// completion. Returns the completion (`Kind::Info` when a write's outcome is unknown; the
+/// caller then retires the process). A read that fails is `Kind::Fail`: it changed nothing,
+/// so the process goes on (Jepsen's convention).
 pub async fn perform(
     client: &Client,
     producer: Option<&Producer<'_>>,
@@ -229,7 +230,7 @@ pub async fn perform(
             }
             Err(e) => {
                 error = Some(e.to_string());
-                (Kind::Info, op.clone())
+                (Kind::Fail, op.clone())
             }
         },
         Op::StaleRead { key, .. } => {
@@ -242,7 +243,7 @@ pub async fn perform(
                 }
                 Err(e) => {
                     error = Some(e.to_string());
-                    (Kind::Info, op.clone())
+                    (Kind::Fail, op.clone())
                 }
             }
         }
@@ -279,7 +280,7 @@ pub async fn perform(
             },
             Err(e) => {
                 error = Some(e.to_string());
-                (Kind::Info, op.clone())
+                (Kind::Fail, op.clone())
             }
         },
         Op::Produce { key, element, .. } => {
@@ -308,7 +309,7 @@ pub async fn perform(
         }
         Op::ReadPartition { key, .. } => match read_partition(client, key).await {
             Ok(l) => (Kind::Ok, Op::ReadPartition { key: key.clone(), value: Some(l) }),
-            Err(()) => (Kind::Info, op.clone()),
+            Err(()) => (Kind::Fail, op.clone()),
         },
     };
     rec.record_error(process, kind, done.clone(), error).await;
