@@ -361,6 +361,9 @@ impl Cluster {
                 Next::Redirect(Some(leader)) if leader != node.id => {
                     inner.stats.redirects.inc();
                     inner.topology.set_leader(shard, leader);
+                    if let Some(e) = self.entry(&map, leader) {
+                        e.named_leader(&inner.cfg);
+                    }
                     if !free {
                         tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining))
                             .await;

@@ -36,6 +36,8 @@ pub struct NodeEntry {
 enum Health {
     Healthy,
     Ejected {
+        /// When the ejection began.
+        since: Instant,
         until: Instant,
     },
     /// Half-open: one probe is out. A probe that never reports back (its caller gave up) does
@@ -119,7 +121,7 @@ impl NodeEntry {
         let now = Instant::now();
         match *state {
             Health::Healthy => true,
-            Health::Ejected { until } | Health::Probing { since: until, .. } if now < until => {
+            Health::Ejected { until, .. } | Health::Probing { since: until, .. } if now < until => {
                 false
             }
             Health::Ejected { .. } | Health::Probing { .. } => {
@@ -134,7 +136,25 @@ impl NodeEntry {
         let now = Instant::now();
         match *self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             Health::Healthy => false,
-            Health::Ejected { until } | Health::Probing { since: until, .. } => now < until,
+            Health::Ejected { until, .. } | Health::Probing { since: until, .. } => now < until,
+        }
+    }
+
+    /// Another node just named this one its shard's leader: evidence that it is up again
+    /// (a restarted node stays ejected for the rest of its interval, up to `eject_max`, and
+    /// every write of its shards would fail meanwhile). Ends the ejection so the next request
+    /// is a probe, but only once it has lasted `eject_base`: a hint that is wrong (a stale
+    /// vote, or a node this router cannot reach) then costs at most one probe per
+    /// `eject_base`, and a failed probe ejects for longer as usual. Returns true if it did.
+    pub fn named_leader(&self, cfg: &RoutingConfig) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match *state {
+            Health::Ejected { since, until } if now < until && now >= since + cfg.eject_base => {
+                *state = Health::Ejected { since, until: now };
+                true
+            }
+            _ => false,
         }
     }
 
@@ -169,7 +189,7 @@ impl NodeEntry {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let stale = match *state {
             Health::Healthy => false,
-            Health::Ejected { until } => started < until,
+            Health::Ejected { until, .. } => started < until,
             Health::Probing { opened, .. } => started < opened,
         };
         if stale {
@@ -183,7 +203,8 @@ impl NodeEntry {
         }
         let n = self.ejections.fetch_add(1, Ordering::Relaxed);
         let interval = cfg.eject_base.saturating_mul(1u32 << n.min(16)).min(cfg.eject_max);
-        *state = Health::Ejected { until: Instant::now() + interval };
+        let now = Instant::now();
+        *state = Health::Ejected { since: now, until: now + interval };
         self.failures.store(0, Ordering::Relaxed);
         tracing::warn!(node = self.id, addr = %self.addr, ?interval, "ejecting node after repeated failures");
         true
@@ -272,6 +293,29 @@ mod tests {
         assert_eq!(n.ejection_count(), 1);
         assert!(n.on_failure(&cfg, Instant::now()), "the probe itself failing re-ejects");
         assert_eq!(n.ejection_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_node_named_leader_is_probed_early_but_at_most_once_per_base_interval() {
+        let cfg = ejecting(Duration::from_secs(30));
+        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        for _ in 0..3 {
+            n.on_failure(&cfg, Instant::now());
+        }
+        // A failed probe: the second ejection lasts twice eject_base.
+        tokio::time::sleep(cfg.eject_base).await;
+        assert!(n.available());
+        assert!(n.on_failure(&cfg, Instant::now()));
+        assert!(n.is_ejected());
+        assert!(!n.named_leader(&cfg), "a hint right after the ejection does not end it");
+        assert!(!n.available());
+        tokio::time::sleep(cfg.eject_base).await;
+        assert!(n.named_leader(&cfg), "after eject_base a hint opens a probe");
+        assert!(n.available(), "the probe goes");
+        assert!(!n.available(), "one at a time");
+        // The probe fails: ejected for longer, and the next hint must wait again.
+        assert!(n.on_failure(&cfg, Instant::now()));
+        assert!(!n.named_leader(&cfg) && !n.available());
     }
 
     #[tokio::test]
