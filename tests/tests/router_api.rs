@@ -18,7 +18,9 @@ async fn cross_shard_scan_multi_get_and_direct_mode() -> Result<()> {
     let c = Cluster::start(3, 8, 3, Tuning::default()).await?;
     c.wait_for_leaders(Duration::from_secs(30)).await?;
     let router = c.start_router("round-robin").await?;
-    let client = Client::builder().router(router.addr.clone()).connect().await?;
+    // A 20 s deadline per call: under the full suite's load on 2 cores an election can stall a
+    // shard for seconds; this test is about what scans and multi-gets return, not latency.
+    let client = ringkv_tests::router_client(&router.addr).await?;
     let t0 = std::time::Instant::now();
     for i in 0..KEYS {
         client.put(&key(i), format!("v{i}").as_bytes()).await?;
@@ -58,7 +60,11 @@ async fn cross_shard_scan_multi_get_and_direct_mode() -> Result<()> {
     );
 
     // Direct mode routes by itself to the same data.
-    let direct = Client::builder().direct(c.seeds().split(',')).connect().await?;
+    let direct = Client::builder()
+        .direct(c.seeds().split(','))
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await?;
     let kv = direct.get_with(&key(5), Consistency::Stale).await?;
     ensure!(kv.is_some_and(|kv| &kv.value[..] == b"v5"));
     direct.put(b"direct", b"yes").await?;
