@@ -30,8 +30,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// The domain of every ErrorInfo ringkv sends.
-pub const ERROR_DOMAIN: &str = "ringkv.io";
+pub use ringkv_proto::ERROR_DOMAIN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

@@ -24,6 +24,9 @@ pub mod internal {
 /// The encoded `FileDescriptorSet` of every proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ringkv_descriptor");
 
+/// The domain of every `google.rpc.ErrorInfo` ringkv sends (nodes and routers alike).
+pub const ERROR_DOMAIN: &str = "ringkv.io";
+
 /// The caller's deadline from a request's `grpc-timeout` header, if it set one.
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
     metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)

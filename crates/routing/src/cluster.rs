@@ -219,6 +219,16 @@ impl Cluster {
         self.inner.nodes.get(node, &spec.addr).ok()
     }
 
+    /// A replica named `leader` as `shard`'s leader (a hint this call follows): remember it,
+    /// and if it is ejected let a probe through early (see [`NodeEntry::named_leader`]).
+    /// Shared by unary calls and followed streams.
+    pub(crate) fn learned_leader(&self, map: &ShardMap, shard: ShardId, leader: u64) {
+        self.inner.topology.set_leader(shard, leader);
+        if let Some(e) = self.entry(map, leader) {
+            e.named_leader(&self.inner.cfg);
+        }
+    }
+
     /// The node to try next for `shard`. `skip` holds nodes that just failed this call.
     pub(crate) fn choose(
         &self,
@@ -360,10 +370,7 @@ impl Cluster {
             match next {
                 Next::Redirect(Some(leader)) if leader != node.id => {
                     inner.stats.redirects.inc();
-                    inner.topology.set_leader(shard, leader);
-                    if let Some(e) = self.entry(&map, leader) {
-                        e.named_leader(&inner.cfg);
-                    }
+                    self.learned_leader(&map, shard, leader);
                     if !free {
                         tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining))
                             .await;

@@ -18,8 +18,6 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-const DOMAIN: &str = "ringkv.io";
-
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
     /// A node's answer that retrying cannot change (bad input, a failed precondition...), or
@@ -38,7 +36,11 @@ pub enum RoutingError {
 
 fn with_info(code: Code, message: String, reason: &str, md: &[(&str, String)]) -> Status {
     let md: HashMap<String, String> = md.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, DOMAIN, md))
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ringkv_proto::ERROR_DOMAIN, md),
+    )
 }
 
 impl RoutingError {

@@ -18,7 +18,7 @@ use crate::cluster::{Cluster, Target};
 use crate::retry::{self, Next};
 use crate::skips::Skips;
 use futures::future::BoxFuture;
-use ringkv_placement::ShardId;
+use ringkv_placement::{ShardId, ShardMap};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -68,7 +68,7 @@ pub async fn follow<R: Resumable>(
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(status)) => {
-                    note_failure(&cluster, shard, node.id, &status, &mut skip).await;
+                    note_failure(&cluster, &map, shard, node.id, &status, &mut skip).await;
                     break 'attempt status;
                 }
                 Err(_) => {
@@ -95,7 +95,7 @@ pub async fn follow<R: Resumable>(
                     }
                     Ok(None) => break 'attempt Status::unavailable("the node ended the stream"),
                     Err(status) => {
-                        note_failure(&cluster, shard, node.id, &status, &mut skip).await;
+                        note_failure(&cluster, &map, shard, node.id, &status, &mut skip).await;
                         break 'attempt status;
                     }
                 }
@@ -119,6 +119,7 @@ pub async fn follow<R: Resumable>(
 
 async fn note_failure(
     cluster: &Cluster,
+    map: &ShardMap,
     shard: ShardId,
     node: u64,
     status: &Status,
@@ -131,7 +132,7 @@ async fn note_failure(
         // livelock (found by the event tests under load). A hint naming a node that did not
         // answer is stale (see `skips`).
         Next::Redirect(Some(leader)) if leader != node && skip.follow_hint(leader) => {
-            topology.set_leader(shard, leader);
+            cluster.learned_leader(map, shard, leader);
         }
         Next::Redirect(_) => {
             topology.forget_leader(shard, node);

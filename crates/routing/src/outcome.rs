@@ -28,7 +28,6 @@ use tonic_types::StatusExt;
 
 /// The `ErrorInfo` metadata key the outcome travels in.
 pub const OUTCOME_KEY: &str = "outcome";
-const DOMAIN: &str = "ringkv.io";
 
 /// What a failed call did, as far as anyone can know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +56,8 @@ impl WriteOutcome {
             Some(_) => return WriteOutcome::Unknown,
             None => {}
         }
-        if matches!(status.code(), Code::InvalidArgument | Code::NotFound)
-            || connection_refused(status)
-        {
-            return WriteOutcome::NotApplied;
-        }
-        let refused = info.is_some_and(|i| {
-            matches!(
+        let refused = match info {
+            Some(i) => matches!(
                 i.reason.as_str(),
                 "NOT_LEADER"
                     | "WRONG_SHARD"
@@ -71,9 +65,15 @@ impl WriteOutcome {
                     | "TOPIC_CHANGED"
                     | "LIMIT_REACHED"
                     | "OUT_OF_ORDER_SEQUENCE"
-            )
-        });
-        if refused { WriteOutcome::NotApplied } else { WriteOutcome::Unknown }
+            ),
+            // Only a status made here, without details, can be a failed connect.
+            None => connection_refused(status),
+        };
+        if refused || matches!(status.code(), Code::InvalidArgument | Code::NotFound) {
+            WriteOutcome::NotApplied
+        } else {
+            WriteOutcome::Unknown
+        }
     }
 
     /// The outcome of several attempts of the same call: not applied only if none was.
@@ -93,7 +93,9 @@ pub fn mark_unknown(status: Status) -> Status {
     let mut details = status.get_error_details();
     let (reason, domain, mut metadata) = match details.error_info() {
         Some(i) => (i.reason.clone(), i.domain.clone(), i.metadata.clone()),
-        None => ("OUTCOME_UNKNOWN".to_string(), DOMAIN.to_string(), HashMap::new()),
+        None => {
+            ("OUTCOME_UNKNOWN".to_string(), ringkv_proto::ERROR_DOMAIN.to_string(), HashMap::new())
+        }
     };
     metadata.insert(OUTCOME_KEY.to_string(), WriteOutcome::Unknown.as_str().to_string());
     details.set_error_info(reason, domain, metadata);
@@ -134,7 +136,7 @@ pub(crate) mod tests {
         Status::with_error_details(
             code,
             "x",
-            ErrorDetails::with_error_info(reason, "ringkv.io", md),
+            ErrorDetails::with_error_info(reason, ringkv_proto::ERROR_DOMAIN, md),
         )
     }
 
