@@ -12,7 +12,7 @@
 //! | `kv`         | shard, user key              | version (u64 LE), value bytes           |
 //! | `sm_state`   | shard, tag                   | framed last-applied / membership / snapshot meta |
 //! | `node`       | name                         | framed node-wide records (cluster config) |
-//! | `sessions`   | shard, 1, client id / shard, 2, last index, client id | framed session record / empty (age index) |
+//! | `sessions`   | shard, 1, client id / shard, 2, age bucket, client id | framed session record / empty (age index) |
 //! | `streams`    | shard, space, ... (see `streams`) | topics, events, offsets, KV changes |
 //!
 //! A handful of families rather than one per shard: thousands of column families each carry
@@ -56,12 +56,13 @@ pub fn session_key(shard: ShardId, client_id: u64) -> [u8; 17] {
     k
 }
 
-/// Orders a shard's sessions by the log index that last used them (oldest first).
-pub fn session_age_key(shard: ShardId, last_index: u64, client_id: u64) -> [u8; 25] {
+/// Orders a shard's sessions by the age bucket of their last write, oldest first (see
+/// [`crate::sessions`]).
+pub fn session_age_key(shard: ShardId, age: u64, client_id: u64) -> [u8; 25] {
     let mut k = [0u8; 25];
     k[..8].copy_from_slice(&shard.to_be_bytes());
     k[8] = SESSION_AGE;
-    k[9..17].copy_from_slice(&last_index.to_be_bytes());
+    k[9..17].copy_from_slice(&age.to_be_bytes());
     k[17..].copy_from_slice(&client_id.to_be_bytes());
     k
 }

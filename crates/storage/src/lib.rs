@@ -9,7 +9,8 @@
 //! - [`log_store`]: openraft's `RaftLogStorage` for one shard, with an [`entry_cache`] of its
 //!   newest entries (read back by replication and apply without RocksDB).
 //! - [`state_machine`]: openraft's `RaftStateMachine` for one shard: the key-value data,
-//!   applied atomically with the applied log id; snapshots via [`snapshot`] files.
+//!   applied atomically with the applied log id; snapshots via [`snapshot`] files; the
+//!   [`sessions`] table for at-most-once writes, read through a [`session_cache`].
 //! - [`streams`], [`stream_apply`], [`stream_reader`]: event-stream partitions, consumer
 //!   offsets and the KV change history (for watch), in the `streams` family.
 //! - [`reader`]: reads of applied data for the request handlers.
@@ -26,6 +27,7 @@ pub mod log_store;
 pub mod metrics;
 pub mod node_storage;
 pub mod reader;
+pub mod session_cache;
 pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;

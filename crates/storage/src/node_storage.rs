@@ -5,6 +5,7 @@ use crate::codec;
 use crate::entry_cache::EntryCache;
 use crate::keys::CF_NODE;
 use crate::log_store::{cf, rocks_err};
+use crate::session_cache::SessionCache;
 use crate::{ShardId, ShardLogStore, ShardReader, ShardStateMachine, StorageMetrics, WalSyncer};
 use rocksdb::DB;
 use serde::Serialize;
@@ -24,6 +25,9 @@ pub struct NodeStorage {
     /// Each shard's entry cache, shared by all its log store handles: two caches of one log
     /// would go stale behind each other's writes.
     entry_caches: Arc<Mutex<HashMap<ShardId, Arc<Mutex<EntryCache>>>>>,
+    /// Each shard's session cache, shared by all its state machine handles, for the same
+    /// reason.
+    session_caches: Arc<Mutex<HashMap<ShardId, Arc<Mutex<SessionCache>>>>>,
 }
 
 impl std::fmt::Debug for NodeStorage {
@@ -45,6 +49,7 @@ impl NodeStorage {
             snapshot_root: data_dir.join("snapshots"),
             metrics,
             entry_caches: Arc::default(),
+            session_caches: Arc::default(),
         })
     }
 
@@ -66,6 +71,12 @@ impl NodeStorage {
             self.syncer.clone(),
             self.snapshot_root.join(format!("shard-{shard}")),
             self.metrics.clone(),
+            self.session_caches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(shard)
+                .or_default()
+                .clone(),
         )
     }
 

@@ -18,7 +18,10 @@ use crate::command::{BatchOp, Command, CommandResult, Expected, Proposal, Versio
 use crate::keys::{self, CF_KV, CF_SESSIONS, CF_SM_STATE, CF_STREAMS};
 use crate::log_store::{cf, rocks_err};
 use crate::metrics::StorageMetrics;
-use crate::sessions::{SESSIONS_PER_SHARD_MAX, SessionOverlay, SessionRecord};
+use crate::session_cache::SessionCache;
+use crate::sessions::{
+    SESSION_AGE_SHIFT, SESSIONS_PER_SHARD_MAX, SessionOverlay, SessionRecord, age_bucket,
+};
 use crate::snapshot::{Chunk, SnapshotFile, SnapshotReader, SnapshotWriter, sync_dir};
 use crate::stream_apply::{StreamOverlay, Target};
 use crate::streams::{ChangeRecord, StreamCommand};
@@ -32,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub const APPLY_BATCH_BYTES_MAX: usize = 16 << 20;
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
@@ -55,6 +58,9 @@ pub struct ShardStateMachine {
     snapshot_dir: PathBuf,
     metrics: StorageMetrics,
     session_limit: u64,
+    session_age_shift: u32,
+    /// Shared by every handle of this shard (see [`NodeStorage`](crate::NodeStorage)).
+    session_cache: Arc<Mutex<SessionCache>>,
     /// The last log index applied, for watchers and subscribers waiting for new data.
     applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -73,6 +79,7 @@ impl ShardStateMachine {
         syncer: WalSyncer,
         snapshot_dir: PathBuf,
         metrics: StorageMetrics,
+        session_cache: Arc<Mutex<SessionCache>>,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let sm = ShardStateMachine {
@@ -82,6 +89,8 @@ impl ShardStateMachine {
             snapshot_dir,
             metrics,
             session_limit: SESSIONS_PER_SHARD_MAX,
+            session_age_shift: SESSION_AGE_SHIFT,
+            session_cache,
             applied: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         // Partial files of builds or transfers cut short by a crash.
@@ -93,6 +102,38 @@ impl ShardStateMachine {
     pub fn with_session_limit(mut self, limit: u64) -> Self {
         self.session_limit = limit.max(1);
         self
+    }
+
+    /// Narrows the session age buckets to 2^`shift` log entries (tests cross buckets with a
+    /// handful of entries).
+    pub fn with_session_age_shift(mut self, shift: u32) -> Self {
+        self.session_age_shift = shift.min(63);
+        self
+    }
+
+    fn apply_batch(&self) -> io::Result<ApplyBatch<'_>> {
+        ApplyBatch::new(
+            self.shard,
+            &self.db,
+            SessionOverlay::new(
+                self.shard,
+                self.session_limit,
+                self.session_age_shift,
+                &self.session_cache,
+            ),
+        )
+    }
+
+    /// Writes a finished apply batch, with `applied` as the shard's last-applied log id.
+    fn write_batch(&self, mut pending: ApplyBatch<'_>, applied: Option<LogId>) -> io::Result<()> {
+        if let Some(id) = applied {
+            let sm_cf = cf(&self.db, CF_SM_STATE)?;
+            let raw = codec::encode(&id).map_err(io::Error::other)?;
+            pending.batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_APPLIED), raw);
+        }
+        self.db.write(pending.batch).map_err(rocks_err)?;
+        pending.sessions.written();
+        Ok(())
     }
 
     fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> io::Error {
@@ -178,7 +219,7 @@ struct ApplyBatch<'a> {
     streams_cf: &'a rocksdb::ColumnFamily,
     batch: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<Versioned>>,
-    sessions: SessionOverlay,
+    sessions: SessionOverlay<'a>,
     streams: StreamOverlay,
     /// The entry being applied and how many key changes it has recorded (for watchers).
     index: u64,
@@ -188,7 +229,7 @@ struct ApplyBatch<'a> {
 }
 
 impl<'a> ApplyBatch<'a> {
-    fn new(shard: ShardId, db: &'a DB, session_limit: u64) -> io::Result<Self> {
+    fn new(shard: ShardId, db: &'a DB, sessions: SessionOverlay<'a>) -> io::Result<Self> {
         Ok(ApplyBatch {
             shard,
             db,
@@ -197,7 +238,7 @@ impl<'a> ApplyBatch<'a> {
             streams_cf: cf(db, CF_STREAMS)?,
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
-            sessions: SessionOverlay::new(shard, session_limit),
+            sessions,
             streams: StreamOverlay::new(shard),
             index: 0,
             changes: 0,
@@ -348,12 +389,12 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             + OptionalSend,
     {
         let sm_cf = cf(&self.db, CF_SM_STATE)?;
-        let mut pending = ApplyBatch::new(self.shard, &self.db, self.session_limit)?;
+        let mut pending = self.apply_batch()?;
         let mut replies = Vec::new();
-        let mut last_index = None;
+        let mut last = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id;
-            last_index = Some(log_id.index);
+            last = Some(log_id);
             let result = match entry.payload {
                 EntryPayload::Blank => CommandResult::Nothing,
                 EntryPayload::Normal(proposal) => pending.apply_proposal(proposal, log_id.index)?,
@@ -368,26 +409,21 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                     CommandResult::Nothing
                 }
             };
-            let raw = codec::encode(&log_id).map_err(io::Error::other)?;
-            pending.batch.put_cf(sm_cf, keys::tag_key(self.shard, keys::TAG_APPLIED), raw);
             if let Some(r) = responder {
                 replies.push((r, result));
             }
             if pending.is_full() {
-                let full = std::mem::replace(
-                    &mut pending,
-                    ApplyBatch::new(self.shard, &self.db, self.session_limit)?,
-                );
-                self.db.write(full.batch).map_err(rocks_err)?;
+                let full = std::mem::replace(&mut pending, self.apply_batch()?);
+                self.write_batch(full, last)?;
                 self.announce_applied(log_id.index);
                 for (r, result) in replies.drain(..) {
                     r.send(result);
                 }
             }
         }
-        self.db.write(pending.batch).map_err(rocks_err)?;
-        if let Some(index) = last_index {
-            self.announce_applied(index);
+        self.write_batch(pending, last)?;
+        if let Some(id) = last {
+            self.announce_applied(id.index);
         }
         for (r, result) in replies {
             r.send(result);
@@ -407,9 +443,13 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let this = self.clone();
         let applied = meta.last_log_id.map_or(0, |l| l.index);
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || this.install_blocking(&meta, &snapshot.path))
-            .await
-            .map_err(io::Error::other)??;
+        let installed =
+            tokio::task::spawn_blocking(move || this.install_blocking(&meta, &snapshot.path))
+                .await
+                .map_err(io::Error::other);
+        // Whatever the install left in RocksDB, the cached records may no longer be it.
+        self.session_cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        installed??;
         // The install batch replaced the shard's data; make it durable before openraft
         // purges the log behind it.
         self.syncer.sync().await?;
@@ -544,9 +584,10 @@ impl ShardStateMachine {
                 }
                 Chunk::Sessions(records) => {
                     for (client, rec) in records {
+                        let age = age_bucket(rec.last_index, self.session_age_shift);
                         batch.put_cf(
                             sessions_cf,
-                            keys::session_age_key(self.shard, rec.last_index, client),
+                            keys::session_age_key(self.shard, age, client),
                             [],
                         );
                         let raw = codec::encode(&rec).map_err(io::Error::other)?;

@@ -242,6 +242,29 @@ async fn sessions_apply_each_write_at_most_once_and_travel_in_snapshots() {
     assert_eq!(b.reader(3).get(b"k").unwrap().unwrap().value, b"second");
 }
 
+/// A snapshot replaces the session table; records cached from writes before it must not
+/// answer retries after it.
+#[tokio::test]
+async fn a_snapshot_replaces_cached_sessions() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(a_dir.path()), open(b_dir.path()));
+    let mut sm_a = a.state_machine(0).unwrap();
+    apply(&mut sm_a, vec![session_put(1, 7, 1, "k", "a1"), session_put(2, 7, 2, "k", "a2")]).await;
+    let snap = sm_a.build_snapshot().await.unwrap();
+    // Replica b saw a different history for client 7 (seq 5), now cached.
+    let mut sm_b = b.state_machine(0).unwrap();
+    apply(&mut sm_b, vec![session_put(1, 7, 5, "k", "b5")]).await;
+    let path = sm_b.incoming_snapshot_path();
+    std::fs::copy(&snap.snapshot.path, &path).unwrap();
+    sm_b.install_snapshot(&snap.meta, ringkv_storage::SnapshotFile { path }).await.unwrap();
+    // After the snapshot client 7 is at seq 2: seq 3 is new and applies (a cached seq 5
+    // would call it superseded), and seq 2 is a retry that does not.
+    apply(&mut sm_b, vec![session_put(3, 7, 3, "k", "b3"), session_put(4, 7, 2, "k", "again")])
+        .await;
+    let v = b.reader(0).get(b"k").unwrap().unwrap();
+    assert_eq!((v.value.as_slice(), v.version), (&b"b3"[..], 3));
+}
+
 #[tokio::test]
 async fn session_table_is_bounded_and_evicts_the_same_client_everywhere() {
     let a_dir = tempfile::tempdir().unwrap();
@@ -285,6 +308,7 @@ mod batching_does_not_matter {
         fn same_entries_any_batching_same_state(
             writes in proptest::collection::vec((1u64..6, 0u64..3, 0u8..4), 1..40),
             cuts in proptest::collection::vec(any::<bool>(), 40),
+            age_shift in 0u32..4,
         ) {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
@@ -299,8 +323,11 @@ mod batching_does_not_matter {
                 }).collect();
                 let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
                 let (a, b) = (open(a_dir.path()), open(b_dir.path()));
-                let mut sm_a = a.state_machine(0).unwrap().with_session_limit(3);
-                let mut sm_b = b.state_machine(0).unwrap().with_session_limit(3);
+                // Age buckets of 1 to 8 entries: clients share buckets and move between them.
+                let sm = |s: &NodeStorage| {
+                    s.state_machine(0).unwrap().with_session_limit(3).with_session_age_shift(age_shift)
+                };
+                let (mut sm_a, mut sm_b) = (sm(&a), sm(&b));
                 apply(&mut sm_a, entries.clone()).await;
                 let mut batch = Vec::new();
                 for (i, e) in entries.into_iter().enumerate() {
@@ -312,6 +339,19 @@ mod batching_does_not_matter {
                 if !batch.is_empty() {
                     apply(&mut sm_b, batch).await;
                 }
+                assert_eq!(a.reader(0).checksum().unwrap(), b.reader(0).checksum().unwrap());
+                // Replica b again from its disk alone (no cached sessions): a retry of every
+                // client's last write must be answered the same as on replica a.
+                drop(sm_b);
+                drop(b);
+                let b = open(b_dir.path());
+                let mut sm_b = sm(&b);
+                let retries: Vec<Entry> = (1u64..6).enumerate().map(|(i, client)| {
+                    let index = writes.len() as u64 + 1 + i as u64;
+                    session_put(index, client, next_seq[client as usize].max(1), "retry", &format!("c{client}"))
+                }).collect();
+                apply(&mut sm_a, retries.clone()).await;
+                apply(&mut sm_b, retries).await;
                 assert_eq!(a.reader(0).checksum().unwrap(), b.reader(0).checksum().unwrap());
             });
         }
