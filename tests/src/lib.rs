@@ -117,7 +117,30 @@ pub fn node_binary() -> Result<PathBuf> {
     }
 }
 
+/// A loopback port that is free now, below the kernel's ephemeral range when there is room.
+///
+/// Tests restart nodes on the ports they had. A port from the ephemeral range can be taken,
+/// between a node's stop and its restart, by an outgoing connection of any test running in
+/// parallel (the restarted node then fails with "address in use"); ports below the range are
+/// only ever taken by an explicit bind.
 pub fn free_port() -> Result<u16> {
+    use std::hash::{BuildHasher, RandomState};
+    // How far below the ephemeral range to look, and how often to try.
+    const SPAN: u16 = 12_000;
+    const TRIES: usize = 200;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+    if let Some(low) = ephemeral_low.filter(|&low| low > SPAN + 1024) {
+        let random = RandomState::new();
+        for attempt in 0..TRIES {
+            let offset = u16::try_from(random.hash_one(attempt) % u64::from(SPAN))?;
+            let port = low - SPAN + offset;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

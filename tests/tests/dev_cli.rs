@@ -2,7 +2,7 @@
 //! through the default-style endpoint, check exit codes and JSON output, stop it with Ctrl-C
 //! (SIGINT), start it again on the same data directory, and find the data still there.
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use ringkv_tests::{binary, free_port, free_port_range, wait_for};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -57,13 +57,20 @@ async fn start_dev(
         .stdout(std::fs::File::create(&out)?)
         .stderr(Stdio::inherit())
         .spawn()?;
-    let dev = Dev { child, out: out.clone() };
-    wait_for(Duration::from_secs(90), "ringkv dev to be ready", || {
-        let out = out.clone();
-        async move { std::fs::read_to_string(&out).ok()?.contains("ringkv dev: ready").then_some(()) }
-    })
-    .await?;
-    Ok(dev)
+    let mut dev = Dev { child, out: out.clone() };
+    // Polled rather than `wait_for`, to fail at once (with the reason ringkv dev printed on
+    // stderr above) if it exits instead of becoming ready.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if std::fs::read_to_string(&out)?.contains("ringkv dev: ready") {
+            return Ok(dev);
+        }
+        if let Some(status) = dev.child.try_wait()? {
+            bail!("ringkv dev exited ({status}) before it was ready; its error is above");
+        }
+        ensure!(std::time::Instant::now() < deadline, "ringkv dev not ready after 90 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn cli(endpoint: &str, args: &[&str]) -> Result<Output> {

@@ -111,10 +111,20 @@ impl Drop for Nodes {
     }
 }
 
+/// The end of a node's log, from its `Error:` line if it has one: with backtraces on, a
+/// plain tail would show only the backtrace and not the reason.
 fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    tail_of(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+fn tail_of(text: &str) -> String {
+    const LINES: usize = 10;
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
+    let from = lines
+        .iter()
+        .rposition(|l| l.starts_with("Error: "))
+        .unwrap_or(lines.len().saturating_sub(LINES));
+    lines[from..].iter().take(LINES).copied().collect::<Vec<_>>().join("\n")
 }
 
 pub async fn run(args: &DevArgs) -> Result<()> {
@@ -256,5 +266,23 @@ pub async fn run(args: &DevArgs) -> Result<()> {
             println!("stopped; data kept in {}", data_dir.display());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_of;
+
+    #[test]
+    fn the_tail_of_a_failed_node_shows_its_error_not_its_backtrace() {
+        let mut log = String::from("INFO starting\nError: address in use\n\nStack backtrace:\n");
+        for i in 0..40 {
+            log.push_str(&format!("  {i}: frame\n"));
+        }
+        let tail = tail_of(&log);
+        assert!(tail.starts_with("Error: address in use"), "{tail}");
+        assert_eq!(tail.lines().count(), 10);
+        let plain = tail_of("a\nb\nc\n");
+        assert_eq!(plain, "a\nb\nc");
     }
 }
