@@ -2,9 +2,8 @@
 //! and node-wide records such as the cluster configuration the node was bootstrapped with.
 
 use crate::codec;
-use crate::entry_cache::EntryCache;
 use crate::keys::CF_NODE;
-use crate::log_store::{cf, rocks_err};
+use crate::log_store::{LogShared, cf, rocks_err};
 use crate::session_cache::SessionCache;
 use crate::{ShardId, ShardLogStore, ShardReader, ShardStateMachine, StorageMetrics, WalSyncer};
 use rocksdb::DB;
@@ -22,9 +21,8 @@ pub struct NodeStorage {
     syncer: WalSyncer,
     snapshot_root: PathBuf,
     metrics: StorageMetrics,
-    /// Each shard's entry cache, shared by all its log store handles: two caches of one log
-    /// would go stale behind each other's writes.
-    entry_caches: Arc<Mutex<HashMap<ShardId, Arc<Mutex<EntryCache>>>>>,
+    /// What each shard's log store handles share (its entry cache and committed hint).
+    logs: Arc<Mutex<HashMap<ShardId, Arc<LogShared>>>>,
     /// Each shard's session cache, shared by all its state machine handles, for the same
     /// reason.
     session_caches: Arc<Mutex<HashMap<ShardId, Arc<Mutex<SessionCache>>>>>,
@@ -48,20 +46,21 @@ impl NodeStorage {
             syncer,
             snapshot_root: data_dir.join("snapshots"),
             metrics,
-            entry_caches: Arc::default(),
+            logs: Arc::default(),
             session_caches: Arc::default(),
         })
     }
 
     pub fn log_store(&self, shard: ShardId) -> ShardLogStore {
-        let cache = self
-            .entry_caches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(shard)
-            .or_default()
-            .clone();
-        ShardLogStore::new(shard, self.db.clone(), self.syncer.clone(), self.metrics.clone(), cache)
+        let shared =
+            self.logs.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
+        ShardLogStore::new(
+            shard,
+            self.db.clone(),
+            self.syncer.clone(),
+            self.metrics.clone(),
+            shared,
+        )
     }
 
     pub fn state_machine(&self, shard: ShardId) -> io::Result<ShardStateMachine> {

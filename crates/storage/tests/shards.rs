@@ -358,6 +358,27 @@ mod batching_does_not_matter {
     }
 }
 
+/// The committed hint reaches the disk with the next append, never on its own: every handle
+/// sees the newest at once, a restart finds the last one an append carried.
+#[tokio::test]
+async fn the_committed_hint_is_written_with_the_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage = open(dir.path());
+        let mut log = storage.log_store(2);
+        append(&mut log, (1..=3).map(|i| put(1, i, "k", "v")).collect()).await;
+        log.save_committed(Some(log_id(1, 2))).await.unwrap();
+        assert_eq!(storage.log_store(2).read_committed().await.unwrap(), Some(log_id(1, 2)));
+        append(&mut log, vec![put(1, 4, "k", "v")]).await;
+        // No append follows this one: it stays in memory.
+        log.save_committed(Some(log_id(1, 4))).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 4)));
+    }
+    let storage = open(dir.path());
+    assert_eq!(storage.log_store(2).read_committed().await.unwrap(), Some(log_id(1, 2)));
+    assert_eq!(storage.log_store(1).read_committed().await.unwrap(), None, "other shards");
+}
+
 /// The entry cache follows truncations and purges, and every handle of a shard sees the same
 /// log: changes made through one handle are seen through the other, and every read equals
 /// what the disk gives after a restart (empty cache).
