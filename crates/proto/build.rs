@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ringkv/v1/admin.proto",
         "ringkv/v1/events.proto",
         "ringkv/v1/raft.proto",
+        "ringkv/v1/membership.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -10,13 +10,14 @@
 //! from the status details. Waiting is always on a condition with a deadline, never a bare
 //! sleep.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use ringkv_placement::{Layout, NodeSpec, ShardMap};
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{
-    Consistency, GetRequest, GetResponse, NodeStatusRequest, NodeStatusResponse, PutRequest,
-    PutResponse, RaftRole, ShardChecksumRequest, ShardChecksumResponse,
+    Consistency, GetRequest, GetResponse, GetShardMapRequest, ListNodesRequest, ListNodesResponse,
+    NodeStatusRequest, NodeStatusResponse, PutRequest, PutResponse, RaftRole, ShardChecksumRequest,
+    ShardChecksumResponse, ShardStatus,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,6 +45,14 @@ pub struct Tuning {
     /// How often leaders enforce topic retention and compact the watch history.
     pub retention_interval_ms: u64,
     pub watch_history_revisions: u64,
+    /// A node silent this long is marked down and its replicas re-created elsewhere.
+    pub down_after_ms: u64,
+    /// A move whose learner has not caught up by then is undone.
+    pub move_timeout_ms: u64,
+    /// How often each node syncs with the meta leader (and reconciles its replicas).
+    pub sync_interval_ms: u64,
+    pub moves_max: usize,
+    pub moves_per_node_max: usize,
 }
 
 impl Default for Tuning {
@@ -57,10 +66,18 @@ impl Default for Tuning {
             leader_balance_ms: 1000,
             retention_interval_ms: 200,
             watch_history_revisions: 100_000,
+            down_after_ms: 30 * 60 * 1000,
+            move_timeout_ms: 120_000,
+            sync_interval_ms: 200,
+            moves_max: 8,
+            moves_per_node_max: 2,
         }
     }
 }
 
+/// One node process slot. `id` is the slot (1-based, stable for the test's life) and also
+/// the initial member id; a slot whose data is wiped comes back under a new cluster identity
+/// (see [`Cluster::identity_of`]).
 pub struct NodeProc {
     pub id: u64,
     pub addr: String,
@@ -87,6 +104,8 @@ pub struct Cluster {
     members_arg: String,
     layout: Layout,
     leader_cache: Mutex<HashMap<u64, u64>>,
+    /// Cluster identity -> slot, as learned (see [`Cluster::learn_identities`]).
+    identities: Mutex<HashMap<u64, u64>>,
     /// The network namespaces the nodes run in, if any (dropped after the nodes).
     pub net: Option<NetLab>,
 }
@@ -272,6 +291,7 @@ impl Cluster {
             members_arg,
             layout,
             leader_cache: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
             net,
         };
         for id in 1..=nodes {
@@ -322,6 +342,22 @@ impl Cluster {
             .arg(t.retention_interval_ms.to_string())
             .arg("--watch-history-revisions")
             .arg(t.watch_history_revisions.to_string())
+            .arg("--down-after-ms")
+            .arg(t.down_after_ms.to_string())
+            .arg("--move-timeout-ms")
+            .arg(t.move_timeout_ms.to_string())
+            .arg("--sync-interval-ms")
+            .arg(t.sync_interval_ms.to_string())
+            .arg("--moves-max")
+            .arg(t.moves_max.to_string())
+            .arg("--moves-per-node-max")
+            .arg(t.moves_per_node_max.to_string())
+            .arg("--listen")
+            .arg(n.addr.replace("localhost", "127.0.0.1"))
+            .arg("--advertise-addr")
+            .arg(&n.addr)
+            .arg("--join")
+            .arg(self.seeds())
             .env(
                 "RUST_LOG",
                 std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -349,6 +385,162 @@ impl Cluster {
         if let Some(mut child) = self.node_mut(id).child.take() {
             child.kill()?;
             child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a stopped node's data directory: it comes back as an empty node, which must
+    /// join under a new identity.
+    pub fn wipe(&mut self, id: u64) -> Result<()> {
+        ensure!(!self.node(id).is_running(), "wipe node {id} only while it is stopped");
+        match std::fs::remove_dir_all(&self.node(id).data_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds a node slot that is not an initial member and starts it: it joins the cluster.
+    /// Returns its slot (wait for it with [`Cluster::wait_node_serving`]).
+    pub fn add_node(&mut self) -> Result<u64> {
+        ensure!(self.net.is_none(), "adding nodes inside a network lab is not supported");
+        let id = self.nodes.len() as u64 + 1;
+        self.nodes.push(NodeProc {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()?),
+            metrics_addr: format!("127.0.0.1:{}", free_port()?),
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            log_path: self.dir.path().join(format!("node-{id}.log")),
+            child: None,
+        });
+        self.spawn(id)?;
+        Ok(id)
+    }
+
+    /// Waits until a node answers NodeStatus (an empty node answers only once it has joined).
+    pub async fn wait_node_serving(&self, id: u64, timeout: Duration) -> Result<()> {
+        let addr = self.node(id).addr.clone();
+        wait_for(timeout, &format!("node {id} to serve"), || {
+            let addr = addr.clone();
+            async move {
+                admin(&addr).await.ok()?.node_status(NodeStatusRequest {}).await.ok().map(|_| ())
+            }
+        })
+        .await
+        .map_err(|e| anyhow!("{e}\n{}", self.log_tail(id)))
+    }
+
+    /// The cluster identity (node id) the process in slot `id` runs as now.
+    pub async fn identity_of(&self, id: u64) -> Result<u64> {
+        self.status(id).await?.node.map(|n| n.id).context("NodeStatus without a node")
+    }
+
+    /// The slot running cluster identity `node_id`, if a running slot does.
+    pub async fn slot_of(&self, node_id: u64) -> Option<u64> {
+        for slot in self.running() {
+            if self.identity_of(slot).await.ok() == Some(node_id) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// The membership as the meta leader sees it (asked through any running node).
+    pub async fn list_nodes(&self) -> Result<ListNodesResponse> {
+        let mut last = anyhow!("no node running");
+        for id in self.running() {
+            match self.admin(id).await {
+                Ok(mut a) => match a.list_nodes(ListNodesRequest {}).await {
+                    Ok(r) => return Ok(r.into_inner()),
+                    Err(e) => last = anyhow!("node {id}: {}", e.message()),
+                },
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The cluster's current shard map (asked of any running node; the newest epoch wins).
+    pub async fn current_map(&self) -> Result<ringkv_proto::v1::ShardMap> {
+        let mut best: Option<ringkv_proto::v1::ShardMap> = None;
+        for id in self.running() {
+            if let Ok(mut a) = self.admin(id).await
+                && let Ok(r) = a.get_shard_map(GetShardMapRequest {}).await
+                && let Some(m) = r.into_inner().map
+                && best.as_ref().is_none_or(|b| b.epoch < m.epoch)
+            {
+                best = Some(m);
+            }
+        }
+        best.context("no running node answered GetShardMap")
+    }
+
+    /// Waits until the cluster has settled: no moves, every shard (meta group included) on
+    /// its target placement with all its replicas live.
+    pub async fn wait_settled(&self, timeout: Duration) -> Result<ListNodesResponse> {
+        let r = wait_for(timeout, "the placement to settle", || async {
+            let l = self.list_nodes().await.ok()?;
+            // Heard from by this meta leader: right after a leader change every node counts
+            // as live for a moment, which says nothing.
+            let heard = l
+                .nodes
+                .iter()
+                .filter(|n| n.state == "up")
+                .all(|n| n.last_seen_ms.is_some_and(|ms| ms < 3_000));
+            let joining = l.nodes.iter().any(|n| n.state == "joining");
+            (heard
+                && !joining
+                && l.moves.is_empty()
+                && l.shards_off_target == 0
+                && l.under_replicated_shards == 0)
+                .then_some(l)
+        })
+        .await;
+        match r {
+            Ok(l) => Ok(l),
+            Err(e) => {
+                let l = self.list_nodes().await;
+                bail!("{e}; last membership: {l:?}")
+            }
+        }
+    }
+
+    /// Waits until the placement settled and every shard has RF replicas, each with a leader.
+    pub async fn wait_for_rf(&self, timeout: Duration) -> Result<ringkv_proto::v1::ShardMap> {
+        self.wait_settled(timeout).await?;
+        let rf = self.layout.replication_factor as usize;
+        let map = self.current_map().await?;
+        for s in &map.shards {
+            ensure!(s.replicas.len() == rf, "shard {} has replicas {:?}", s.shard_id, s.replicas);
+        }
+        self.wait_for_leaders(timeout).await?;
+        Ok(map)
+    }
+
+    /// Waits until every replica of every shard, per the current map, reports the same
+    /// checksum at the same applied index (writes must have stopped).
+    pub async fn assert_checksums_equal(&self, timeout: Duration) -> Result<()> {
+        let map = self.current_map().await?;
+        for s in &map.shards {
+            let mut slots = Vec::new();
+            for r in &s.replicas {
+                slots.push(self.slot_of(*r).await.with_context(|| {
+                    format!("replica {r} of shard {} is not running", s.shard_id)
+                })?);
+            }
+            let shard = s.shard_id;
+            wait_for(timeout, &format!("equal checksums on shard {shard}"), || {
+                let slots = slots.clone();
+                async move {
+                    let mut sums = Vec::new();
+                    for slot in slots {
+                        sums.push(self.checksum(slot, shard).await.ok()?);
+                    }
+                    let first = (sums[0].applied_index, sums[0].checksum);
+                    sums.iter().all(|x| (x.applied_index, x.checksum) == first).then_some(())
+                }
+            })
+            .await?;
         }
         Ok(())
     }
@@ -430,19 +622,22 @@ impl Cluster {
         .await
     }
 
+    /// Waits until every node serves and has the cluster's records (a map from the meta
+    /// group, epoch >= 1), so tests start on a cluster that knows itself.
     async fn wait_serving(&self) -> Result<()> {
         for n in &self.nodes {
             let addr = n.addr.clone();
             wait_for(Duration::from_secs(30), &format!("node {} to serve", n.id), || {
                 let addr = addr.clone();
                 async move {
-                    admin(&addr)
+                    let st = admin(&addr)
                         .await
                         .ok()?
                         .node_status(NodeStatusRequest {})
                         .await
-                        .ok()
-                        .map(|_| ())
+                        .ok()?
+                        .into_inner();
+                    st.map.filter(|m| m.epoch >= 1).map(|_| ())
                 }
             })
             .await
@@ -504,13 +699,13 @@ impl Cluster {
         self.nodes.iter().filter(|n| n.is_running()).map(|n| n.id).collect()
     }
 
-    /// shard -> leader, as reported by running nodes that consider themselves leader.
+    /// data shard -> leader slot, as reported by running nodes that consider themselves leader.
     pub async fn leaders(&self) -> HashMap<u64, u64> {
         let mut out = HashMap::new();
         for id in self.running() {
             if let Ok(st) = self.status(id).await {
                 for s in st.shards {
-                    if s.role == RaftRole::Leader as i32 {
+                    if s.role == RaftRole::Leader as i32 && s.shard_id < self.shard_count() {
                         out.insert(s.shard_id, id);
                     }
                 }
@@ -524,21 +719,62 @@ impl Cluster {
         busiest(&self.leaders().await)
     }
 
-    /// Waits until every shard has a leader among the running nodes.
+    /// Waits until every shard has a leader that all its running replicas name, at the
+    /// leader's term. One node claiming the role is not enough: right after an election
+    /// another replica may still campaign and unseat it, and a test's first request would then
+    /// meet a shard without a leader.
     pub async fn wait_for_leaders(&self, timeout: Duration) -> Result<HashMap<u64, u64>> {
         let shards = u64::from(self.layout.shard_count);
-        wait_for(timeout, "a leader for every shard", || async {
-            let l = self.leaders().await;
+        wait_for(timeout, "a leader for every shard, named by all its running replicas", || async {
+            let l = self.agreed_leaders().await;
             (l.len() as u64 == shards).then_some(l)
         })
         .await
     }
 
+    /// Shard -> leader slot, for the data shards whose leader every running voter names (the
+    /// voters as the leader reports them: replicas move).
+    async fn agreed_leaders(&self) -> HashMap<u64, u64> {
+        // slot -> (its identity, its view of each shard it holds)
+        let mut views: HashMap<u64, (u64, Vec<ShardStatus>)> = HashMap::new();
+        for id in self.running() {
+            if let Ok(st) = self.status(id).await {
+                views.insert(id, (st.node.map_or(0, |n| n.id), st.shards));
+            }
+        }
+        let slot_of: HashMap<u64, u64> =
+            views.iter().map(|(&slot, (nid, _))| (*nid, slot)).collect();
+        let view = |slot: u64, shard: u64| {
+            views.get(&slot).and_then(|(_, v)| v.iter().find(|s| s.shard_id == shard))
+        };
+        let mut out = HashMap::new();
+        for (&slot, (nid, shards)) in &views {
+            for s in shards.iter().filter(|s| s.role == RaftRole::Leader as i32) {
+                if s.shard_id >= self.shard_count() {
+                    continue;
+                }
+                let agreed = s.voters.iter().filter_map(|v| slot_of.get(v)).all(|&r| {
+                    view(r, s.shard_id)
+                        .is_some_and(|v| v.leader_id == Some(*nid) && v.term == s.term)
+                });
+                if agreed {
+                    out.insert(s.shard_id, slot);
+                }
+            }
+        }
+        out
+    }
+
+    /// Slots to try for `shard`: the one that led it last, then every running slot (replicas
+    /// move, so the initial map is no guide; nodes without the shard answer WRONG_SHARD).
     fn candidates(&self, shard: u64) -> Vec<u64> {
         let cached = self.leader_cache.lock().unwrap().get(&shard).copied();
-        let mut order: Vec<u64> = cached.into_iter().collect();
-        for &r in self.map.replicas(shard) {
-            if !order.contains(&r) && self.node(r).is_running() {
+        let mut order: Vec<u64> =
+            cached.filter(|&c| self.node(c).is_running()).into_iter().collect();
+        for r in self.map.replicas(shard).iter().copied().chain(self.running()) {
+            if !order.contains(&r)
+                && self.nodes.get((r as usize).wrapping_sub(1)).is_some_and(NodeProc::is_running)
+            {
                 order.push(r);
             }
         }
@@ -575,15 +811,19 @@ impl Cluster {
                         return Ok(resp.into_inner());
                     }
                     Err(s) => {
+                        // Hints name cluster identities; slots equal them until a wipe.
                         if let Some(l) = leader_hint(&s) {
-                            self.leader_cache.lock().unwrap().insert(shard, l);
+                            let slot = self.slot_of_cached(l);
+                            self.leader_cache.lock().unwrap().insert(shard, slot);
                         }
                         let retry = matches!(
                             s.code(),
                             tonic::Code::FailedPrecondition
                                 | tonic::Code::Unavailable
                                 | tonic::Code::DeadlineExceeded
-                        ) && reason(&s).as_deref() != Some("WRONG_SHARD");
+                                // A paused node: the channel's own timeout.
+                                | tonic::Code::Cancelled
+                        );
                         if !retry {
                             return Err(s);
                         }
@@ -595,6 +835,21 @@ impl Cluster {
                 return Err(last);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The slot of identity `node_id` as last seen (the identity itself when unknown: slots
+    /// equal initial ids).
+    fn slot_of_cached(&self, node_id: u64) -> u64 {
+        self.identities.lock().unwrap().get(&node_id).copied().unwrap_or(node_id)
+    }
+
+    /// Learns which slot runs which identity (for following hints after wipes and joins).
+    pub async fn learn_identities(&self) {
+        for slot in self.running() {
+            if let Ok(id) = self.identity_of(slot).await {
+                self.identities.lock().unwrap().insert(id, slot);
+            }
         }
     }
 
@@ -657,6 +912,12 @@ impl Drop for Cluster {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        // A test that fails by returning an error cannot be told apart from one that passed
+        // here, so keeping the logs is opt-in: for chasing a rare failure in a loop.
+        if std::env::var_os("RINGKV_TEST_KEEP").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("RINGKV_TEST_KEEP: cluster files kept in {}", self.dir.path().display());
         }
     }
 }

@@ -1,35 +1,96 @@
 //! The public `ringkv.v1.Admin` service: shard map, this node's view of its replicas,
-//! per-shard checksums (to compare replicas), leader transfer and on-demand snapshots.
+//! per-shard checksums (to compare replicas), leader transfer and on-demand snapshots, and
+//! the cluster's membership (list, drain, remove, activate, weight).
+//!
+//! Membership requests are decided by the placement driver on the meta group's leader. Any
+//! node takes them and forwards them there once (marked, so a request that lands on a node
+//! that lost the leadership meanwhile gets NOT_LEADER instead of being passed on again).
 
+use crate::driver::{Driver, NodeAction};
 use crate::error::NodeError;
 use crate::registry::ShardRegistry;
 use openraft::ServerState;
 use ringkv_placement::ShardMap;
+use ringkv_placement::cluster::{META_SHARD, NodeRecord};
+use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::admin_server::Admin;
 use ringkv_proto::v1::{
-    GetShardMapRequest, GetShardMapResponse, NodeInfo, NodeStatusRequest, NodeStatusResponse,
-    RaftRole, ReplicaProgress, ShardChecksumRequest, ShardChecksumResponse, ShardStatus,
-    TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
+    GetShardMapRequest, GetShardMapResponse, ListNodesRequest, ListNodesResponse, MoveInfo,
+    NodeInfo, NodeRequest, NodeResponse, NodeStatusRequest, NodeStatusResponse, RaftRole,
+    ReplicaProgress, SetNodeWeightRequest, ShardChecksumRequest, ShardChecksumResponse,
+    ShardStatus, TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest,
+    TriggerSnapshotResponse,
 };
+use std::sync::Arc;
 use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 /// How long TriggerSnapshot waits for the snapshot to be built.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 
+/// Marks a membership request a node forwarded to the meta leader.
+const FORWARDED: &str = "ringkv-forwarded";
+/// How long a forwarded membership request may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+
 #[derive(Clone, Debug)]
 pub struct AdminService {
     registry: ShardRegistry,
+    driver: Arc<Driver>,
 }
 
 impl AdminService {
-    pub fn new(registry: ShardRegistry) -> Self {
-        AdminService { registry }
+    pub fn new(registry: ShardRegistry, driver: Arc<Driver>) -> Self {
+        AdminService { registry, driver }
     }
+
+    /// The meta leader's admin client, for forwarding (`None`: this node leads, or the request
+    /// was forwarded already and must be answered here).
+    fn forward_to<T>(&self, req: &Request<T>) -> Result<Option<AdminClient<Channel>>, Status> {
+        let leads = self.registry.replica(META_SHARD).is_ok_and(|m| m.is_leader());
+        if leads || req.metadata().contains_key(FORWARDED) {
+            return Ok(None);
+        }
+        let Some((_, addr)) = self.registry.meta_leader_hint() else {
+            return Err(NodeError::ShardUnavailable {
+                shard: META_SHARD,
+                reason: "this node does not know the meta group's leader yet; retry".into(),
+            }
+            .into());
+        };
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        Ok(Some(AdminClient::new(ch)))
+    }
+}
+
+fn forwarded<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(FORWARD_TIMEOUT);
+    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r
 }
 
 pub fn shard_map_proto(map: &ShardMap) -> ringkv_proto::v1::ShardMap {
     ringkv_routing::topology::map_to_proto(map)
+}
+
+/// A node's record as the admin API shows it.
+pub fn node_info(n: &NodeRecord, replicas: u32) -> NodeInfo {
+    NodeInfo {
+        id: n.id,
+        addr: n.addr.clone(),
+        weight: n.weight,
+        name: n.name.clone(),
+        state: n.state.name().to_string(),
+        zone: n.zone.clone(),
+        replicas,
+        replaced_by: n.replaced_by,
+        last_seen_ms: None,
+    }
 }
 
 fn role(state: ServerState) -> RaftRole {
@@ -48,7 +109,16 @@ impl Admin for AdminService {
         &self,
         _req: Request<GetShardMapRequest>,
     ) -> Result<Response<GetShardMapResponse>, Status> {
-        Ok(Response::new(GetShardMapResponse { map: Some(shard_map_proto(self.registry.map())) }))
+        let mut map = shard_map_proto(&self.registry.map());
+        map.cluster_id = self.registry.cluster_id();
+        if let Some(state) = self.registry.state() {
+            for n in &mut map.nodes {
+                if let Some(rec) = state.node(n.id) {
+                    *n = node_info(rec, 0);
+                }
+            }
+        }
+        Ok(Response::new(GetShardMapResponse { map: Some(map) }))
     }
 
     async fn node_status(
@@ -56,10 +126,10 @@ impl Admin for AdminService {
         _req: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
         let map = self.registry.map();
-        let me = map.node(self.registry.node_id());
-        let shards = self
+        let me = self.registry.state().and_then(|s| s.node(self.registry.node_id()).cloned());
+        let shards: Vec<ShardStatus> = self
             .registry
-            .shards()
+            .replicas()
             .iter()
             .map(|shard| {
                 let m = shard.metrics();
@@ -91,11 +161,19 @@ impl Admin for AdminService {
                 }
             })
             .collect();
-        Ok(Response::new(NodeStatusResponse {
-            node: me.map(|n| NodeInfo { id: n.id, addr: n.addr.clone(), weight: n.weight }),
-            map: Some(shard_map_proto(map)),
-            shards,
-        }))
+        let node = match me {
+            Some(rec) => node_info(&rec, u32::try_from(shards.len()).unwrap_or(u32::MAX)),
+            None => NodeInfo {
+                id: self.registry.node_id(),
+                addr: self.registry.advertise_addr().to_string(),
+                name: self.registry.name().to_string(),
+                replicas: u32::try_from(shards.len()).unwrap_or(u32::MAX),
+                ..NodeInfo::default()
+            },
+        };
+        let mut map = shard_map_proto(&map);
+        map.cluster_id = self.registry.cluster_id();
+        Ok(Response::new(NodeStatusResponse { node: Some(node), map: Some(map), shards }))
     }
 
     async fn shard_checksum(
@@ -103,7 +181,7 @@ impl Admin for AdminService {
         req: Request<ShardChecksumRequest>,
     ) -> Result<Response<ShardChecksumResponse>, Status> {
         let shard_id = req.into_inner().shard_id;
-        let shard = self.registry.shard(shard_id)?;
+        let shard = self.registry.replica(shard_id)?;
         let reader = shard.reader.clone();
         let sum = tokio::task::spawn_blocking(move || reader.checksum())
             .await
@@ -122,7 +200,7 @@ impl Admin for AdminService {
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.registry.shard(req.shard_id)?;
+        let shard = self.registry.replica(req.shard_id)?;
         let m = shard.metrics();
         if m.state != ServerState::Leader {
             let leader = m.current_leader.and_then(|id| {
@@ -151,7 +229,7 @@ impl Admin for AdminService {
         req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.registry.shard(req.shard_id)?;
+        let shard = self.registry.replica(req.shard_id)?;
         let applied = shard.metrics().last_applied.map_or(0, |l| l.index);
         let unavailable = |e: &dyn std::fmt::Display| NodeError::ShardUnavailable {
             shard: shard.id,
@@ -169,5 +247,99 @@ impl Admin for AdminService {
             shard.raft.trigger().purge_log(snapshot_index).await.map_err(|e| unavailable(&e))?;
         }
         Ok(Response::new(TriggerSnapshotResponse { snapshot_index }))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        if let Some(mut leader) = self.forward_to(&req)? {
+            return leader.list_nodes(forwarded(req.into_inner())).await;
+        }
+        let state = self.driver.current()?;
+        let counts = state.replica_counts();
+        let health = self.driver.health(&state);
+        Ok(Response::new(ListNodesResponse {
+            cluster_id: state.cluster.cluster_id,
+            epoch: state.epoch,
+            nodes: state
+                .nodes
+                .values()
+                .map(|n| NodeInfo {
+                    last_seen_ms: self
+                        .driver
+                        .last_seen(n.id)
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    ..node_info(n, counts.get(&n.id).copied().unwrap_or(0) as u32)
+                })
+                .collect(),
+            moves: state
+                .moves
+                .iter()
+                .map(|(&shard_id, m)| MoveInfo {
+                    shard_id,
+                    add: m.add,
+                    remove: m.remove,
+                    started_unix_ms: m.started_unix_ms,
+                    aborting: m.aborting,
+                })
+                .collect(),
+            meta_replicas: state.meta_replicas().to_vec(),
+            under_replicated_shards: health.under_replicated,
+            shards_without_quorum: health.without_quorum,
+            shards_off_target: health.off_target,
+        }))
+    }
+
+    async fn drain_node(
+        &self,
+        req: Request<NodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        self.node_action(req, NodeAction::Drain).await
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<NodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        self.node_action(req, NodeAction::Remove).await
+    }
+
+    async fn activate_node(
+        &self,
+        req: Request<NodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        self.node_action(req, NodeAction::Activate).await
+    }
+
+    async fn set_node_weight(
+        &self,
+        req: Request<SetNodeWeightRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        if let Some(mut leader) = self.forward_to(&req)? {
+            return leader.set_node_weight(forwarded(req.into_inner())).await;
+        }
+        let req = req.into_inner();
+        let rec = self.driver.set_weight(req.node_id, req.weight).await?;
+        Ok(Response::new(NodeResponse { node: Some(node_info(&rec, 0)) }))
+    }
+}
+
+impl AdminService {
+    async fn node_action(
+        &self,
+        req: Request<NodeRequest>,
+        action: NodeAction,
+    ) -> Result<Response<NodeResponse>, Status> {
+        if let Some(mut leader) = self.forward_to(&req)? {
+            let msg = forwarded(req.into_inner());
+            return match action {
+                NodeAction::Drain => leader.drain_node(msg).await,
+                NodeAction::Remove => leader.remove_node(msg).await,
+                NodeAction::Activate => leader.activate_node(msg).await,
+            };
+        }
+        let rec = self.driver.node_action(req.into_inner().node_id, action).await?;
+        Ok(Response::new(NodeResponse { node: Some(node_info(&rec, 0)) }))
     }
 }

@@ -8,7 +8,8 @@
 //! only when that replica is healthy: it acknowledged a heartbeat within the election timeout
 //! and has every log entry. A transfer costs the shard a short pause (no election timeout:
 //! the target campaigns at once), so the check is conservative and at most one transfer per
-//! shard is started per interval.
+//! shard is started per interval. Shards with a replica move under way are left alone: the
+//! placement driver hands leadership away from a leaving replica itself.
 
 use crate::registry::ShardRegistry;
 use openraft::{Instant, ServerState};
@@ -30,12 +31,14 @@ pub fn spawn(registry: ShardRegistry, interval: Duration, liveness: Duration) ->
 
 async fn balance_once(registry: &ShardRegistry, liveness: Duration) {
     let me = registry.node_id();
+    let map = registry.map();
     for shard in registry.shards() {
         let m = shard.metrics();
-        if m.state != ServerState::Leader {
+        // A shard being moved is the placement driver's to lead around.
+        if m.state != ServerState::Leader || registry.moving(shard.id) {
             continue;
         }
-        let Some(preferred) = registry.map().preferred_leader(shard.id) else { continue };
+        let Some(preferred) = map.preferred_leader(shard.id) else { continue };
         if preferred == me || !m.membership_config.voter_ids().any(|v| v == preferred) {
             continue;
         }

@@ -1,15 +1,17 @@
 //! Node configuration: a TOML file, overridden by environment variables, overridden by flags.
 //!
-//! Everything a node needs to start is here: who it is (`node_id`), where it listens, where
-//! its data lives, the initial members, and the layout (shard count, replication factor). The
-//! members and layout must be the same on every node: together they determine the shard map,
-//! which every node computes for itself. The first start records them in the data directory;
-//! a later start with a different layout or member list is refused with an error that says
-//! what differs, instead of silently building a different cluster on old data.
+//! Everything a node needs to start is here: its name (`node_id`: a number or a pod name),
+//! where it listens and how peers reach it, where its data lives, and how to find its cluster:
+//! the initial members (`members`, the same on every founding member, with the layout) or
+//! seeds to join through (`join`). The members and layout matter only when a cluster is
+//! founded; afterwards the cluster's own records rule (see `crate::discovery`), so adding a
+//! node to the member list, or starting a node that is not in it, never breaks a running
+//! cluster: a node that is not an initial member joins through the members or `join` seeds.
 //!
 //! ```toml
-//! node_id = 1
+//! node_id = "ringkv-0"
 //! listen = "0.0.0.0:7001"
+//! advertise_addr = "ringkv-0.ringkv:7001"
 //! data_dir = "/var/lib/ringkv"
 //! shards = 8
 //! replication_factor = 3
@@ -18,6 +20,9 @@
 //!
 //! [raft]
 //! heartbeat_interval_ms = 100
+//!
+//! [membership]
+//! down_after_ms = 1800000
 //! ```
 
 use clap::Parser;
@@ -38,12 +43,28 @@ pub struct Args {
     /// TOML configuration file; flags and environment variables override its values.
     #[arg(long, env = "RINGKV_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This node's id (>= 1), or a StatefulSet pod name such as `ringkv-2` (id = ordinal + 1).
+    /// This node's name: a number >= 1, or a StatefulSet pod name such as `ringkv-2`. Among
+    /// the initial members it also says which one this is (`ringkv-2` is member 3). The
+    /// cluster hands out the node's real id; an empty data directory always gets a new one.
     #[arg(long, env = "RINGKV_NODE_ID")]
     pub node_id: Option<String>,
     /// Address the gRPC server binds (default: this node's member address).
     #[arg(long, env = "RINGKV_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// host:port peers and clients reach this node at (default: its member address, else the
+    /// listen address). Keep it stable across restarts: use a DNS name where IPs change.
+    #[arg(long, env = "RINGKV_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Seeds of a running cluster to join through (any nodes of it), comma separated. Not
+    /// needed by initial members: they find the cluster through the member list.
+    #[arg(long, env = "RINGKV_JOIN", value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// Failure-domain label (rack, zone): a shard's replicas go to distinct zones.
+    #[arg(long, env = "RINGKV_ZONE")]
+    pub zone: Option<String>,
+    /// This node's share of replicas, relative to the others (1-100) when it joins.
+    #[arg(long, env = "RINGKV_WEIGHT")]
+    pub weight: Option<u32>,
     /// Data directory (RocksDB and snapshots).
     #[arg(long, env = "RINGKV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -84,6 +105,53 @@ pub struct Args {
     /// starting further back gets COMPACTED.
     #[arg(long, env = "RINGKV_WATCH_HISTORY_REVISIONS")]
     pub watch_history_revisions: Option<u64>,
+    /// A node not heard from for this long is marked down and its replicas re-created on
+    /// other nodes (meta leader setting; default 30 minutes). Restarts are far shorter.
+    #[arg(long, env = "RINGKV_DOWN_AFTER_MS")]
+    pub down_after_ms: Option<u64>,
+    /// A replica move whose new replica has not caught up after this long is undone.
+    #[arg(long, env = "RINGKV_MOVE_TIMEOUT_MS")]
+    pub move_timeout_ms: Option<u64>,
+    /// Replica moves running at once, cluster-wide.
+    #[arg(long, env = "RINGKV_MOVES_MAX")]
+    pub moves_max: Option<usize>,
+    /// Replica moves touching any one node at once.
+    #[arg(long, env = "RINGKV_MOVES_PER_NODE_MAX")]
+    pub moves_per_node_max: Option<usize>,
+    /// Snapshot bytes per second this node sends to peers (0: no limit).
+    #[arg(long, env = "RINGKV_SNAPSHOT_SEND_BYTES_PER_SEC")]
+    pub snapshot_send_bytes_per_sec: Option<u64>,
+    /// How often the node tells the meta leader it is alive and asks for changes.
+    #[arg(long, env = "RINGKV_SYNC_INTERVAL_MS")]
+    pub sync_interval_ms: Option<u64>,
+}
+
+/// Membership settings. The down-after period, move timeout and limits are used by whichever
+/// node leads the meta group, so give every node the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipTuning {
+    pub down_after_ms: u64,
+    pub move_timeout_ms: u64,
+    pub moves_max: usize,
+    pub moves_per_node_max: usize,
+    pub snapshot_send_bytes_per_sec: u64,
+    pub sync_interval_ms: u64,
+}
+
+impl Default for MembershipTuning {
+    fn default() -> Self {
+        MembershipTuning {
+            // Long enough that a restart, a reschedule or a node reboot never moves data.
+            down_after_ms: 30 * 60 * 1000,
+            move_timeout_ms: 10 * 60 * 1000,
+            moves_max: 8,
+            moves_per_node_max: 2,
+            // About half of a 2 Gbit/s link: replication and clients keep the rest.
+            snapshot_send_bytes_per_sec: 128 << 20,
+            sync_interval_ms: 500,
+        }
+    }
 }
 
 /// Raft tuning. Defaults suit a LAN; raise them for many shards per node or slow links.
@@ -122,6 +190,11 @@ impl Default for RaftTuning {
 struct FileConfig {
     node_id: Option<toml::Value>,
     listen: Option<SocketAddr>,
+    advertise_addr: Option<String>,
+    join: Option<Vec<String>>,
+    zone: Option<String>,
+    weight: Option<u32>,
+    membership: Option<MembershipTuning>,
     data_dir: Option<PathBuf>,
     members: Option<Vec<String>>,
     shards: Option<u32>,
@@ -134,13 +207,25 @@ struct FileConfig {
 /// The resolved configuration of a node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    pub node_id: NodeId,
+    /// The operator's name for this node.
+    pub name: String,
+    /// Which initial member this node is, if it is one.
+    pub initial_id: Option<NodeId>,
     pub listen: SocketAddr,
+    pub advertise_addr: String,
     pub data_dir: PathBuf,
+    /// The initial members (founding); may be empty for a node that only joins.
     pub members: Vec<NodeSpec>,
+    pub join: Vec<String>,
     pub layout: Layout,
+    /// Whether the layout was given (flag, environment or file) rather than defaulted: a
+    /// given layout must match the cluster's, a default one is the cluster's to decide.
+    pub layout_explicit: bool,
+    pub zone: String,
+    pub weight: u32,
     pub metrics_listen: Option<SocketAddr>,
     pub raft: RaftTuning,
+    pub membership: MembershipTuning,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,12 +240,20 @@ pub enum ConfigError {
     NodeId(String),
     #[error("invalid member {0:?}: expected id=host:port or id=host:port@weight")]
     Member(String),
-    #[error("node {0} is not among the members")]
-    NotAMember(NodeId),
     #[error(
-        "member address {0:?} of this node does not resolve to a socket address to listen on; set --listen"
+        "no way to find a cluster: give the initial members (--members) or seeds to join through (--join)"
+    )]
+    NoSeeds,
+    #[error(
+        "address {0:?} of this node does not resolve to a socket address to listen on; set --listen"
     )]
     Listen(String),
+    #[error(
+        "no address for peers to reach this node: set --advertise-addr (the listen address {0} is a wildcard)"
+    )]
+    Advertise(SocketAddr),
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
     #[error("invalid raft timing: {0}")]
     Raft(String),
 }
@@ -210,25 +303,101 @@ impl NodeConfig {
             (None, Some(other)) => other.to_string(),
             (None, None) => return Err(ConfigError::Missing("node_id", "node-id", "NODE_ID")),
         };
-        let node_id = parse_node_id(&node_id_raw)?;
+        let name = node_id_raw.trim().to_string();
+        let ordinal = parse_node_id(&name)?;
         let members = args
             .members
             .or(file.members)
-            .ok_or(ConfigError::Missing("members", "members", "MEMBERS"))?
+            .unwrap_or_default()
             .iter()
             .filter(|m| !m.trim().is_empty())
             .map(|m| parse_member(m))
             .collect::<Result<Vec<_>, _>>()?;
-        let me =
-            members.iter().find(|m| m.id == node_id).ok_or(ConfigError::NotAMember(node_id))?;
-        let listen = match args.listen.or(file.listen) {
-            Some(l) => l,
-            None => me.addr.parse().map_err(|_| ConfigError::Listen(me.addr.clone()))?,
+        let join: Vec<String> = args
+            .join
+            .or(file.join)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if members.is_empty() && join.is_empty() {
+            return Err(ConfigError::NoSeeds);
+        }
+        let me = members.iter().find(|m| m.id == ordinal);
+        let listen = match (args.listen.or(file.listen), me) {
+            (Some(l), _) => l,
+            (None, Some(me)) => {
+                me.addr.parse().map_err(|_| ConfigError::Listen(me.addr.clone()))?
+            }
+            (None, None) => match args.advertise_addr.as_ref().or(file.advertise_addr.as_ref()) {
+                Some(a) => a.parse().map_err(|_| ConfigError::Listen(a.clone()))?,
+                None => return Err(ConfigError::Missing("listen", "listen", "LISTEN")),
+            },
         };
+        let advertise_addr = match (args.advertise_addr.or(file.advertise_addr), me) {
+            (Some(a), _) => a,
+            (None, Some(me)) => me.addr.clone(),
+            (None, None) if listen.ip().is_unspecified() => {
+                return Err(ConfigError::Advertise(listen));
+            }
+            (None, None) => listen.to_string(),
+        };
+        if !advertise_addr.contains(':') {
+            return Err(ConfigError::Invalid {
+                field: "advertise_addr",
+                reason: format!("{advertise_addr:?} is not host:port"),
+            });
+        }
+        let weight = args.weight.or(file.weight).unwrap_or(1);
+        if !(1..=ringkv_placement::shard_map::WEIGHT_MAX).contains(&weight) {
+            return Err(ConfigError::Invalid {
+                field: "weight",
+                reason: format!(
+                    "{weight} is not between 1 and {}",
+                    ringkv_placement::shard_map::WEIGHT_MAX
+                ),
+            });
+        }
+        let zone = args.zone.or(file.zone).unwrap_or_default();
+        let mut membership = file.membership.unwrap_or_default();
+        for (flag, slot) in [
+            (args.down_after_ms, &mut membership.down_after_ms),
+            (args.move_timeout_ms, &mut membership.move_timeout_ms),
+            (args.snapshot_send_bytes_per_sec, &mut membership.snapshot_send_bytes_per_sec),
+            (args.sync_interval_ms, &mut membership.sync_interval_ms),
+        ] {
+            if let Some(v) = flag {
+                *slot = v;
+            }
+        }
+        if let Some(v) = args.moves_max {
+            membership.moves_max = v;
+        }
+        if let Some(v) = args.moves_per_node_max {
+            membership.moves_per_node_max = v;
+        }
+        if membership.moves_max == 0 || membership.moves_per_node_max == 0 {
+            return Err(ConfigError::Invalid {
+                field: "moves_max",
+                reason: "moves_max and moves_per_node_max must be >= 1".into(),
+            });
+        }
+        if membership.sync_interval_ms == 0 || membership.move_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                field: "sync_interval_ms",
+                reason: "sync_interval_ms and move_timeout_ms must be >= 1".into(),
+            });
+        }
         let data_dir = args
             .data_dir
             .or(file.data_dir)
             .ok_or(ConfigError::Missing("data_dir", "data-dir", "DATA_DIR"))?;
+        let layout_explicit = args.shards.is_some()
+            || file.shards.is_some()
+            || args.replication_factor.is_some()
+            || file.replication_factor.is_some()
+            || file.vnodes_per_shard.is_some();
         let layout = Layout {
             shard_count: args.shards.or(file.shards).unwrap_or(8),
             replication_factor: args.replication_factor.or(file.replication_factor).unwrap_or(3),
@@ -268,13 +437,20 @@ impl NodeConfig {
             return Err(ConfigError::Raft("snapshot_after_entries must be >= 1".into()));
         }
         Ok(NodeConfig {
-            node_id,
+            name,
+            initial_id: me.map(|m| m.id),
             listen,
+            advertise_addr,
             data_dir,
             members,
+            join,
             layout,
+            layout_explicit,
+            zone,
+            weight,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             raft,
+            membership,
         })
     }
 }
@@ -317,7 +493,8 @@ mod tests {
         a.config = Some(path);
         a.replication_factor = Some(2);
         let c = NodeConfig::resolve(a).unwrap();
-        assert_eq!(c.node_id, 2);
+        assert_eq!((c.name.as_str(), c.initial_id), ("2", Some(2)));
+        assert_eq!(c.advertise_addr, "127.0.0.1:7002");
         assert_eq!(c.layout.shard_count, 16);
         assert_eq!(c.layout.replication_factor, 2);
         assert_eq!(c.raft.heartbeat_interval_ms, 50);
@@ -325,9 +502,29 @@ mod tests {
     }
 
     #[test]
+    fn a_node_outside_the_member_list_joins_through_it() {
+        let mut a = args("1=127.0.0.1:7001");
+        a.listen = Some("127.0.0.1:7009".parse().unwrap());
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!(c.initial_id, None);
+        assert_eq!(c.advertise_addr, "127.0.0.1:7009");
+        let mut wild = args("1=127.0.0.1:7001");
+        wild.listen = Some("0.0.0.0:7009".parse().unwrap());
+        assert!(matches!(NodeConfig::resolve(wild).unwrap_err(), ConfigError::Advertise(_)));
+        let mut joiner = args("");
+        joiner.members = None;
+        joiner.join = Some(vec!["10.0.0.1:7001".into()]);
+        joiner.advertise_addr = Some("10.0.0.9:7001".into());
+        let c = NodeConfig::resolve(joiner).unwrap();
+        assert_eq!(c.listen, "10.0.0.9:7001".parse().unwrap());
+        assert!(c.members.is_empty());
+        let mut lost = args("");
+        lost.members = None;
+        assert!(matches!(NodeConfig::resolve(lost).unwrap_err(), ConfigError::NoSeeds));
+    }
+
+    #[test]
     fn clear_errors_for_bad_settings() {
-        let e = NodeConfig::resolve(args("1=127.0.0.1:7001")).unwrap_err();
-        assert!(matches!(e, ConfigError::NotAMember(2)), "{e}");
         let mut a = args("2=127.0.0.1:7002");
         a.election_timeout_min_ms = Some(100);
         a.heartbeat_interval_ms = Some(100);

@@ -24,7 +24,10 @@
 //! | DuplicateSequence   | ALREADY_EXISTS        | nothing: the batch was appended before           |
 //! | TopicChanged        | FAILED_PRECONDITION   | look the topic up again                          |
 //! | LimitReached        | RESOURCE_EXHAUSTED    | free something up; retrying will not help        |
+//! | WrongCluster        | FAILED_PRECONDITION   | fix the configuration: another cluster's node    |
+//! | Refused             | FAILED_PRECONDITION   | a membership change would be unsafe; read why    |
 
+use ringkv_placement::cluster::shard_name;
 use ringkv_placement::{NodeId, ShardId};
 use std::collections::HashMap;
 use tonic::{Code, Status};
@@ -36,7 +39,7 @@ pub use ringkv_proto::ERROR_DOMAIN;
 pub enum NodeError {
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String, limit: Option<u64> },
-    #[error("node is not the leader of shard {shard}{}", leader_hint(.leader))]
+    #[error("node is not the leader of shard {}{}", shard_name(*.shard), leader_hint(.leader))]
     NotLeader { shard: ShardId, leader: Option<(NodeId, String)> },
     #[error("this node holds no replica of shard {shard} (shard map epoch {epoch})")]
     WrongShard { shard: ShardId, epoch: u64 },
@@ -86,6 +89,10 @@ pub enum NodeError {
     TopicChanged { topic: String, detail: String },
     #[error("limit of {limit} {what} reached")]
     LimitReached { what: &'static str, limit: u64 },
+    #[error("this node belongs to cluster {expected:#x}; the request came from cluster {got:#x}")]
+    WrongCluster { expected: u64, got: u64 },
+    #[error("refused, nothing changed: {reason}")]
+    Refused { reason: String },
 }
 
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
@@ -189,6 +196,12 @@ impl NodeError {
                 md.insert("limit".into(), limit.to_string());
                 (Code::ResourceExhausted, "LIMIT_REACHED")
             }
+            NodeError::WrongCluster { expected, got } => {
+                md.insert("expected".into(), expected.to_string());
+                md.insert("got".into(), got.to_string());
+                (Code::FailedPrecondition, "WRONG_CLUSTER")
+            }
+            NodeError::Refused { .. } => (Code::FailedPrecondition, "MEMBERSHIP_REFUSED"),
         };
         (code_reason.0, code_reason.1, md)
     }
@@ -203,6 +216,23 @@ impl NodeError {
         }
         Status::with_error_details(code, self.to_string(), details)
     }
+}
+
+/// The ErrorInfo of a status, if it carries ringkv's.
+fn error_info(status: &Status) -> Option<tonic_types::ErrorInfo> {
+    status.get_error_details().error_info().cloned()
+}
+
+/// The `leader_addr` of a NOT_LEADER status.
+pub fn leader_addr_hint(status: &Status) -> Option<String> {
+    let info = error_info(status).filter(|i| i.reason == "NOT_LEADER")?;
+    info.metadata.get("leader_addr").cloned().filter(|a| !a.is_empty())
+}
+
+/// The `leader_id` of a NOT_LEADER status.
+pub fn leader_id_hint(status: &Status) -> Option<NodeId> {
+    let info = error_info(status).filter(|i| i.reason == "NOT_LEADER")?;
+    info.metadata.get("leader_id")?.parse().ok()
 }
 
 impl From<NodeError> for Status {

@@ -7,12 +7,20 @@
 //!            gRPC :7001 ──┬── ringkv.v1.KV ────────┐
 //!                         ├── ringkv.v1.Streams ───┤  topic/partition ─▶ shard
 //!                         ├── ringkv.v1.Admin      │  key ─▶ shard (placement)
+//!                         ├── internal Membership (join, sync, moves)
 //!                         └── internal Raft ◀──┐   ▼
 //!                                              │  ShardRegistry ─▶ Shard { Raft group }
 //!            peers ◀── PeerPool (1 channel/node)┘         │
 //!                                                        ▼
 //!                                    NodeStorage: RocksDB (log, state, kv) + WAL syncer
 //! ```
+//!
+//! Membership: [`identity`] (what the data directory says about the node), [`discovery`]
+//! (how an empty node finds or founds its cluster), [`meta`] (the meta group's records),
+//! [`sync`] (following them, creating and destroying local replicas), [`driver`] (the
+//! placement driver on the meta leader), [`membership_service`] (the node-to-node RPCs),
+//! [`bootstrap`] (a founded cluster's first memberships), [`incoming`] (one listener, two
+//! servers).
 //!
 //! Modules: [`config`] (TOML/env/flags), [`node`] (start-up and shutdown), [`registry`] and
 //! [`shard`] (local replicas and their read/write paths), [`read_barrier`] (sharing ReadIndex
@@ -24,10 +32,17 @@
 
 pub mod admin_service;
 pub mod balancer;
+pub mod bootstrap;
 pub mod config;
+pub mod discovery;
+pub mod driver;
 pub mod error;
 pub mod http;
+pub mod identity;
+pub mod incoming;
 pub mod kv_service;
+pub mod membership_service;
+pub mod meta;
 pub mod metrics;
 pub mod network;
 pub mod node;
@@ -37,6 +52,7 @@ pub mod registry;
 pub mod retention;
 pub mod shard;
 pub mod streams_service;
+pub mod sync;
 pub mod validate;
 pub mod validate_events;
 pub mod wire;

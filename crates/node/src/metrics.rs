@@ -32,6 +32,61 @@ pub struct MethodCodeLabel {
     pub code: String,
 }
 
+/// The placement driver's view (set by the meta leader; 0 elsewhere), and what moves cost.
+#[derive(Clone, Debug, Default)]
+pub struct DriverMetrics {
+    /// 1 on the node whose meta replica leads (its driver is the active one).
+    pub leader: Gauge,
+    pub moves_running: Gauge,
+    /// Shards whose replicas differ from their target and have no move yet.
+    pub moves_pending: Gauge,
+    pub moves_started: Counter,
+    pub moves_done: Counter,
+    pub moves_aborted: Counter,
+    /// Shards (meta included) with fewer live replicas than their target.
+    pub under_replicated: Gauge,
+    /// Shards (meta included) whose live replicas are not a majority of their replicas.
+    pub without_quorum: Gauge,
+}
+
+impl DriverMetrics {
+    pub fn register(&self, reg: &mut Registry) {
+        let r = reg.sub_registry_with_prefix("ringkv");
+        r.register(
+            "meta_leader",
+            "1 where this node's meta replica leads (the active placement driver)",
+            self.leader.clone(),
+        );
+        r.register(
+            "moves_running",
+            "Replica moves in progress (meta leader)",
+            self.moves_running.clone(),
+        );
+        r.register(
+            "moves_pending",
+            "Shards off their target placement with no move yet (meta leader)",
+            self.moves_pending.clone(),
+        );
+        r.register("moves_started", "Replica moves planned", self.moves_started.clone());
+        r.register("moves_done", "Replica moves completed", self.moves_done.clone());
+        r.register(
+            "moves_aborted",
+            "Replica moves given up and undone",
+            self.moves_aborted.clone(),
+        );
+        r.register(
+            "under_replicated_shards",
+            "Shards with fewer live replicas than their target (meta leader)",
+            self.under_replicated.clone(),
+        );
+        r.register(
+            "shards_without_quorum",
+            "Shards whose live replicas are not a majority (meta leader)",
+            self.without_quorum.clone(),
+        );
+    }
+}
+
 /// Shared handles to every node metric, plus the registry they are in.
 #[derive(Clone, Debug)]
 pub struct NodeMetrics {
@@ -49,6 +104,10 @@ pub struct NodeMetrics {
     pub events_appended: Counter,
     /// Retention trims and history compactions proposed by this node's leaders.
     pub retention_proposals: Counter,
+    /// Replicas this node holds (meta group included).
+    replicas: Gauge,
+    /// The shards whose gauges are set, so a replica that moved away stops being reported.
+    reported: Arc<Mutex<std::collections::BTreeSet<u64>>>,
 }
 
 impl Default for NodeMetrics {
@@ -76,6 +135,8 @@ impl NodeMetrics {
             open_streams: Gauge::default(),
             events_appended: Counter::default(),
             retention_proposals: Counter::default(),
+            replicas: Gauge::default(),
+            reported: Arc::default(),
         };
         {
             let mut reg = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -122,6 +183,11 @@ impl NodeMetrics {
                 "Trims and watch-history compactions proposed",
                 m.retention_proposals.clone(),
             );
+            r.register(
+                "replicas",
+                "Replicas this node holds (meta group included)",
+                m.replicas.clone(),
+            );
         }
         m
     }
@@ -153,9 +219,29 @@ impl NodeMetrics {
         self.latency.get_or_create(&MethodLabel { method }).observe(took.as_secs_f64());
     }
 
-    /// Copies every shard's Raft metrics into the gauges.
+    /// Copies every shard's Raft metrics into the gauges (and drops the gauges of replicas
+    /// that moved away).
     pub fn refresh(&self, registry: &ShardRegistry) {
-        for shard in registry.shards() {
+        let shards = registry.shards();
+        self.replicas.set(i64::try_from(registry.replica_ids().len()).unwrap_or(i64::MAX));
+        let now: std::collections::BTreeSet<u64> = shards.iter().map(|s| s.id).collect();
+        {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            for gone in reported.difference(&now) {
+                let l = ShardLabel { shard: *gone };
+                for f in [
+                    &self.role,
+                    &self.term,
+                    &self.last_log_index,
+                    &self.committed_index,
+                    &self.applied_index,
+                ] {
+                    f.remove(&l);
+                }
+            }
+            *reported = now;
+        }
+        for shard in shards {
             let m = shard.metrics();
             let l = ShardLabel { shard: shard.id };
             let role = match m.state {

@@ -44,10 +44,45 @@ const SNAPSHOT_CHUNKS_IN_FLIGHT: usize = 4;
 const SNAPSHOT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// One shared channel per peer node.
+/// One shared channel per peer node, and the node-wide snapshot send budget.
 #[derive(Clone, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    snapshots: Arc<Throttle>,
+    /// Snapshot bytes sent to peers (what replica moves and lagging followers cost).
+    pub snapshot_bytes_sent: prometheus_client::metrics::counter::Counter,
+}
+
+/// Paces snapshot sends to `bytes_per_sec` for the whole node, so moving replicas (many
+/// snapshots at once) cannot crowd out replication and client traffic on the same links.
+/// Each chunk is given the next free slot of a virtual clock: no background task, and chunks
+/// of concurrent transfers interleave fairly. 0 means no limit.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    bytes_per_sec: u64,
+    next_free: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Throttle {
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Throttle { bytes_per_sec, next_free: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Waits until `bytes` may be sent.
+    pub async fn take(&self, bytes: usize) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let start = {
+            let mut next = self.next_free.lock().await;
+            let now = tokio::time::Instant::now();
+            let start = next.map_or(now, |n| n.max(now));
+            *next = Some(start + cost);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
 }
 
 impl std::fmt::Debug for PeerPool {
@@ -57,6 +92,14 @@ impl std::fmt::Debug for PeerPool {
 }
 
 impl PeerPool {
+    /// A pool whose snapshot sends are paced to `snapshot_bytes_per_sec` (0: unpaced).
+    pub fn new(snapshot_bytes_per_sec: u64) -> Self {
+        PeerPool {
+            snapshots: Arc::new(Throttle::new(snapshot_bytes_per_sec)),
+            ..Default::default()
+        }
+    }
+
     /// The channel to `node` at `addr`, created lazily (it connects on first use and
     /// reconnects by itself after failures).
     pub fn channel(&self, node: NodeId, addr: &str) -> Result<Channel, String> {
@@ -83,6 +126,7 @@ impl PeerPool {
 pub struct ShardNetwork {
     pub shard: ShardId,
     pub from: NodeId,
+    pub cluster_id: u64,
     pub pool: PeerPool,
 }
 
@@ -90,7 +134,9 @@ pub struct ShardNetwork {
 pub struct ShardPeer {
     shard: ShardId,
     from: NodeId,
+    cluster_id: u64,
     target: NodeId,
+    pool: PeerPool,
     client: Result<RaftClient<Channel>, String>,
 }
 
@@ -103,7 +149,14 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
                 .max_decoding_message_size(wire::PAYLOAD_BYTES_MAX)
                 .max_encoding_message_size(wire::PAYLOAD_BYTES_MAX)
         });
-        ShardPeer { shard: self.shard, from: self.from, target, client }
+        ShardPeer {
+            shard: self.shard,
+            from: self.from,
+            cluster_id: self.cluster_id,
+            target,
+            pool: self.pool.clone(),
+            client,
+        }
     }
 }
 
@@ -147,6 +200,8 @@ impl ShardPeer {
             from_node_id: self.from,
             payload: payload.into(),
             sent_at_unix_ms: unix_ms(),
+            cluster_id: self.cluster_id,
+            to_node_id: self.target,
         })
     }
 
@@ -214,7 +269,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
             + Unpin
             + 'static,
     {
-        let (shard, from) = (self.shard, self.from);
+        let (shard, from, cluster_id, to) = (self.shard, self.from, self.cluster_id, self.target);
         let client = self.client();
         Box::pin(async move {
             let mut client = client?;
@@ -227,6 +282,8 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                         from_node_id: from,
                         payload: p.into(),
                         sent_at_unix_ms: unix_ms(),
+                        cluster_id,
+                        to_node_id: to,
                     })
                 })
                 .take_while(|r| futures::future::ready(r.is_ok()))
@@ -279,7 +336,8 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         let header =
             wire::encode(&(vote, snapshot.meta.clone())).map_err(NetworkError::from_string)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_IN_FLIGHT);
-        let (shard, from) = (self.shard, self.from);
+        let (shard, from, cluster_id, to) = (self.shard, self.from, self.cluster_id, self.target);
+        let (throttle, sent) = (self.pool.snapshots.clone(), self.pool.snapshot_bytes_sent.clone());
         let path = snapshot.snapshot.path.clone();
         // Reads the file chunk by chunk; the bounded channel holds the reader back to the
         // network's pace. Dropping the sender (end of file or error) ends the stream.
@@ -290,6 +348,8 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                 header: header.into(),
                 data: Default::default(),
                 crc32: 0,
+                cluster_id,
+                to_node_id: to,
             };
             if tx.send(first).await.is_err() {
                 return Ok(());
@@ -309,6 +369,8 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                     return Ok::<(), std::io::Error>(());
                 }
                 buf.truncate(filled);
+                throttle.take(filled).await;
+                sent.inc_by(filled as u64);
                 let crc32 = crc32fast::hash(&buf);
                 let chunk = SnapshotChunk {
                     shard_id: shard,
@@ -316,6 +378,8 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                     header: Default::default(),
                     data: buf.into(),
                     crc32,
+                    cluster_id,
+                    to_node_id: to,
                 };
                 if tx.send(chunk).await.is_err() {
                     return Ok(());

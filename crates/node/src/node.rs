@@ -1,40 +1,44 @@
 //! Starting and stopping a node.
 //!
 //! Start-up, in order:
-//! 1. compute the shard map from the configuration (pure, the same on every node);
-//! 2. open storage; on the first start record the layout and members, on later starts refuse
-//!    to run if they changed (that would silently re-place every key on old data);
-//! 3. create one openraft instance per local shard; each recovers its log, vote and applied
-//!    state from disk;
-//! 4. start the gRPC server (KV, Streams, Admin, the internal Raft transport, health) and
-//!    `/metrics`, and the background loops (leader balancing, retention);
-//! 5. initialize every shard that has never been initialized, with the same membership on
-//!    every replica. openraft accepts identical initialization on several nodes, and refuses it
-//!    on any node that already has a log or a vote, so restarts, and nodes starting in any
-//!    order, never re-bootstrap a group or split it.
+//! 1. open storage and bind the listener;
+//! 2. if the data directory holds no identity, find or found the cluster
+//!    ([`crate::discovery`]), serving only the membership discovery calls meanwhile;
+//! 3. reopen every replica this node holds (the set is in the data directory), and on a
+//!    founding member create its initial replicas; start the cluster state it last saw;
+//! 4. start the gRPC server (KV, Streams, Admin, Membership, the internal Raft transport,
+//!    health) and `/metrics`, and the background loops (sync with the meta group and
+//!    reconcile, the placement driver, leader balancing, retention);
+//! 5. on a founding member: finish founding and initialize the initial groups, once (see
+//!    [`crate::bootstrap`]).
 //!
 //! Shutdown (SIGTERM or the handle): stop accepting requests, shut every Raft group down
 //! (which stops replication and lets in-flight storage work finish), then drop storage.
 
 use crate::admin_service::AdminService;
 use crate::config::NodeConfig;
+use crate::driver::{Driver, DriverConfig};
+use crate::identity;
 use crate::kv_service::KvService;
+use crate::membership_service::MembershipService;
+use crate::metrics::DriverMetrics;
 use crate::metrics::NodeMetrics;
-use crate::network::{PeerPool, ShardNetwork};
+use crate::network::PeerPool;
 use crate::raft_service::RaftService;
 use crate::registry::ShardRegistry;
-use crate::shard::Shard;
 use crate::streams_service::StreamsService;
+use crate::sync::Syncer;
 use crate::validate::GRPC_MESSAGE_BYTES_MAX;
-use openraft::{BasicNode, SnapshotPolicy};
-use ringkv_placement::{Layout, NodeSpec, PlacementError, ShardMap};
+use openraft::SnapshotPolicy;
+use ringkv_placement::PlacementError;
+use ringkv_placement::cluster::ClusterState;
+use ringkv_placement::planner::Limits;
+use ringkv_proto::internal::membership_server::MembershipServer;
 use ringkv_proto::internal::raft_server::RaftServer;
 use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::kv_server::KvServer;
 use ringkv_proto::v1::streams_server::StreamsServer;
 use ringkv_storage::{NodeStorage, StorageMetrics};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +46,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The first shard map's epoch.
-pub const INITIAL_EPOCH: u64 = 1;
-const CLUSTER_RECORD: &str = "cluster";
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 /// Each shutdown step (Raft groups, then the server) gets at most this long.
 const SHUTDOWN_STEP_MAX: Duration = Duration::from_secs(5);
@@ -56,7 +57,7 @@ pub enum StartError {
     #[error("storage at {path}: {source}")]
     Storage { path: String, source: std::io::Error },
     #[error("{0}")]
-    ClusterMismatch(String),
+    LayoutMismatch(String),
     #[error("invalid raft settings: {0}")]
     RaftConfig(String),
     #[error("cannot start Raft for shard {shard}: {reason}")]
@@ -65,20 +66,13 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// What the first start recorded in the data directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct ClusterRecord {
-    node_id: u64,
-    layout: Layout,
-    members: Vec<NodeSpec>,
-}
-
 /// A running node.
 #[derive(Debug)]
 pub struct NodeHandle {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub registry: ShardRegistry,
+    pub driver: Arc<Driver>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
@@ -96,14 +90,7 @@ impl NodeHandle {
         }
         // Stopping the groups ends their replication streams in both directions, which is
         // what lets the server's graceful shutdown finish.
-        let stops = self.registry.shards().into_iter().map(|shard| async move {
-            match tokio::time::timeout(SHUTDOWN_STEP_MAX, shard.raft.shutdown()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(shard = shard.id, error = %e, "raft shutdown"),
-                Err(_) => tracing::warn!(shard = shard.id, "raft shutdown timed out"),
-            }
-        });
-        futures::future::join_all(stops).await;
+        self.registry.stop_all().await;
         match tokio::time::timeout(SHUTDOWN_STEP_MAX, &mut self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
@@ -148,58 +135,91 @@ fn raft_config(cfg: &NodeConfig) -> Result<Arc<openraft::Config>, StartError> {
 
 /// Starts a node and returns once it is serving.
 pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
-    let map = ShardMap::new(cfg.layout, cfg.members.clone(), INITIAL_EPOCH)?;
     let storage_err =
         |source| StartError::Storage { path: cfg.data_dir.display().to_string(), source };
     let storage_metrics = StorageMetrics::default();
     let storage = NodeStorage::open(&cfg.data_dir, storage_metrics.clone()).map_err(storage_err)?;
-    let record =
-        ClusterRecord { node_id: cfg.node_id, layout: cfg.layout, members: map.nodes().to_vec() };
-    match storage.get_record::<ClusterRecord>(CLUSTER_RECORD).map_err(storage_err)? {
-        None => storage.put_record(CLUSTER_RECORD, &record).await.map_err(storage_err)?,
-        Some(old) if old == record => {}
-        Some(old) => {
-            return Err(StartError::ClusterMismatch(format!(
-                "data directory {} belongs to node {} with layout {:?} and members {:?}, but this start asks for node {} with layout {:?} and members {:?}; \
-                 start with the original settings or an empty data directory",
-                cfg.data_dir.display(),
-                old.node_id,
-                old.layout,
-                old.members,
-                record.node_id,
-                record.layout,
-                record.members
-            )));
-        }
+    let listener = Arc::new(
+        TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: cfg.listen, source })?,
+    );
+    let grpc_addr =
+        listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
+
+    let mut identity = match identity::load(&storage).map_err(storage_err)? {
+        Some(id) => id,
+        None => crate::discovery::run(&cfg, &storage, &listener).await?,
+    };
+    if cfg.layout_explicit && identity.layout != cfg.layout {
+        return Err(StartError::LayoutMismatch(format!(
+            "data directory {} belongs to node {} of cluster {:#x} with layout {:?}, but this start asks for layout {:?}; \
+             start with the original settings (a cluster's layout is fixed when it is founded), \
+             or on an empty data directory to join as a new node",
+            cfg.data_dir.display(),
+            identity.node_id,
+            identity.cluster_id,
+            identity.layout,
+            cfg.layout
+        )));
     }
+    tracing::info!(
+        cluster = format!("{:#x}", identity.cluster_id),
+        node = identity.node_id,
+        name = %identity.name,
+        "starting"
+    );
 
     let raft_cfg = raft_config(&cfg)?;
-    let pool = PeerPool::default();
-    let mut shards = Vec::new();
-    for shard_id in map.shards_of_node(cfg.node_id) {
-        let sm = storage.state_machine(shard_id).map_err(storage_err)?;
-        let network = ShardNetwork { shard: shard_id, from: cfg.node_id, pool: pool.clone() };
-        let raft = openraft::Raft::new(
-            cfg.node_id,
-            raft_cfg.clone(),
-            network,
-            storage.log_store(shard_id),
-            sm.clone(),
-        )
-        .await
-        .map_err(|e| StartError::Raft { shard: shard_id, reason: e.to_string() })?;
-        shards.push(Shard::new(shard_id, cfg.node_id, raft, sm, storage.reader(shard_id)));
+    let pool = PeerPool::new(cfg.membership.snapshot_send_bytes_per_sec);
+    let registry = ShardRegistry::new(
+        identity.clone(),
+        cfg.advertise_addr.clone(),
+        storage.clone(),
+        raft_cfg,
+        pool.clone(),
+    )?;
+    let cached = identity::cluster_records(&storage).map_err(storage_err)?;
+    if let Ok(Some(state)) =
+        ClusterState::from_records(cached.iter().map(|(k, v, r)| (k.as_slice(), v.as_slice(), *r)))
+    {
+        registry.install_state(state, &[]).await;
     }
-    let registry = ShardRegistry::new(cfg.node_id, map, shards);
+    let mut local = identity::replicas(&storage).map_err(storage_err)?;
+    if !identity.formed && !identity.founders.is_empty() {
+        local.extend(crate::bootstrap::initial_replicas(&identity)?);
+    }
+    for shard in local {
+        registry
+            .open_replica(shard)
+            .await
+            .map_err(|e| StartError::Raft { shard, reason: e.to_string() })?;
+    }
 
     let metrics = NodeMetrics::new();
     metrics.with_registry(|r| storage_metrics.register(r));
+    let driver_metrics = DriverMetrics::default();
+    metrics.with_registry(|r| {
+        driver_metrics.register(r);
+        r.sub_registry_with_prefix("ringkv").register(
+            "snapshot_bytes_sent",
+            "Snapshot bytes sent to peers (replica moves and lagging followers)",
+            pool.snapshot_bytes_sent.clone(),
+        );
+    });
+    let m = &cfg.membership;
+    let driver = Arc::new(Driver::new(
+        registry.clone(),
+        DriverConfig {
+            down_after: Duration::from_millis(m.down_after_ms),
+            move_timeout: Duration::from_millis(m.move_timeout_ms),
+            live_window: Duration::from_millis(m.sync_interval_ms * 6).max(Duration::from_secs(3)),
+            limits: Limits { moves_max: m.moves_max, moves_per_node_max: m.moves_per_node_max },
+            ..DriverConfig::default()
+        },
+        driver_metrics,
+    ));
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
-    let grpc_addr =
-        listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<KvService>>().await;
@@ -214,20 +234,19 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             StreamsServer::new(StreamsService::new(registry.clone(), metrics.clone()))
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         )
-        .add_service(AdminServer::new(AdminService::new(registry.clone())))
+        .add_service(AdminServer::new(AdminService::new(registry.clone(), driver.clone())))
+        .add_service(MembershipServer::new(MembershipService::new(
+            registry.clone(),
+            driver.clone(),
+        )))
         .add_service(
             RaftServer::new(RaftService::new(registry.clone()))
                 .max_decoding_message_size(crate::wire::PAYLOAD_BYTES_MAX)
                 .max_encoding_message_size(crate::wire::PAYLOAD_BYTES_MAX),
         )
-        // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; ours must
-        // say it again, or small responses wait for a delayed ACK (a 40 ms stall per request).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = shutdown_rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(crate::incoming::incoming(listener), async {
+            let _ = shutdown_rx.await;
+        });
     let server = tokio::spawn(server);
 
     let mut background = Vec::new();
@@ -251,7 +270,6 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             }
         }));
     }
-
     if cfg.raft.leader_balance_interval_ms > 0 {
         background.push(crate::balancer::spawn(
             registry.clone(),
@@ -259,7 +277,6 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             Duration::from_millis(cfg.raft.election_timeout_min_ms),
         ));
     }
-
     if cfg.raft.retention_interval_ms > 0 {
         background.push(crate::retention::spawn(
             registry.clone(),
@@ -269,37 +286,40 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         ));
     }
 
-    let members: BTreeMap<u64, BasicNode> =
-        registry.map().nodes().iter().map(|n| (n.id, BasicNode { addr: n.addr.clone() })).collect();
-    for shard in registry.shards() {
-        let is_init = shard
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft { shard: shard.id, reason: e.to_string() })?;
-        if is_init {
-            continue;
-        }
-        let voters: BTreeMap<u64, BasicNode> = registry
-            .map()
-            .replicas(shard.id)
-            .iter()
-            .filter_map(|id| members.get(id).map(|n| (*id, n.clone())))
-            .collect();
-        match shard.raft.initialize(voters).await {
-            Ok(()) => tracing::info!(shard = shard.id, "initialized shard group"),
-            // Another start got there first (or a peer's vote arrived): nothing to do.
-            Err(openraft::errors::RaftError::APIError(
-                openraft::errors::InitializeError::NotAllowed(_),
-            )) => {}
-            Err(e) => return Err(StartError::Raft { shard: shard.id, reason: e.to_string() }),
-        }
+    if identity.founding_acks.is_some() {
+        identity = crate::discovery::complete_founding(&cfg, &storage, identity).await?;
     }
-    tracing::info!(node = cfg.node_id, %grpc_addr, shards = registry.shards().len(), "node serving");
+    if !identity.formed && !identity.founders.is_empty() {
+        crate::bootstrap::form_groups(&registry, &identity).await?;
+        identity.formed = true;
+        identity::store(&storage, &identity).await.map_err(storage_err)?;
+    }
+    let mut seeds: Vec<String> = cfg.members.iter().map(|m| m.addr.clone()).collect();
+    seeds.extend(cfg.join.iter().cloned());
+    seeds.extend(identity.founders.iter().map(|m| m.addr.clone()));
+    seeds.sort();
+    seeds.dedup();
+    background.push(
+        Syncer::new(
+            registry.clone(),
+            driver.clone(),
+            seeds,
+            Duration::from_millis(cfg.membership.sync_interval_ms),
+        )
+        .spawn(),
+    );
+    background.push(driver.clone().spawn());
+    tracing::info!(
+        node = registry.node_id(),
+        %grpc_addr,
+        replicas = registry.replica_ids().len(),
+        "node serving"
+    );
     Ok(NodeHandle {
         grpc_addr,
         metrics_addr,
         registry,
+        driver,
         shutdown: Some(shutdown_tx),
         server,
         background,

@@ -10,6 +10,7 @@
 //! openraft to install.
 
 use crate::registry::ShardRegistry;
+use crate::shard::Shard;
 use crate::wire;
 use futures::StreamExt;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -19,6 +20,7 @@ use ringkv_storage::type_config::{SnapshotMeta, Vote};
 use ringkv_storage::{SnapshotFile, TypeConfig};
 use serde::Serialize;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -33,6 +35,50 @@ pub struct RaftService {
 impl RaftService {
     pub fn new(registry: ShardRegistry) -> Self {
         RaftService { registry }
+    }
+
+    /// A message of another cluster, or for an identity this node does not have, is refused:
+    /// an identity that lost its data and was replaced may live at the same address, and must
+    /// never answer (least of all vote) for the old one.
+    fn addressed_here(&self, cluster_id: u64, to_node_id: u64) -> Result<(), String> {
+        if cluster_id != self.registry.cluster_id() {
+            return Err(format!(
+                "node {} belongs to cluster {:#x}, not {cluster_id:#x}",
+                self.registry.node_id(),
+                self.registry.cluster_id()
+            ));
+        }
+        if to_node_id != self.registry.node_id() {
+            return Err(format!(
+                "this is node {}, not node {to_node_id} (that identity is gone from this address)",
+                self.registry.node_id()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shard a request is for, if it is addressed here.
+    fn target(&self, req: &RaftRequest) -> Result<Arc<Shard>, String> {
+        self.addressed_here(req.cluster_id, req.to_node_id)?;
+        self.registry.raft(req.shard_id)
+    }
+
+    /// The shard a vote request is for, if this replica may vote: only a replica whose own
+    /// membership names it a voter. A replica created empty for a move (its log may have been
+    /// deleted before, when it was removed) would otherwise grant any candidate its vote on
+    /// an empty log, and a candidate with an old configuration that still counts it could win
+    /// without the entries this replica once held. Once the leader has sent it a membership
+    /// that makes it a voter, its log is newer than any such candidate's.
+    fn voter(&self, req: &RaftRequest) -> Result<Arc<Shard>, String> {
+        let shard = self.target(req)?;
+        if !shard.is_voter() {
+            return Err(format!(
+                "node {} is not a voter of shard {} in its own membership",
+                self.registry.node_id(),
+                ringkv_placement::cluster::shard_name(req.shard_id)
+            ));
+        }
+        Ok(shard)
     }
 }
 
@@ -65,7 +111,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let reply = match (
-            self.registry.raft(req.shard_id),
+            self.target(&req),
             wire::decode::<AppendEntriesRequest<TypeConfig>>(&req.payload),
         ) {
             (Ok(shard), Ok(rpc)) => {
@@ -91,10 +137,7 @@ impl RaftRpc for RaftService {
         let Some(first) = inbound.message().await? else {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         };
-        let shard = self
-            .registry
-            .raft(first.shard_id)
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let shard = self.target(&first).map_err(Status::failed_precondition)?;
         let shard_id = first.shard_id;
         let contact = shard.clone();
         // Decode errors or a message for another shard end the inbound stream; the leader sees
@@ -122,10 +165,8 @@ impl RaftRpc for RaftService {
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
-        let reply = match (
-            self.registry.raft(req.shard_id),
-            wire::decode::<VoteRequest<TypeConfig>>(&req.payload),
-        ) {
+        let reply = match (self.voter(&req), wire::decode::<VoteRequest<TypeConfig>>(&req.payload))
+        {
             (Ok(shard), Ok(rpc)) => reply(shard.raft.vote(rpc).await),
             (Err(e), _) | (_, Err(e)) => err(e),
         };
@@ -134,10 +175,8 @@ impl RaftRpc for RaftService {
 
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
-        let reply = match (
-            self.registry.raft(req.shard_id),
-            wire::decode::<VoteRequest<TypeConfig>>(&req.payload),
-        ) {
+        let reply = match (self.voter(&req), wire::decode::<VoteRequest<TypeConfig>>(&req.payload))
+        {
             (Ok(shard), Ok(rpc)) => reply(shard.raft.pre_vote(rpc).await),
             (Err(e), _) | (_, Err(e)) => err(e),
         };
@@ -150,7 +189,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let reply = match (
-            self.registry.raft(req.shard_id),
+            self.voter(&req),
             wire::decode::<TransferLeaderRequest<TypeConfig>>(&req.payload),
         ) {
             (Ok(shard), Ok(rpc)) => reply(shard.raft.handle_transfer_leader(rpc).await),
@@ -167,10 +206,9 @@ impl RaftRpc for RaftService {
         let Some(first) = inbound.message().await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
-        let shard = self
-            .registry
-            .raft(first.shard_id)
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.addressed_here(first.cluster_id, first.to_node_id)
+            .map_err(Status::failed_precondition)?;
+        let shard = self.registry.raft(first.shard_id).map_err(Status::failed_precondition)?;
         let (vote, meta): (Vote, SnapshotMeta) = wire::decode(&first.header)
             .map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?;
         let path = shard.state_machine.incoming_snapshot_path();

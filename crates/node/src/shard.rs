@@ -100,6 +100,11 @@ impl Shard {
         self.with_metrics(|m| m.state == ServerState::Leader && m.running_state.is_ok())
     }
 
+    /// Whether this replica's own membership names it a voter (see `RaftService::voter`).
+    pub fn is_voter(&self) -> bool {
+        self.with_metrics(|m| m.membership_config.voter_ids().any(|v| v == self.node_id))
+    }
+
     /// The last log index this replica has applied.
     pub fn applied_index(&self) -> u64 {
         self.with_metrics(|m| m.last_applied.map_or(0, |l| l.index))

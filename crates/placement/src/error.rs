@@ -19,4 +19,10 @@ pub enum PlacementError {
     ZeroNodeId,
     #[error("node {id} has weight {weight}; weights must be between 1 and {max}")]
     Weight { id: NodeId, weight: u32, max: u32 },
+    #[error("a map needs one replica set per shard: {got} sets for {shards} shards")]
+    ReplicaSets { got: usize, shards: u32 },
+    #[error("shard {shard} names node {node}, which is not in the map")]
+    UnknownReplica { shard: u64, node: NodeId },
+    #[error("shard {shard} names node {node} twice")]
+    DuplicateReplica { shard: u64, node: NodeId },
 }

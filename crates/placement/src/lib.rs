@@ -18,14 +18,20 @@
 //! - [`ShardMap`] puts both together with an *epoch* that versions the placement, so a
 //!   client with an older map can tell its routes are stale.
 //!
+//! - [`cluster`] is the cluster as the meta group records it (nodes, replica sets, moves), and
+//!   [`planner`] the placement driver's decisions over it: the target replica sets, the moves
+//!   towards them, and each move's next step.
+//!
 //! Everything here is pure and deterministic: no I/O, no clocks, no randomness. The hash is
 //! SipHash-1-3 with zero keys (the `consistent_hash` crate's default) fed with explicitly
 //! little-endian bytes ([`hash`]), so the same key maps to the same shard on every build and
 //! platform; test vectors in this crate pin that down.
 
+pub mod cluster;
 pub mod error;
 pub mod hash;
 pub mod key_ring;
+pub mod planner;
 pub mod replica_ring;
 pub mod shard_map;
 pub mod topics;

@@ -41,6 +41,13 @@ impl ReplicaRing {
         let item = TaggedId { tag: TAG_SHARD_ITEM, id: shard, seq: 0 };
         self.ring.calc_candidates(&item).take(rf as usize).map(|n| n.key.id).collect()
     }
+
+    /// Every node, in `shard`'s preference order (the walk [`Self::replicas`] takes the head
+    /// of), for choosers that skip some nodes (zones).
+    pub fn candidates(&self, shard: ShardId) -> Vec<NodeId> {
+        let item = TaggedId { tag: TAG_SHARD_ITEM, id: shard, seq: 0 };
+        self.ring.calc_candidates(&item).map(|n| n.key.id).collect()
+    }
 }
 
 #[cfg(test)]

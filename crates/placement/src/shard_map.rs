@@ -54,19 +54,8 @@ impl ShardMap {
         mut nodes: Vec<NodeSpec>,
         epoch: u64,
     ) -> Result<Self, PlacementError> {
+        check_layout(layout)?;
         let Layout { shard_count, replication_factor: rf, vnodes_per_shard } = layout;
-        if !(1..=SHARD_COUNT_MAX).contains(&shard_count) {
-            return Err(PlacementError::ShardCount { got: shard_count, max: SHARD_COUNT_MAX });
-        }
-        if !(1..=REPLICATION_FACTOR_MAX).contains(&rf) {
-            return Err(PlacementError::ReplicationFactor { got: rf, max: REPLICATION_FACTOR_MAX });
-        }
-        if !(1..=VNODES_PER_SHARD_MAX).contains(&vnodes_per_shard) {
-            return Err(PlacementError::Vnodes {
-                got: vnodes_per_shard,
-                max: VNODES_PER_SHARD_MAX,
-            });
-        }
         let mut seen = BTreeSet::new();
         for n in &nodes {
             if n.id == 0 {
@@ -94,6 +83,45 @@ impl ShardMap {
             replicas,
             preferred_leaders,
             key_ring: KeyRing::new(shard_count, vnodes_per_shard),
+        })
+    }
+
+    /// A map with explicit replica sets (as the meta group records them, which differ from the
+    /// placement function's while replicas move). A shard may have no known replicas (a map
+    /// not yet heard from the meta group); every named replica must be among `nodes`.
+    pub fn with_replicas(
+        layout: Layout,
+        mut nodes: Vec<NodeSpec>,
+        replicas: Vec<Vec<NodeId>>,
+        epoch: u64,
+    ) -> Result<Self, PlacementError> {
+        check_layout(layout)?;
+        nodes.sort_by_key(|n| n.id);
+        nodes.dedup_by_key(|n| n.id);
+        if replicas.len() != layout.shard_count as usize {
+            return Err(PlacementError::ReplicaSets {
+                got: replicas.len(),
+                shards: layout.shard_count,
+            });
+        }
+        for (shard, set) in replicas.iter().enumerate() {
+            for (i, r) in set.iter().enumerate() {
+                if nodes.binary_search_by_key(r, |n| n.id).is_err() {
+                    return Err(PlacementError::UnknownReplica { shard: shard as u64, node: *r });
+                }
+                if set[..i].contains(r) {
+                    return Err(PlacementError::DuplicateReplica { shard: shard as u64, node: *r });
+                }
+            }
+        }
+        let preferred_leaders = balance_leaders(&replicas);
+        Ok(ShardMap {
+            epoch,
+            layout,
+            nodes,
+            replicas,
+            preferred_leaders,
+            key_ring: KeyRing::new(layout.shard_count, layout.vnodes_per_shard),
         })
     }
 
@@ -137,6 +165,20 @@ impl ShardMap {
     pub fn shards_of_node(&self, node: NodeId) -> Vec<ShardId> {
         self.shard_ids().filter(|&s| self.replicas(s).contains(&node)).collect()
     }
+}
+
+fn check_layout(layout: Layout) -> Result<(), PlacementError> {
+    let Layout { shard_count, replication_factor: rf, vnodes_per_shard } = layout;
+    if !(1..=SHARD_COUNT_MAX).contains(&shard_count) {
+        return Err(PlacementError::ShardCount { got: shard_count, max: SHARD_COUNT_MAX });
+    }
+    if !(1..=REPLICATION_FACTOR_MAX).contains(&rf) {
+        return Err(PlacementError::ReplicationFactor { got: rf, max: REPLICATION_FACTOR_MAX });
+    }
+    if !(1..=VNODES_PER_SHARD_MAX).contains(&vnodes_per_shard) {
+        return Err(PlacementError::Vnodes { got: vnodes_per_shard, max: VNODES_PER_SHARD_MAX });
+    }
+    Ok(())
 }
 
 /// Picks one leader per shard among its replicas so that leaderships are spread evenly: shards
@@ -221,6 +263,28 @@ mod tests {
             let leads = m.shard_ids().filter(|&s| m.preferred_leader(s) == Some(n)).count();
             assert!((6..=13).contains(&leads), "node {n} leads {leads} of 64 shards");
         }
+    }
+
+    #[test]
+    fn explicit_replica_sets_are_checked() {
+        let l = layout(2, 3);
+        let m = ShardMap::with_replicas(l, nodes(4), vec![vec![4, 2, 1], vec![]], 9).unwrap();
+        assert_eq!(m.replicas(0), [4, 2, 1]);
+        assert!(m.replicas(1).is_empty());
+        assert_eq!(m.epoch(), 9);
+        assert!(m.replicas(0).contains(&m.preferred_leader(0).unwrap()));
+        assert_eq!(
+            ShardMap::with_replicas(l, nodes(3), vec![vec![1, 5], vec![1]], 1).unwrap_err(),
+            PlacementError::UnknownReplica { shard: 0, node: 5 }
+        );
+        assert_eq!(
+            ShardMap::with_replicas(l, nodes(3), vec![vec![1], vec![2, 2]], 1).unwrap_err(),
+            PlacementError::DuplicateReplica { shard: 1, node: 2 }
+        );
+        assert!(matches!(
+            ShardMap::with_replicas(l, nodes(3), vec![vec![1]], 1),
+            Err(PlacementError::ReplicaSets { got: 1, shards: 2 })
+        ));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - `ringkv.v1.Admin`: cluster status and the shard map.
 //! - `ringkv.internal.v1.Raft`: the node-to-node Raft transport. It carries a shard id on
 //!   every call, so one gRPC server per node serves every shard's Raft group.
+//! - `ringkv.internal.v1.Membership`: finding and founding a cluster, joining it, following
+//!   the meta group, and the placement driver's steps on shard leaders.
 //!
 //! Byte fields are generated as [`bytes::Bytes`](prost::bytes::Bytes) so large values are not
 //! copied on their way through the server.

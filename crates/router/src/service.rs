@@ -158,9 +158,9 @@ impl Admin for RouterAdmin {
             Some(m) => m,
             None => self.primary.refresh_map().await?,
         };
-        Ok(Response::new(GetShardMapResponse {
-            map: Some(ringkv_routing::topology::map_to_proto(&map)),
-        }))
+        let mut map = ringkv_routing::topology::map_to_proto(&map);
+        map.cluster_id = self.primary.cluster_id();
+        Ok(Response::new(GetShardMapResponse { map: Some(map) }))
     }
 
     async fn node_status(
@@ -189,5 +189,40 @@ impl Admin for RouterAdmin {
         _req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
         Err(node_only("TriggerSnapshot"))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        Err(node_only("ListNodes"))
+    }
+
+    async fn drain_node(
+        &self,
+        _req: Request<NodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        Err(node_only("DrainNode"))
+    }
+
+    async fn remove_node(
+        &self,
+        _req: Request<NodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        Err(node_only("RemoveNode"))
+    }
+
+    async fn activate_node(
+        &self,
+        _req: Request<NodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        Err(node_only("ActivateNode"))
+    }
+
+    async fn set_node_weight(
+        &self,
+        _req: Request<SetNodeWeightRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        Err(node_only("SetNodeWeight"))
     }
 }

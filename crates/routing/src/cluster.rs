@@ -159,6 +159,11 @@ impl Cluster {
         self.inner.topology.map()
     }
 
+    /// The id of the cluster this routing core follows (0 until its first map).
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.topology.cluster_id()
+    }
+
     /// The channel to a node of the map (for admin calls).
     pub fn channel(&self, node: u64) -> Option<Channel> {
         let map = self.map()?;
@@ -186,20 +191,19 @@ impl Cluster {
             let mut req = tonic::Request::new(GetShardMapRequest {});
             req.set_timeout(Duration::from_secs(2));
             match admin.get_shard_map(req).await {
-                Ok(resp) => match resp
-                    .into_inner()
-                    .map
-                    .ok_or("empty map".to_string())
-                    .and_then(|m| map_from_proto(&m))
-                {
-                    Ok(map) => {
-                        self.inner.topology.install(map);
-                        if let Some(m) = self.map() {
-                            return Ok(m);
+                Ok(resp) => {
+                    match resp.into_inner().map.ok_or("empty map".to_string()).and_then(|m| {
+                        let map = map_from_proto(&m)?;
+                        self.inner.topology.install(map, m.cluster_id)
+                    }) {
+                        Ok(_) => {
+                            if let Some(m) = self.map() {
+                                return Ok(m);
+                            }
                         }
+                        Err(e) => errors.push(format!("{addr}: {e}")),
                     }
-                    Err(e) => errors.push(format!("{addr}: {e}")),
-                },
+                }
                 Err(s) => errors.push(format!("{addr}: {}", s.message())),
             }
         }
@@ -342,6 +346,10 @@ impl Cluster {
                 Err(s) => s,
             };
             last = format!("node {}: {:?}: {}", node.id, status.code(), status.message());
+            tracing::debug!(shard, attempt = attempts, error = %last, "attempt failed");
+            if retry::node_answered(&status) {
+                node.on_answer();
+            }
             let this = WriteOutcome::of(&status);
             let earlier = outcome;
             outcome = outcome.and(this);

@@ -68,6 +68,9 @@ pub async fn follow<R: Resumable>(
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(status)) => {
+                    if retry::node_answered(&status) {
+                        node.on_answer();
+                    }
                     note_failure(&cluster, &map, shard, node.id, &status, &mut skip).await;
                     break 'attempt status;
                 }
@@ -76,6 +79,7 @@ pub async fn follow<R: Resumable>(
                     break 'attempt Status::deadline_exceeded("opening the stream timed out");
                 }
             };
+            node.on_answer();
             cluster.inner.topology.set_leader(shard, node.id);
             tracing::debug!(shard, node = node.id, "stream opened");
             skip.clear();

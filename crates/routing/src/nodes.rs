@@ -126,6 +126,7 @@ impl NodeEntry {
             }
             Health::Ejected { .. } | Health::Probing { .. } => {
                 *state = Health::Probing { opened: now, since: now + PROBE_TIMEOUT };
+                tracing::debug!(node = self.id, "letting a probe through");
                 true
             }
         }
@@ -162,14 +163,24 @@ impl NodeEntry {
         self.ejections.load(Ordering::Relaxed)
     }
 
-    pub fn on_success(&self, latency: Duration) {
+    /// The node answered a request (with a result or with an error of its own, such as
+    /// `NOT_LEADER`): it is reachable, so its failure streak, ejection or probe is over.
+    ///
+    /// Ejection is for nodes that cannot be reached. Counting only successes here left a node
+    /// whose probe was answered `NOT_LEADER` (it had restarted and not yet taken over) in the
+    /// probing state for the probe timeout: every replica then named it leader and every call
+    /// steered around it for 10 s.
+    pub fn on_answer(&self) {
         self.failures.store(0, Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if *state != Health::Healthy {
             *state = Health::Healthy;
             self.ejections.store(0, Ordering::Relaxed);
         }
-        drop(state);
+    }
+
+    pub fn on_success(&self, latency: Duration) {
+        self.on_answer();
         let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let old = self.ewma_us.load(Ordering::Relaxed);
         // Peak EWMA: jump up to a slow sample at once, decay slowly (1/8 per sample).
@@ -316,6 +327,23 @@ mod tests {
         // The probe fails: ejected for longer, and the next hint must wait again.
         assert!(n.on_failure(&cfg, Instant::now()));
         assert!(!n.named_leader(&cfg) && !n.available());
+    }
+
+    #[tokio::test]
+    async fn a_probe_answered_with_an_error_still_restores_the_node() {
+        let cfg = ejecting(Duration::from_secs(30));
+        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        for _ in 0..3 {
+            n.on_failure(&cfg, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(n.available(), "the probe goes");
+        assert!(!n.available(), "and holds the node until it reports");
+        // It comes back NOT_LEADER: the node is reachable again.
+        n.on_answer();
+        assert!(n.available() && n.available() && !n.is_ejected());
+        assert_eq!(n.ejection_count(), 0, "the next ejection starts from eject_base again");
+        assert_eq!(n.ewma_us(), 0, "an error answer is no latency sample");
     }
 
     #[tokio::test]

@@ -59,6 +59,12 @@ pub fn classify(status: &Status) -> Next {
     }
 }
 
+/// Whether `status` came from the node itself (an error of ringkv's, with its details), not
+/// from a transport that failed to reach it.
+pub fn node_answered(status: &Status) -> bool {
+    classify(status) != Next::Backoff { node_failed: true }
+}
+
 /// A token bucket for retries. It starts full, so a fresh client rides out one election.
 #[derive(Debug)]
 pub struct RetryBudget {
@@ -143,6 +149,16 @@ mod tests {
             Next::Fail
         );
         assert_eq!(classify(&with_reason(Code::DataLoss, "SHARD_CORRUPTED", &[])), Next::Fail);
+    }
+
+    #[test]
+    fn only_transport_failures_count_as_no_answer() {
+        assert!(!node_answered(&Status::unavailable("tcp connect error")));
+        assert!(!node_answered(&Status::cancelled("connection reset")));
+        assert!(!node_answered(&Status::unknown("h2 protocol error")));
+        assert!(node_answered(&with_reason(Code::FailedPrecondition, "NOT_LEADER", &[])));
+        assert!(node_answered(&with_reason(Code::Unavailable, "SHARD_UNAVAILABLE", &[])));
+        assert!(node_answered(&with_reason(Code::DeadlineExceeded, "SHARD_UNAVAILABLE", &[])));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use ringkv_proto::v1::ShardMap as ProtoMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-/// The wire form of a shard map (what `Admin.GetShardMap` returns).
+/// The wire form of a shard map (what `Admin.GetShardMap` returns; the node sets the
+/// cluster id and the nodes' names and states).
 pub fn map_to_proto(map: &ShardMap) -> ProtoMap {
     let layout = map.layout();
     ProtoMap {
@@ -21,6 +22,7 @@ pub fn map_to_proto(map: &ShardMap) -> ProtoMap {
                 id: n.id,
                 addr: n.addr.clone(),
                 weight: n.weight,
+                ..Default::default()
             })
             .collect(),
         shards: map
@@ -30,11 +32,13 @@ pub fn map_to_proto(map: &ShardMap) -> ProtoMap {
                 replicas: map.replicas(s).to_vec(),
             })
             .collect(),
+        cluster_id: 0,
     }
 }
 
-/// Builds the placement map from a node's answer and checks that both agree on every shard's
-/// replicas, so client and cluster can never route by different rules.
+/// Builds the map from a node's answer. Replica sets are the cluster's own (they differ from
+/// the placement function's while replicas move, so they are taken as given); what is checked
+/// is that the map is whole: a valid layout, one set per shard, every replica's address known.
 pub fn map_from_proto(p: &ProtoMap) -> Result<ShardMap, String> {
     let layout = Layout {
         shard_count: p.shard_count,
@@ -46,25 +50,27 @@ pub fn map_from_proto(p: &ProtoMap) -> Result<ShardMap, String> {
         .iter()
         .map(|n| NodeSpec { id: n.id, addr: n.addr.clone(), weight: n.weight.max(1) })
         .collect();
-    let map = ShardMap::new(layout, nodes, p.epoch)
-        .map_err(|e| format!("shard map from the cluster is invalid: {e}"))?;
+    let mut replicas = vec![Vec::new(); p.shard_count as usize];
     for s in &p.shards {
-        if map.replicas(s.shard_id) != s.replicas.as_slice() {
-            return Err(format!(
-                "shard {} has replicas {:?} in the cluster's map but {:?} by this client's placement code; \
-                 client and cluster versions disagree",
-                s.shard_id,
-                s.replicas,
-                map.replicas(s.shard_id)
-            ));
-        }
+        let slot = usize::try_from(s.shard_id).ok().and_then(|i| replicas.get_mut(i)).ok_or_else(
+            || {
+                format!(
+                    "the cluster's map names shard {}, beyond its {} shards",
+                    s.shard_id, p.shard_count
+                )
+            },
+        )?;
+        *slot = s.replicas.clone();
     }
-    Ok(map)
+    ShardMap::with_replicas(layout, nodes, replicas, p.epoch)
+        .map_err(|e| format!("shard map from the cluster is invalid: {e}"))
 }
 
 #[derive(Debug, Default)]
 pub struct Topology {
     map: RwLock<Option<Arc<ShardMap>>>,
+    /// The cluster the first map came from (0: unknown, an older node that does not say).
+    cluster_id: Mutex<u64>,
     leaders: Mutex<HashMap<ShardId, NodeId>>,
 }
 
@@ -73,18 +79,37 @@ impl Topology {
         self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Installs `map` unless the current one is newer. Returns whether it was installed.
-    pub fn install(&self, map: ShardMap) -> bool {
+    /// Installs `map` of `cluster_id` unless the current one is newer. Returns whether it was
+    /// installed; a map of another cluster than the first one's is an error (a seed list that
+    /// mixes clusters would otherwise route some keys to the wrong cluster).
+    pub fn install(&self, map: ShardMap, cluster_id: u64) -> Result<bool, String> {
+        {
+            let mut known = self.cluster_id.lock().unwrap_or_else(|p| p.into_inner());
+            if *known != 0 && cluster_id != 0 && *known != cluster_id {
+                return Err(format!(
+                    "this map is of cluster {cluster_id:#x}, but the client follows cluster {:#x}",
+                    *known
+                ));
+            }
+            if cluster_id != 0 {
+                *known = cluster_id;
+            }
+        }
         let mut cur = self.map.write().unwrap_or_else(|p| p.into_inner());
         if cur.as_ref().is_some_and(|c| c.epoch() > map.epoch()) {
-            return false;
+            return Ok(false);
         }
         let changed = cur.as_ref().is_none_or(|c| c.epoch() != map.epoch());
         *cur = Some(Arc::new(map));
         if changed {
             self.leaders.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
-        true
+        Ok(true)
+    }
+
+    /// The cluster this topology follows (0 until a map said).
+    pub fn cluster_id(&self) -> u64 {
+        *self.cluster_id.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn leader(&self, shard: ShardId) -> Option<NodeId> {
@@ -108,8 +133,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proto_roundtrip_and_disagreement_is_caught() {
-        let nodes =
+    fn proto_roundtrip_keeps_the_clusters_replica_sets() {
+        let nodes: Vec<NodeSpec> =
             (1..=4).map(|id| NodeSpec { id, addr: format!("n{id}:1"), weight: 1 }).collect();
         let layout = Layout { shard_count: 8, replication_factor: 3, vnodes_per_shard: 64 };
         let map = ShardMap::new(layout, nodes, 3).unwrap();
@@ -117,7 +142,24 @@ mod tests {
         let back = map_from_proto(&p).unwrap();
         assert_eq!(back.epoch(), 3);
         assert!(map.shard_ids().all(|s| back.replicas(s) == map.replicas(s)));
-        p.shards[2].replicas.reverse();
-        assert!(map_from_proto(&p).unwrap_err().contains("disagree"));
+        // Mid-move sets differ from the placement function's: taken as the cluster says.
+        p.shards[2].replicas = vec![4, 1];
+        assert_eq!(map_from_proto(&p).unwrap().replicas(2), [4, 1]);
+        p.shards[2].replicas = vec![9];
+        assert!(map_from_proto(&p).unwrap_err().contains("node 9"));
+        p.shards[2].shard_id = 99;
+        assert!(map_from_proto(&p).unwrap_err().contains("beyond"));
+    }
+
+    #[test]
+    fn a_map_of_another_cluster_is_refused() {
+        let nodes: Vec<NodeSpec> =
+            (1..=3).map(|id| NodeSpec { id, addr: format!("n{id}:1"), weight: 1 }).collect();
+        let layout = Layout { shard_count: 2, replication_factor: 3, vnodes_per_shard: 8 };
+        let t = Topology::default();
+        assert!(t.install(ShardMap::new(layout, nodes.clone(), 2).unwrap(), 7).unwrap());
+        assert!(t.install(ShardMap::new(layout, nodes.clone(), 3).unwrap(), 8).is_err());
+        assert_eq!(t.map().unwrap().epoch(), 2);
+        assert!(!t.install(ShardMap::new(layout, nodes, 1).unwrap(), 7).unwrap(), "older epoch");
     }
 }

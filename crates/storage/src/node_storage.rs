@@ -2,7 +2,7 @@
 //! and node-wide records such as the cluster configuration the node was bootstrapped with.
 
 use crate::codec;
-use crate::keys::CF_NODE;
+use crate::keys::{self, CF_NODE};
 use crate::log_store::{LogShared, cf, rocks_err};
 use crate::session_cache::SessionCache;
 use crate::{ShardId, ShardLogStore, ShardReader, ShardStateMachine, StorageMetrics, WalSyncer};
@@ -102,8 +102,66 @@ impl NodeStorage {
         self.syncer.sync().await
     }
 
+    /// Whether a node-wide record exists (whatever its format).
+    pub fn has_record(&self, name: &str) -> io::Result<bool> {
+        let cf = cf(&self.db, CF_NODE)?;
+        Ok(self.db.get_pinned_cf(cf, name.as_bytes()).map_err(rocks_err)?.is_some())
+    }
+
+    /// Deletes every trace of this node's replica of `shard` except its Raft vote, and leaves a
+    /// tombstone with the configuration epoch it was removed at, in one synced write.
+    ///
+    /// The vote stays because a replica that is created again later (a move brings the shard
+    /// back to this node) must not vote twice in a term it already voted in; everything else
+    /// (log, state machine, sessions, streams, snapshots) goes. The caller has stopped the
+    /// shard's Raft group first.
+    pub async fn destroy_shard(&self, shard: ShardId, config_epoch: u64) -> io::Result<()> {
+        let (from, to) = (keys::shard_prefix(shard), keys::shard_end(shard));
+        let mut batch = rocksdb::WriteBatch::default();
+        for name in
+            [keys::CF_RAFT_LOG, keys::CF_KV, keys::CF_SM_STATE, keys::CF_SESSIONS, keys::CF_STREAMS]
+        {
+            batch.delete_range_cf(cf(&self.db, name)?, from.as_slice(), to.as_slice());
+        }
+        let state = cf(&self.db, keys::CF_RAFT_STATE)?;
+        batch.delete_cf(state, keys::tag_key(shard, keys::TAG_COMMITTED));
+        batch.delete_cf(state, keys::tag_key(shard, keys::TAG_PURGED));
+        let tomb = codec::encode(&config_epoch).map_err(io::Error::other)?;
+        batch.put_cf(cf(&self.db, CF_NODE)?, tombstone_key(shard), tomb);
+        self.db.write(batch).map_err(rocks_err)?;
+        self.syncer.sync().await?;
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).remove(&shard);
+        self.session_caches.lock().unwrap_or_else(|p| p.into_inner()).remove(&shard);
+        match std::fs::remove_dir_all(self.snapshot_root.join(format!("shard-{shard}"))) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The configuration epoch this node's replica of `shard` was last removed at, if ever.
+    pub fn tombstone(&self, shard: ShardId) -> io::Result<Option<u64>> {
+        let cf = cf(&self.db, CF_NODE)?;
+        match self.db.get_pinned_cf(cf, tombstone_key(shard)).map_err(rocks_err)? {
+            None => Ok(None),
+            Some(raw) => codec::decode(&raw).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("tombstone of shard {shard}: {e}"),
+                )
+            }),
+        }
+    }
+
     /// For tests: the database, to damage records on purpose.
     pub fn db(&self) -> &Arc<DB> {
         &self.db
     }
+}
+
+/// Tombstones live among the node-wide records, under a prefix no record name uses.
+fn tombstone_key(shard: ShardId) -> Vec<u8> {
+    let mut k = b"tombstone/".to_vec();
+    k.extend_from_slice(&shard.to_be_bytes());
+    k
 }
