@@ -42,7 +42,9 @@ enum Command {
         workload: Vec<String>,
         /// Faults, comma separated: kill, pause, pause-leader, transfer, partition-halves,
         /// partition-leaders, partition-bridge, partition-ring, loss, slow, delay; or the groups
-        /// process, partition, network, all; none for a fault-free run.
+        /// process, partition, network, all; none for a fault-free run. Membership faults
+        /// (join, drain, remove, wipe; group membership) are not in `all`: they need
+        /// --spare-nodes for joins.
         #[arg(long, default_value = "all", value_delimiter = ',')]
         nemesis: Vec<String>,
         /// Seconds between faults.
@@ -65,6 +67,9 @@ enum Command {
         key_lifetime: u64,
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// Slots (and network namespaces) for nodes that join during the run.
+        #[arg(long, default_value_t = 0)]
+        spare_nodes: u64,
         #[arg(long, default_value_t = 4)]
         shards: u32,
         #[arg(long, default_value_t = 3)]
@@ -167,6 +172,7 @@ async fn main() -> ExitCode {
             keys,
             key_lifetime,
             nodes,
+            spare_nodes,
             shards,
             rf,
             read_consistency,
@@ -206,6 +212,7 @@ async fn main() -> ExitCode {
                 keys,
                 key_lifetime: Duration::from_secs(key_lifetime.max(1)),
                 nodes,
+                spare_nodes,
                 shards,
                 rf,
                 op_timeout: Duration::from_millis(op_timeout_ms),

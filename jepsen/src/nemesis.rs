@@ -17,6 +17,19 @@
 //! - `loss`: 20% of packets dropped at random on every node;
 //! - `slow`: every node's outgoing bandwidth capped at 1 Mbit/s;
 //! - `delay`: 50 ± 25 ms on every packet (`tc netem`; only where the kernel has netem).
+//!
+//! Membership faults (the cluster changes shape under the workload; see
+//! `docs/operations.md`):
+//! - `join`: a new node joins (while the run has spare slots) and replicas move onto it;
+//! - `drain`: a node is drained, removed once it holds nothing, and stopped for good;
+//! - `remove`: a node is removed without draining first (its replicas are re-created
+//!   elsewhere), then stopped for good;
+//! - `wipe`: a node is killed, its data directory deleted, and it starts again: it must come
+//!   back under a new identity and never vote as the old one.
+//!
+//! Drain and remove only pick a node when more than `rf` nodes are up (otherwise the cluster
+//! refuses, correctly); join only while a spare slot is left. A fault that does not apply
+//! turns into a `wipe`.
 
 use ringkv_proto::v1::TransferLeaderRequest;
 use ringkv_tests::Cluster;
@@ -37,10 +50,15 @@ pub enum Fault {
     Loss,
     Slow,
     Delay,
+    Join,
+    Drain,
+    Remove,
+    Wipe,
 }
 
 pub const PROCESS_FAULTS: &[Fault] =
     &[Fault::Kill, Fault::Pause, Fault::PauseLeader, Fault::Transfer];
+pub const MEMBERSHIP_FAULTS: &[Fault] = &[Fault::Join, Fault::Drain, Fault::Remove, Fault::Wipe];
 pub const PARTITIONS: &[Fault] = &[
     Fault::PartitionHalves,
     Fault::PartitionLeaders,
@@ -62,12 +80,16 @@ impl Fault {
             Fault::Loss => "loss",
             Fault::Slow => "slow",
             Fault::Delay => "delay",
+            Fault::Join => "join",
+            Fault::Drain => "drain",
+            Fault::Remove => "remove",
+            Fault::Wipe => "wipe",
         }
     }
 
     /// Whether the fault needs nodes in their own network namespaces.
     pub fn needs_net(self) -> bool {
-        !PROCESS_FAULTS.contains(&self)
+        !PROCESS_FAULTS.contains(&self) && !MEMBERSHIP_FAULTS.contains(&self)
     }
 
     /// Parses a comma-separated list of faults and groups (`process`, `partition`, `network`,
@@ -84,6 +106,7 @@ impl Fault {
             match n.as_str() {
                 "none" => {}
                 "process" => out.extend_from_slice(PROCESS_FAULTS),
+                "membership" => out.extend_from_slice(MEMBERSHIP_FAULTS),
                 "partition" => out.extend_from_slice(PARTITIONS),
                 "network" => out.extend(network()),
                 "all" => {
@@ -101,11 +124,17 @@ impl Fault {
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let all = [PROCESS_FAULTS, PARTITIONS, &[Fault::Loss, Fault::Slow, Fault::Delay]].concat();
+        let all = [
+            PROCESS_FAULTS,
+            PARTITIONS,
+            &[Fault::Loss, Fault::Slow, Fault::Delay],
+            MEMBERSHIP_FAULTS,
+        ]
+        .concat();
         all.iter().copied().find(|f| f.name() == s).ok_or_else(|| {
             let names: Vec<&str> = all.iter().map(|f| f.name()).collect();
             format!(
-                "unknown nemesis {s:?}: use {}, or the groups process, partition, network, all, none",
+                "unknown nemesis {s:?}: use {}, or the groups process, partition, network, membership, all, none",
                 names.join(", ")
             )
         })
@@ -147,11 +176,14 @@ async fn leaders(c: &Cluster) -> (Option<u64>, Vec<u64>) {
     (ringkv_tests::busiest(&leaders), all)
 }
 
+/// How long a drain or removal may take before the nemesis leaves it running.
+const MOVE_WAIT: Duration = Duration::from_secs(120);
+
 /// Injects `fault`, holds it for `hold`, heals it; returns what was done.
 pub async fn inject(c: &mut Cluster, fault: Fault, hold: Duration) -> anyhow::Result<String> {
     let running = c.running();
     let victim = running[rand::random_range(0..running.len())];
-    let all: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    let all: Vec<u64> = c.members();
     let what = match fault {
         Fault::Kill => {
             c.kill(victim)?;
@@ -179,6 +211,9 @@ pub async fn inject(c: &mut Cluster, fault: Fault, hold: Duration) -> anyhow::Re
         }
         Fault::PartitionBridge => partitions::bridge(&shuffled(all.clone())),
         Fault::PartitionRing => partitions::ring(&shuffled(all.clone())),
+        Fault::Join | Fault::Drain | Fault::Remove | Fault::Wipe => {
+            return membership(c, fault, hold).await;
+        }
         Fault::Loss | Fault::Slow | Fault::Delay => {
             let lab = c
                 .net
@@ -213,8 +248,11 @@ pub async fn inject(c: &mut Cluster, fault: Fault, hold: Duration) -> anyhow::Re
 async fn transfer_all(c: &Cluster) -> String {
     let leaders = c.leaders().await;
     for (shard, leader) in &leaders {
-        let others: Vec<u64> =
-            c.map.replicas(*shard).iter().copied().filter(|n| n != leader).collect();
+        // The voters as the leader sees them (replicas move; the initial map is no guide).
+        let Ok(st) = c.status(*leader).await else { continue };
+        let me = st.node.as_ref().map_or(0, |n| n.id);
+        let Some(view) = st.shards.iter().find(|s| s.shard_id == *shard) else { continue };
+        let others: Vec<u64> = view.voters.iter().copied().filter(|&n| n != me).collect();
         if others.is_empty() {
             continue;
         }
@@ -229,6 +267,68 @@ async fn transfer_all(c: &Cluster) -> String {
     format!("transfer leadership of {} shards", leaders.len())
 }
 
+/// A membership fault (see the module notes).
+async fn membership(c: &mut Cluster, fault: Fault, hold: Duration) -> anyhow::Result<String> {
+    let rf = c.tuning_rf();
+    let up = c.members();
+    let can_join = c.has_spare_slot();
+    let fault = match fault {
+        Fault::Join if !can_join => Fault::Wipe,
+        Fault::Drain | Fault::Remove if up.len() <= rf => Fault::Wipe,
+        other => other,
+    };
+    let victim = up[rand::random_range(0..up.len())];
+    match fault {
+        Fault::Join => {
+            let slot = c.add_node()?;
+            c.wait_node_serving(slot, MOVE_WAIT).await?;
+            let id = c.identity_of(slot).await?;
+            c.learn_identities().await;
+            Ok(format!("join: node slot {slot} joined as node {id}"))
+        }
+        Fault::Drain | Fault::Remove => {
+            let id = c.identity_of(victim).await?;
+            let mut admin =
+                c.admin(up.iter().copied().find(|&n| n != victim).unwrap_or(victim)).await?;
+            let req = ringkv_proto::v1::NodeRequest { node_id: id };
+            if fault == Fault::Drain {
+                admin.drain_node(req).await?;
+            } else {
+                admin.remove_node(req).await?;
+            }
+            let emptied =
+                ringkv_tests::wait_for(MOVE_WAIT, "the node to hold no replica", || async {
+                    let l = c.list_nodes().await.ok()?;
+                    l.nodes.iter().find(|n| n.id == id).filter(|n| n.replicas == 0).map(|_| ())
+                })
+                .await;
+            if emptied.is_err() {
+                return Ok(format!(
+                    "{}: node {id} (slot {victim}) still holds replicas after {MOVE_WAIT:?}; left running",
+                    fault.name()
+                ));
+            }
+            if fault == Fault::Drain {
+                admin.remove_node(ringkv_proto::v1::NodeRequest { node_id: id }).await?;
+            }
+            c.retire(victim)?;
+            Ok(format!("{}: node {id} (slot {victim}) emptied, removed and stopped", fault.name()))
+        }
+        _ => {
+            let old = c.identity_of(victim).await.unwrap_or(0);
+            c.kill(victim)?;
+            c.wipe(victim)?;
+            tokio::time::sleep(hold).await;
+            c.spawn(victim)?;
+            c.wait_node_serving(victim, MOVE_WAIT).await?;
+            let new = c.identity_of(victim).await?;
+            c.learn_identities().await;
+            anyhow::ensure!(new != old, "slot {victim} came back empty as the same node {old}");
+            Ok(format!("wipe: node {old} (slot {victim}) lost its data, rejoined as node {new}"))
+        }
+    }
+}
+
 /// Heals everything: the network, paused nodes, stopped nodes.
 pub async fn heal(c: &mut Cluster) -> anyhow::Result<()> {
     if let Some(lab) = &c.net {
@@ -237,8 +337,7 @@ pub async fn heal(c: &mut Cluster) -> anyhow::Result<()> {
     for id in c.running() {
         let _ = c.signal(id, nix::sys::signal::Signal::SIGCONT);
     }
-    let all: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
-    for id in all {
+    for id in c.members() {
         if !c.running().contains(&id) {
             c.restart(id).await?;
         }

@@ -11,7 +11,7 @@ use crate::workload::{
 use crate::{edn, report};
 use anyhow::{Context, Result};
 use ringkv_client::Client;
-use ringkv_tests::{Cluster, NetLab, Tuning};
+use ringkv_tests::{Cluster, NetLab, RouterProc, Tuning};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -35,6 +35,8 @@ pub struct RunOptions {
     /// How long a key is used before the workload moves to a fresh one.
     pub key_lifetime: Duration,
     pub nodes: u64,
+    /// Slots for nodes that join during the run (membership faults), beyond `nodes`.
+    pub spare_nodes: u64,
     pub shards: u32,
     pub rf: u32,
     /// Client-side deadline per operation; a timed-out operation is recorded as `info`.
@@ -66,7 +68,7 @@ impl RunReport {
 fn plan_network(o: &RunOptions, notes: &mut Vec<String>) -> (Option<NetLab>, Vec<Fault>) {
     let wants_net = o.nemeses.iter().any(|f| f.needs_net());
     let lab = if o.net {
-        match NetLab::create(&(1..=o.nodes).collect::<Vec<_>>()) {
+        match NetLab::create(&(1..=o.nodes + o.spare_nodes).collect::<Vec<_>>()) {
             Ok(lab) => Some(lab),
             Err(e) => {
                 notes.push(format!(
@@ -99,108 +101,218 @@ fn plan_network(o: &RunOptions, notes: &mut Vec<String>) -> (Option<NetLab>, Vec
     (lab, nemeses)
 }
 
-pub async fn run(o: &RunOptions) -> Result<RunReport> {
-    anyhow::ensure!(!o.workloads.is_empty(), "no workload given");
-    anyhow::ensure!(o.clients >= o.workloads.len(), "need at least one client per workload");
-    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    let mut notes = Vec::new();
-    let (lab, nemeses) = plan_network(o, &mut notes);
-    for n in &notes {
-        println!("note: {n}");
-    }
-    let namespaces = lab.is_some();
-    let mut cluster = Cluster::start_in(o.nodes, o.shards, o.rf, Tuning::default(), lab).await?;
-    cluster.wait_for_leaders(Duration::from_secs(30)).await?;
-    let router = cluster.start_router("round-robin").await?;
-    anyhow::ensure!(u32::try_from(o.keys).is_ok(), "too many keys for event partitions");
-    let rec = Recorder::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let next_value = Arc::new(AtomicI64::new(1));
-    let mut tasks = Vec::new();
-    for i in 0..o.clients {
-        let client =
-            Client::builder().router(router.addr.clone()).timeout(o.op_timeout).connect().await?;
-        tasks.push(tokio::spawn(client_loop(ClientCtx {
-            client,
-            rec: rec.clone(),
-            workload: o.workloads[i % o.workloads.len()],
-            first_process: i as u64,
-            process_stride: o.clients as u64,
-            keys: o.keys,
-            next_value: next_value.clone(),
-            stop: stop.clone(),
-            reads: o.reads,
-            op_timeout: o.op_timeout,
-            key_lifetime: o.key_lifetime,
-        })));
+/// A run in progress: the cluster, its router, and the clients recording the history. The
+/// nemesis (or a test's own script) changes the cluster meanwhile; [`Campaign::finish`] stops
+/// the clients, heals, takes the final reads and checks.
+pub struct Campaign {
+    o: RunOptions,
+    pub cluster: Cluster,
+    router: RouterProc,
+    rec: Recorder,
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    faults: Vec<FaultWindow>,
+    nemeses: Vec<Fault>,
+    notes: Vec<String>,
+    namespaces: bool,
+    started: Instant,
+}
+
+impl Campaign {
+    /// Starts the cluster, the router and the clients.
+    pub async fn start(o: &RunOptions, tuning: Tuning) -> Result<Campaign> {
+        anyhow::ensure!(!o.workloads.is_empty(), "no workload given");
+        anyhow::ensure!(o.clients >= o.workloads.len(), "need at least one client per workload");
+        std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+        let mut notes = Vec::new();
+        let (lab, nemeses) = plan_network(o, &mut notes);
+        for n in &notes {
+            println!("note: {n}");
+        }
+        let namespaces = lab.is_some();
+        let cluster = Cluster::start_in(o.nodes, o.shards, o.rf, tuning, lab).await?;
+        cluster.wait_for_leaders(Duration::from_secs(30)).await?;
+        let router = cluster.start_router("round-robin").await?;
+        anyhow::ensure!(u32::try_from(o.keys).is_ok(), "too many keys for event partitions");
+        let rec = Recorder::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
+        let next_value = Arc::new(AtomicI64::new(1));
+        let mut tasks = Vec::new();
+        for i in 0..o.clients {
+            let client = Client::builder()
+                .router(router.addr.clone())
+                .timeout(o.op_timeout)
+                .connect()
+                .await?;
+            tasks.push(tokio::spawn(client_loop(ClientCtx {
+                client,
+                rec: rec.clone(),
+                workload: o.workloads[i % o.workloads.len()],
+                first_process: i as u64,
+                process_stride: o.clients as u64,
+                keys: o.keys,
+                next_value: next_value.clone(),
+                stop: stop.clone(),
+                paused: paused.clone(),
+                reads: o.reads,
+                op_timeout: o.op_timeout,
+                key_lifetime: o.key_lifetime,
+            })));
+        }
+        Ok(Campaign {
+            o: o.clone(),
+            cluster,
+            router,
+            rec,
+            stop,
+            paused,
+            tasks,
+            faults: Vec::new(),
+            nemeses,
+            notes,
+            namespaces,
+            started: Instant::now(),
+        })
     }
 
-    let mut faults = Vec::new();
-    let deadline = Instant::now() + o.time;
-    while Instant::now() + o.interval < deadline {
-        tokio::time::sleep(o.interval).await;
-        if nemeses.is_empty() {
-            continue;
-        }
-        let pick = if o.cycle_faults {
-            faults.len() % nemeses.len()
-        } else {
-            rand::random_range(0..nemeses.len())
-        };
-        let fault = nemeses[pick];
-        let start_ns = rec.elapsed_ns();
-        let what = nemesis::inject(&mut cluster, fault, o.hold).await?;
+    /// The faults this machine can inject of those asked for.
+    pub fn nemeses(&self) -> &[Fault] {
+        &self.nemeses
+    }
+
+    /// Injects one fault, recording its window in the history's report.
+    pub async fn inject(&mut self, fault: Fault) -> Result<String> {
+        let start_ns = self.rec.elapsed_ns();
+        let what = nemesis::inject(&mut self.cluster, fault, self.o.hold).await?;
         println!("nemesis: {what}");
-        faults.push(FaultWindow { fault: what, start_ns, end_ns: rec.elapsed_ns() });
-    }
-    tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await?;
+        self.faults.push(FaultWindow {
+            fault: what.clone(),
+            start_ns,
+            end_ns: self.rec.elapsed_ns(),
+        });
+        Ok(what)
     }
 
-    // Final reads on a healed cluster, each retried until it succeeds.
-    nemesis::heal(&mut cluster).await?;
-    cluster.wait_for_leaders(Duration::from_secs(60)).await?;
-    let client =
-        Client::builder().router(router.addr.clone()).timeout(o.op_timeout).connect().await?;
-    let mut process = 1_000_000;
-    let generations = generation(rec.elapsed_ns(), o.key_lifetime);
-    let keys = (0..=generations).flat_map(|g| (0..o.keys).map(move |k| (g, k)));
-    for w in &o.workloads {
-        let names: Vec<String> = keys.clone().map(|(g, k)| key_name(*w, g, k)).collect();
-        for key in names {
-            let until = Instant::now() + Duration::from_secs(60);
-            let read = || match w {
-                Workload::Register => Op::Read { key: key.clone(), value: None },
-                Workload::Append => Op::ReadList { key: key.clone(), value: None },
-                Workload::Events => Op::ReadPartition { key: key.clone(), value: None },
-            };
-            while perform(&client, None, &rec, process, read(), o.reads, o.op_timeout).await.0
-                != Kind::Ok
-            {
-                process += 1;
-                anyhow::ensure!(
-                    Instant::now() < until,
-                    "final read of {:?} kept failing on the healed cluster",
-                    read()
-                );
+    /// Records a window of something a script did to the cluster since `start_ns`.
+    pub fn record(&mut self, what: impl Into<String>, start_ns: u64) {
+        let what = what.into();
+        println!("step: {what}");
+        self.faults.push(FaultWindow { fault: what, start_ns, end_ns: self.rec.elapsed_ns() });
+    }
+
+    /// Now, on the history's clock.
+    pub fn now_ns(&self) -> u64 {
+        self.rec.elapsed_ns()
+    }
+
+    /// Operations recorded so far (all kinds).
+    pub async fn events(&self) -> usize {
+        self.rec.events().await.len()
+    }
+
+    /// Stops the clients from starting operations and waits until none can be in flight (an
+    /// operation, retries included, ends within the operation timeout).
+    pub async fn pause_clients(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+        tokio::time::sleep(self.o.op_timeout + Duration::from_millis(500)).await;
+    }
+
+    pub fn resume_clients(&self) {
+        self.paused.store(false, Ordering::Relaxed);
+    }
+
+    /// Runs the workload for the rest of `o.time`, injecting the nemeses every interval.
+    pub async fn run_nemesis(&mut self) -> Result<()> {
+        let deadline = self.started + self.o.time;
+        while Instant::now() + self.o.interval < deadline {
+            tokio::time::sleep(self.o.interval).await;
+            if self.nemeses.is_empty() {
+                continue;
             }
-            process += 1;
+            let pick = if self.o.cycle_faults {
+                self.faults.len() % self.nemeses.len()
+            } else {
+                rand::random_range(0..self.nemeses.len())
+            };
+            let fault = self.nemeses[pick];
+            self.inject(fault).await?;
         }
+        tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        Ok(())
     }
-    drop(router);
-    cluster.copy_logs(&o.out.join("logs"))?;
-    drop(cluster);
 
-    let events = rec.events().await;
-    // The history first: if checking fails or is interrupted, it can be checked again with
-    // `ringkv-jepsen check`.
-    write_history(o, &events, &faults)?;
-    let verdicts = check(&events, o)?;
-    std::fs::write(o.out.join("verdict.json"), serde_json::to_string_pretty(&verdicts)?)?;
-    report::write(&o.out, &events, &faults, &verdicts, &notes)?;
-    Ok(RunReport { verdicts, events: events.len(), faults, dir: o.out.clone(), namespaces, notes })
+    /// Stops the clients, heals, takes the final reads, writes and checks the history.
+    pub async fn finish(mut self) -> Result<RunReport> {
+        let o = self.o.clone();
+        self.stop.store(true, Ordering::Relaxed);
+        self.paused.store(false, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.tasks) {
+            t.await?;
+        }
+        // Final reads on a healed cluster, each retried until it succeeds.
+        nemesis::heal(&mut self.cluster).await?;
+        self.cluster.wait_for_leaders(Duration::from_secs(60)).await?;
+        let client = Client::builder()
+            .router(self.router.addr.clone())
+            .timeout(o.op_timeout)
+            .connect()
+            .await?;
+        let rec = &self.rec;
+        let mut process = 1_000_000;
+        let generations = generation(rec.elapsed_ns(), o.key_lifetime);
+        let keys = (0..=generations).flat_map(|g| (0..o.keys).map(move |k| (g, k)));
+        for w in &o.workloads {
+            let names: Vec<String> = keys.clone().map(|(g, k)| key_name(*w, g, k)).collect();
+            for key in names {
+                let until = Instant::now() + Duration::from_secs(60);
+                let read = || match w {
+                    Workload::Register => Op::Read { key: key.clone(), value: None },
+                    Workload::Append => Op::ReadList { key: key.clone(), value: None },
+                    Workload::Events => Op::ReadPartition { key: key.clone(), value: None },
+                };
+                while perform(&client, None, rec, process, read(), o.reads, o.op_timeout).await.0
+                    != Kind::Ok
+                {
+                    process += 1;
+                    anyhow::ensure!(
+                        Instant::now() < until,
+                        "final read of {:?} kept failing on the healed cluster",
+                        read()
+                    );
+                }
+                process += 1;
+            }
+        }
+        let Campaign { cluster, router, rec, faults, notes, namespaces, .. } = self;
+        drop(router);
+        cluster.copy_logs(&o.out.join("logs"))?;
+        drop(cluster);
+
+        let events = rec.events().await;
+        // The history first: if checking fails or is interrupted, it can be checked again with
+        // `ringkv-jepsen check`.
+        write_history(&o, &events, &faults)?;
+        let verdicts = check(&events, &o)?;
+        std::fs::write(o.out.join("verdict.json"), serde_json::to_string_pretty(&verdicts)?)?;
+        report::write(&o.out, &events, &faults, &verdicts, &notes)?;
+        Ok(RunReport {
+            verdicts,
+            events: events.len(),
+            faults,
+            dir: o.out.clone(),
+            namespaces,
+            notes,
+        })
+    }
+}
+
+/// A whole run: start, faults on a schedule for `o.time`, finish and check.
+pub async fn run(o: &RunOptions) -> Result<RunReport> {
+    let mut campaign = Campaign::start(o, Tuning::default()).await?;
+    campaign.run_nemesis().await?;
+    campaign.finish().await
 }
 
 fn check(events: &[Event], o: &RunOptions) -> Result<Vec<Verdict>> {

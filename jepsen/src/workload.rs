@@ -326,6 +326,8 @@ pub struct ClientCtx {
     pub keys: usize,
     pub next_value: Arc<AtomicI64>,
     pub stop: Arc<AtomicBool>,
+    /// While set the client starts no operation (a script compares replicas meanwhile).
+    pub paused: Arc<AtomicBool>,
     pub reads: ReadMode,
     pub op_timeout: Duration,
     /// Keys are replaced by fresh ones this often (see [`key_name`]).
@@ -366,6 +368,10 @@ pub async fn client_loop(ctx: ClientCtx) {
     let mut producer: Option<Producer<'_>> = None;
     let partitions = u32::try_from(ctx.keys).unwrap_or(u32::MAX);
     while !ctx.stop.load(Ordering::Relaxed) {
+        if ctx.paused.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         let g = generation(ctx.rec.elapsed_ns(), ctx.key_lifetime);
         if g != current_generation {
             current_generation = g;

@@ -29,6 +29,7 @@ async fn workloads_stay_valid_under_partitions_and_kills() -> anyhow::Result<()>
         keys: 3,
         key_lifetime: Duration::from_secs(8),
         nodes: 3,
+        spare_nodes: 0,
         shards: 2,
         rf: 3,
         op_timeout: Duration::from_secs(2),

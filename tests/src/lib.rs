@@ -85,6 +85,8 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    /// Drained or removed from the cluster and stopped for good (healing does not restart it).
+    pub retired: bool,
 }
 
 impl NodeProc {
@@ -277,6 +279,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node-{id}")),
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,
+                retired: false,
             });
         }
         let members_arg =
@@ -403,15 +406,22 @@ impl Cluster {
     /// Adds a node slot that is not an initial member and starts it: it joins the cluster.
     /// Returns its slot (wait for it with [`Cluster::wait_node_serving`]).
     pub fn add_node(&mut self) -> Result<u64> {
-        ensure!(self.net.is_none(), "adding nodes inside a network lab is not supported");
         let id = self.nodes.len() as u64 + 1;
+        let (addr, metrics_addr) = match &self.net {
+            Some(lab) => {
+                ensure!(lab.has_node(id), "the network lab has no namespace for node {id}");
+                (format!("{}:7000", lab.ip(id)), format!("{}:9100", lab.ip(id)))
+            }
+            None => (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?)),
+        };
         self.nodes.push(NodeProc {
             id,
-            addr: format!("127.0.0.1:{}", free_port()?),
-            metrics_addr: format!("127.0.0.1:{}", free_port()?),
+            addr,
+            metrics_addr,
             data_dir: self.dir.path().join(format!("node-{id}")),
             log_path: self.dir.path().join(format!("node-{id}.log")),
             child: None,
+            retired: false,
         });
         self.spawn(id)?;
         Ok(id)
@@ -545,9 +555,40 @@ impl Cluster {
         Ok(())
     }
 
-    /// Node addresses, comma separated (router seeds).
+    /// Stops slot `id` for good (SIGTERM): it left the cluster, healing must not restart it.
+    pub fn retire(&mut self, id: u64) -> Result<()> {
+        if self.node(id).is_running() {
+            self.terminate(id)?;
+        }
+        self.node_mut(id).retired = true;
+        Ok(())
+    }
+
+    /// The replication factor the cluster was started with.
+    pub fn tuning_rf(&self) -> usize {
+        self.layout.replication_factor as usize
+    }
+
+    /// Whether [`Cluster::add_node`] can add a slot (inside a network lab: a namespace is
+    /// left for it).
+    pub fn has_spare_slot(&self) -> bool {
+        let next = self.nodes.len() as u64 + 1;
+        self.net.as_ref().is_none_or(|lab| lab.has_node(next)) && next <= netns::NODES_MAX
+    }
+
+    /// Slots that are part of the cluster (not retired), running or not.
+    pub fn members(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| !n.retired).map(|n| n.id).collect()
+    }
+
+    /// Node addresses, comma separated (router seeds; retired nodes left out).
     pub fn seeds(&self) -> String {
-        self.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .filter(|n| !n.retired)
+            .map(|n| n.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Starts a `ringkv-router` in front of this cluster and waits until it serves.
@@ -625,7 +666,7 @@ impl Cluster {
     /// Waits until every node serves and has the cluster's records (a map from the meta
     /// group, epoch >= 1), so tests start on a cluster that knows itself.
     async fn wait_serving(&self) -> Result<()> {
-        for n in &self.nodes {
+        for n in self.nodes.iter().filter(|n| !n.retired) {
             let addr = n.addr.clone();
             wait_for(Duration::from_secs(30), &format!("node {} to serve", n.id), || {
                 let addr = addr.clone();

@@ -170,6 +170,11 @@ impl NetLab {
         Ipv4Addr::new(a, b, c, 1)
     }
 
+    /// Whether the lab has a namespace for node `id`.
+    pub fn has_node(&self, id: u64) -> bool {
+        self.nodes.contains(&id)
+    }
+
     /// Node `id`'s address.
     pub fn ip(&self, id: u64) -> Ipv4Addr {
         let [a, b, c] = self.subnet;

@@ -1,0 +1,158 @@
+//! The cluster grows and shrinks under the chaos workloads: 3 → 5 nodes by joining two, then
+//! 5 → 3 by draining two, while clients read and write through the router (register and
+//! append workloads, checked for linearizability and exactly-once appends).
+//!
+//! After each change has settled:
+//! - every shard is on the replica set the placement function gives for the nodes that are up
+//!   (the consistent-hash ring over them), the meta group on an odd number of them;
+//! - every node holds between half and 1.6 times the mean number of replicas (consistent
+//!   hashing with 16 shards: the spread is sampling noise, see the placement crate's tests) and
+//!   leads between one and the ceiling of the mean plus one shards once leader balancing ran;
+//! - with the clients paused, every shard's replicas have equal checksums at equal indexes.
+//!
+//! At the end every checker's verdict must be valid: nothing acknowledged was lost, nothing
+//! applied twice, no read went back in time, through every move.
+
+use anyhow::{Context, Result, ensure};
+use ringkv_jepsen::runner::{Campaign, RunOptions};
+use ringkv_jepsen::workload::{ReadMode, Workload};
+use ringkv_placement::shard_map::balance_leaders;
+use ringkv_placement::{Layout, NodeSpec, ShardMap};
+use ringkv_proto::v1::NodeRequest;
+use ringkv_tests::{Cluster, Tuning, wait_for};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const SHARDS: u32 = 16;
+const SETTLE: Duration = Duration::from_secs(240);
+
+/// Checks the placement after a change; returns replicas per node.
+async fn check_placement(c: &Cluster, what: &str) -> Result<BTreeMap<u64, usize>> {
+    let nodes = c.wait_settled(SETTLE).await.with_context(|| format!("{what}: settling"))?;
+    let up: Vec<NodeSpec> = nodes
+        .nodes
+        .iter()
+        .filter(|n| n.state == "up")
+        .map(|n| NodeSpec { id: n.id, addr: n.addr.clone(), weight: n.weight })
+        .collect();
+    let layout = Layout { shard_count: SHARDS, replication_factor: 3, vnodes_per_shard: 256 };
+    let expected = ShardMap::new(layout, up.clone(), 0)?;
+    let map = c.current_map().await?;
+    let mut per_node: BTreeMap<u64, usize> = up.iter().map(|n| (n.id, 0)).collect();
+    for s in &map.shards {
+        let got: BTreeSet<u64> = s.replicas.iter().copied().collect();
+        let want: BTreeSet<u64> = expected.replicas(s.shard_id).iter().copied().collect();
+        ensure!(got == want, "{what}: shard {} on {got:?}, placement says {want:?}", s.shard_id);
+        for r in &s.replicas {
+            *per_node.get_mut(r).context("a replica on a node that is not up")? += 1;
+        }
+    }
+    let meta = nodes.meta_replicas.len();
+    ensure!(meta % 2 == 1 && meta <= 5 && meta <= up.len(), "{what}: meta group on {meta} nodes");
+    let mean = f64::from(SHARDS * 3) / up.len() as f64;
+    for (node, &n) in &per_node {
+        let n = n as f64;
+        ensure!(
+            n >= mean * 0.5 && n <= mean * 1.6,
+            "{what}: node {node} holds {n} replicas, mean {mean:.1}: {per_node:?}"
+        );
+    }
+    // Leader balancing puts each shard's leadership on its preferred replica.
+    let sets: Vec<Vec<u64>> = map.shards.iter().map(|s| s.replicas.clone()).collect();
+    let preferred = balance_leaders(&sets);
+    let max_led = (f64::from(SHARDS) / up.len() as f64).ceil() as usize + 1;
+    c.learn_identities().await;
+    wait_for(Duration::from_secs(60), &format!("{what}: balanced leaders"), || async {
+        let leaders = c.leaders().await;
+        let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+        for (shard, slot) in &leaders {
+            let id = c.identity_of(*slot).await.ok()?;
+            if preferred.get(*shard as usize) != Some(&id) {
+                return None;
+            }
+            *led.entry(id).or_default() += 1;
+        }
+        (leaders.len() == SHARDS as usize
+            && led.len() == up.len()
+            && led.values().all(|&l| (1..=max_led).contains(&l)))
+        .then_some(())
+    })
+    .await?;
+    Ok(per_node)
+}
+
+async fn checksums_with_clients_paused(camp: &mut Campaign, what: &str) -> Result<()> {
+    camp.pause_clients().await;
+    let r = camp.cluster.assert_checksums_equal(Duration::from_secs(60)).await;
+    camp.resume_clients();
+    r.with_context(|| format!("{what}: checksums"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grow_to_five_then_drain_back_to_three_under_load() -> Result<()> {
+    let out = tempfile::tempdir()?;
+    let opts = RunOptions {
+        time: Duration::from_secs(600),
+        workloads: vec![Workload::Register, Workload::Append],
+        reads: ReadMode::default(),
+        nemeses: Vec::new(),
+        interval: Duration::from_secs(3),
+        hold: Duration::from_secs(2),
+        cycle_faults: true,
+        clients: 6,
+        keys: 3,
+        key_lifetime: Duration::from_secs(10),
+        nodes: 3,
+        spare_nodes: 2,
+        shards: SHARDS,
+        rf: 3,
+        op_timeout: Duration::from_secs(3),
+        net: false,
+        out: out.path().join("run"),
+    };
+    let tuning = Tuning { moves_max: 4, moves_per_node_max: 2, ..Tuning::default() };
+    let mut camp = Campaign::start(&opts, tuning).await?;
+    wait_for(Duration::from_secs(30), "operations before the change", || async {
+        (camp.events().await > 200).then_some(())
+    })
+    .await?;
+
+    let t = camp.now_ns();
+    let a = camp.cluster.add_node()?;
+    let b = camp.cluster.add_node()?;
+    for slot in [a, b] {
+        camp.cluster.wait_node_serving(slot, Duration::from_secs(60)).await?;
+    }
+    let grown = check_placement(&camp.cluster, "3 → 5").await?;
+    camp.record(format!("grow 3 → 5: replicas per node {grown:?}"), t);
+    ensure!(grown.len() == 5);
+    checksums_with_clients_paused(&mut camp, "3 → 5").await?;
+
+    let t = camp.now_ns();
+    let mut drained = Vec::new();
+    for slot in [a, b] {
+        let id = camp.cluster.identity_of(slot).await?;
+        let mut admin = camp.cluster.admin(1).await?;
+        admin.drain_node(NodeRequest { node_id: id }).await?;
+        drained.push((slot, id));
+    }
+    let shrunk = check_placement(&camp.cluster, "5 → 3").await?;
+    for (slot, id) in drained {
+        ensure!(!shrunk.contains_key(&id), "drained node {id} still up");
+        let l = camp.cluster.list_nodes().await?;
+        let rec = l.nodes.iter().find(|n| n.id == id).context("drained node listed")?;
+        ensure!(rec.replicas == 0, "drained node {id} holds {} replicas", rec.replicas);
+        camp.cluster.admin(1).await?.remove_node(NodeRequest { node_id: id }).await?;
+        camp.cluster.retire(slot)?;
+    }
+    camp.record(format!("drain 5 → 3: replicas per node {shrunk:?}"), t);
+    checksums_with_clients_paused(&mut camp, "5 → 3").await?;
+
+    let report = camp.finish().await?;
+    for v in &report.verdicts {
+        println!("{}: {} ops={} {:?}", v.checker, v.outcome(), v.ops, v.counterexamples);
+    }
+    ensure!(report.verdicts.iter().all(|v| v.ops > 100), "too few operations to mean anything");
+    ensure!(report.valid(), "history not proven valid through the membership changes");
+    Ok(())
+}
