@@ -1,6 +1,7 @@
 //! The chaos smoke run CI makes: register, append and events workloads against three real nodes, each
 //! in its own network namespace (CI runs as root), while the network is partitioned, a node is
-//! killed and a leader paused; every verdict must be valid. Without root the nodes run on
+//! killed, a leader paused, and a node loses its data and rejoins under a new identity (a
+//! membership change: its replicas move to the new identity); every verdict must be valid. Without root the nodes run on
 //! loopback with process faults only, and the test says so.
 
 use ringkv_jepsen::nemesis::Fault;
@@ -17,11 +18,11 @@ async fn workloads_stay_valid_under_partitions_and_kills() -> anyhow::Result<()>
         println!("note: no network namespaces here; process faults only");
     }
     let opts = RunOptions {
-        time: Duration::from_secs(24),
+        time: Duration::from_secs(30),
         workloads: vec![Workload::Register, Workload::Append, Workload::Events],
         reads: ReadMode { stale: true, ..ReadMode::default() },
         // In this order, one per interval: the partition and the kill are both guaranteed.
-        nemeses: vec![Fault::PartitionHalves, Fault::Kill, Fault::PauseLeader],
+        nemeses: vec![Fault::PartitionHalves, Fault::Kill, Fault::PauseLeader, Fault::Wipe],
         interval: Duration::from_secs(3),
         hold: Duration::from_secs(3),
         cycle_faults: true,
@@ -54,6 +55,10 @@ async fn workloads_stay_valid_under_partitions_and_kills() -> anyhow::Result<()>
     }
     let injected: Vec<&str> = report.faults.iter().map(|f| f.fault.as_str()).collect();
     anyhow::ensure!(injected.iter().any(|f| f.starts_with("kill")), "no kill in {injected:?}");
+    anyhow::ensure!(
+        injected.iter().any(|f| f.starts_with("wipe")),
+        "no membership change in {injected:?}"
+    );
     if root {
         anyhow::ensure!(
             report.namespaces,

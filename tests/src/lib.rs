@@ -53,6 +53,8 @@ pub struct Tuning {
     pub sync_interval_ms: u64,
     pub moves_max: usize,
     pub moves_per_node_max: usize,
+    /// Snapshot bytes per second a node sends (0: unpaced).
+    pub snapshot_send_bytes_per_sec: u64,
 }
 
 impl Default for Tuning {
@@ -71,6 +73,7 @@ impl Default for Tuning {
             sync_interval_ms: 200,
             moves_max: 8,
             moves_per_node_max: 2,
+            snapshot_send_bytes_per_sec: 0,
         }
     }
 }
@@ -355,6 +358,8 @@ impl Cluster {
             .arg(t.moves_max.to_string())
             .arg("--moves-per-node-max")
             .arg(t.moves_per_node_max.to_string())
+            .arg("--snapshot-send-bytes-per-sec")
+            .arg(t.snapshot_send_bytes_per_sec.to_string())
             .arg("--listen")
             .arg(n.addr.replace("localhost", "127.0.0.1"))
             .arg("--advertise-addr")
@@ -438,6 +443,21 @@ impl Cluster {
         })
         .await
         .map_err(|e| anyhow!("{e}\n{}", self.log_tail(id)))
+    }
+
+    /// The slot whose meta replica leads, if a running one does.
+    pub async fn meta_leader(&self) -> Option<u64> {
+        for slot in self.running() {
+            if let Ok(st) = self.status(slot).await
+                && st
+                    .shards
+                    .iter()
+                    .any(|s| s.shard_id == u64::MAX && s.role == RaftRole::Leader as i32)
+            {
+                return Some(slot);
+            }
+        }
+        None
     }
 
     /// The cluster identity (node id) the process in slot `id` runs as now.

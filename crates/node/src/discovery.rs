@@ -329,7 +329,7 @@ async fn discover(
             match join(cfg, known.cluster_id, &addrs).await {
                 Ok(identity) => {
                     tracing::info!(
-                        cluster = identity.cluster_id,
+                        cluster = format!("{:#x}", identity.cluster_id),
                         node = identity.node_id,
                         "joined the cluster under a new identity"
                     );
@@ -369,7 +369,7 @@ async fn discover(
                         formed: false,
                     };
                     tracing::info!(
-                        cluster = identity.cluster_id,
+                        cluster = format!("{:#x}", identity.cluster_id),
                         members = answered,
                         "founding a new cluster"
                     );
@@ -538,7 +538,11 @@ pub async fn complete_founding(
             source,
         })?;
         if identity.founding_acks.is_none() {
-            tracing::info!(cluster = identity.cluster_id, members = acks.len(), "cluster founded");
+            tracing::info!(
+                cluster = format!("{:#x}", identity.cluster_id),
+                members = acks.len(),
+                "cluster founded"
+            );
             return Ok(identity);
         }
         if last_report.elapsed() >= REPORT_INTERVAL {

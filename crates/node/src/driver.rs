@@ -324,7 +324,10 @@ impl Driver {
         )
         .map_err(|e| NodeError::Internal(e.to_string()))?;
         meta::seed(meta, records).await?;
-        tracing::info!(cluster = identity.cluster_id, "wrote the cluster's founding records");
+        tracing::info!(
+            cluster = format!("{:#x}", identity.cluster_id),
+            "wrote the cluster's founding records"
+        );
         Ok(())
     }
 
