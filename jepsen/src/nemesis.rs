@@ -20,7 +20,8 @@
 //!
 //! Membership faults (the cluster changes shape under the workload; see
 //! `docs/operations.md`):
-//! - `join`: a new node joins (while the run has spare slots) and replicas move onto it;
+//! - `join`: a new node joins (in a spare slot, or in the slot of a node that left, on an
+//!   empty data directory) and replicas move onto it;
 //! - `drain`: a node is drained, removed once it holds nothing, and stopped for good;
 //! - `remove`: a node is removed without draining first (its replicas are re-created
 //!   elsewhere), then stopped for good;
@@ -28,8 +29,8 @@
 //!   back under a new identity and never vote as the old one.
 //!
 //! Drain and remove only pick a node when more than `rf` nodes are up (otherwise the cluster
-//! refuses, correctly); join only while a spare slot is left. A fault that does not apply
-//! turns into a `wipe`.
+//! refuses, correctly); join only while a spare or retired slot is left. A fault that does not
+//! apply turns into a `wipe`.
 
 use ringkv_proto::v1::TransferLeaderRequest;
 use ringkv_tests::Cluster;
@@ -271,7 +272,7 @@ async fn transfer_all(c: &Cluster) -> String {
 async fn membership(c: &mut Cluster, fault: Fault, hold: Duration) -> anyhow::Result<String> {
     let rf = c.tuning_rf();
     let up = c.members();
-    let can_join = c.has_spare_slot();
+    let can_join = c.has_spare_slot() || !c.retired().is_empty();
     let fault = match fault {
         Fault::Join if !can_join => Fault::Wipe,
         Fault::Drain | Fault::Remove if up.len() <= rf => Fault::Wipe,
@@ -280,7 +281,14 @@ async fn membership(c: &mut Cluster, fault: Fault, hold: Duration) -> anyhow::Re
     let victim = up[rand::random_range(0..up.len())];
     match fault {
         Fault::Join => {
-            let slot = c.add_node()?;
+            // A new slot while there are spares, else a retired one comes back empty.
+            let slot = if c.has_spare_slot() {
+                c.add_node()?
+            } else {
+                let slot = c.retired()[rand::random_range(0..c.retired().len())];
+                c.revive(slot)?;
+                slot
+            };
             c.wait_node_serving(slot, MOVE_WAIT).await?;
             let id = c.identity_of(slot).await?;
             c.learn_identities().await;

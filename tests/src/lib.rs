@@ -596,6 +596,23 @@ impl Cluster {
         self.net.as_ref().is_none_or(|lab| lab.has_node(next)) && next <= netns::NODES_MAX
     }
 
+    /// Brings a retired slot back as a new node: its data is deleted and it joins again
+    /// (under a new identity). Returns false when the slot was not retired.
+    pub fn revive(&mut self, id: u64) -> Result<bool> {
+        if !self.node(id).retired {
+            return Ok(false);
+        }
+        self.wipe(id)?;
+        self.node_mut(id).retired = false;
+        self.spawn(id)?;
+        Ok(true)
+    }
+
+    /// Slots that left the cluster for good.
+    pub fn retired(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.retired).map(|n| n.id).collect()
+    }
+
     /// Slots that are part of the cluster (not retired), running or not.
     pub fn members(&self) -> Vec<u64> {
         self.nodes.iter().filter(|n| !n.retired).map(|n| n.id).collect()

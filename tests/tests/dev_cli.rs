@@ -148,3 +148,76 @@ async fn dev_cluster_cli_and_restart() -> Result<()> {
     }
     Ok(())
 }
+
+/// Membership as JSON, when the CLI can get it.
+fn node_list(endpoint: &str) -> Option<serde_json::Value> {
+    let out = cli(endpoint, &["--json", "node", "list"]).ok()?;
+    serde_json::from_str(&stdout(&out)).ok()
+}
+
+/// A person grows the dev cluster from another terminal (`ringkv node add`), watches the
+/// replicas move (`ringkv node list`), then drains and removes the node again; an unsafe drain
+/// is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_grows_and_shrinks_from_another_terminal() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_port_range(3)?;
+    let router = free_port()?;
+    let metrics = free_port_range(4)?;
+    let endpoint = format!("127.0.0.1:{router}");
+    let _dev = start_dev(dir.path(), base, router, metrics, 1).await?;
+
+    let refused = cli(&endpoint, &["node", "drain", "1"])?;
+    ensure!(
+        refused.status.code() == Some(1)
+            && String::from_utf8_lossy(&refused.stderr)
+                .contains("fewer than the replication factor"),
+        "{refused:?}"
+    );
+
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let added = Command::new(binary("ringkv")?)
+        .env("RINGKV_ENDPOINT", &endpoint)
+        .args(["node", "add", "--listen", &listen, "--data-dir"])
+        .arg(dir.path().join("node-4"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("node-4.log"))?)
+        .spawn()?;
+    let mut added = Dev { child: added, out: dir.path().join("node-4.log") };
+    let id = wait_for(Duration::from_secs(120), "the new node to take replicas", || {
+        let (endpoint, listen) = (endpoint.clone(), listen.clone());
+        async move {
+            let l = node_list(&endpoint)?;
+            let n = l["nodes"].as_array()?.iter().find(|n| n["addr"] == listen.as_str())?;
+            let settled = l["moves"].as_array()?.is_empty() && l["shards_off_target"] == 0;
+            (n["state"] == "up" && n["replicas"].as_u64()? > 0 && settled)
+                .then(|| n["id"].as_u64())?
+        }
+    })
+    .await?;
+
+    let drain = cli(&endpoint, &["node", "drain", &id.to_string()])?;
+    ensure!(drain.status.success() && stdout(&drain).contains("draining"), "{drain:?}");
+    wait_for(Duration::from_secs(120), "the drained node to hold nothing", || {
+        let endpoint = endpoint.clone();
+        async move {
+            let l = node_list(&endpoint)?;
+            let n = l["nodes"].as_array()?.iter().find(|n| n["id"] == id)?;
+            (n["replicas"] == 0 && l["moves"].as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await?;
+    let remove = cli(&endpoint, &["node", "remove", &id.to_string()])?;
+    ensure!(remove.status.success() && stdout(&remove).contains("removed"), "{remove:?}");
+    // Ctrl-C in the other terminal stops the node.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(added.child.id())?),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let status = added.child.wait()?;
+    ensure!(status.success(), "ringkv node add exit: {status}");
+    let get = cli(&endpoint, &["put", "after", "shrink"])?;
+    ensure!(get.status.success(), "{get:?}");
+    Ok(())
+}

@@ -70,7 +70,7 @@ pub async fn client(cli: &Cli) -> Result<Client> {
 
 pub async fn run(cli: &Cli) -> Result<u8> {
     match &cli.command {
-        Command::Dev(_) => unreachable!("handled by main"),
+        Command::Dev(_) | Command::Node { .. } => unreachable!("handled by main"),
         Command::Put { key, value } => {
             let version = client(cli).await?.put(key.as_bytes(), value.as_bytes()).await?;
             if cli.json {

@@ -194,12 +194,14 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         }
     };
     let client = ringkv_client::Client::builder().router(router.addr.to_string()).connect().await?;
-    let map = client.shard_map().await?;
-    loop {
+    let map = loop {
         if let Some(why) = nodes.exited() {
             router.shutdown().await;
             bail!("{why}");
         }
+        // Ready once the cluster's records are written (a map from the meta group, epoch >= 1)
+        // and every shard has a leader.
+        let map = client.shard_map().await?;
         let (statuses, _) = status::collect(&map).await;
         let led = map
             .shards
@@ -210,18 +212,18 @@ pub async fn run(args: &DevArgs) -> Result<()> {
                 })
             })
             .count();
-        if led == map.shards.len() {
-            break;
+        if map.epoch >= 1 && led == map.shards.len() {
+            break map;
         }
         if Instant::now() > deadline {
             router.shutdown().await;
             bail!(
-                "not every shard elected a leader within a minute; see the logs in {}",
+                "the cluster did not form (records written, a leader for every shard) within a minute; see the logs in {}",
                 data_dir.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
 
     println!(
         "ringkv dev cluster: {} nodes, {} shards, replication factor {}",

@@ -1,7 +1,8 @@
 //! `ringkv`: the command line.
 //!
 //! `ringkv dev` starts a local cluster (nodes as child processes, a router in this process)
-//! and keeps it running until Ctrl-C. The other commands talk to a router, by default the one
+//! and keeps it running until Ctrl-C; `ringkv node add` grows it from another terminal and
+//! `ringkv node drain` / `remove` shrink it. The other commands talk to a router, by default the one
 //! `ringkv dev` starts (`127.0.0.1:6000`; `--endpoint` or `RINGKV_ENDPOINT` to change).
 //!
 //! Output is a human table or line by default and JSON with `--json`. Exit codes: 0 success,
@@ -11,6 +12,7 @@
 mod commands;
 mod dev;
 mod events;
+mod nodes;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +63,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Membership: list, drain, remove, activate, set-weight; add a node that joins.
+    Node {
+        #[command(subcommand)]
+        command: nodes::NodeCommand,
+    },
     /// Which shard a key belongs to, and its replicas.
     ShardOf { key: String },
     /// Create, list, describe or delete event topics.
@@ -91,7 +98,8 @@ pub enum TopicCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Every shard's replicas with leader, term, applied index and lag.
+    /// The nodes and moves in progress, then every shard's replicas with leader, term,
+    /// applied index and lag.
     Status,
 }
 
@@ -100,6 +108,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Dev(args) => dev::run(args).await.map(|()| 0),
+        Command::Node { command } => nodes::run(&cli, command).await,
         _ => commands::run(&cli).await,
     };
     match result {

@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use ringkv_proto::v1::admin_client::AdminClient;
-use ringkv_proto::v1::{NodeStatusRequest, RaftRole, ShardMap, ShardStatus};
+use ringkv_proto::v1::{
+    ListNodesRequest, ListNodesResponse, NodeStatusRequest, RaftRole, ShardMap, ShardStatus,
+};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,7 +49,30 @@ fn role(r: i32) -> &'static str {
     }
 }
 
+/// The membership as the meta leader sees it, from the first node that answers.
+async fn membership(map: &ShardMap) -> Option<ListNodesResponse> {
+    for n in &map.nodes {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr))
+            .ok()?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        if let Ok(r) = AdminClient::new(ch).list_nodes(ListNodesRequest {}).await {
+            return Some(r.into_inner());
+        }
+    }
+    None
+}
+
 pub async fn print(map: &ShardMap, json_out: bool) -> Result<()> {
+    let members = membership(map).await;
+    if !json_out {
+        match &members {
+            Some(l) => crate::nodes::print_list(l, false),
+            None => println!("membership unknown: no node could reach the meta group's leader"),
+        }
+        println!();
+    }
     let (statuses, down) = collect(map).await;
     let mut rows = Vec::new();
     for s in &map.shards {
@@ -72,7 +97,15 @@ pub async fn print(map: &ShardMap, json_out: bool) -> Result<()> {
     }
     if json_out {
         let down: Vec<_> = down.iter().map(|(id, e)| json!({ "node": id, "error": e })).collect();
-        println!("{}", json!({ "epoch": map.epoch, "shards": rows, "unreachable_nodes": down }));
+        let moves: Vec<_> = members
+            .iter()
+            .flat_map(|l| &l.moves)
+            .map(|m| json!({ "shard": ringkv_placement::cluster::shard_name(m.shard_id), "add": m.add, "remove": m.remove, "aborting": m.aborting }))
+            .collect();
+        println!(
+            "{}",
+            json!({ "epoch": map.epoch, "shards": rows, "unreachable_nodes": down, "moves": moves })
+        );
         return Ok(());
     }
     println!(

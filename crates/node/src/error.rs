@@ -51,11 +51,11 @@ pub enum NodeError {
         "shard {shard} already applied a later write (sequence {last_seq}) of this session; this write's outcome is no longer known"
     )]
     SessionSuperseded { shard: ShardId, last_seq: u64 },
-    #[error("shard {shard} is unavailable: {reason}")]
+    #[error("shard {} is unavailable: {reason}", shard_name(*.shard))]
     ShardUnavailable { shard: ShardId, reason: String },
-    #[error("shard {shard} could not confirm leadership with a quorum: {reason}")]
+    #[error("shard {} could not confirm leadership with a quorum: {reason}", shard_name(*.shard))]
     QuorumUnavailable { shard: ShardId, reason: String },
-    #[error("shard {shard}: {what} did not finish within {waited_ms} ms")]
+    #[error("shard {}: {what} did not finish within {waited_ms} ms", shard_name(*.shard))]
     Timeout { shard: ShardId, what: &'static str, waited_ms: u64 },
     #[error("shard {shard} stopped serving after finding corrupt data: {reason}")]
     Corrupted { shard: ShardId, reason: String },

@@ -109,6 +109,9 @@ pub(crate) enum Target {
     AnyReplica { key_hash: u64 },
 }
 
+/// How often a provisional map (epoch 0) is refreshed.
+const PROVISIONAL_REFRESH: Duration = Duration::from_millis(200);
+
 impl Cluster {
     /// Fetches the shard map from the first seed that answers and starts the periodic refresh.
     pub async fn connect(cfg: RoutingConfig) -> Result<Self, RoutingError> {
@@ -130,10 +133,18 @@ impl Cluster {
         let weak = Arc::downgrade(&cluster.inner);
         let every = cluster.inner.cfg.refresh_interval;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
             loop {
-                tick.tick().await;
+                // A map at epoch 0 is a founding cluster's placement before its records are
+                // written: the real one follows within a second, so ask again soon.
+                let provisional = weak
+                    .upgrade()
+                    .is_some_and(|inner| inner.topology.map().is_none_or(|m| m.epoch() == 0));
+                tokio::time::sleep(if provisional {
+                    PROVISIONAL_REFRESH.min(every)
+                } else {
+                    every
+                })
+                .await;
                 let Some(inner) = weak.upgrade() else { return };
                 if let Err(e) = (Cluster { inner }).refresh_map().await {
                     tracing::warn!(error = %e, "periodic shard map refresh failed");
@@ -376,6 +387,15 @@ impl Cluster {
             }
             inner.stats.retries.inc();
             match next {
+                Next::Redirect(Some(leader)) if map.node(leader).is_none() => {
+                    // A leader this map does not know: a node that joined since. The new map
+                    // has its address.
+                    inner.stats.redirects.inc();
+                    let _ = self.refresh_map().await;
+                    if let Some(m) = self.map().filter(|m| m.node(leader).is_some()) {
+                        self.learned_leader(&m, shard, leader);
+                    }
+                }
                 Next::Redirect(Some(leader)) if leader != node.id => {
                     inner.stats.redirects.inc();
                     self.learned_leader(&map, shard, leader);
