@@ -10,6 +10,10 @@
 //!   restart it at two thirds: seconds each shard had no leader, client errors, the throughput
 //!   dip and the time to recover.
 //!
+//! - [`crate::scale::sweep_scale`]: 3 → 4 → 5 → 4 → 3 nodes under writes: replicas and
+//!   bytes moved against the placement function's prediction, seconds to rebalance, and the
+//!   load during moves against steady state.
+//!
 //! With `net_delay_ms`, nodes run in their own network namespaces with that delay on every
 //! packet (`tc netem`), so the sweeps show a network-bound cluster too.
 
@@ -107,7 +111,7 @@ pub async fn connect(
     Ok(conns)
 }
 
-fn spec(
+pub(crate) fn spec(
     o: &LabOptions,
     workload: Workload,
     keys: &Arc<KeyChooser>,
@@ -145,7 +149,7 @@ fn spread(before: &BTreeMap<u64, f64>, after: &BTreeMap<u64, f64>) -> f64 {
     if mean <= 0.0 { 0.0 } else { d.iter().copied().fold(0.0, f64::max) / mean }
 }
 
-async fn loaded(
+pub(crate) async fn loaded(
     o: &LabOptions,
     cluster: &Cluster,
     router: Option<&RouterProc>,

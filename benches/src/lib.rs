@@ -19,6 +19,7 @@ pub mod etcd;
 pub mod keys;
 pub mod lab;
 pub mod results;
+pub mod scale;
 pub mod simulate;
 pub mod target;
 pub mod workload;

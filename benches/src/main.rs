@@ -142,6 +142,16 @@ enum Sweep {
     },
     /// Kill the busiest leader mid-run, per replication factor.
     Failure(PerRf),
+    /// Grow and shrink under writes (3,4,5,4,3 nodes): data moved against the placement
+    /// function's prediction, seconds to rebalance, load during moves against steady state.
+    Scale {
+        #[command(flatten)]
+        load: Load,
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+        #[arg(long, value_delimiter = ',', default_value = "3,4,5,4,3")]
+        sizes: Vec<u64>,
+    },
     /// Quorum loss, load spread and data movement at scale, from the placement code alone.
     Simulate {
         #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
@@ -411,6 +421,23 @@ async fn main() -> Result<()> {
                 let o = lab_options(&load, net_delay, "failure", title, &cols);
                 let runs = lab::sweep_failure(&o, &rf, shards).await?;
                 finish(&load.out.join("failure"), title, &runs, &cols)
+            }
+            Sweep::Scale { load, shards, sizes } => {
+                let title = "grow and shrink under writes";
+                let cols = [
+                    "nodes_before",
+                    "nodes_after",
+                    "moves",
+                    "moves_predicted",
+                    "moved_mb",
+                    "predicted_mb",
+                    "rebalance_s",
+                ];
+                let o = lab_options(&load, None, "scale", title, &cols);
+                let (runs, phases) = ringkv_bench::scale::sweep_scale(&o, shards, &sizes).await?;
+                let dir = load.out.join("scale");
+                finish(&dir, title, &runs, &cols)?;
+                ringkv_bench::scale::plot(&dir.join("scale.svg"), title, &phases)
             }
             Sweep::Simulate { nodes, shards, rf, fail, trials } => {
                 println!(

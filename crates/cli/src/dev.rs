@@ -44,8 +44,9 @@ pub struct DevArgs {
     pub node_bin: Option<PathBuf>,
 }
 
-fn node_binary(args: &DevArgs) -> Result<PathBuf> {
-    if let Some(p) = &args.node_bin {
+/// `ringkv-node`: the given path, else the binary next to this executable.
+pub fn node_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given {
         return Ok(p.clone());
     }
     let me = std::env::current_exe()?;
@@ -131,7 +132,7 @@ pub async fn run(args: &DevArgs) -> Result<()> {
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
     }
-    let bin = node_binary(args)?;
+    let bin = node_binary(args.node_bin.as_ref())?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;

@@ -226,21 +226,6 @@ fn shard_name(id: u64) -> String {
     ringkv_placement::cluster::shard_name(id)
 }
 
-fn node_binary(args: &AddArgs) -> Result<PathBuf> {
-    if let Some(p) = &args.node_bin {
-        return Ok(p.clone());
-    }
-    let me = std::env::current_exe()?;
-    let bin = me.parent().context("no directory for this executable")?.join("ringkv-node");
-    if !bin.exists() {
-        bail!(
-            "{} not found; build it with `cargo build -p ringkv-node` (or pass --node-bin)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 /// The first port from 7001 nobody listens on.
 fn free_listen() -> Result<String> {
     for port in 7001..7200u16 {
@@ -269,7 +254,7 @@ async fn add(cli: &Cli, args: &AddArgs) -> Result<u8> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("./ringkv-data/node-{name}")));
-    let mut cmd = std::process::Command::new(node_binary(args)?);
+    let mut cmd = std::process::Command::new(crate::dev::node_binary(args.node_bin.as_ref())?);
     cmd.arg("--node-id")
         .arg(&name)
         .arg("--listen")

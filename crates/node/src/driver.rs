@@ -135,6 +135,10 @@ fn refused(reason: impl Into<String>) -> NodeError {
     NodeError::Refused { reason: reason.into() }
 }
 
+fn was_removed(node: NodeId) -> NodeError {
+    refused(format!("node {node} was removed; its id is never used again"))
+}
+
 impl Driver {
     pub fn new(registry: ShardRegistry, cfg: DriverConfig, metrics: DriverMetrics) -> Self {
         Driver {
@@ -377,12 +381,26 @@ impl Driver {
     ) -> Result<(), String> {
         let rec = state.shards.get(&shard).ok_or("no shard record")?;
         let move_rev = state.revisions.get(&MetaKey::Move(shard)).copied();
+        let recorded = rec.config_epoch == mv.from_epoch + 1
+            && mv.add.is_none_or(|a| rec.replicas.contains(&a))
+            && mv.remove.is_none_or(|r| !rec.replicas.contains(&r));
+        if recorded {
+            // The new set was recorded, and a crash came before the move was dropped.
+            meta::cas::<MoveRecord>(meta, MetaKey::Move(shard), move_rev, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.metrics.moves_done.inc();
+            return Ok(());
+        }
         if !mv.aborting {
             let add_left =
                 mv.add.is_some_and(|a| state.node(a).is_none_or(|n| n.state != NodeState::Up));
             let timed_out = now_unix_ms().saturating_sub(mv.started_unix_ms)
                 > self.cfg.move_timeout.as_millis() as u64;
-            if add_left || timed_out {
+            // Planned from another configuration than the one recorded (a deposed driver's
+            // view, or the record was written but the move not dropped before a crash).
+            let stale = mv.from_epoch != rec.config_epoch;
+            if add_left || timed_out || stale {
                 let mut aborting = mv.clone();
                 aborting.aborting = true;
                 meta::cas(meta, MetaKey::Move(shard), move_rev, Some(&aborting))
@@ -391,7 +409,13 @@ impl Driver {
                 tracing::warn!(
                     shard = %shard_name(shard),
                     add = ?mv.add,
-                    reason = if add_left { "the node it adds is no longer up" } else { "timed out" },
+                    reason = if stale {
+                        "planned from another configuration epoch"
+                    } else if add_left {
+                        "the node it adds is no longer up"
+                    } else {
+                        "timed out"
+                    },
                     "aborting a replica move"
                 );
                 return Ok(());
@@ -665,57 +689,56 @@ impl Driver {
         node: NodeId,
         action: NodeAction,
     ) -> Result<NodeRecord, NodeError> {
-        let meta = self.leading_meta()?;
-        let _one_at_a_time = self.admin.lock().await;
-        for _ in 0..CAS_TRIES {
-            let state = self.state(&meta)?;
-            let rec = state.node(node).cloned().ok_or_else(|| NodeError::NotFound {
-                what: format!("node {node}"),
-                topic: String::new(),
-                partition: None,
-            })?;
-            let target = match action {
-                NodeAction::Drain => NodeState::Draining,
-                NodeAction::Remove => NodeState::Removed,
-                NodeAction::Activate => NodeState::Up,
-            };
-            if rec.state == target {
-                return Ok(rec);
-            }
-            if rec.state == NodeState::Removed {
-                return Err(refused(format!(
-                    "node {node} was removed; its id is never used again"
-                )));
-            }
-            if target != NodeState::Up {
-                let rf = state.cluster.layout.replication_factor as usize;
-                let up_after = state.up_nodes().filter(|n| n.id != node).count();
-                if up_after < rf {
-                    return Err(refused(format!(
-                        "{} node {node} would leave {up_after} up nodes, fewer than the replication factor {rf}; add a node first",
-                        if action == NodeAction::Drain { "draining" } else { "removing" },
-                    )));
+        let target = match action {
+            NodeAction::Drain => NodeState::Draining,
+            NodeAction::Remove => NodeState::Removed,
+            NodeAction::Activate => NodeState::Up,
+        };
+        let updated = self
+            .update_node(node, |state, rec| {
+                if rec.state == target {
+                    return Ok(None);
                 }
-            }
-            let mut new = rec.clone();
-            new.state = target;
-            new.since_unix_ms = now_unix_ms();
-            let rev = state.revisions.get(&MetaKey::Node(node)).copied();
-            if meta::cas(&meta, MetaKey::Node(node), rev, Some(&new)).await? {
-                tracing::info!(node, to = target.name(), "node state set by an operator");
-                return Ok(new);
-            }
-        }
-        Err(NodeError::ShardUnavailable {
-            shard: META_SHARD,
-            reason: "records kept changing; retry".into(),
-        })
+                if rec.state == NodeState::Removed {
+                    return Err(was_removed(node));
+                }
+                if target != NodeState::Up {
+                    let rf = state.cluster.layout.replication_factor as usize;
+                    let up_after = state.up_nodes().filter(|n| n.id != node).count();
+                    if up_after < rf {
+                        return Err(refused(format!(
+                            "{} node {node} would leave {up_after} up nodes, fewer than the replication factor {rf}; add a node first",
+                            if action == NodeAction::Drain { "draining" } else { "removing" },
+                        )));
+                    }
+                }
+                Ok(Some(NodeRecord { state: target, since_unix_ms: now_unix_ms(), ..rec.clone() }))
+            })
+            .await?;
+        tracing::info!(node, to = target.name(), "node state set by an operator");
+        Ok(updated)
     }
 
     pub async fn set_weight(&self, node: NodeId, weight: u32) -> Result<NodeRecord, NodeError> {
         if !(1..=WEIGHT_MAX).contains(&weight) {
             return Err(NodeError::invalid("weight", format!("must be 1 to {WEIGHT_MAX}")));
         }
+        self.update_node(node, |_, rec| {
+            if rec.state == NodeState::Removed {
+                return Err(was_removed(node));
+            }
+            Ok(Some(NodeRecord { weight, ..rec.clone() }))
+        })
+        .await
+    }
+
+    /// An operator's change to one node's record: `change` returns the new record (`None`:
+    /// nothing to change), decided on the current state and written by compare-and-swap.
+    async fn update_node(
+        &self,
+        node: NodeId,
+        change: impl Fn(&ClusterState, &NodeRecord) -> Result<Option<NodeRecord>, NodeError>,
+    ) -> Result<NodeRecord, NodeError> {
         let meta = self.leading_meta()?;
         let _one_at_a_time = self.admin.lock().await;
         for _ in 0..CAS_TRIES {
@@ -725,10 +748,7 @@ impl Driver {
                 topic: String::new(),
                 partition: None,
             })?;
-            if rec.state == NodeState::Removed {
-                return Err(refused(format!("node {node} was removed")));
-            }
-            let new = NodeRecord { weight, ..rec };
+            let Some(new) = change(&state, &rec)? else { return Ok(rec) };
             let rev = state.revisions.get(&MetaKey::Node(node)).copied();
             if meta::cas(&meta, MetaKey::Node(node), rev, Some(&new)).await? {
                 return Ok(new);

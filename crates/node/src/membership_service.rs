@@ -15,7 +15,7 @@ use crate::driver::Driver;
 use crate::error::NodeError;
 use crate::registry::ShardRegistry;
 use openraft::raft::Precondition;
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{BasicNode, ChangeMembers};
 use ringkv_placement::{NodeId, ShardId};
 use ringkv_proto::internal::membership_server::Membership;
 use ringkv_proto::internal::{
@@ -49,6 +49,17 @@ impl MembershipService {
             return Err(NodeError::WrongCluster { expected: mine, got: cluster_id }.into());
         }
         Ok(())
+    }
+
+    /// The local replica of `shard` after checking the request's cluster, if it leads, else
+    /// NOT_LEADER.
+    fn leader_for(
+        &self,
+        cluster_id: u64,
+        shard: ShardId,
+    ) -> Result<Arc<crate::shard::Shard>, Status> {
+        self.check_cluster(cluster_id)?;
+        self.leader_of(shard)
     }
 
     /// The local replica of `shard` if it leads, else NOT_LEADER.
@@ -125,8 +136,7 @@ impl Membership for MembershipService {
 
     async fn group(&self, req: Request<GroupRequest>) -> Result<Response<GroupReply>, Status> {
         let req = req.into_inner();
-        self.check_cluster(req.cluster_id)?;
-        let shard = self.leader_of(req.shard_id)?;
+        let shard = self.leader_for(req.cluster_id, req.shard_id)?;
         let m = shard.metrics();
         let membership = m.membership_config.membership();
         let matched = m
@@ -160,8 +170,7 @@ impl Membership for MembershipService {
         req: Request<AddLearnerRequest>,
     ) -> Result<Response<StepReply>, Status> {
         let req = req.into_inner();
-        self.check_cluster(req.cluster_id)?;
-        let shard = self.leader_of(req.shard_id)?;
+        let shard = self.leader_for(req.cluster_id, req.shard_id)?;
         let m = shard.metrics();
         let membership = m.membership_config.membership();
         if membership.voter_ids().any(|v| v == req.node_id) {
@@ -186,8 +195,7 @@ impl Membership for MembershipService {
         req: Request<ChangeVotersRequest>,
     ) -> Result<Response<StepReply>, Status> {
         let req = req.into_inner();
-        self.check_cluster(req.cluster_id)?;
-        let shard = self.leader_of(req.shard_id)?;
+        let shard = self.leader_for(req.cluster_id, req.shard_id)?;
         let m = shard.metrics();
         let voters: BTreeSet<NodeId> = req.voters.iter().copied().collect();
         let config = m.membership_config.membership().get_joint_config().clone();
@@ -227,15 +235,11 @@ impl Membership for MembershipService {
         req: Request<RemoveLearnerRequest>,
     ) -> Result<Response<StepReply>, Status> {
         let req = req.into_inner();
-        self.check_cluster(req.cluster_id)?;
-        let shard = self.leader_of(req.shard_id)?;
+        let shard = self.leader_for(req.cluster_id, req.shard_id)?;
         let m = shard.metrics();
         let membership = m.membership_config.membership();
         if !membership.learner_ids().any(|l| l == req.node_id) {
             return Ok(Response::new(StepReply {}));
-        }
-        if m.state != ServerState::Leader {
-            return Err(shard.not_leader().into());
         }
         shard
             .raft

@@ -49,13 +49,9 @@ pub struct ShardMap {
 
 impl ShardMap {
     /// Validates the configuration and computes every shard's replicas.
-    pub fn new(
-        layout: Layout,
-        mut nodes: Vec<NodeSpec>,
-        epoch: u64,
-    ) -> Result<Self, PlacementError> {
+    pub fn new(layout: Layout, nodes: Vec<NodeSpec>, epoch: u64) -> Result<Self, PlacementError> {
         check_layout(layout)?;
-        let Layout { shard_count, replication_factor: rf, vnodes_per_shard } = layout;
+        let Layout { shard_count, replication_factor: rf, .. } = layout;
         let mut seen = BTreeSet::new();
         for n in &nodes {
             if n.id == 0 {
@@ -71,19 +67,10 @@ impl ShardMap {
         if nodes.len() < rf as usize {
             return Err(PlacementError::TooFewNodes { rf, nodes: nodes.len() });
         }
-        nodes.sort_by_key(|n| n.id);
         let ring = ReplicaRing::new(nodes.iter().map(|n| (n.id, n.weight)));
         let replicas: Vec<Vec<NodeId>> =
             (0..u64::from(shard_count)).map(|s| ring.replicas(s, rf)).collect();
-        let preferred_leaders = balance_leaders(&replicas);
-        Ok(ShardMap {
-            epoch,
-            layout,
-            nodes,
-            replicas,
-            preferred_leaders,
-            key_ring: KeyRing::new(shard_count, vnodes_per_shard),
-        })
+        Self::with_replicas(layout, nodes, replicas, epoch)
     }
 
     /// A map with explicit replica sets (as the meta group records them, which differ from the
