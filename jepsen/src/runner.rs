@@ -237,7 +237,14 @@ impl Campaign {
                 rand::random_range(0..self.nemeses.len())
             };
             let fault = self.nemeses[pick];
-            self.inject(fault).await?;
+            // A fault that could not be injected (a refusal, a node slow to come back) is a
+            // note in the report, not the end of the run: the history so far is still checked.
+            if let Err(e) = self.inject(fault).await {
+                let what = format!("{} failed: {e:#}", fault.name());
+                println!("nemesis: {what}");
+                let now = self.rec.elapsed_ns();
+                self.faults.push(FaultWindow { fault: what, start_ns: now, end_ns: now });
+            }
         }
         tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
         Ok(())

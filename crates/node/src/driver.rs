@@ -58,6 +58,8 @@ const JOINING_EXPIRY: Duration = Duration::from_secs(600);
 /// One step's RPC to a shard leader (a voter change waits for two commits, longer).
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 const CHANGE_STEP_TIMEOUT: Duration = Duration::from_secs(20);
+/// NOT_LEADER hints followed when looking for a shard's leader.
+const GROUP_HINTS_MAX: usize = 4;
 /// Compare-and-swap retries of one admin request before it gives up (conflicts are rare:
 /// only the driver and admin requests on this leader write).
 const CAS_TRIES: usize = 5;
@@ -537,7 +539,9 @@ impl Driver {
         }
         let mut errors = Vec::new();
         let mut i = 0;
-        while i < order.len() && i < order.len().max(8) {
+        // Every replica once, plus a few hints (two nodes naming each other must not loop).
+        let tries = order.len() + GROUP_HINTS_MAX;
+        while i < order.len() && i < tries {
             let node = order[i];
             i += 1;
             let Ok(mut client) = self.membership(state, node) else { continue };

@@ -267,6 +267,19 @@ mod tests {
     }
 
     #[test]
+    fn the_meta_group_is_named_and_hints_are_read_back() {
+        let meta = ringkv_placement::cluster::META_SHARD;
+        let s =
+            NodeError::NotLeader { shard: meta, leader: Some((4, "h4:7001".into())) }.to_status();
+        assert!(s.message().contains("shard meta"), "{}", s.message());
+        assert_eq!(leader_addr_hint(&s).as_deref(), Some("h4:7001"));
+        assert_eq!(leader_id_hint(&s), Some(4));
+        let other = NodeError::ShardUnavailable { shard: meta, reason: "x".into() }.to_status();
+        assert_eq!(leader_addr_hint(&other), None);
+        assert!(other.message().contains("shard meta is unavailable"));
+    }
+
+    #[test]
     fn every_variant_maps_to_its_code_and_reason() {
         let cases = [
             (NodeError::too_large("value", 10, 5), Code::InvalidArgument, "INVALID_INPUT"),
@@ -298,6 +311,16 @@ mod tests {
                 "SHARD_UNAVAILABLE",
             ),
             (NodeError::Internal("bug".into()), Code::Internal, "INTERNAL"),
+            (
+                NodeError::WrongCluster { expected: 1, got: 2 },
+                Code::FailedPrecondition,
+                "WRONG_CLUSTER",
+            ),
+            (
+                NodeError::Refused { reason: "too few nodes".into() },
+                Code::FailedPrecondition,
+                "MEMBERSHIP_REFUSED",
+            ),
             (
                 NodeError::OffsetOutOfRange {
                     topic: "t".into(),
