@@ -6,7 +6,7 @@ use anyhow::{Context, Result, ensure};
 use ringkv_proto::internal::membership_client::MembershipClient;
 use ringkv_proto::internal::raft_client::RaftClient;
 use ringkv_proto::internal::{JoinRequest, RaftRequest, raft_reply};
-use ringkv_proto::v1::{NodeRequest, SetNodeWeightRequest};
+use ringkv_proto::v1::{ListNodesRequest, NodeRequest, SetNodeWeightRequest};
 use ringkv_tests::{Cluster, Tuning, channel, reason};
 use std::time::Duration;
 use tonic::Code;
@@ -68,6 +68,16 @@ async fn unsafe_or_invalid_membership_changes_are_refused_and_change_nothing() -
         "refused requests changed the membership: {before:?} -> {after:?}"
     );
     ensure!(after.epoch == before.epoch, "the map epoch moved");
+
+    // An admin call naming another cluster is refused before it does anything.
+    let wrong = ringkv_proto::with_cluster_id(
+        tonic::Request::new(NodeRequest { node_id: 3 }),
+        cluster_id ^ 1,
+    );
+    let e = admin.activate_node(wrong).await.unwrap_err();
+    ensure!(reason(&e).as_deref() == Some("WRONG_CLUSTER"), "{e:?}");
+    let right = ringkv_proto::with_cluster_id(tonic::Request::new(ListNodesRequest {}), cluster_id);
+    ensure!(admin.list_nodes(right).await.is_ok(), "a call naming the right cluster is served");
 
     // Raft messages of another cluster, or for another identity, are refused.
     let mut raft = RaftClient::new(channel(&c.addr(1)).await?);

@@ -102,33 +102,53 @@ pub async fn run(cli: &Cli, command: &NodeCommand) -> Result<u8> {
         return add(cli, args).await;
     }
     let map = map(cli).await?;
-    let changed = match command {
-        NodeCommand::List => {
-            let l = on_any(&map, |mut a| async move { a.list_nodes(ListNodesRequest {}).await })
+    // Every call names the cluster, so a node of another cluster refuses it.
+    let cid = map.cluster_id;
+    let req = move |msg| ringkv_proto::with_cluster_id(tonic::Request::new(msg), cid);
+    let changed =
+        match command {
+            NodeCommand::List => {
+                let l = on_any(&map, |mut a| async move {
+                    a.list_nodes(ringkv_proto::with_cluster_id(
+                        tonic::Request::new(ListNodesRequest {}),
+                        cid,
+                    ))
+                    .await
+                })
                 .await?;
-            print_list(&l, cli.json);
-            return Ok(0);
-        }
-        NodeCommand::Drain { id } => {
-            on_any(&map, |mut a| async move { a.drain_node(NodeRequest { node_id: *id }).await })
+                print_list(&l, cli.json);
+                return Ok(0);
+            }
+            NodeCommand::Drain { id } => {
+                on_any(&map, |mut a| async move {
+                    a.drain_node(req(NodeRequest { node_id: *id })).await
+                })
                 .await?
-        }
-        NodeCommand::Remove { id } => {
-            on_any(&map, |mut a| async move { a.remove_node(NodeRequest { node_id: *id }).await })
+            }
+            NodeCommand::Remove { id } => {
+                on_any(&map, |mut a| async move {
+                    a.remove_node(req(NodeRequest { node_id: *id })).await
+                })
                 .await?
-        }
-        NodeCommand::Activate { id } => {
-            on_any(&map, |mut a| async move { a.activate_node(NodeRequest { node_id: *id }).await })
+            }
+            NodeCommand::Activate { id } => {
+                on_any(&map, |mut a| async move {
+                    a.activate_node(req(NodeRequest { node_id: *id })).await
+                })
                 .await?
-        }
-        NodeCommand::SetWeight { id, weight } => {
-            on_any(&map, |mut a| async move {
-                a.set_node_weight(SetNodeWeightRequest { node_id: *id, weight: *weight }).await
-            })
-            .await?
-        }
-        NodeCommand::Add(_) => unreachable!("handled above"),
-    };
+            }
+            NodeCommand::SetWeight { id, weight } => {
+                on_any(&map, |mut a| async move {
+                    a.set_node_weight(ringkv_proto::with_cluster_id(
+                        tonic::Request::new(SetNodeWeightRequest { node_id: *id, weight: *weight }),
+                        cid,
+                    ))
+                    .await
+                })
+                .await?
+            }
+            NodeCommand::Add(_) => unreachable!("handled above"),
+        };
     let n = changed.node.context("no node in the answer")?;
     if cli.json {
         println!("{}", node_json(&n));

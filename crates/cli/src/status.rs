@@ -22,7 +22,13 @@ pub async fn collect(map: &ShardMap) -> (BTreeMap<(u64, u64), ShardStatus>, Vec<
                 .connect()
                 .await?;
             Ok::<_, anyhow::Error>(
-                AdminClient::new(ch).node_status(NodeStatusRequest {}).await?.into_inner(),
+                AdminClient::new(ch)
+                    .node_status(ringkv_proto::with_cluster_id(
+                        tonic::Request::new(NodeStatusRequest {}),
+                        map.cluster_id,
+                    ))
+                    .await?
+                    .into_inner(),
             )
         }
         .await;
@@ -57,7 +63,9 @@ async fn membership(map: &ShardMap) -> Option<ListNodesResponse> {
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
-        if let Ok(r) = AdminClient::new(ch).list_nodes(ListNodesRequest {}).await {
+        let req =
+            ringkv_proto::with_cluster_id(tonic::Request::new(ListNodesRequest {}), map.cluster_id);
+        if let Ok(r) = AdminClient::new(ch).list_nodes(req).await {
             return Some(r.into_inner());
         }
     }

@@ -67,11 +67,27 @@ impl AdminService {
     }
 }
 
-fn forwarded<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
+fn forwarded<T>(msg: T, cluster_id: u64) -> Request<T> {
+    let mut r = ringkv_proto::with_cluster_id(Request::new(msg), cluster_id);
     r.set_timeout(FORWARD_TIMEOUT);
     r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     r
+}
+
+/// The admin service's interceptor: a call naming another cluster is refused before any
+/// handler runs (see [`ringkv_proto::CLUSTER_ID_HEADER`]).
+pub fn cluster_check(cluster_id: u64) -> impl tonic::service::Interceptor + Clone {
+    move |req: Request<()>| {
+        let named = req.metadata().get(ringkv_proto::CLUSTER_ID_HEADER);
+        match named.map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
+            None => Ok(req),
+            Some(Some(id)) if id == cluster_id => Ok(req),
+            Some(got) => {
+                Err(NodeError::WrongCluster { expected: cluster_id, got: got.unwrap_or(0) }
+                    .to_status())
+            }
+        }
+    }
 }
 
 pub fn shard_map_proto(map: &ShardMap) -> ringkv_proto::v1::ShardMap {
@@ -254,7 +270,9 @@ impl Admin for AdminService {
         req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
         if let Some(mut leader) = self.forward_to(&req)? {
-            return leader.list_nodes(forwarded(req.into_inner())).await;
+            return leader
+                .list_nodes(forwarded(req.into_inner(), self.registry.cluster_id()))
+                .await;
         }
         let state = self.driver.current()?;
         let counts = state.replica_counts();
@@ -317,7 +335,9 @@ impl Admin for AdminService {
         req: Request<SetNodeWeightRequest>,
     ) -> Result<Response<NodeResponse>, Status> {
         if let Some(mut leader) = self.forward_to(&req)? {
-            return leader.set_node_weight(forwarded(req.into_inner())).await;
+            return leader
+                .set_node_weight(forwarded(req.into_inner(), self.registry.cluster_id()))
+                .await;
         }
         let req = req.into_inner();
         let rec = self.driver.set_weight(req.node_id, req.weight).await?;
@@ -332,7 +352,7 @@ impl AdminService {
         action: NodeAction,
     ) -> Result<Response<NodeResponse>, Status> {
         if let Some(mut leader) = self.forward_to(&req)? {
-            let msg = forwarded(req.into_inner());
+            let msg = forwarded(req.into_inner(), self.registry.cluster_id());
             return match action {
                 NodeAction::Drain => leader.drain_node(msg).await,
                 NodeAction::Remove => leader.remove_node(msg).await,

@@ -444,9 +444,12 @@ impl Driver {
             Step::TransferLeader { to } => {
                 let ch = self.channel(state, leader)?;
                 AdminClient::new(ch)
-                    .transfer_leader(timed(
-                        TransferLeaderRequest { shard_id: shard, to_node_id: to },
-                        STEP_TIMEOUT,
+                    .transfer_leader(ringkv_proto::with_cluster_id(
+                        timed(
+                            TransferLeaderRequest { shard_id: shard, to_node_id: to },
+                            STEP_TIMEOUT,
+                        ),
+                        cluster_id,
                     ))
                     .await
                     .map_err(|s| s.message().to_string())?;

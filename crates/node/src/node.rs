@@ -234,7 +234,10 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             StreamsServer::new(StreamsService::new(registry.clone(), metrics.clone()))
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         )
-        .add_service(AdminServer::new(AdminService::new(registry.clone(), driver.clone())))
+        .add_service(AdminServer::with_interceptor(
+            AdminService::new(registry.clone(), driver.clone()),
+            crate::admin_service::cluster_check(registry.cluster_id()),
+        ))
         .add_service(MembershipServer::new(MembershipService::new(
             registry.clone(),
             driver.clone(),

@@ -26,6 +26,20 @@ pub mod internal {
 /// The encoded `FileDescriptorSet` of every proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ringkv_descriptor");
 
+/// Request metadata naming the cluster an admin call is meant for (decimal). Nodes refuse an
+/// admin call that names another cluster (`WRONG_CLUSTER`); calls without it are served.
+pub const CLUSTER_ID_HEADER: &str = "ringkv-cluster-id";
+
+/// Adds [`CLUSTER_ID_HEADER`] to a request (a cluster id of 0, unknown, adds nothing).
+pub fn with_cluster_id<T>(mut req: tonic::Request<T>, cluster_id: u64) -> tonic::Request<T> {
+    if cluster_id != 0
+        && let Ok(v) = cluster_id.to_string().parse()
+    {
+        req.metadata_mut().insert(CLUSTER_ID_HEADER, v);
+    }
+    req
+}
+
 /// The domain of every `google.rpc.ErrorInfo` ringkv sends (nodes and routers alike).
 pub const ERROR_DOMAIN: &str = "ringkv.io";
 
