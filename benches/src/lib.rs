@@ -9,6 +9,7 @@
 //! - [`driver`]: closed loop (N clients, M connections) and open loop (a target rate, latency
 //!   measured from each operation's *intended* start so coordinated omission cannot hide
 //!   queueing), with HdrHistograms per operation and throughput per second;
+//! - [`idle`]: what shards cost at rest (CPU and RSS per node of an idle cluster);
 //! - [`results`]: JSON, a markdown table and SVG plots per results folder;
 //! - [`lab`]: sweeps over fresh clusters (replication × consistency, shards × balancing,
 //!   failures) and [`simulate`], the same questions at scale answered with the real placement
@@ -16,6 +17,7 @@
 
 pub mod driver;
 pub mod etcd;
+pub mod idle;
 pub mod keys;
 pub mod lab;
 pub mod results;

@@ -152,6 +152,25 @@ enum Sweep {
         #[arg(long, value_delimiter = ',', default_value = "3,4,5,4,3")]
         sizes: Vec<u64>,
     },
+    /// What shards cost at rest: CPU (% of a core) and RSS per node of an idle cluster, per
+    /// shard count (use a release build: a debug build's cost is several times higher).
+    Idle {
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        #[arg(long, value_delimiter = ',', default_value = "8,128,1024")]
+        shards: Vec<u32>,
+        #[arg(long, default_value_t = 3)]
+        rf: u32,
+        /// Seconds after every shard has a leader before measuring (start-up is not idle).
+        #[arg(long, default_value_t = 15)]
+        settle: u64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 30)]
+        window: u64,
+        /// Results folder (`idle/idle.json` and `idle/idle.md` in it).
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
     /// Quorum loss, load spread and data movement at scale, from the placement code alone.
     Simulate {
         #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
@@ -438,6 +457,30 @@ async fn main() -> Result<()> {
                 let dir = load.out.join("scale");
                 finish(&dir, title, &runs, &cols)?;
                 ringkv_bench::scale::plot(&dir.join("scale.svg"), title, &phases)
+            }
+            Sweep::Idle { nodes, shards, rf, settle, window, out } => {
+                let mut points = Vec::new();
+                for &n in &shards {
+                    println!(
+                        "idle: {nodes} nodes, {n} shards, RF {rf}: settling {settle} s, measuring {window} s"
+                    );
+                    let at = ringkv_bench::idle::measure(
+                        nodes,
+                        n,
+                        rf,
+                        Duration::from_secs(settle),
+                        Duration::from_secs(window),
+                    )
+                    .await?;
+                    points.extend(at);
+                }
+                let dir = out.join("idle");
+                std::fs::create_dir_all(&dir)?;
+                let table = ringkv_bench::idle::table(&points);
+                std::fs::write(dir.join("idle.json"), serde_json::to_string_pretty(&points)?)?;
+                std::fs::write(dir.join("idle.md"), &table)?;
+                println!("\n## idle cost per node\n\n{table}\nresults in {}", dir.display());
+                Ok(())
             }
             Sweep::Simulate { nodes, shards, rf, fail, trials } => {
                 println!(

@@ -44,21 +44,45 @@ async fn snapshot_bytes(c: &Cluster) -> f64 {
     total
 }
 
-/// The up nodes' ids.
-async fn up_nodes(c: &Cluster) -> Result<Vec<NodeId>> {
-    Ok(c.list_nodes().await?.nodes.iter().filter(|n| n.state == "up").map(|n| n.id).collect())
+/// The up nodes, with the weights the placement gives them.
+async fn up_nodes(c: &Cluster) -> Result<Vec<NodeSpec>> {
+    Ok(c.list_nodes()
+        .await?
+        .nodes
+        .iter()
+        .filter(|n| n.state == "up")
+        .map(|n| NodeSpec { id: n.id, addr: String::new(), weight: n.weight })
+        .collect())
 }
 
 /// Replicas the placement function adds between node sets `a` and `b`.
-fn predicted_moves(layout: Layout, a: &[NodeId], b: &[NodeId]) -> Result<usize> {
-    let specs = |ids: &[NodeId]| -> Vec<NodeSpec> {
-        ids.iter().map(|&id| NodeSpec { id, addr: String::new(), weight: 1 }).collect()
-    };
-    let (ma, mb) = (ShardMap::new(layout, specs(a), 0)?, ShardMap::new(layout, specs(b), 0)?);
+fn predicted_moves(layout: Layout, a: &[NodeSpec], b: &[NodeSpec]) -> Result<usize> {
+    let (ma, mb) = (ShardMap::new(layout, a.to_vec(), 0)?, ShardMap::new(layout, b.to_vec(), 0)?);
     Ok(ma
         .shard_ids()
         .map(|s| mb.replicas(s).iter().filter(|r| !ma.replicas(s).contains(r)).count())
         .sum())
+}
+
+/// A shard, the replicas it has, and the ones the placement function gives it.
+type Misplaced = (u64, BTreeSet<NodeId>, BTreeSet<NodeId>);
+
+/// Shards whose replicas in `map` differ from the placement function's for `nodes`.
+fn off_placement(
+    layout: Layout,
+    nodes: &[NodeSpec],
+    map: &ringkv_proto::v1::ShardMap,
+) -> Result<Vec<Misplaced>> {
+    let want = ShardMap::new(layout, nodes.to_vec(), 0)?;
+    Ok(map
+        .shards
+        .iter()
+        .filter_map(|s| {
+            let got: BTreeSet<NodeId> = s.replicas.iter().copied().collect();
+            let w: BTreeSet<NodeId> = want.replicas(s.shard_id).iter().copied().collect();
+            (got != w).then_some((s.shard_id, got, w))
+        })
+        .collect())
 }
 
 /// Replicas in `after` that `before` did not have (shard maps of the cluster).
@@ -164,6 +188,9 @@ pub async fn sweep_scale(
             "{from} → {to}: {} moves ({predicted} predicted), {moved_mb:.1} MB sent, settled in {rebalance_s:.1} s",
             r.extra["moves"]
         );
+        for (shard, got, want) in off_placement(layout, &after_nodes, &after_map)? {
+            println!("  shard {shard}: on {got:?}, the placement function says {want:?}");
+        }
         phases.push(Phase { name: r.name.clone(), per_second: r.per_second.clone(), moving: true });
         runs.push(r);
         let steady_run = steady(to).await?;

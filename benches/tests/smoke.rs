@@ -1,6 +1,7 @@
 //! The bench smoke CI runs so the harness cannot rot: the `ringkv-bench` binary runs a few
 //! seconds of workload A against a fresh ringkv cluster (router and direct) and etcd, and
-//! writes its results folder; the driver's open loop keeps its schedule.
+//! writes its results folder; the driver's open loop keeps its schedule; the idle measurement
+//! reads real nodes' CPU and memory.
 
 use ringkv_bench::driver::{self, LoadSpec};
 use ringkv_bench::keys::{Distribution, KeyChooser};
@@ -70,5 +71,25 @@ async fn open_loop_offers_the_scheduled_rate() -> anyhow::Result<()> {
     // 50/s for 3 s: the schedule issues 150 operations; all must complete and be counted.
     anyhow::ensure!((140..=151).contains(&r.ops), "{} operations for a schedule of 150", r.ops);
     anyhow::ensure!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    Ok(())
+}
+
+/// The idle measurement's plumbing: real node processes, their CPU time and RSS from /proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_measurement_reads_every_nodes_cpu_and_memory() -> anyhow::Result<()> {
+    let points =
+        ringkv_bench::idle::measure(3, 4, 3, Duration::from_secs(1), Duration::from_secs(2))
+            .await?;
+    anyhow::ensure!(points.len() == 3, "one point per node: {points:?}");
+    let cores = std::thread::available_parallelism()?.get() as f64;
+    for p in &points {
+        // Four Raft groups tick and heartbeat even at rest, so some CPU is used; a node cannot
+        // use more than the machine has.
+        anyhow::ensure!(p.cpu_cores > 0.0 && p.cpu_cores <= cores, "CPU: {p:?}");
+        anyhow::ensure!(p.rss_mib > 8.0, "a node with RocksDB open holds more than 8 MiB: {p:?}");
+        anyhow::ensure!(p.window_s >= 2.0, "window: {p:?}");
+    }
+    let table = ringkv_bench::idle::table(&points);
+    anyhow::ensure!(table.lines().count() == 3, "header, rule, one row: {table}");
     Ok(())
 }

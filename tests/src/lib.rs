@@ -655,6 +655,11 @@ impl Cluster {
         Ok(router)
     }
 
+    /// The process id of a running node.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).pid()
+    }
+
     /// SIGSTOP / SIGCONT: freeze a node without killing it.
     pub fn signal(&self, id: u64, sig: nix::sys::signal::Signal) -> Result<()> {
         let pid = self.node(id).pid().context("node not running")?;

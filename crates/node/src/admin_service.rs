@@ -198,11 +198,8 @@ impl Admin for AdminService {
     ) -> Result<Response<ShardChecksumResponse>, Status> {
         let shard_id = req.into_inner().shard_id;
         let shard = self.registry.replica(shard_id)?;
-        let reader = shard.reader.clone();
-        let sum = tokio::task::spawn_blocking(move || reader.checksum())
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))?
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let sum =
+            shard.read(|r| r.checksum().map_err(|e| NodeError::Internal(e.to_string()))).await?;
         Ok(Response::new(ShardChecksumResponse {
             shard_id,
             applied_index: sum.applied_index,

@@ -10,6 +10,7 @@ use crate::metrics::NodeMetrics;
 use crate::registry::ShardRegistry;
 use crate::shard::{Shard, request_deadline};
 use crate::validate;
+use bytes::Bytes;
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
     BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse,
@@ -31,6 +32,11 @@ impl KvService {
     pub fn new(registry: ShardRegistry, metrics: NodeMetrics) -> Self {
         KvService { registry, metrics }
     }
+}
+
+/// A RocksDB read that failed: the node's disk or its data, not the request.
+fn storage_read(e: std::io::Error) -> NodeError {
+    NodeError::Internal(e.to_string())
 }
 
 fn kv(key: Vec<u8>, v: Versioned) -> KeyValue {
@@ -86,8 +92,8 @@ impl Kv for KvService {
                 let consistency = validate::consistency(req.consistency)?;
                 let shard = self.read_shard(&req.key, consistency, timeout).await?;
                 let header = shard.header(consistency);
-                let found =
-                    shard.reader.get(&req.key).map_err(|e| NodeError::Internal(e.to_string()))?;
+                let key = req.key.clone();
+                let found = shard.read(move |r| r.get(&key).map_err(storage_read)).await?;
                 Ok(GetResponse { header: Some(header), kv: found.map(|v| kv(req.key.to_vec(), v)) })
             })
             .await
@@ -186,9 +192,14 @@ impl Kv for KvService {
             shard.read_barrier(consistency, timeout).await?;
             let header = shard.header(consistency);
             // The continuation token is the first key of the next page.
-            let start = if req.continuation_token.is_empty() { &req.start_key[..] } else { &req.continuation_token[..] };
-            let range = ScanRange { start, end: (!req.end_key.is_empty()).then_some(&req.end_key[..]), prefix: &req.prefix };
-            let page = shard.reader.scan(&range, limit).map_err(|e| NodeError::Internal(e.to_string()))?;
+            let start = if req.continuation_token.is_empty() { req.start_key } else { req.continuation_token };
+            let (end, prefix) = (req.end_key, req.prefix);
+            let page = shard
+                .read(move |r| {
+                    let range = ScanRange { start: &start[..], end: (!end.is_empty()).then_some(&end[..]), prefix: &prefix[..] };
+                    r.scan(&range, limit).map_err(storage_read)
+                })
+                .await?;
             Ok(ScanResponse {
                 header: Some(header),
                 kvs: page.items.into_iter().map(|(k, v)| kv(k, v)).collect(),
@@ -276,21 +287,36 @@ impl Kv for KvService {
                 for k in &req.keys {
                     validate::key(k)?;
                 }
-                // One barrier per shard, then plain reads.
-                let mut ready = std::collections::HashSet::new();
-                let mut kvs = Vec::new();
-                for k in &req.keys {
+                // One barrier per shard, then one blocking read per shard for its keys, in
+                // the order asked.
+                let mut by_shard: Vec<(Arc<Shard>, Vec<(usize, Bytes)>)> = Vec::new();
+                for (i, k) in req.keys.iter().enumerate() {
                     let shard = self.registry.shard_for_key(k)?;
-                    if ready.insert(shard.id) {
-                        shard.read_barrier(consistency, timeout).await?;
-                    }
-                    if let Some(v) =
-                        shard.reader.get(k).map_err(|e| NodeError::Internal(e.to_string()))?
-                    {
-                        kvs.push(kv(k.to_vec(), v));
+                    match by_shard.iter_mut().find(|(s, _)| s.id == shard.id) {
+                        Some((_, keys)) => keys.push((i, k.clone())),
+                        None => {
+                            shard.read_barrier(consistency, timeout).await?;
+                            by_shard.push((shard, vec![(i, k.clone())]));
+                        }
                     }
                 }
-                Ok(MultiGetResponse { kvs })
+                let mut found = Vec::new();
+                for (shard, keys) in by_shard {
+                    let got = shard
+                        .read(move |r| {
+                            let mut got = Vec::new();
+                            for (i, k) in keys {
+                                if let Some(v) = r.get(&k).map_err(storage_read)? {
+                                    got.push((i, kv(k.to_vec(), v)));
+                                }
+                            }
+                            Ok(got)
+                        })
+                        .await?;
+                    found.extend(got);
+                }
+                found.sort_unstable_by_key(|(i, _)| *i);
+                Ok(MultiGetResponse { kvs: found.into_iter().map(|(_, kv)| kv).collect() })
             })
             .await
     }

@@ -24,7 +24,8 @@
 //!
 //! Modules: [`config`] (TOML/env/flags), [`node`] (start-up and shutdown), [`registry`] and
 //! [`shard`] (local replicas and their read/write paths), [`read_barrier`] (sharing ReadIndex
-//! rounds among concurrent reads), [`kv_service`] and
+//! rounds among concurrent reads), [`read_pool`] (RocksDB reads off the async runtime,
+//! bounded), [`kv_service`] and
 //! [`admin_service`] (the public API), [`raft_service`] and [`network`] (the Raft transport),
 //! [`streams_service`] (event streams and watch, shard level), [`retention`] (trimming events
 //! and watch history through Raft), [`balancer`] (spreading leaderships), [`error`] (the one error-to-status table), [`validate`] and [`validate_events`] (input limits), [`metrics`] and
@@ -48,6 +49,7 @@ pub mod network;
 pub mod node;
 pub mod raft_service;
 pub mod read_barrier;
+pub mod read_pool;
 pub mod registry;
 pub mod retention;
 pub mod shard;

@@ -112,11 +112,29 @@ impl NodeHandle {
     }
 }
 
+/// How long after a replication round a follower goes without a separate heartbeat.
+///
+/// An acknowledged append proves what a heartbeat proves (the leader is alive, the follower
+/// is current, the lease holds), so a busy group needs no heartbeats at all: with this set,
+/// openraft skips a heartbeat to a follower that acknowledged anything sent within the last
+/// interval. One heartbeat interval, or less where the election timeout is too tight for it:
+/// a suppressed heartbeat goes out up to `heartbeat + this + one tick` after the last message,
+/// and that gap must stay below the shortest election timeout (0 turns suppression off).
+fn heartbeat_min_interval_ms(heartbeat_ms: u64, election_min_ms: u64) -> u64 {
+    // openraft's tick, at which heartbeats go out: 13/64 of the heartbeat interval.
+    let tick_ms = (heartbeat_ms * 13 / 64).max(1);
+    election_min_ms.saturating_sub(heartbeat_ms + tick_ms + 1).min(heartbeat_ms)
+}
+
 fn raft_config(cfg: &NodeConfig) -> Result<Arc<openraft::Config>, StartError> {
     let t = cfg.raft;
     let c = openraft::Config {
         cluster_name: "ringkv".into(),
         heartbeat_interval: t.heartbeat_interval_ms,
+        heartbeat_min_interval: Some(heartbeat_min_interval_ms(
+            t.heartbeat_interval_ms,
+            t.election_timeout_min_ms,
+        )),
         election_timeout_min: t.election_timeout_min_ms,
         election_timeout_max: t.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries),
@@ -327,4 +345,36 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         server,
         background,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::heartbeat_min_interval_ms;
+
+    fn valid(hb: u64, emin: u64) -> bool {
+        let c = openraft::Config {
+            heartbeat_interval: hb,
+            heartbeat_min_interval: Some(heartbeat_min_interval_ms(hb, emin)),
+            election_timeout_min: emin,
+            election_timeout_max: emin * 2,
+            ..Default::default()
+        };
+        c.validate().is_ok()
+    }
+
+    #[test]
+    fn heartbeats_are_suppressed_for_one_interval_where_the_election_timeout_allows() {
+        // The defaults (100 ms heartbeats, 500–1,000 ms elections): a full interval.
+        assert_eq!(heartbeat_min_interval_ms(100, 500), 100);
+        // Tight: 100 + 20 (tick) + x < 201 leaves 80.
+        assert_eq!(heartbeat_min_interval_ms(100, 201), 80);
+        // Too tight for any suppression: off.
+        assert_eq!(heartbeat_min_interval_ms(100, 110), 0);
+        // Whatever the config validation in `config.rs` lets through, openraft accepts.
+        for hb in [1, 10, 50, 100, 250, 1_000] {
+            for emin in [hb * 2 + 1, hb * 3, hb * 5, hb * 10] {
+                assert!(valid(hb, emin), "heartbeat {hb} ms, election {emin} ms");
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@
 use crate::error::NodeError;
 use crate::identity::{self, Identity};
 use crate::network::{PeerPool, ShardNetwork};
+use crate::read_pool::ReadPool;
 use crate::shard::Shard;
 use ringkv_placement::cluster::{ClusterState, META_SHARD, shard_name};
 use ringkv_placement::{Layout, NodeId, PlacementError, ShardId, ShardMap};
@@ -39,6 +40,7 @@ struct Inner {
     storage: NodeStorage,
     raft_config: Arc<openraft::Config>,
     pool: PeerPool,
+    read_pool: ReadPool,
     map: RwLock<Arc<ShardMap>>,
     state: RwLock<Option<Arc<ClusterState>>>,
     shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
@@ -63,6 +65,7 @@ impl ShardRegistry {
                 storage,
                 raft_config,
                 pool,
+                read_pool: ReadPool::for_this_machine(),
                 map: RwLock::new(Arc::new(map)),
                 state: RwLock::new(None),
                 shards: RwLock::new(HashMap::new()),
@@ -263,7 +266,14 @@ impl ShardRegistry {
         .map_err(|e| {
             NodeError::Internal(format!("starting Raft for shard {}: {e}", shard_name(shard)))
         })?;
-        let replica = Arc::new(Shard::new(shard, self.node_id(), raft, sm, storage.reader(shard)));
+        let replica = Arc::new(Shard::new(
+            shard,
+            self.node_id(),
+            raft,
+            sm,
+            storage.reader(shard),
+            self.inner.read_pool.clone(),
+        ));
         self.inner.shards.write().unwrap_or_else(|p| p.into_inner()).insert(shard, replica.clone());
         Ok(replica)
     }

@@ -12,12 +12,13 @@
 //! more than `watch_history_revisions` entries beyond its oldest kept change, the leader
 //! proposes `CompactChanges` so that about that many revisions stay available.
 
+use crate::error::NodeError;
 use crate::metrics::NodeMetrics;
 use crate::registry::ShardRegistry;
 use crate::shard::Shard;
 use ringkv_storage::stream_reader::PartitionEntry;
 use ringkv_storage::streams::StreamCommand;
-use ringkv_storage::{Command, Proposal};
+use ringkv_storage::{Command, Proposal, ShardReader};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -48,6 +49,10 @@ pub fn spawn(
     })
 }
 
+fn internal(e: std::io::Error) -> NodeError {
+    NodeError::Internal(e.to_string())
+}
+
 async fn propose(shard: &Shard, metrics: &NodeMetrics, cmd: StreamCommand) -> Result<(), String> {
     metrics.retention_proposals.inc();
     let proposal = Proposal { session: None, command: Command::Stream(cmd) };
@@ -59,10 +64,22 @@ async fn enforce(
     metrics: &NodeMetrics,
     history_revisions: u64,
 ) -> Result<(), String> {
-    let partitions = shard.reader.partitions().map_err(|e| e.to_string())?;
     let now_ms = crate::network::unix_ms();
-    for p in partitions {
-        let before = keep_from(shard, &p, now_ms).map_err(|e| e.to_string())?;
+    // The reads (every partition's record, a binary search by bytes, up to 10,000 events by
+    // age) run off the async runtime, in one go; the proposals follow.
+    let (trims, first) = shard
+        .read(move |r| {
+            let partitions = r.partitions().map_err(internal)?;
+            let mut trims = Vec::new();
+            for p in partitions {
+                let before = keep_from(r, &p, now_ms).map_err(internal)?;
+                trims.push((p, before));
+            }
+            Ok((trims, r.first_revision().map_err(internal)?))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    for (p, before) in trims {
         if before > p.record.start_offset {
             tracing::debug!(shard = shard.id, topic = %p.topic, partition = p.partition, before, "trimming");
             propose(
@@ -78,7 +95,6 @@ async fn enforce(
         }
     }
     let applied = shard.applied_index();
-    let first = shard.reader.first_revision().map_err(|e| e.to_string())?;
     // A tenth of slack, so compaction runs in steps instead of after every write.
     if history_revisions > 0 && applied > first + history_revisions + history_revisions / 10 {
         propose(
@@ -92,7 +108,7 @@ async fn enforce(
 }
 
 /// The first offset the partition must keep under its retention limits.
-pub fn keep_from(shard: &Shard, p: &PartitionEntry, now_ms: u64) -> std::io::Result<u64> {
+pub fn keep_from(reader: &ShardReader, p: &PartitionEntry, now_ms: u64) -> std::io::Result<u64> {
     let r = &p.record;
     let limits = r.config.retention;
     let mut keep = r.start_offset;
@@ -104,7 +120,7 @@ pub fn keep_from(shard: &Shard, p: &PartitionEntry, now_ms: u64) -> std::io::Res
         let (mut lo, mut hi) = (r.start_offset, r.next_offset);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let pos = match shard.reader.event(&p.topic, p.partition, mid)? {
+            let pos = match reader.event(&p.topic, p.partition, mid)? {
                 Some(e) => e.pos,
                 None => r.end_pos,
             };
@@ -118,13 +134,8 @@ pub fn keep_from(shard: &Shard, p: &PartitionEntry, now_ms: u64) -> std::io::Res
     }
     if limits.max_age_ms > 0 {
         let cutoff = now_ms.saturating_sub(limits.max_age_ms);
-        let events = shard.reader.events(
-            &p.topic,
-            p.partition,
-            r.start_offset,
-            AGE_SCAN_EVENTS_MAX,
-            u64::MAX,
-        )?;
+        let events =
+            reader.events(&p.topic, p.partition, r.start_offset, AGE_SCAN_EVENTS_MAX, u64::MAX)?;
         let expired = events.iter().take_while(|(_, e)| e.timestamp_ms < cutoff).last();
         if let Some((offset, _)) = expired {
             keep = keep.max(offset + 1);

@@ -25,6 +25,7 @@
 
 use crate::error::NodeError;
 use crate::read_barrier::{ReadBarrier, ReadFailure};
+use crate::read_pool::ReadPool;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::raft::AppendEntriesRequest;
@@ -51,6 +52,7 @@ pub struct Shard {
     pub raft: ShardRaft,
     pub state_machine: ShardStateMachine,
     pub reader: ShardReader,
+    read_pool: ReadPool,
     freshness: Mutex<Freshness>,
     reads: ReadBarrier,
 }
@@ -79,6 +81,7 @@ impl Shard {
         raft: ShardRaft,
         state_machine: ShardStateMachine,
         reader: ShardReader,
+        read_pool: ReadPool,
     ) -> Self {
         Shard {
             id,
@@ -87,8 +90,20 @@ impl Shard {
             raft,
             state_machine,
             reader,
+            read_pool,
             freshness: Mutex::new(Freshness::default()),
         }
+    }
+
+    /// Runs a read of this replica's applied state off the async runtime, bounded by the
+    /// node's [`ReadPool`]; the caller has passed whatever read barrier it needs.
+    pub async fn read<T, F>(&self, read: F) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ShardReader) -> Result<T, NodeError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        self.read_pool.run(move || read(&reader)).await
     }
 
     pub fn metrics(&self) -> RaftMetrics<TypeConfig> {

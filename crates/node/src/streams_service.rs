@@ -192,7 +192,8 @@ impl StreamsService {
         check::topic(topic)?;
         let shard = self.partition_shard(topic, partition)?;
         shard.read_barrier(consistency, timeout).await?;
-        let rec = shard.reader.partition(topic, partition).map_err(internal)?;
+        let t = topic.to_owned();
+        let rec = shard.read(move |r| r.partition(&t, partition).map_err(internal)).await?;
         Ok((shard, rec.ok_or_else(|| no_partition(topic, partition))?))
     }
 
@@ -258,24 +259,27 @@ async fn run_subscription(
             return;
         }
         applied.borrow_and_update();
-        let page = (|| -> Result<Vec<StoredEvent>, NodeError> {
-            let rec = shard.reader.partition(&topic, partition).map_err(internal)?;
-            let rec = rec.ok_or_else(|| no_partition(&topic, partition))?;
-            if next < rec.start_offset {
-                return Err(NodeError::OffsetOutOfRange {
-                    topic: topic.clone(),
-                    partition,
-                    offset: next,
-                    earliest_offset: rec.start_offset,
-                    end_offset: rec.next_offset,
-                });
-            }
-            let events = shard
-                .reader
-                .events(&topic, partition, next, batch, u64::from(check::READ_BYTES_DEFAULT))
-                .map_err(internal)?;
-            Ok(events.into_iter().map(|(o, r)| stored_event(o, r)).collect())
-        })();
+        let topic_read = topic.clone();
+        let page = shard
+            .read(move |reader| -> Result<Vec<StoredEvent>, NodeError> {
+                let topic = topic_read;
+                let rec = reader.partition(&topic, partition).map_err(internal)?;
+                let rec = rec.ok_or_else(|| no_partition(&topic, partition))?;
+                if next < rec.start_offset {
+                    return Err(NodeError::OffsetOutOfRange {
+                        topic: topic.clone(),
+                        partition,
+                        offset: next,
+                        earliest_offset: rec.start_offset,
+                        end_offset: rec.next_offset,
+                    });
+                }
+                let events = reader
+                    .events(&topic, partition, next, batch, u64::from(check::READ_BYTES_DEFAULT))
+                    .map_err(internal)?;
+                Ok(events.into_iter().map(|(o, r)| stored_event(o, r)).collect())
+            })
+            .await;
         match page {
             Err(e) => {
                 let _ = tx.send(Err(e.to_status())).await;
@@ -311,7 +315,6 @@ async fn run_watch(
         return;
     }
     let mut last_sent = Instant::now();
-    let filter = if prefix { KeyFilter::Prefix(&key) } else { KeyFilter::Exact(&key) };
     loop {
         if !shard.is_leader() {
             let _ = tx.send(Err(shard.not_leader().to_status())).await;
@@ -319,17 +322,21 @@ async fn run_watch(
         }
         applied.borrow_and_update();
         let to = shard.applied_index();
-        let page = (|| -> Result<_, NodeError> {
-            let first = shard.reader.first_revision().map_err(internal)?;
-            if next < first {
-                return Err(NodeError::Compacted {
-                    shard: shard.id,
-                    revision: next,
-                    compact_revision: first,
-                });
-            }
-            shard.reader.changes(next, to, filter, WATCH_PAGE_CHANGES).map_err(internal)
-        })();
+        let (shard_id, key) = (shard.id, key.clone());
+        let page = shard
+            .read(move |reader| {
+                let first = reader.first_revision().map_err(internal)?;
+                if next < first {
+                    return Err(NodeError::Compacted {
+                        shard: shard_id,
+                        revision: next,
+                        compact_revision: first,
+                    });
+                }
+                let filter = if prefix { KeyFilter::Prefix(&key) } else { KeyFilter::Exact(&key) };
+                reader.changes(next, to, filter, WATCH_PAGE_CHANGES).map_err(internal)
+            })
+            .await;
         let page = match page {
             Ok(p) => p,
             Err(e) => {
@@ -444,7 +451,9 @@ impl Streams for StreamsService {
                 }
                 let shard = self.catalog()?;
                 shard.read_barrier(Consistency::Linearizable, timeout).await?;
-                let topics = shard.reader.topics(req.name.as_deref()).map_err(internal)?;
+                let name = req.name.clone();
+                let topics =
+                    shard.read(move |r| r.topics(name.as_deref()).map_err(internal)).await?;
                 Ok(ListTopicsResponse { topics: topics.into_iter().map(topic_info).collect() })
             })
             .await
@@ -588,10 +597,12 @@ impl Streams for StreamsService {
                     });
                 }
                 let header = shard.header(consistency);
+                let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
                 let events = shard
-                    .reader
-                    .events(&req.topic, req.partition, req.offset, max_events, max_bytes)
-                    .map_err(internal)?;
+                    .read(move |r| {
+                        r.events(&topic, partition, offset, max_events, max_bytes).map_err(internal)
+                    })
+                    .await?;
                 let next_offset = events.last().map_or(req.offset, |(o, _)| o + 1);
                 Ok(ReadResponse {
                     events: events.into_iter().map(|(o, r)| stored_event(o, r)).collect(),
@@ -635,11 +646,13 @@ impl Streams for StreamsService {
                 let start = match &req.start {
                     Some(subscribe_request::Start::Offset(o)) => *o,
                     Some(subscribe_request::Start::Latest(_)) => rec.next_offset,
-                    Some(subscribe_request::Start::Group(g)) => shard
-                        .reader
-                        .group_offset(&req.topic, req.partition, g)
-                        .map_err(internal)?
-                        .unwrap_or(rec.start_offset),
+                    Some(subscribe_request::Start::Group(g)) => {
+                        let (topic, partition, g) = (req.topic.clone(), req.partition, g.clone());
+                        shard
+                            .read(move |r| r.group_offset(&topic, partition, &g).map_err(internal))
+                            .await?
+                            .unwrap_or(rec.start_offset)
+                    }
                     Some(subscribe_request::Start::Earliest(_)) | None => rec.start_offset,
                 };
                 if start < rec.start_offset || start > rec.next_offset {
@@ -700,10 +713,11 @@ impl Streams for StreamsService {
                 let (shard, _) = self
                     .read_partition(&req.topic, req.partition, Consistency::Linearizable, timeout)
                     .await?;
+                let (topic, partition, group) =
+                    (req.topic.clone(), req.partition, req.group.clone());
                 let offset = shard
-                    .reader
-                    .group_offset(&req.topic, req.partition, &req.group)
-                    .map_err(internal)?;
+                    .read(move |r| r.group_offset(&topic, partition, &group).map_err(internal))
+                    .await?;
                 Ok(FetchOffsetResponse { offset })
             })
             .await
@@ -750,7 +764,7 @@ impl Streams for StreamsService {
                     .find(|r| r.shard_id == shard.id)
                     .map_or(req.start_revision, |r| r.revision);
                 let start = if start == 0 { shard.applied_index() + 1 } else { start };
-                let first = shard.reader.first_revision().map_err(internal)?;
+                let first = shard.read(|r| r.first_revision().map_err(internal)).await?;
                 if start < first {
                     return Err(NodeError::Compacted {
                         shard: shard.id,

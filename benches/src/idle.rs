@@ -1,0 +1,146 @@
+//! The idle cost of shards: CPU and memory of nodes that serve no request at all.
+//!
+//! A shard is a Raft group, and a Raft group costs something even when nobody writes to it:
+//! its tick, its heartbeats to each follower, their answers, the metrics it keeps. That cost
+//! grows with the shard count and caps how many shards a node can hold, which in turn caps
+//! how evenly load spreads (`lab simulate`). This measurement starts a fresh cluster per shard
+//! count, waits until every shard has a leader and a settling period has passed (elections,
+//! the first heartbeats and the leader balancer's hand-offs are start-up, not idle cost),
+//! then reads each node process's CPU time and resident memory from `/proc` at the start and
+//! the end of a quiet window. The figures are per node: CPU as a fraction of one core over
+//! the window, RSS at its end.
+
+use crate::lab;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// The unit of the CPU times in `/proc/<pid>/stat`: USER_HZ, which the kernel fixes at 100 for
+/// user space on every Linux architecture (what `sysconf(_SC_CLK_TCK)` returns).
+const USER_HZ: f64 = 100.0;
+
+/// One node's idle cost at one shard count.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdlePoint {
+    pub shards: u32,
+    pub rf: u32,
+    pub node: u64,
+    /// CPU time over the window, as a fraction of one core (0.02 = 2% of a core).
+    pub cpu_cores: f64,
+    pub rss_mib: f64,
+    pub window_s: f64,
+}
+
+/// User plus system CPU seconds a process has used so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    parse_cpu_seconds(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))
+}
+
+/// `utime` and `stime` are fields 14 and 15; the command name (field 2) is in parentheses and
+/// may itself hold spaces or parentheses, so fields are counted after its last `)`.
+fn parse_cpu_seconds(stat: &str) -> Result<f64> {
+    let rest = stat.rsplit_once(')').context("no command name")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name, field 3 (state) is index 0, so field n is index n - 3.
+    let tick = |n: usize| -> Result<f64> {
+        let f = fields.get(n - 3).with_context(|| format!("field {n} missing"))?;
+        Ok(f.parse::<u64>().with_context(|| format!("field {n}: {f:?}"))? as f64)
+    };
+    Ok((tick(14)? + tick(15)?) / USER_HZ)
+}
+
+/// Resident memory of a process, in bytes (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .context("no VmRSS line")?;
+    Ok(kib * 1024)
+}
+
+/// Measures `nodes` idle nodes holding `shards` shards at `rf`, over `window` after `settle`.
+pub async fn measure(
+    nodes: u64,
+    shards: u32,
+    rf: u32,
+    settle: Duration,
+    window: Duration,
+) -> Result<Vec<IdlePoint>> {
+    let cluster = lab::start_cluster(nodes, shards, rf, None).await?;
+    tokio::time::sleep(settle).await;
+    let ids = cluster.running();
+    let mut before = Vec::new();
+    for &id in &ids {
+        let pid = cluster.pid(id).context("node not running")?;
+        before.push((id, pid, cpu_seconds(pid)?));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let window_s = start.elapsed().as_secs_f64();
+    let mut points = Vec::new();
+    for (id, pid, cpu0) in before {
+        let cpu = cpu_seconds(pid)? - cpu0;
+        points.push(IdlePoint {
+            shards,
+            rf,
+            node: id,
+            cpu_cores: cpu / window_s,
+            rss_mib: rss_bytes(pid)? as f64 / (1024.0 * 1024.0),
+            window_s,
+        });
+    }
+    Ok(points)
+}
+
+/// A markdown table of the points, one row per shard count (mean and worst node).
+pub fn table(points: &[IdlePoint]) -> String {
+    let mut out = String::from(
+        "| shards | RF | nodes | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) |\n|---:|---:|---:|---:|---:|\n",
+    );
+    let mut counts: Vec<u32> = points.iter().map(|p| p.shards).collect();
+    counts.dedup();
+    for shards in counts {
+        let at: Vec<&IdlePoint> = points.iter().filter(|p| p.shards == shards).collect();
+        let n = at.len() as f64;
+        let cpu: Vec<f64> = at.iter().map(|p| p.cpu_cores * 100.0).collect();
+        let rss: Vec<f64> = at.iter().map(|p| p.rss_mib).collect();
+        let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        out.push_str(&format!(
+            "| {shards} | {} | {} | {:.1} / {:.1} | {:.0} / {:.0} |\n",
+            at[0].rf,
+            at.len(),
+            cpu.iter().sum::<f64>() / n,
+            max(&cpu),
+            rss.iter().sum::<f64>() / n,
+            max(&rss),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_times_are_read_after_the_command_name_whatever_it_holds() {
+        // Fields 14 and 15 are 250 and 50 ticks: 3 s.
+        let stat = "42 (ringkv (node) 1) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_seconds(stat).expect("parses"), 3.0);
+        assert!(parse_cpu_seconds("42 (x) S 1 2").is_err(), "short lines are errors");
+        assert!(parse_cpu_seconds("garbage").is_err());
+    }
+
+    #[test]
+    fn this_process_has_memory_and_cpu_time() {
+        let me = std::process::id();
+        assert!(rss_bytes(me).expect("rss") > 1024 * 1024);
+        assert!(cpu_seconds(me).expect("cpu") >= 0.0);
+    }
+}
