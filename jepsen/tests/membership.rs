@@ -140,10 +140,10 @@ async fn check_paused(camp: &mut Campaign, what: &str) -> Result<BTreeMap<u64, u
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn grow_to_five_then_drain_back_to_three_under_load() -> Result<()> {
-    let out = tempfile::tempdir()?;
-    let opts = RunOptions {
+/// The register and append workloads on 3 nodes at RF 3, with no nemesis of their own: the
+/// tests make the membership changes.
+fn options(out: &tempfile::TempDir, spare_nodes: u64, shards: u32) -> RunOptions {
+    RunOptions {
         time: Duration::from_secs(600),
         workloads: vec![Workload::Register, Workload::Append],
         reads: ReadMode::default(),
@@ -155,13 +155,19 @@ async fn grow_to_five_then_drain_back_to_three_under_load() -> Result<()> {
         keys: 3,
         key_lifetime: Duration::from_secs(10),
         nodes: 3,
-        spare_nodes: 2,
-        shards: SHARDS,
+        spare_nodes,
+        shards,
         rf: 3,
         op_timeout: Duration::from_secs(3),
         net: false,
         out: out.path().join("run"),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grow_to_five_then_drain_back_to_three_under_load() -> Result<()> {
+    let out = tempfile::tempdir()?;
+    let opts = options(&out, 2, SHARDS);
     let tuning = Tuning { moves_max: 4, moves_per_node_max: 2, ..Tuning::default() };
     let mut camp = Campaign::start(&opts, tuning).await?;
     wait_for(Duration::from_secs(30), "operations before the change", || async {
@@ -216,25 +222,7 @@ async fn grow_to_five_then_drain_back_to_three_under_load() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_node_rejoins_under_load_and_nothing_is_lost() -> Result<()> {
     let out = tempfile::tempdir()?;
-    let opts = RunOptions {
-        time: Duration::from_secs(600),
-        workloads: vec![Workload::Register, Workload::Append],
-        reads: ReadMode::default(),
-        nemeses: Vec::new(),
-        interval: Duration::from_secs(3),
-        hold: Duration::from_secs(2),
-        cycle_faults: true,
-        clients: 6,
-        keys: 3,
-        key_lifetime: Duration::from_secs(10),
-        nodes: 3,
-        spare_nodes: 0,
-        shards: 8,
-        rf: 3,
-        op_timeout: Duration::from_secs(3),
-        net: false,
-        out: out.path().join("run"),
-    };
+    let opts = options(&out, 0, 8);
     let mut camp = Campaign::start(&opts, Tuning::default()).await?;
     wait_for(Duration::from_secs(30), "operations before the wipe", || async {
         (camp.events().await > 200).then_some(())
