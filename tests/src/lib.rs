@@ -559,18 +559,46 @@ impl Cluster {
                 })?);
             }
             let shard = s.shard_id;
-            wait_for(timeout, &format!("equal checksums on shard {shard}"), || {
+            // What each replica last answered, so a timeout says whether a replica lags
+            // (applied index), diverged (same index, other checksum) or does not answer.
+            let last = Mutex::new(String::new());
+            let waited = wait_for(timeout, &format!("equal checksums on shard {shard}"), || {
                 let slots = slots.clone();
+                let last = &last;
                 async move {
                     let mut sums = Vec::new();
-                    for slot in slots {
-                        sums.push(self.checksum(slot, shard).await.ok()?);
+                    let mut seen = Vec::new();
+                    for (r, slot) in s.replicas.iter().zip(slots) {
+                        match self.checksum(slot, shard).await {
+                            Ok(x) => {
+                                seen.push(format!(
+                                    "node {r}: applied {} checksum {:x}",
+                                    x.applied_index, x.checksum
+                                ));
+                                sums.push(x);
+                            }
+                            Err(e) => seen.push(format!("node {r}: {e:#}")),
+                        }
+                    }
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = seen.join("; ");
+                    if sums.len() < s.replicas.len() {
+                        return None;
                     }
                     let first = (sums[0].applied_index, sums[0].checksum);
                     sums.iter().all(|x| (x.applied_index, x.checksum) == first).then_some(())
                 }
             })
-            .await?;
+            .await;
+            if let Err(e) = waited {
+                let seen = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let kept =
+                    std::env::temp_dir().join(format!("ringkv-checksums-{}", std::process::id()));
+                let kept = match self.copy_logs(&kept) {
+                    Ok(()) => format!("node logs kept in {}", kept.display()),
+                    Err(c) => format!("node logs not kept: {c:#}"),
+                };
+                bail!("{e:#}; last seen: {seen}; {kept}");
+            }
         }
         Ok(())
     }

@@ -90,8 +90,14 @@ impl Default for DriverConfig {
     }
 }
 
+/// What this node, as meta leader, has heard from the others. It belongs to one leadership
+/// (one meta term): a node that loses the meta leadership and wins it back, or wins it before
+/// its driver's next round, must not judge nodes by syncs from another term, nor before it
+/// had the chance to hear from them.
 #[derive(Debug, Default)]
 struct Liveness {
+    /// The meta term this leadership began in.
+    term: Option<u64>,
     leader_since: Option<Instant>,
     seen: HashMap<NodeId, Instant>,
 }
@@ -195,8 +201,25 @@ impl Driver {
         })
     }
 
+    /// The liveness record of the current meta leadership: reset when this node leads the
+    /// meta group in another term than the record's, cleared when it does not lead.
     fn lock_liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
-        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
+        let leading_term = self
+            .registry
+            .replica(META_SHARD)
+            .ok()
+            .filter(|meta| meta.is_leader())
+            .map(|meta| meta.metrics().current_term);
+        let mut l = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        if l.term != leading_term {
+            l.seen.clear();
+            l.term = leading_term;
+            l.leader_since = leading_term.map(|term| {
+                tracing::info!(term, "this node leads the meta group: placement driver active");
+                Instant::now()
+            });
+        }
+        l
     }
 
     /// Whether `node` synced within the live window (every node counts as live for the first
@@ -263,20 +286,12 @@ impl Driver {
         let meta = match self.leading_meta() {
             Ok(m) => m,
             Err(e) => {
-                let mut l = self.lock_liveness();
-                l.leader_since = None;
-                l.seen.clear();
+                drop(self.lock_liveness());
                 self.metrics.leader.set(0);
                 return Err(e);
             }
         };
-        {
-            let mut l = self.lock_liveness();
-            if l.leader_since.is_none() {
-                l.leader_since = Some(Instant::now());
-                tracing::info!("this node leads the meta group: placement driver active");
-            }
-        }
+        drop(self.lock_liveness());
         self.metrics.leader.set(1);
         let view = self.view(&meta)?;
         let Some(state) = view.state.clone() else {
