@@ -55,6 +55,9 @@ pub struct Tuning {
     pub moves_per_node_max: usize,
     /// Snapshot bytes per second a node sends (0: unpaced).
     pub snapshot_send_bytes_per_sec: u64,
+    /// An idle shard quiesces after this long (0: never). The node's default, so every
+    /// test runs with quiescence as a user would.
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for Tuning {
@@ -74,6 +77,7 @@ impl Default for Tuning {
             moves_max: 8,
             moves_per_node_max: 2,
             snapshot_send_bytes_per_sec: 0,
+            quiesce_after_ms: 2_000,
         }
     }
 }
@@ -360,6 +364,8 @@ impl Cluster {
             .arg(t.moves_per_node_max.to_string())
             .arg("--snapshot-send-bytes-per-sec")
             .arg(t.snapshot_send_bytes_per_sec.to_string())
+            .arg("--quiesce-after-ms")
+            .arg(t.quiesce_after_ms.to_string())
             .arg("--listen")
             .arg(n.addr.replace("localhost", "127.0.0.1"))
             .arg("--advertise-addr")

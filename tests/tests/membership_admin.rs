@@ -92,6 +92,7 @@ async fn unsafe_or_invalid_membership_changes_are_refused_and_change_nothing() -
                 sent_at_unix_ms: 0,
                 cluster_id: cid,
                 to_node_id: to,
+                leader_wakes: 0,
             })
             .await?
             .into_inner();

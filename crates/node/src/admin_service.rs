@@ -174,6 +174,7 @@ impl Admin for AdminService {
                     voters: m.membership_config.voter_ids().collect(),
                     progress,
                     fault: shard.fault().unwrap_or_default(),
+                    quiesced: shard.quiet.is_quiet(),
                 }
             })
             .collect();
@@ -228,6 +229,7 @@ impl Admin for AdminService {
             )
             .into());
         }
+        shard.on_request(true, crate::shard::REQUEST_TIMEOUT_DEFAULT).await;
         shard
             .raft
             .trigger()

@@ -12,7 +12,10 @@
 //! placement driver hands leadership away from a leaving replica itself.
 
 use crate::registry::ShardRegistry;
-use openraft::{Instant, ServerState};
+use crate::shard::Shard;
+use openraft::{Instant, RaftMetrics, ServerState};
+use ringkv_placement::NodeId;
+use ringkv_storage::TypeConfig;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -30,29 +33,18 @@ pub fn spawn(registry: ShardRegistry, interval: Duration, liveness: Duration) ->
 }
 
 async fn balance_once(registry: &ShardRegistry, liveness: Duration) {
-    let me = registry.node_id();
-    let map = registry.map();
     for shard in registry.shards() {
+        // A quiesced leader's acknowledgements are as old as its sleep: wake it when its
+        // leadership belongs elsewhere, and decide on fresh ones next round.
+        if shard.quiet.is_quiet_leader() {
+            let m = shard.metrics();
+            if m.state == ServerState::Leader && off_preferred(registry, &shard, &m).is_some() {
+                shard.wake_leader().await;
+            }
+            continue;
+        }
         let m = shard.metrics();
-        // A shard being moved is the placement driver's to lead around.
-        if m.state != ServerState::Leader || registry.moving(shard.id) {
-            continue;
-        }
-        let Some(preferred) = map.preferred_leader(shard.id) else { continue };
-        if preferred == me || !m.membership_config.voter_ids().any(|v| v == preferred) {
-            continue;
-        }
-        let heard_recently = m
-            .heartbeat
-            .as_ref()
-            .and_then(|h| h.get(&preferred).cloned().flatten())
-            .is_some_and(|acked| acked.elapsed() < liveness);
-        let matched = m
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&preferred).cloned().flatten())
-            .map(|l| l.index);
-        if heard_recently && matched.is_some() && matched == m.last_log_index {
+        if let Some(preferred) = transfer_target(registry, &shard, &m, liveness) {
             tracing::info!(
                 shard = shard.id,
                 to = preferred,
@@ -63,4 +55,38 @@ async fn balance_once(registry: &ShardRegistry, liveness: Duration) {
             }
         }
     }
+}
+
+/// The preferred replica of a shard this node leads, when it is another voter.
+fn off_preferred(
+    registry: &ShardRegistry,
+    shard: &Shard,
+    m: &RaftMetrics<TypeConfig>,
+) -> Option<NodeId> {
+    // A shard being moved is the placement driver's to lead around.
+    if m.state != ServerState::Leader || registry.moving(shard.id) {
+        return None;
+    }
+    let preferred = registry.map().preferred_leader(shard.id)?;
+    (preferred != registry.node_id() && m.membership_config.voter_ids().any(|v| v == preferred))
+        .then_some(preferred)
+}
+
+/// The replica this leader should hand its leadership to now, if any: the preferred one,
+/// when it acknowledged a heartbeat within `liveness` and holds every log entry.
+pub fn transfer_target(
+    registry: &ShardRegistry,
+    shard: &Shard,
+    m: &RaftMetrics<TypeConfig>,
+    liveness: Duration,
+) -> Option<NodeId> {
+    let preferred = off_preferred(registry, shard, m)?;
+    let heard_recently = m
+        .heartbeat
+        .as_ref()
+        .and_then(|h| h.get(&preferred).cloned().flatten())
+        .is_some_and(|acked| acked.elapsed() < liveness);
+    let matched =
+        m.replication.as_ref().and_then(|r| r.get(&preferred).cloned().flatten()).map(|l| l.index);
+    (heard_recently && matched.is_some() && matched == m.last_log_index).then_some(preferred)
 }

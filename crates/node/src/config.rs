@@ -98,6 +98,10 @@ pub struct Args {
     /// How often to move leaderships to their preferred replicas; 0 turns balancing off.
     #[arg(long, env = "RINGKV_LEADER_BALANCE_INTERVAL_MS")]
     pub leader_balance_interval_ms: Option<u64>,
+    /// A shard idle (no request, every replica caught up) this long stops its Raft timers on
+    /// every replica until a request or a Raft message wakes it; 0 keeps every group awake.
+    #[arg(long, env = "RINGKV_QUIESCE_AFTER_MS")]
+    pub quiesce_after_ms: Option<u64>,
     /// How often shard leaders enforce topic retention and trim the watch history.
     #[arg(long, env = "RINGKV_RETENTION_INTERVAL_MS")]
     pub retention_interval_ms: Option<u64>,
@@ -164,6 +168,7 @@ pub struct RaftTuning {
     pub snapshot_after_entries: u64,
     pub log_entries_kept: u64,
     pub leader_balance_interval_ms: u64,
+    pub quiesce_after_ms: u64,
     pub retention_interval_ms: u64,
     pub watch_history_revisions: u64,
 }
@@ -177,6 +182,9 @@ impl Default for RaftTuning {
             snapshot_after_entries: 10_000,
             log_entries_kept: 1_000,
             leader_balance_interval_ms: 3_000,
+            // Long enough that a shard with steady traffic never pays a wake-up (the first
+            // request after quiescence waits one heartbeat round for the leader lease).
+            quiesce_after_ms: 2_000,
             retention_interval_ms: 1_000,
             // About what etcd's default compaction keeps on a busy cluster, and at most
             // ~100k small change records per shard.
@@ -411,6 +419,7 @@ impl NodeConfig {
             (args.snapshot_after_entries, &mut raft.snapshot_after_entries),
             (args.log_entries_kept, &mut raft.log_entries_kept),
             (args.leader_balance_interval_ms, &mut raft.leader_balance_interval_ms),
+            (args.quiesce_after_ms, &mut raft.quiesce_after_ms),
             (args.retention_interval_ms, &mut raft.retention_interval_ms),
             (args.watch_history_revisions, &mut raft.watch_history_revisions),
         ];

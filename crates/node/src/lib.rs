@@ -47,6 +47,7 @@ pub mod meta;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod quiesce;
 pub mod raft_service;
 pub mod read_barrier;
 pub mod read_pool;

@@ -171,6 +171,8 @@ impl Membership for MembershipService {
     ) -> Result<Response<StepReply>, Status> {
         let req = req.into_inner();
         let shard = self.leader_for(req.cluster_id, req.shard_id)?;
+        // A membership change is a write: a quiesced leader wakes and renews its lease.
+        shard.on_request(true, CHANGE_TIMEOUT).await;
         let m = shard.metrics();
         let membership = m.membership_config.membership();
         if membership.voter_ids().any(|v| v == req.node_id) {
@@ -196,6 +198,8 @@ impl Membership for MembershipService {
     ) -> Result<Response<StepReply>, Status> {
         let req = req.into_inner();
         let shard = self.leader_for(req.cluster_id, req.shard_id)?;
+        // A membership change is a write: a quiesced leader wakes and renews its lease.
+        shard.on_request(true, CHANGE_TIMEOUT).await;
         let m = shard.metrics();
         let voters: BTreeSet<NodeId> = req.voters.iter().copied().collect();
         let config = m.membership_config.membership().get_joint_config().clone();
@@ -236,6 +240,8 @@ impl Membership for MembershipService {
     ) -> Result<Response<StepReply>, Status> {
         let req = req.into_inner();
         let shard = self.leader_for(req.cluster_id, req.shard_id)?;
+        // A membership change is a write: a quiesced leader wakes and renews its lease.
+        shard.on_request(true, CHANGE_TIMEOUT).await;
         let m = shard.metrics();
         let membership = m.membership_config.membership();
         if !membership.learner_ids().any(|l| l == req.node_id) {

@@ -106,6 +106,7 @@ pub struct NodeMetrics {
     pub retention_proposals: Counter,
     /// Replicas this node holds (meta group included).
     replicas: Gauge,
+    quiesced: Gauge,
     /// The shards whose gauges are set, so a replica that moved away stops being reported.
     reported: Arc<Mutex<std::collections::BTreeSet<u64>>>,
 }
@@ -136,6 +137,7 @@ impl NodeMetrics {
             events_appended: Counter::default(),
             retention_proposals: Counter::default(),
             replicas: Gauge::default(),
+            quiesced: Gauge::default(),
             reported: Arc::default(),
         };
         {
@@ -188,6 +190,11 @@ impl NodeMetrics {
                 "Replicas this node holds (meta group included)",
                 m.replicas.clone(),
             );
+            r.register(
+                "replicas_quiesced",
+                "Replicas whose group sleeps (no ticks, no heartbeats) because it is idle",
+                m.quiesced.clone(),
+            );
         }
         m
     }
@@ -224,6 +231,8 @@ impl NodeMetrics {
     pub fn refresh(&self, registry: &ShardRegistry) {
         let shards = registry.shards();
         self.replicas.set(i64::try_from(registry.replica_ids().len()).unwrap_or(i64::MAX));
+        let quiesced = shards.iter().filter(|s| s.quiet.is_quiet()).count();
+        self.quiesced.set(i64::try_from(quiesced).unwrap_or(i64::MAX));
         let now: std::collections::BTreeSet<u64> = shards.iter().map(|s| s.id).collect();
         {
             let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());

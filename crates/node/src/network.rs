@@ -32,6 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -128,6 +129,8 @@ pub struct ShardNetwork {
     pub from: NodeId,
     pub cluster_id: u64,
     pub pool: PeerPool,
+    /// This replica's wake count as leader, stamped on every message (see `crate::quiesce`).
+    pub leader_wakes: Arc<AtomicU64>,
 }
 
 /// A shard's client to one peer.
@@ -138,6 +141,7 @@ pub struct ShardPeer {
     target: NodeId,
     pool: PeerPool,
     client: Result<RaftClient<Channel>, String>,
+    leader_wakes: Arc<AtomicU64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
@@ -156,6 +160,7 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
             target,
             pool: self.pool.clone(),
             client,
+            leader_wakes: self.leader_wakes.clone(),
         }
     }
 }
@@ -202,6 +207,7 @@ impl ShardPeer {
             sent_at_unix_ms: unix_ms(),
             cluster_id: self.cluster_id,
             to_node_id: self.target,
+            leader_wakes: self.leader_wakes.load(Ordering::SeqCst),
         })
     }
 
@@ -271,6 +277,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
     {
         let (shard, from, cluster_id, to) = (self.shard, self.from, self.cluster_id, self.target);
         let client = self.client();
+        let wakes = self.leader_wakes.clone();
         Box::pin(async move {
             let mut client = client?;
             // An entry that cannot be encoded ends the outbound stream; openraft then sees the
@@ -284,6 +291,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                         sent_at_unix_ms: unix_ms(),
                         cluster_id,
                         to_node_id: to,
+                        leader_wakes: wakes.load(Ordering::SeqCst),
                     })
                 })
                 .take_while(|r| futures::future::ready(r.is_ok()))

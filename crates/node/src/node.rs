@@ -298,6 +298,22 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             Duration::from_millis(cfg.raft.election_timeout_min_ms),
         ));
     }
+    if cfg.raft.quiesce_after_ms > 0 {
+        let t = cfg.raft;
+        let heartbeat = Duration::from_millis(t.heartbeat_interval_ms);
+        let election_min = Duration::from_millis(t.election_timeout_min_ms);
+        background.push(crate::quiesce::spawn(
+            // Each ping may take half the silence after which a peer is taken for dead.
+            crate::quiesce::Pinger::new(registry.clone(), election_min / 2),
+            crate::quiesce::Quiescer::new(
+                registry.clone(),
+                Duration::from_millis(t.quiesce_after_ms),
+                election_min,
+                election_min / 2,
+            ),
+            heartbeat,
+        ));
+    }
     if cfg.raft.retention_interval_ms > 0 {
         background.push(crate::retention::spawn(
             registry.clone(),

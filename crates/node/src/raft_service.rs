@@ -15,7 +15,10 @@ use crate::wire;
 use futures::StreamExt;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use ringkv_proto::internal::raft_server::Raft as RaftRpc;
-use ringkv_proto::internal::{RaftReply, RaftRequest, SnapshotChunk, raft_reply};
+use ringkv_proto::internal::{
+    PingReply, PingRequest, QuiesceReply, QuiesceRequest, RaftReply, RaftRequest, SnapshotChunk,
+    raft_reply,
+};
 use ringkv_storage::type_config::{SnapshotMeta, Vote};
 use ringkv_storage::{SnapshotFile, TypeConfig};
 use serde::Serialize;
@@ -23,6 +26,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
+
+/// Requests of one replication stream whose arrival is remembered until replied to (openraft
+/// keeps far fewer in flight).
+const STREAM_ARRIVALS_MAX: usize = 4096;
 
 /// Largest snapshot accepted from a peer, so a runaway sender cannot fill the disk.
 pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
@@ -82,6 +89,23 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// Why a sleeping replica refuses a pre-vote, if it does: it is the leader, which is
+    /// alive by definition (it wakes and heartbeats, so the candidate hears from it), or a
+    /// follower whose leader's node answers pings (see `PeerLiveness::alive`).
+    async fn sleeping_refusal(&self, shard: &Shard) -> Option<String> {
+        if shard.quiet.is_quiet_leader() {
+            shard.wake_leader().await;
+            return Some(format!("node {} leads this shard and is alive", self.registry.node_id()));
+        }
+        let leader = shard.quiet.quiet_leader()?;
+        self.registry
+            .peers()
+            .alive(leader)
+            .then(|| format!("the leader, node {leader}, answers pings: it is alive"))
+    }
+}
+
 fn ok<T: Serialize>(value: &T) -> RaftReply {
     match wire::encode(value) {
         Ok(p) => RaftReply { result: Some(raft_reply::Result::Payload(p.into())) },
@@ -116,7 +140,9 @@ impl RaftRpc for RaftService {
         ) {
             (Ok(shard), Ok(rpc)) => {
                 shard.note_leader_contact(req.sent_at_unix_ms, &rpc);
-                match shard.raft.append_entries(rpc).await {
+                let handled = shard.raft.append_entries(rpc).await;
+                shard.after_append(req.from_node_id, req.leader_wakes);
+                match handled {
                     Ok(resp) => ok(&resp),
                     Err(e) => err(e),
                 }
@@ -140,6 +166,11 @@ impl RaftRpc for RaftService {
         let shard = self.target(&first).map_err(Status::failed_precondition)?;
         let shard_id = first.shard_id;
         let contact = shard.clone();
+        // Each request's sender and wake stamp, consumed by its reply (replies come in request
+        // order): see `Shard::after_append`. Bounded in case a session ends without replying
+        // to everything.
+        let arrivals = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let arrived = arrivals.clone();
         // Decode errors or a message for another shard end the inbound stream; the leader sees
         // the replies stop and opens a new session.
         let requests = futures::stream::once(futures::future::ready(Ok(first)))
@@ -151,10 +182,21 @@ impl RaftRpc for RaftService {
                 futures::future::ready(m.ok().and_then(|m| {
                     let rpc = wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok()?;
                     contact.note_leader_contact(m.sent_at_unix_ms, &rpc);
+                    let mut q = arrived.lock().unwrap_or_else(|p| p.into_inner());
+                    if q.len() >= STREAM_ARRIVALS_MAX {
+                        q.pop_front();
+                    }
+                    q.push_back((m.from_node_id, m.leader_wakes));
                     Some(rpc)
                 }))
             });
-        let replies = shard.raft.stream_append(requests).map(|r| {
+        let woken = shard.clone();
+        let replies = shard.raft.stream_append(requests).map(move |r| {
+            // A reply means its request was handled.
+            let arrival = arrivals.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            if let Some((from, wakes)) = arrival {
+                woken.after_append(from, wakes);
+            }
             Ok(match r {
                 Ok(result) => ok(&result),
                 Err(fatal) => err(fatal),
@@ -167,7 +209,12 @@ impl RaftRpc for RaftService {
         let req = req.into_inner();
         let reply = match (self.voter(&req), wire::decode::<VoteRequest<TypeConfig>>(&req.payload))
         {
-            (Ok(shard), Ok(rpc)) => reply(shard.raft.vote(rpc).await),
+            (Ok(shard), Ok(rpc)) => {
+                let sleeps = shard.quiet.sleeps();
+                let handled = shard.raft.vote(rpc).await;
+                shard.after_raft_message(sleeps);
+                reply(handled)
+            }
             (Err(e), _) | (_, Err(e)) => err(e),
         };
         Ok(Response::new(reply))
@@ -177,7 +224,15 @@ impl RaftRpc for RaftService {
         let req = req.into_inner();
         let reply = match (self.voter(&req), wire::decode::<VoteRequest<TypeConfig>>(&req.payload))
         {
-            (Ok(shard), Ok(rpc)) => reply(shard.raft.pre_vote(rpc).await),
+            (Ok(shard), Ok(rpc)) => {
+                if let Some(refused) = self.sleeping_refusal(&shard).await {
+                    return Ok(Response::new(err(refused)));
+                }
+                let sleeps = shard.quiet.sleeps();
+                let handled = shard.raft.pre_vote(rpc).await;
+                shard.after_raft_message(sleeps);
+                reply(handled)
+            }
             (Err(e), _) | (_, Err(e)) => err(e),
         };
         Ok(Response::new(reply))
@@ -192,7 +247,12 @@ impl RaftRpc for RaftService {
             self.voter(&req),
             wire::decode::<TransferLeaderRequest<TypeConfig>>(&req.payload),
         ) {
-            (Ok(shard), Ok(rpc)) => reply(shard.raft.handle_transfer_leader(rpc).await),
+            (Ok(shard), Ok(rpc)) => {
+                let sleeps = shard.quiet.sleeps();
+                let handled = shard.raft.handle_transfer_leader(rpc).await;
+                shard.after_raft_message(sleeps);
+                reply(handled)
+            }
             (Err(e), _) | (_, Err(e)) => err(e),
         };
         Ok(Response::new(reply))
@@ -219,11 +279,35 @@ impl RaftRpc for RaftService {
             return Err(e);
         }
         let snapshot = openraft::storage::Snapshot { meta, snapshot: SnapshotFile { path } };
-        let reply = match shard.raft.install_full_snapshot(vote, snapshot).await {
+        let sleeps = shard.quiet.sleeps();
+        let installed = shard.raft.install_full_snapshot(vote, snapshot).await;
+        shard.after_raft_message(sleeps);
+        let reply = match installed {
             Ok(resp) => ok(&resp),
             Err(e) => err(e),
         };
         Ok(Response::new(reply))
+    }
+
+    async fn quiesce(
+        &self,
+        req: Request<QuiesceRequest>,
+    ) -> Result<Response<QuiesceReply>, Status> {
+        let req = req.into_inner();
+        let accepted = self.addressed_here(req.cluster_id, req.to_node_id).and_then(|()| {
+            let shard = self.registry.raft(req.shard_id)?;
+            crate::quiesce::accept(&self.registry, &shard, &req)
+        });
+        Ok(Response::new(match accepted {
+            Ok(()) => QuiesceReply { accepted: true, reason: String::new() },
+            Err(reason) => QuiesceReply { accepted: false, reason },
+        }))
+    }
+
+    async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        let req = req.into_inner();
+        self.addressed_here(req.cluster_id, req.to_node_id).map_err(Status::failed_precondition)?;
+        Ok(Response::new(PingReply { boot_id: self.registry.boot_id() }))
     }
 }
 

@@ -47,6 +47,9 @@ struct Inner {
     /// The meta leader's address as a node that holds no meta replica last found it.
     meta_leader: Mutex<Option<String>>,
     lifecycle: tokio::sync::Mutex<()>,
+    /// Random per process start (see `crate::quiesce`).
+    boot_id: u64,
+    peers: crate::quiesce::PeerLiveness,
 }
 
 impl ShardRegistry {
@@ -58,6 +61,7 @@ impl ShardRegistry {
         pool: PeerPool,
     ) -> Result<Self, PlacementError> {
         let map = initial_map(&identity)?;
+        let dead_after = Duration::from_millis(raft_config.election_timeout_max);
         Ok(ShardRegistry {
             inner: Arc::new(Inner {
                 identity,
@@ -71,8 +75,22 @@ impl ShardRegistry {
                 shards: RwLock::new(HashMap::new()),
                 meta_leader: Mutex::new(None),
                 lifecycle: tokio::sync::Mutex::new(()),
+                boot_id: rand::random(),
+                // A peer silent for the longest election timeout is taken for dead: a sleeping
+                // group's failover then takes about as long as an awake group's.
+                peers: crate::quiesce::PeerLiveness::new(dead_after),
             }),
         })
+    }
+
+    /// What this node's pings know of its peers (see `crate::quiesce`).
+    pub fn peers(&self) -> &crate::quiesce::PeerLiveness {
+        &self.inner.peers
+    }
+
+    /// Random per process start: peers see a restart as a new value.
+    pub fn boot_id(&self) -> u64 {
+        self.inner.boot_id
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -249,11 +267,13 @@ impl ShardRegistry {
             identity::store_replicas(storage, &set).await.map_err(io)?;
         }
         let sm = storage.state_machine(shard).map_err(io)?;
+        let leader_wakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let network = ShardNetwork {
             shard,
             from: self.node_id(),
             cluster_id: self.cluster_id(),
             pool: self.inner.pool.clone(),
+            leader_wakes: leader_wakes.clone(),
         };
         let raft = openraft::Raft::new(
             self.node_id(),
@@ -273,6 +293,7 @@ impl ShardRegistry {
             sm,
             storage.reader(shard),
             self.inner.read_pool.clone(),
+            leader_wakes,
         ));
         self.inner.shards.write().unwrap_or_else(|p| p.into_inner()).insert(shard, replica.clone());
         Ok(replica)

@@ -24,6 +24,7 @@
 //! index" (a new leader's commit index lags until it commits an entry of its own term).
 
 use crate::error::NodeError;
+use crate::quiesce::Quiet;
 use crate::read_barrier::{ReadBarrier, ReadFailure};
 use crate::read_pool::ReadPool;
 use openraft::async_runtime::WatchReceiver;
@@ -55,6 +56,8 @@ pub struct Shard {
     read_pool: ReadPool,
     freshness: Mutex<Freshness>,
     reads: ReadBarrier,
+    /// Whether the group sleeps on this replica (see `crate::quiesce`).
+    pub quiet: Quiet,
 }
 
 /// When this replica's applied state was last known to hold everything committed: the
@@ -82,6 +85,7 @@ impl Shard {
         state_machine: ShardStateMachine,
         reader: ShardReader,
         read_pool: ReadPool,
+        leader_wakes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         Shard {
             id,
@@ -92,7 +96,52 @@ impl Shard {
             reader,
             read_pool,
             freshness: Mutex::new(Freshness::default()),
+            quiet: Quiet::new(leader_wakes),
         }
+    }
+
+    /// Wakes a quiesced leader and sends a heartbeat round at once. Returns whether it slept.
+    pub async fn wake_leader(&self) -> bool {
+        let woke = self.quiet.wake_leader(&self.raft);
+        if woke {
+            let _ = self.raft.trigger().heartbeat().await;
+        }
+        woke
+    }
+
+    /// A request for this replica: keeps the group awake and wakes it if it slept. With
+    /// `lease`, a woken leader waits (within `timeout`) until a quorum acknowledged it again,
+    /// since openraft refuses writes while its lease is expired; on timeout the request goes
+    /// on and fails the way it would have.
+    pub async fn on_request(&self, lease: bool, timeout: Duration) {
+        if !self.quiet.activity(&self.raft) {
+            return;
+        }
+        let _ = self.raft.trigger().heartbeat().await;
+        if lease {
+            let lease = Duration::from_millis(self.raft.config().election_timeout_min);
+            let _ = self
+                .raft
+                .wait(Some(timeout))
+                .metrics(
+                    |m| m.last_quorum_acked.as_ref().is_some_and(|acked| acked.elapsed() < lease),
+                    "a quorum acknowledged the woken leader",
+                )
+                .await;
+        }
+    }
+
+    /// A Raft message for this replica was handled; `sleeps_before` is
+    /// `self.quiet.sleeps()` taken when it arrived. A group asleep since before then wakes
+    /// (only now, after the message, see `crate::quiesce`).
+    pub fn after_raft_message(&self, sleeps_before: u64) {
+        self.quiet.wake_on_message(&self.raft, sleeps_before);
+    }
+
+    /// An AppendEntries from `from`, stamped with its wake count `leader_wakes`, was handled:
+    /// a sleeping replica wakes if the sender woke since it went to sleep, or is another node.
+    pub fn after_append(&self, from: NodeId, leader_wakes: u64) {
+        self.quiet.wake_on_append(&self.raft, from, leader_wakes);
     }
 
     /// Runs a read of this replica's applied state off the async runtime, bounded by the
@@ -237,6 +286,9 @@ impl Shard {
         timeout: Duration,
     ) -> Result<CommandResult, NodeError> {
         let waited_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let started = std::time::Instant::now();
+        self.on_request(true, timeout).await;
+        let timeout = timeout.saturating_sub(started.elapsed());
         let result = tokio::time::timeout(timeout, self.raft.client_write(proposal))
             .await
             .map_err(|_| NodeError::Timeout { shard: self.id, what: "write", waited_ms })?;
@@ -264,6 +316,9 @@ impl Shard {
         consistency: Consistency,
         timeout: Duration,
     ) -> Result<(), NodeError> {
+        let started = std::time::Instant::now();
+        self.on_request(consistency == Consistency::Lease, timeout).await;
+        let timeout = timeout.saturating_sub(started.elapsed());
         let policy = match consistency {
             Consistency::Stale => {
                 // Even stale reads must come from a running shard (not a stopped, corrupt one)

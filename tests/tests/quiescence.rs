@@ -1,0 +1,217 @@
+//! Quiescence on real processes: idle shards stop their timers on every replica and stay
+//! stable (no elections while nobody sends heartbeats); a request wakes a shard and is
+//! served; a quiesced leader's death (or pause) is noticed by node-pair pings and the
+//! followers elect; no shard sleeps while a follower lags; a quiesced follower that restarts
+//! does not depose the healthy leaders it follows.
+
+use anyhow::{Result, ensure};
+use ringkv_proto::v1::{Consistency, GetRequest, RaftRole};
+use ringkv_tests::{Cluster, Tuning, wait_for};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const QUIESCE_AFTER_MS: u64 = 300;
+
+fn tuning() -> Tuning {
+    Tuning { quiesce_after_ms: QUIESCE_AFTER_MS, ..Tuning::default() }
+}
+
+/// (shard → (leader, term)) as the leaders report it, data shards only.
+async fn leaders_and_terms(c: &Cluster) -> HashMap<u64, (u64, u64)> {
+    let mut out = HashMap::new();
+    for id in c.running() {
+        if let Ok(st) = c.status(id).await {
+            for s in st.shards {
+                if s.role == RaftRole::Leader as i32 && s.shard_id < c.shard_count() {
+                    out.insert(s.shard_id, (id, s.term));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits until every data replica on every running node is quiesced; on timeout says which
+/// are awake (node, shard, role, term).
+async fn wait_all_quiet(c: &Cluster, timeout: Duration) -> Result<()> {
+    let awake = std::sync::Mutex::new(Vec::new());
+    let waited = wait_for(timeout, "every data replica quiesced", || async {
+        let mut now = Vec::new();
+        for id in c.running() {
+            let st = c.status(id).await.ok()?;
+            let data: Vec<_> = st.shards.iter().filter(|s| s.shard_id < c.shard_count()).collect();
+            if data.is_empty() {
+                return None;
+            }
+            now.extend(data.iter().filter(|s| !s.quiesced).map(|s| {
+                format!("node {id} shard {} role {} term {}", s.shard_id, s.role, s.term)
+            }));
+        }
+        let done = now.is_empty();
+        *awake.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        done.then_some(())
+    })
+    .await;
+    waited.map_err(|e| {
+        let awake = awake.lock().unwrap_or_else(|p| p.into_inner()).join("; ");
+        e.context(format!("awake: {awake}"))
+    })
+}
+
+/// Runs `body` on `c`; on failure keeps the node logs and says where.
+async fn keeping_logs<F>(c: &Cluster, body: F) -> Result<()>
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    let result = body.await;
+    if result.is_err() {
+        let kept = std::env::temp_dir().join(format!("ringkv-quiescence-{}", std::process::id()));
+        if c.copy_logs(&kept).is_ok() {
+            return result.map_err(|e| e.context(format!("node logs kept in {}", kept.display())));
+        }
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_shards_sleep_without_elections_and_wake_for_requests() -> Result<()> {
+    let c = Cluster::start(3, 8, 3, tuning()).await?;
+    keeping_logs(&c, sleep_and_wake(&c)).await
+}
+
+async fn sleep_and_wake(c: &Cluster) -> Result<()> {
+    c.wait_for_rf(Duration::from_secs(60)).await?;
+    c.wait_for_leaders(Duration::from_secs(30)).await?;
+    for s in 0..c.shard_count() {
+        let key = c.key_in_shard(s, "before");
+        c.put(&key, b"v1", Duration::from_secs(20)).await?;
+    }
+    wait_all_quiet(c, Duration::from_secs(60)).await?;
+    let asleep = leaders_and_terms(c).await;
+    ensure!(asleep.len() as u64 == c.shard_count(), "a shard without a leader: {asleep:?}");
+    // The gauge follows within a metrics refresh.
+    wait_for(Duration::from_secs(10), "node 1's ringkv_replicas_quiesced above 0", || async {
+        let metrics = c.metrics(1).await.ok()?;
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ringkv_replicas_quiesced ") && !l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await?;
+
+    // STALE reads served by sleeping followers leave them asleep (woken alone, a follower
+    // would start an election against its healthy leader).
+    for (&s, &(leader, _)) in &asleep {
+        let key = c.key_in_shard(s, "before");
+        for node in c.running().into_iter().filter(|&n| n != leader) {
+            let req =
+                GetRequest { key: key.clone().into(), consistency: Consistency::Stale as i32 };
+            let got = c.kv(node).await?.get(req).await?.into_inner();
+            ensure!(got.kv.is_some(), "stale read of shard {s} at follower {node}");
+        }
+    }
+    // Three maximal election timeouts without a heartbeat: a follower whose election timer
+    // still ran would have started an election (a new term) by now. This is an observation
+    // window, not a synchronisation: nothing is awaited.
+    tokio::time::sleep(Duration::from_millis(3 * tuning().election_max_ms)).await;
+    let now = leaders_and_terms(c).await;
+    ensure!(now == asleep, "an election happened while quiesced: {asleep:?} became {now:?}");
+
+    // Every kind of request wakes its shard and is served.
+    for s in 0..c.shard_count() {
+        let key = c.key_in_shard(s, "before");
+        let got = c.get(&key, Consistency::Lease, Duration::from_secs(20)).await?;
+        ensure!(got.kv.is_some_and(|kv| kv.value.as_ref() == b"v1"), "lease read of shard {s}");
+    }
+    wait_all_quiet(c, Duration::from_secs(60)).await?;
+    for s in 0..c.shard_count() {
+        let key = c.key_in_shard(s, "after");
+        c.put(&key, b"v2", Duration::from_secs(20)).await?;
+        let got = c.get(&key, Consistency::Linearizable, Duration::from_secs(20)).await?;
+        ensure!(got.kv.is_some_and(|kv| kv.value.as_ref() == b"v2"), "read back in shard {s}");
+    }
+    // Waking is not an election: the same leaders, in the same terms.
+    let now = leaders_and_terms(c).await;
+    ensure!(now == asleep, "waking a shard moved its leadership: {asleep:?} became {now:?}");
+    c.assert_checksums_equal(Duration::from_secs(30)).await?;
+    // And they sleep again.
+    wait_all_quiet(c, Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pings_replace_heartbeats_for_quiesced_shards() -> Result<()> {
+    let mut c = Cluster::start(3, 8, 3, tuning()).await?;
+    c.wait_for_rf(Duration::from_secs(60)).await?;
+    c.wait_for_leaders(Duration::from_secs(30)).await?;
+    wait_all_quiet(&c, Duration::from_secs(60)).await?;
+
+    // A node stops answering (SIGSTOP): the shards it led elect elsewhere (their followers'
+    // pings go unanswered), every shard takes writes, and none goes to sleep while it has a
+    // follower that acknowledges nothing.
+    let paused = 3;
+    c.signal(paused, nix::sys::signal::Signal::SIGSTOP)?;
+    for s in 0..c.shard_count() {
+        let key = c.key_in_shard(s, "while-paused");
+        c.put(&key, b"v", Duration::from_secs(30)).await?;
+    }
+    // An observation window of several quiesce periods, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(6 * QUIESCE_AFTER_MS)).await;
+    for id in [1, 2] {
+        let st = c.status(id).await?;
+        let asleep: Vec<u64> = st
+            .shards
+            .iter()
+            .filter(|s| s.shard_id < c.shard_count() && s.quiesced)
+            .map(|s| s.shard_id)
+            .collect();
+        ensure!(asleep.is_empty(), "node {id} sleeps in {asleep:?} while node {paused} lags");
+    }
+    c.signal(paused, nix::sys::signal::Signal::SIGCONT)?;
+    wait_all_quiet(&c, Duration::from_secs(60)).await?;
+
+    // A follower restarts: the leaders it follows notice (a new boot id, or silence) and
+    // wake, so it hears from them before its election timer fires: no shard led elsewhere
+    // changes leader or term.
+    let before = leaders_and_terms(&c).await;
+    let follower = 3;
+    c.kill(follower)?;
+    c.restart(follower).await?;
+    wait_for(Duration::from_secs(60), "the restarted follower caught up", || async {
+        let st = c.status(follower).await.ok()?;
+        let data: Vec<_> = st.shards.iter().filter(|s| s.shard_id < c.shard_count()).collect();
+        (!data.is_empty() && data.iter().all(|s| s.leader_id.is_some_and(|l| l != 0))).then_some(())
+    })
+    .await?;
+    let after = leaders_and_terms(&c).await;
+    for (shard, &(leader, term)) in &before {
+        if leader != follower {
+            ensure!(
+                after.get(shard) == Some(&(leader, term)),
+                "shard {shard} was led by {leader} in term {term} and is now {:?}: the restarted \
+                 follower deposed it",
+                after.get(shard)
+            );
+        }
+    }
+
+    // A leader dies while its shards sleep: its followers notice through the pings and elect.
+    wait_all_quiet(&c, Duration::from_secs(60)).await?;
+    let leaders = leaders_and_terms(&c).await;
+    let victim = leaders.values().map(|&(l, _)| l).max().unwrap_or(1);
+    let led: Vec<u64> = leaders.iter().filter(|(_, v)| v.0 == victim).map(|(&s, _)| s).collect();
+    ensure!(!led.is_empty(), "node {victim} leads nothing: {leaders:?}");
+    c.kill(victim)?;
+    for &s in &led {
+        let key = c.key_in_shard(s, "after-leader-died");
+        c.put(&key, b"v", Duration::from_secs(30)).await?;
+    }
+    let now = leaders_and_terms(&c).await;
+    for &s in &led {
+        ensure!(
+            now.get(&s).is_some_and(|&(l, _)| l != victim),
+            "shard {s} has no new leader: {now:?}"
+        );
+    }
+    Ok(())
+}
