@@ -29,6 +29,11 @@ pub struct IdlePoint {
     pub cpu_cores: f64,
     pub rss_mib: f64,
     pub window_s: f64,
+    pub quiesce_after_ms: u64,
+    /// One write per shard right after the window (each shard idle, asleep if quiescence is
+    /// on, for the whole window): the median and the slowest, ms. The same on every node's row.
+    pub wake_write_p50_ms: f64,
+    pub wake_write_max_ms: f64,
 }
 
 /// User plus system CPU seconds a process has used so far.
@@ -64,15 +69,18 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-/// Measures `nodes` idle nodes holding `shards` shards at `rf`, over `window` after `settle`.
+/// Measures `nodes` idle nodes holding `shards` shards at `rf`, over `window` after `settle`,
+/// then the first write to every shard.
 pub async fn measure(
     nodes: u64,
     shards: u32,
     rf: u32,
     settle: Duration,
     window: Duration,
+    quiesce_after_ms: u64,
 ) -> Result<Vec<IdlePoint>> {
-    let cluster = lab::start_cluster(nodes, shards, rf, None).await?;
+    let tuning = ringkv_tests::Tuning { quiesce_after_ms, ..ringkv_tests::Tuning::default() };
+    let cluster = lab::start_cluster_tuned(nodes, shards, rf, None, tuning).await?;
     tokio::time::sleep(settle).await;
     let ids = cluster.running();
     let mut before = Vec::new();
@@ -83,16 +91,36 @@ pub async fn measure(
     let start = Instant::now();
     tokio::time::sleep(window).await;
     let window_s = start.elapsed().as_secs_f64();
-    let mut points = Vec::new();
+    let mut samples = Vec::new();
     for (id, pid, cpu0) in before {
-        let cpu = cpu_seconds(pid)? - cpu0;
+        samples.push((id, cpu_seconds(pid)? - cpu0, rss_bytes(pid)?));
+    }
+    // One at a time, so each write meets its shard as the window left it.
+    let mut wake_ms = Vec::new();
+    for shard in 0..u64::from(shards) {
+        let key = cluster.key_in_shard(shard, "idle-wake");
+        let started = Instant::now();
+        cluster
+            .put(&key, b"w", Duration::from_secs(10))
+            .await
+            .map_err(|s| anyhow::anyhow!("first write to shard {shard}: {s}"))?;
+        wake_ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    wake_ms.sort_by(f64::total_cmp);
+    let p50 = wake_ms.get(wake_ms.len() / 2).copied().unwrap_or(0.0);
+    let max = wake_ms.last().copied().unwrap_or(0.0);
+    let mut points = Vec::new();
+    for (id, cpu, rss) in samples {
         points.push(IdlePoint {
             shards,
             rf,
             node: id,
             cpu_cores: cpu / window_s,
-            rss_mib: rss_bytes(pid)? as f64 / (1024.0 * 1024.0),
+            rss_mib: rss as f64 / (1024.0 * 1024.0),
             window_s,
+            quiesce_after_ms,
+            wake_write_p50_ms: p50,
+            wake_write_max_ms: max,
         });
     }
     Ok(points)
@@ -101,7 +129,7 @@ pub async fn measure(
 /// A markdown table of the points, one row per shard count (mean and worst node).
 pub fn table(points: &[IdlePoint]) -> String {
     let mut out = String::from(
-        "| shards | RF | nodes | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) |\n|---:|---:|---:|---:|---:|\n",
+        "| shards | RF | nodes | quiesce after, ms | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut counts: Vec<u32> = points.iter().map(|p| p.shards).collect();
     counts.dedup();
@@ -112,13 +140,16 @@ pub fn table(points: &[IdlePoint]) -> String {
         let rss: Vec<f64> = at.iter().map(|p| p.rss_mib).collect();
         let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         out.push_str(&format!(
-            "| {shards} | {} | {} | {:.1} / {:.1} | {:.0} / {:.0} |\n",
+            "| {shards} | {} | {} | {} | {:.1} / {:.1} | {:.0} / {:.0} | {:.1} / {:.1} |\n",
             at[0].rf,
             at.len(),
+            at[0].quiesce_after_ms,
             cpu.iter().sum::<f64>() / n,
             max(&cpu),
             rss.iter().sum::<f64>() / n,
             max(&rss),
+            at[0].wake_write_p50_ms,
+            at[0].wake_write_max_ms,
         ));
     }
     out

@@ -75,6 +75,17 @@ pub async fn start_cluster(
     rf: u32,
     net_delay_ms: Option<u32>,
 ) -> Result<Cluster> {
+    start_cluster_tuned(nodes, shards, rf, net_delay_ms, Tuning::default()).await
+}
+
+/// [`start_cluster`] with the nodes' tuning given.
+pub async fn start_cluster_tuned(
+    nodes: u64,
+    shards: u32,
+    rf: u32,
+    net_delay_ms: Option<u32>,
+    tuning: Tuning,
+) -> Result<Cluster> {
     let lab = match net_delay_ms {
         None => None,
         Some(ms) => {
@@ -86,7 +97,7 @@ pub async fn start_cluster(
             Some(lab)
         }
     };
-    let c = Cluster::start_in(nodes, shards, rf, Tuning::default(), lab).await?;
+    let c = Cluster::start_in(nodes, shards, rf, tuning, lab).await?;
     c.wait_for_leaders(Duration::from_secs(60)).await?;
     Ok(c)
 }

@@ -167,6 +167,9 @@ enum Sweep {
         /// Seconds measured.
         #[arg(long, default_value_t = 30)]
         window: u64,
+        /// The nodes' `--quiesce-after-ms` (0: idle shards stay awake, for a before/after).
+        #[arg(long, default_value_t = 2_000)]
+        quiesce_after_ms: u64,
         /// Results folder (`idle/idle.json` and `idle/idle.md` in it).
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
@@ -458,11 +461,11 @@ async fn main() -> Result<()> {
                 finish(&dir, title, &runs, &cols)?;
                 ringkv_bench::scale::plot(&dir.join("scale.svg"), title, &phases)
             }
-            Sweep::Idle { nodes, shards, rf, settle, window, out } => {
+            Sweep::Idle { nodes, shards, rf, settle, window, quiesce_after_ms, out } => {
                 let mut points = Vec::new();
                 for &n in &shards {
                     println!(
-                        "idle: {nodes} nodes, {n} shards, RF {rf}: settling {settle} s, measuring {window} s"
+                        "idle: {nodes} nodes, {n} shards, RF {rf}, quiesce after {quiesce_after_ms} ms: settling {settle} s, measuring {window} s"
                     );
                     let at = ringkv_bench::idle::measure(
                         nodes,
@@ -470,6 +473,7 @@ async fn main() -> Result<()> {
                         rf,
                         Duration::from_secs(settle),
                         Duration::from_secs(window),
+                        quiesce_after_ms,
                     )
                     .await?;
                     points.extend(at);

@@ -554,57 +554,59 @@ impl Cluster {
     }
 
     /// Waits until every replica of every shard, per the current map, reports the same
-    /// checksum at the same applied index (writes must have stopped).
+    /// checksum at the same applied index (writes must have stopped). The map is read again on
+    /// every try: moves may still be finishing, and a replica that moved away is no longer
+    /// compared. On timeout it says what each replica last answered and keeps the node logs.
     pub async fn assert_checksums_equal(&self, timeout: Duration) -> Result<()> {
-        let map = self.current_map().await?;
-        for s in &map.shards {
-            let mut slots = Vec::new();
-            for r in &s.replicas {
-                slots.push(self.slot_of(*r).await.with_context(|| {
-                    format!("replica {r} of shard {} is not running", s.shard_id)
-                })?);
-            }
-            let shard = s.shard_id;
-            // What each replica last answered, so a timeout says whether a replica lags
-            // (applied index), diverged (same index, other checksum) or does not answer.
-            let last = Mutex::new(String::new());
-            let waited = wait_for(timeout, &format!("equal checksums on shard {shard}"), || {
-                let slots = slots.clone();
-                let last = &last;
-                async move {
+        let last = Mutex::new(String::new());
+        let waited = wait_for(timeout, "equal checksums on every shard", || {
+            let last = &last;
+            async move {
+                let map = self.current_map().await.ok()?;
+                for s in &map.shards {
                     let mut sums = Vec::new();
                     let mut seen = Vec::new();
-                    for (r, slot) in s.replicas.iter().zip(slots) {
-                        match self.checksum(slot, shard).await {
+                    for &r in &s.replicas {
+                        let answer = match self.slot_of(r).await {
+                            Some(slot) => self.checksum(slot, s.shard_id).await,
+                            None => Err(anyhow!("not running")),
+                        };
+                        match answer {
                             Ok(x) => {
                                 seen.push(format!(
                                     "node {r}: applied {} checksum {:x}",
                                     x.applied_index, x.checksum
                                 ));
-                                sums.push(x);
+                                sums.push((x.applied_index, x.checksum));
                             }
                             Err(e) => seen.push(format!("node {r}: {e:#}")),
                         }
                     }
-                    *last.lock().unwrap_or_else(|p| p.into_inner()) = seen.join("; ");
-                    if sums.len() < s.replicas.len() {
+                    let equal =
+                        sums.len() == s.replicas.len() && sums.windows(2).all(|w| w[0] == w[1]);
+                    if !equal {
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = format!(
+                            "shard {} at map epoch {}: {}",
+                            s.shard_id,
+                            map.epoch,
+                            seen.join("; ")
+                        );
                         return None;
                     }
-                    let first = (sums[0].applied_index, sums[0].checksum);
-                    sums.iter().all(|x| (x.applied_index, x.checksum) == first).then_some(())
                 }
-            })
-            .await;
-            if let Err(e) = waited {
-                let seen = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let kept =
-                    std::env::temp_dir().join(format!("ringkv-checksums-{}", std::process::id()));
-                let kept = match self.copy_logs(&kept) {
-                    Ok(()) => format!("node logs kept in {}", kept.display()),
-                    Err(c) => format!("node logs not kept: {c:#}"),
-                };
-                bail!("{e:#}; last seen: {seen}; {kept}");
+                Some(())
             }
+        })
+        .await;
+        if let Err(e) = waited {
+            let seen = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let kept =
+                std::env::temp_dir().join(format!("ringkv-checksums-{}", std::process::id()));
+            let kept = match self.copy_logs(&kept) {
+                Ok(()) => format!("node logs kept in {}", kept.display()),
+                Err(c) => format!("node logs not kept: {c:#}"),
+            };
+            bail!("{e:#}; last seen: {seen}; {kept}");
         }
         Ok(())
     }

@@ -97,6 +97,7 @@ pub async fn print(map: &ShardMap, json_out: bool) -> Result<()> {
                     "node": n, "role": role(st.role), "term": st.term, "applied": st.applied_index,
                     "lag": leader_applied.map(|l| l.saturating_sub(st.applied_index)),
                     "fault": (!st.fault.is_empty()).then_some(&st.fault),
+                    "quiesced": st.quiesced,
                 }),
                 None => json!({ "node": n, "role": "unreachable" }),
             })
@@ -123,7 +124,10 @@ pub async fn print(map: &ShardMap, json_out: bool) -> Result<()> {
         map.shard_count,
         map.replication_factor
     );
-    println!("{:<6} {:<7} {:<6} REPLICAS (node:role term applied lag)", "SHARD", "LEADER", "TERM");
+    println!(
+        "{:<6} {:<7} {:<6} REPLICAS (node:role term applied lag; zz: asleep, idle)",
+        "SHARD", "LEADER", "TERM"
+    );
     for r in &rows {
         let leader = r["leader"].as_u64().map_or("-".to_string(), |l| l.to_string());
         let term = r["replicas"]
@@ -136,12 +140,13 @@ pub async fn print(map: &ShardMap, json_out: bool) -> Result<()> {
                 a.iter()
                     .map(|x| match x["applied"].as_u64() {
                         Some(applied) => format!(
-                            "{}:{} t{} a{} lag {}",
+                            "{}:{} t{} a{} lag {}{}",
                             x["node"],
                             x["role"].as_str().unwrap_or("?"),
                             x["term"],
                             applied,
-                            x["lag"].as_u64().map_or("-".into(), |l| l.to_string())
+                            x["lag"].as_u64().map_or("-".into(), |l| l.to_string()),
+                            if x["quiesced"].as_bool() == Some(true) { " zz" } else { "" }
                         ),
                         None => format!("{}:unreachable", x["node"]),
                     })

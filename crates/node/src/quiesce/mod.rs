@@ -1,0 +1,76 @@
+//! Quiescence: an idle shard stops its Raft timers on every replica, so a node can hold
+//! thousands of shards that cost nothing while nobody uses them (TiKV's hibernate regions,
+//! CockroachDB's quiescence).
+//!
+//! **Why.** An awake openraft group ticks every ~1/5 of the heartbeat interval on every
+//! replica and its leader sends a heartbeat to every follower each interval: 128 idle shards
+//! on 3 nodes kept a fifth of a core busy per node. A quiesced group has its ticker parked
+//! (`runtime_config().tick(false)`): no wake-ups, no heartbeats, no election timeouts.
+//!
+//! **Going quiet** (leader-driven, [`Quiescer::round`]). The leader of a group that served no
+//! request for `quiesce_after`, whose every voter has acknowledged it recently and holds its
+//! last log entry, that has applied everything of its own term, has a uniform membership with
+//! no learners and no replica move, and that the leader balancer would not hand away, asks
+//! each follower to quiesce, naming its term and last index. A follower agrees only if it
+//! follows that leader in that term and has applied exactly that index; it then turns off its
+//! ticker (and with it its election timer). When all agreed and nothing happened on the
+//! leader meanwhile, the leader turns off its heartbeats and ticker. A follower that agreed
+//! while the leader did not finish is woken by the leader's next heartbeat.
+//!
+//! **Waking.** A Raft message handled by a quiesced replica wakes it, *after* the message was
+//! handled: a follower's election timer counts from the last leader contact, which was long
+//! ago; turned on first, it would start an election at once instead of taking the leader's
+//! message. But only a message sent after the sleep began: the leader stamps every message
+//! with how many times it woke, and names that count when it asks to sleep, so a heartbeat
+//! still in flight when the follower agreed does not wake it (it would then hear from no one
+//! and depose the sleeping leader; the chaos of a loaded test machine found this). A request at a quiesced leader (write, read, membership change, leader
+//! transfer) wakes it and sends a heartbeat round at once; writes and lease reads then wait
+//! for a quorum to acknowledge it, since openraft refuses writes while the leader lease
+//! (renewed only by acknowledgements) has expired.
+//!
+//! **Failure detection without heartbeats** ([`Pinger`]). One ping per node pair and
+//! heartbeat interval replaces the heartbeats of every quiesced group between the two nodes.
+//! A ping answers with the peer's boot id (random per process start). A follower whose
+//! leader's node stops answering for an election timeout, or restarted (its groups no longer
+//! lead), wakes the groups that node led, which then elect as usual. A leader whose follower
+//! restarted or stopped answering wakes too, so the restarted follower hears a heartbeat
+//! before its own election timer fires and does not depose a healthy leader.
+//!
+//! The meta group never quiesces: every node syncs with it each interval anyway.
+//!
+//! The parts: [`Quiet`] (one replica's state and its transitions), [`Quiescer`] (the leader
+//! side), [`Pinger`] and [`PeerLiveness`] (node-pair failure detection).
+
+mod pinger;
+mod quiescer;
+mod quiet;
+
+pub use pinger::{PeerLiveness, Pinger};
+pub use quiescer::{Quiescer, accept, follower_may_quiesce};
+pub use quiet::Quiet;
+
+use std::time::Duration;
+
+/// Runs the quiescer and the pinger until aborted. The pinger runs every `interval`
+/// (the heartbeat interval); the quiescer every few.
+pub fn spawn(
+    mut pinger: Pinger,
+    quiescer: Quiescer,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            pinger.round().await;
+            // The quiescer's checks walk every group's metrics: a few times per second is
+            // plenty for a decision measured in seconds of idleness.
+            if n.is_multiple_of(4) {
+                quiescer.round().await;
+            }
+            n += 1;
+        }
+    })
+}

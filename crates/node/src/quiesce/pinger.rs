@@ -1,0 +1,205 @@
+//! Node-pair failure detection for sleeping groups: one ping per peer and heartbeat interval,
+//! answered with the peer's boot id.
+
+use crate::registry::ShardRegistry;
+use crate::shard::Shard;
+use ringkv_placement::NodeId;
+use ringkv_proto::internal::PingRequest;
+use ringkv_proto::internal::raft_client::RaftClient;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the pinger knows of one peer node.
+#[derive(Debug)]
+struct Peer {
+    boot_id: Option<u64>,
+    /// The last sign of life: an answered ping, or a quiesce request from it.
+    last_ok: Instant,
+    /// Pings failed in a row.
+    failures: u32,
+}
+
+/// Pings failed in a row, besides `dead_after` of silence, before a peer is taken for dead:
+/// one slow answer on a loaded machine must not cost an election.
+const PING_FAILURES_MAX: u32 = 3;
+
+/// Node-pair liveness, shared by the pinger (which updates it) and the Raft service (which
+/// asks it before letting a sleeping replica take part in an election).
+#[derive(Debug)]
+pub struct PeerLiveness {
+    dead_after: Duration,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+}
+
+impl PeerLiveness {
+    pub fn new(dead_after: Duration) -> Self {
+        PeerLiveness { dead_after, peers: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Peer>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A sign of life from `node` other than a ping (a quiesce request).
+    pub fn contact(&self, node: NodeId) {
+        let mut peers = self.lock();
+        let p = peers.entry(node).or_insert(Peer {
+            boot_id: None,
+            last_ok: Instant::now(),
+            failures: 0,
+        });
+        p.last_ok = Instant::now();
+        p.failures = 0;
+    }
+
+    /// Whether `node` showed life within the dead-after window. While it does, a sleeping
+    /// replica refuses pre-votes, as an awake follower does while its leader lease holds:
+    /// the lease of a sleeping follower has long expired (nothing renews it), so without
+    /// this one follower that wrongly thought its leader dead could win the other's vote and
+    /// depose a healthy leader.
+    pub fn alive(&self, node: NodeId) -> bool {
+        self.lock().get(&node).is_some_and(|p| p.last_ok.elapsed() < self.dead_after)
+    }
+
+    /// Records a ping's outcome; returns whether the peer is lost (restarted, or silent for
+    /// `dead_after` and `PING_FAILURES_MAX` pings).
+    fn record(&self, node: NodeId, result: Result<u64, String>) -> bool {
+        let now = Instant::now();
+        let mut peers = self.lock();
+        let p = peers.entry(node).or_insert(Peer { boot_id: None, last_ok: now, failures: 0 });
+        match result {
+            Ok(boot) => {
+                let restarted = p.boot_id.is_some_and(|b| b != boot);
+                p.boot_id = Some(boot);
+                p.last_ok = now;
+                p.failures = 0;
+                restarted
+            }
+            Err(_) => {
+                p.failures = p.failures.saturating_add(1);
+                p.failures >= PING_FAILURES_MAX && p.last_ok.elapsed() >= self.dead_after
+            }
+        }
+    }
+
+    fn retain(&self, watched: &HashMap<NodeId, (String, Vec<Arc<Shard>>)>) {
+        self.lock().retain(|p, _| watched.contains_key(p));
+    }
+}
+
+/// Node-pair liveness for quiesced groups (see the module comment).
+pub struct Pinger {
+    registry: ShardRegistry,
+    rpc_timeout: Duration,
+}
+
+impl Pinger {
+    pub fn new(registry: ShardRegistry, rpc_timeout: Duration) -> Self {
+        Pinger { registry, rpc_timeout }
+    }
+
+    /// The peers quiesced groups here depend on, with an address, and the groups per peer.
+    fn watched(&self) -> HashMap<NodeId, (String, Vec<Arc<Shard>>)> {
+        let me = self.registry.node_id();
+        let mut out: HashMap<NodeId, (String, Vec<Arc<Shard>>)> = HashMap::new();
+        for shard in self.registry.shards() {
+            let peers: BTreeSet<NodeId> = if let Some(leader) = shard.quiet.quiet_leader() {
+                BTreeSet::from([leader])
+            } else if shard.quiet.is_quiet_leader() {
+                shard.metrics().membership_config.voter_ids().filter(|&v| v != me).collect()
+            } else {
+                continue;
+            };
+            let m = shard.metrics();
+            for peer in peers {
+                let Some(node) = m.membership_config.membership().get_node(&peer) else {
+                    continue;
+                };
+                out.entry(peer)
+                    .or_insert_with(|| (node.addr.clone(), Vec::new()))
+                    .1
+                    .push(shard.clone());
+            }
+        }
+        out
+    }
+
+    async fn ping(&self, peer: NodeId, addr: &str) -> Result<u64, String> {
+        let ch = self.registry.pool().channel(peer, addr)?;
+        let mut req = tonic::Request::new(PingRequest {
+            cluster_id: self.registry.cluster_id(),
+            from_node_id: self.registry.node_id(),
+            to_node_id: peer,
+        });
+        req.set_timeout(self.rpc_timeout);
+        let reply = tokio::time::timeout(self.rpc_timeout, RaftClient::new(ch).ping(req))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|s| s.message().to_string())?;
+        Ok(reply.into_inner().boot_id)
+    }
+
+    /// Pings every watched peer once; wakes the groups of peers that restarted or are silent.
+    /// Returns how many groups it woke.
+    pub async fn round(&mut self) -> usize {
+        let watched = self.watched();
+        let liveness = self.registry.peers();
+        liveness.retain(&watched);
+        let this = &*self;
+        let pings = watched
+            .iter()
+            .map(|(&peer, (addr, _))| async move { (peer, this.ping(peer, addr).await) });
+        let results = futures::future::join_all(pings).await;
+        let mut woken = 0;
+        for (peer, result) in results {
+            if !liveness.record(peer, result) {
+                continue;
+            }
+            let groups = &watched[&peer].1;
+            for shard in groups {
+                if shard.quiet.wake(&shard.raft) {
+                    let _ = shard.raft.trigger().heartbeat().await;
+                }
+                woken += 1;
+            }
+            tracing::info!(
+                peer,
+                groups = groups.len(),
+                "peer restarted or silent: woke the groups sleeping on it"
+            );
+        }
+        woken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerLiveness;
+    use std::time::Duration;
+
+    #[test]
+    fn a_peer_is_lost_when_it_restarts_or_stays_silent() {
+        let l = PeerLiveness::new(Duration::ZERO);
+        assert!(!l.record(1, Ok(7)), "the first answer only learns the boot id");
+        assert!(!l.record(1, Ok(7)));
+        assert!(l.record(1, Ok(8)), "a new boot id is a restart");
+        // Silence counts only after several failed pings in a row, however long it lasted.
+        assert!(!l.record(1, Err("timed out".into())));
+        assert!(!l.record(1, Err("timed out".into())));
+        assert!(l.record(1, Err("timed out".into())));
+        assert!(!l.record(1, Ok(8)), "an answer resets the count");
+        assert!(!l.record(1, Err("timed out".into())));
+    }
+
+    #[test]
+    fn silence_must_also_last_the_dead_after_window() {
+        let l = PeerLiveness::new(Duration::from_secs(3600));
+        l.contact(2);
+        assert!(l.alive(2));
+        for _ in 0..10 {
+            assert!(!l.record(2, Err("refused".into())), "three failures within the window");
+        }
+        assert!(!l.alive(3), "never heard of");
+    }
+}

@@ -1,0 +1,188 @@
+//! The leader side of quiescence: finds idle groups this node leads, asks their followers,
+//! and puts the leader to sleep when all agreed; and the follower's answer.
+
+use crate::registry::ShardRegistry;
+use crate::shard::Shard;
+use futures::StreamExt;
+use openraft::{Instant as _, ServerState};
+use ringkv_placement::NodeId;
+use ringkv_placement::cluster::META_SHARD;
+use ringkv_proto::internal::QuiesceRequest;
+use ringkv_proto::internal::raft_client::RaftClient;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Groups asked to quiesce at once per round, so one round's RPCs stay bounded.
+const QUIESCE_IN_FLIGHT_MAX: usize = 32;
+
+/// Whether a follower may quiesce at the request of `leader` in `term` with `last_index`.
+pub fn follower_may_quiesce(
+    shard: &Shard,
+    leader: NodeId,
+    term: u64,
+    last_index: u64,
+) -> Result<(), String> {
+    let m = shard.metrics();
+    if m.running_state.is_err() {
+        return Err("replica stopped".into());
+    }
+    if m.state != ServerState::Follower && m.state != ServerState::Learner {
+        return Err(format!("replica is {:?}", m.state));
+    }
+    if m.current_term != term || m.current_leader != Some(leader) {
+        return Err(format!(
+            "replica follows {:?} in term {}, not {leader} in term {term}",
+            m.current_leader, m.current_term
+        ));
+    }
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    if m.last_log_index != Some(last_index) || applied != last_index {
+        return Err(format!(
+            "replica has log up to {:?} and applied {applied}, not {last_index}",
+            m.last_log_index
+        ));
+    }
+    Ok(())
+}
+
+/// Handles a quiesce request on a follower.
+pub fn accept(registry: &ShardRegistry, shard: &Shard, req: &QuiesceRequest) -> Result<(), String> {
+    let leader = req.from_node_id;
+    follower_may_quiesce(shard, leader, req.term, req.last_index)?;
+    registry.peers().contact(leader);
+    shard.quiet.quiesce_follower(&shard.raft, leader, req.leader_wakes);
+    Ok(())
+}
+
+/// What a leader asks its followers, if its group may quiesce now.
+struct Candidate {
+    shard: Arc<Shard>,
+    term: u64,
+    last_index: u64,
+    /// (node, address) of every follower.
+    followers: Vec<(NodeId, String)>,
+    active_at_ms: u64,
+    /// The leader's wake count as it asks.
+    wakes: u64,
+}
+
+/// The leader-side part: finds idle groups this node leads and quiesces them.
+pub struct Quiescer {
+    registry: ShardRegistry,
+    quiesce_after: Duration,
+    /// How recent every follower's last acknowledgement must be.
+    ack_within: Duration,
+    rpc_timeout: Duration,
+}
+
+impl Quiescer {
+    pub fn new(
+        registry: ShardRegistry,
+        quiesce_after: Duration,
+        ack_within: Duration,
+        rpc_timeout: Duration,
+    ) -> Self {
+        Quiescer { registry, quiesce_after, ack_within, rpc_timeout }
+    }
+
+    fn candidate(&self, shard: &Arc<Shard>) -> Option<Candidate> {
+        if shard.id == META_SHARD || shard.quiet.is_quiet() {
+            return None;
+        }
+        let active_at_ms = shard.quiet.active_at_ms();
+        if shard.quiet.idle_for() < self.quiesce_after || self.registry.moving(shard.id) {
+            return None;
+        }
+        let me = self.registry.node_id();
+        let m = shard.metrics();
+        if m.state != ServerState::Leader || m.running_state.is_err() {
+            return None;
+        }
+        let last_index = m.last_log_index?;
+        let applied = m.last_applied.as_ref()?;
+        // Everything applied, including the leader's own blank entry of this term.
+        if applied.index != last_index || applied.leader_id.term != m.current_term {
+            return None;
+        }
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() != 1 || membership.learner_ids().next().is_some() {
+            return None;
+        }
+        let heartbeat = m.heartbeat.as_ref()?;
+        let replication = m.replication.as_ref()?;
+        let mut followers = Vec::new();
+        for id in membership.voter_ids().filter(|&v| v != me) {
+            let acked = heartbeat.get(&id).cloned().flatten()?;
+            let matched = replication.get(&id).cloned().flatten()?;
+            if acked.elapsed() >= self.ack_within || matched.index != last_index {
+                return None;
+            }
+            followers.push((id, membership.get_node(&id)?.addr.clone()));
+        }
+        // The balancer would hand this leadership to its preferred replica: let it first.
+        if crate::balancer::transfer_target(&self.registry, shard, &m, self.ack_within).is_some() {
+            return None;
+        }
+        Some(Candidate {
+            shard: shard.clone(),
+            term: m.current_term,
+            last_index,
+            followers,
+            active_at_ms,
+            wakes: shard.quiet.wakes(),
+        })
+    }
+
+    async fn ask(&self, c: &Candidate, to: NodeId, addr: &str) -> Result<(), String> {
+        let ch = self.registry.pool().channel(to, addr)?;
+        let mut req = tonic::Request::new(QuiesceRequest {
+            cluster_id: self.registry.cluster_id(),
+            from_node_id: self.registry.node_id(),
+            to_node_id: to,
+            shard_id: c.shard.id,
+            term: c.term,
+            last_index: c.last_index,
+            leader_wakes: c.wakes,
+        });
+        req.set_timeout(self.rpc_timeout);
+        let reply = tokio::time::timeout(self.rpc_timeout, RaftClient::new(ch).quiesce(req))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        if reply.accepted { Ok(()) } else { Err(reply.reason) }
+    }
+
+    async fn try_quiesce(&self, c: Candidate) -> bool {
+        let asks = c.followers.iter().map(|(to, addr)| self.ask(&c, *to, addr));
+        let answers = futures::future::join_all(asks).await;
+        let m = c.shard.metrics();
+        let declined = answers.iter().find_map(|a| a.as_ref().err());
+        // Still the leader of the same term with nothing new, and everyone agreed: otherwise
+        // those that agreed must wake on this leader's next heartbeat or append.
+        if declined.is_some()
+            || m.state != ServerState::Leader
+            || m.current_term != c.term
+            || m.last_log_index != Some(c.last_index)
+        {
+            if let Some(e) = declined {
+                tracing::debug!(shard = c.shard.id, reason = %e, "a follower declined to quiesce");
+            }
+            c.shard.quiet.bump_wakes();
+            return false;
+        }
+        c.shard.quiet.quiesce_leader(&c.shard.raft, c.active_at_ms)
+    }
+
+    /// One pass over the groups this node leads; returns how many quiesced.
+    pub async fn round(&self) -> usize {
+        let candidates: Vec<Candidate> =
+            self.registry.shards().iter().filter_map(|s| self.candidate(s)).collect();
+        futures::stream::iter(candidates)
+            .map(|c| self.try_quiesce(c))
+            .buffer_unordered(QUIESCE_IN_FLIGHT_MAX)
+            .filter(|&q| futures::future::ready(q))
+            .count()
+            .await
+    }
+}
