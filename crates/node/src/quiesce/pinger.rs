@@ -6,7 +6,7 @@ use crate::shard::Shard;
 use ringkv_placement::NodeId;
 use ringkv_proto::internal::PingRequest;
 use ringkv_proto::internal::raft_client::RaftClient;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,25 +101,10 @@ impl Pinger {
 
     /// The peers quiesced groups here depend on, with an address, and the groups per peer.
     fn watched(&self) -> HashMap<NodeId, (String, Vec<Arc<Shard>>)> {
-        let me = self.registry.node_id();
         let mut out: HashMap<NodeId, (String, Vec<Arc<Shard>>)> = HashMap::new();
         for shard in self.registry.shards() {
-            let peers: BTreeSet<NodeId> = if let Some(leader) = shard.quiet.quiet_leader() {
-                BTreeSet::from([leader])
-            } else if shard.quiet.is_quiet_leader() {
-                shard.metrics().membership_config.voter_ids().filter(|&v| v != me).collect()
-            } else {
-                continue;
-            };
-            let m = shard.metrics();
-            for peer in peers {
-                let Some(node) = m.membership_config.membership().get_node(&peer) else {
-                    continue;
-                };
-                out.entry(peer)
-                    .or_insert_with(|| (node.addr.clone(), Vec::new()))
-                    .1
-                    .push(shard.clone());
+            for (peer, addr) in shard.quiet.sleeping_with() {
+                out.entry(peer).or_insert_with(|| (addr, Vec::new())).1.push(shard.clone());
             }
         }
         out

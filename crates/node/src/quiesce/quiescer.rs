@@ -50,7 +50,14 @@ pub fn accept(registry: &ShardRegistry, shard: &Shard, req: &QuiesceRequest) -> 
     let leader = req.from_node_id;
     follower_may_quiesce(shard, leader, req.term, req.last_index)?;
     registry.peers().contact(leader);
-    shard.quiet.quiesce_follower(&shard.raft, leader, req.leader_wakes);
+    let addr = shard
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.addr.clone())
+        .ok_or_else(|| format!("the leader, node {leader}, is not in this replica's membership"))?;
+    shard.quiet.quiesce_follower(&shard.raft, (leader, addr), req.leader_wakes);
     Ok(())
 }
 
@@ -171,7 +178,7 @@ impl Quiescer {
             c.shard.quiet.bump_wakes();
             return false;
         }
-        c.shard.quiet.quiesce_leader(&c.shard.raft, c.active_at_ms)
+        c.shard.quiet.quiesce_leader(&c.shard.raft, c.active_at_ms, &c.followers)
     }
 
     /// One pass over the groups this node leads; returns how many quiesced.

@@ -31,7 +31,10 @@ pub struct Quiet {
     /// messages with a higher count were sent after it woke.
     leader_wakes: AtomicU64,
     epoch: Instant,
-    transitions: Mutex<()>,
+    /// Serializes transitions; holds the peers (id, address) the sleep depends on: the
+    /// leader for a follower, the followers for a leader (the pinger watches them without
+    /// reading the group's metrics).
+    transitions: Mutex<Vec<(NodeId, String)>>,
 }
 
 impl Quiet {
@@ -45,7 +48,7 @@ impl Quiet {
             wakes,
             leader_wakes: AtomicU64::new(0),
             epoch: Instant::now(),
-            transitions: Mutex::new(()),
+            transitions: Mutex::new(Vec::new()),
         }
     }
 
@@ -78,7 +81,7 @@ impl Quiet {
             }
         }
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(NodeId, String)>> {
         self.transitions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -101,6 +104,14 @@ impl Quiet {
             return;
         }
         self.wake(raft);
+    }
+
+    /// The peers this replica's sleep depends on (empty when awake).
+    pub fn sleeping_with(&self) -> Vec<(NodeId, String)> {
+        if !self.is_quiet() {
+            return Vec::new();
+        }
+        self.lock().clone()
     }
 
     /// Whether the group is quiesced on this replica.
@@ -182,8 +193,15 @@ impl Quiet {
 
     /// Quiesces this follower (the leader checked everything else; the caller checked the
     /// replica follows it and is caught up).
-    pub(super) fn quiesce_follower(&self, raft: &ShardRaft, leader: NodeId, leader_wakes: u64) {
-        let _g = self.lock();
+    pub(super) fn quiesce_follower(
+        &self,
+        raft: &ShardRaft,
+        leader: (NodeId, String),
+        leader_wakes: u64,
+    ) {
+        let mut peers = self.lock();
+        let (leader, addr) = leader;
+        *peers = vec![(leader, addr)];
         self.sleeps.fetch_add(1, Ordering::SeqCst);
         self.leader.store(leader, Ordering::SeqCst);
         self.leader_wakes.store(leader_wakes, Ordering::SeqCst);
@@ -194,8 +212,13 @@ impl Quiet {
     }
 
     /// Quiesces this leader unless a request arrived since `idle_since_ms`.
-    pub(super) fn quiesce_leader(&self, raft: &ShardRaft, active_at_ms: u64) -> bool {
-        let _g = self.lock();
+    pub(super) fn quiesce_leader(
+        &self,
+        raft: &ShardRaft,
+        active_at_ms: u64,
+        followers: &[(NodeId, String)],
+    ) -> bool {
+        let mut peers = self.lock();
         if self.mode.load(Ordering::SeqCst) != AWAKE {
             return false;
         }
@@ -207,6 +230,7 @@ impl Quiet {
             return false;
         }
         self.sleeps.fetch_add(1, Ordering::SeqCst);
+        *peers = followers.to_vec();
         let rc = raft.runtime_config();
         rc.heartbeat(false);
         rc.tick(false);
