@@ -55,8 +55,7 @@ pub struct Tuning {
     pub moves_per_node_max: usize,
     /// Snapshot bytes per second a node sends (0: unpaced).
     pub snapshot_send_bytes_per_sec: u64,
-    /// An idle shard quiesces after this long (0: never). The node's default, so every
-    /// test runs with quiescence as a user would.
+    /// An idle shard quiesces after this long (0: never, the node's default).
     pub quiesce_after_ms: u64,
 }
 
@@ -77,7 +76,7 @@ impl Default for Tuning {
             moves_max: 8,
             moves_per_node_max: 2,
             snapshot_send_bytes_per_sec: 0,
-            quiesce_after_ms: 2_000,
+            quiesce_after_ms: 0,
         }
     }
 }

@@ -182,9 +182,9 @@ impl Default for RaftTuning {
             snapshot_after_entries: 10_000,
             log_entries_kept: 1_000,
             leader_balance_interval_ms: 3_000,
-            // Long enough that a shard with steady traffic never pays a wake-up (the first
-            // request after quiescence waits one heartbeat round for the leader lease).
-            quiesce_after_ms: 2_000,
+            // Off by default until the STALE-read staleness bug the chaos campaign found with
+            // quiescence on is fixed (docs/chaos.md); 2_000 is the value measured and tested.
+            quiesce_after_ms: 0,
             retention_interval_ms: 1_000,
             // About what etcd's default compaction keeps on a busy cluster, and at most
             // ~100k small change records per shard.
