@@ -599,13 +599,7 @@ impl Cluster {
         .await;
         if let Err(e) = waited {
             let seen = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let kept =
-                std::env::temp_dir().join(format!("ringkv-checksums-{}", std::process::id()));
-            let kept = match self.copy_logs(&kept) {
-                Ok(()) => format!("node logs kept in {}", kept.display()),
-                Err(c) => format!("node logs not kept: {c:#}"),
-            };
-            bail!("{e:#}; last seen: {seen}; {kept}");
+            bail!("{e:#}; last seen: {seen}; {}", self.keep_logs("checksums"));
         }
         Ok(())
     }
@@ -762,6 +756,15 @@ impl Cluster {
             .map_err(|e| anyhow!("{e}\n{}", self.log_tail(n.id)))?;
         }
         Ok(())
+    }
+
+    /// Keeps the logs of a failing test in `$TMPDIR/ringkv-<tag>-<pid>` and says where.
+    pub fn keep_logs(&self, tag: &str) -> String {
+        let kept = std::env::temp_dir().join(format!("ringkv-{tag}-{}", std::process::id()));
+        match self.copy_logs(&kept) {
+            Ok(()) => format!("node logs kept in {}", kept.display()),
+            Err(c) => format!("node logs not kept: {c:#}"),
+        }
     }
 
     /// Copies the node and router logs into `to` (the cluster's own folder is removed on drop).

@@ -63,14 +63,7 @@ async fn keeping_logs<F>(c: &Cluster, body: F) -> Result<()>
 where
     F: std::future::Future<Output = Result<()>>,
 {
-    let result = body.await;
-    if result.is_err() {
-        let kept = std::env::temp_dir().join(format!("ringkv-quiescence-{}", std::process::id()));
-        if c.copy_logs(&kept).is_ok() {
-            return result.map_err(|e| e.context(format!("node logs kept in {}", kept.display())));
-        }
-    }
-    result
+    body.await.map_err(|e| e.context(c.keep_logs("quiescence")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
