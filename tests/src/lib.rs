@@ -26,6 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
 pub mod netns;
@@ -57,6 +58,8 @@ pub struct Tuning {
     pub snapshot_send_bytes_per_sec: u64,
     /// An idle shard quiesces after this long (0: never, the node's default).
     pub quiesce_after_ms: u64,
+    /// A replica older than this makes its node not ready.
+    pub ready_staleness_max_ms: u64,
 }
 
 impl Default for Tuning {
@@ -77,6 +80,7 @@ impl Default for Tuning {
             moves_per_node_max: 2,
             snapshot_send_bytes_per_sec: 0,
             quiesce_after_ms: 0,
+            ready_staleness_max_ms: 3_000,
         }
     }
 }
@@ -211,6 +215,16 @@ pub fn busiest(leaders: &HashMap<u64, u64>) -> Option<u64> {
 
 /// A client in router mode with a 20 s deadline per call (retries included), for tests that
 /// ride out failovers.
+/// What the gRPC health service at `addr` says of `service` ("" for the whole server).
+pub async fn health(addr: &str, service: &str) -> Result<ServingStatus> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel(addr).await?);
+    let reply = client
+        .check(tonic_health::pb::HealthCheckRequest { service: service.to_string() })
+        .await?
+        .into_inner();
+    Ok(ServingStatus::try_from(reply.status).unwrap_or(ServingStatus::Unknown))
+}
+
 pub async fn router_client(addr: &str) -> Result<ringkv_client::Client> {
     Ok(ringkv_client::Client::builder()
         .router(addr.to_string())
@@ -365,6 +379,8 @@ impl Cluster {
             .arg(t.snapshot_send_bytes_per_sec.to_string())
             .arg("--quiesce-after-ms")
             .arg(t.quiesce_after_ms.to_string())
+            .arg("--ready-staleness-max-ms")
+            .arg(t.ready_staleness_max_ms.to_string())
             .arg("--listen")
             .arg(n.addr.replace("localhost", "127.0.0.1"))
             .arg("--advertise-addr")
@@ -676,9 +692,10 @@ impl Cluster {
             .stderr(log)
             .spawn()?;
         let router = RouterProc { addr: addr.clone(), child };
-        wait_for(Duration::from_secs(30), "the router to serve", || {
+        // Serving starts before the router has found the cluster; ready means it has.
+        wait_for(Duration::from_secs(30), "the router to be ready", || {
             let addr = addr.clone();
-            async move { channel(&addr).await.ok().map(|_| ()) }
+            async move { (health(&addr, "").await.ok()? == ServingStatus::Serving).then_some(()) }
         })
         .await?;
         Ok(router)
@@ -779,6 +796,24 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// A node's whole log so far.
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
+    }
+
+    /// Waits until node `id`'s `/readyz` answers 200.
+    pub async fn wait_node_ready(&self, id: u64, timeout: Duration) -> Result<()> {
+        wait_for(timeout, &format!("node {id} to be ready"), || async move {
+            (self.readyz(id).await.ok()?.0 == 200).then_some(())
+        })
+        .await
+    }
+
+    /// Node `id`'s `/readyz`: the HTTP status and the body.
+    pub async fn readyz(&self, id: u64) -> Result<(u16, String)> {
+        http_status(&self.node(id).metrics_addr, "/readyz").await
     }
 
     /// The last lines of a node's log, for failure messages.
@@ -1046,6 +1081,11 @@ impl Drop for Cluster {
 /// The body of a plain HTTP/1.0 GET, bounded in time (the metrics endpoints are the only HTTP
 /// the harnesses read).
 pub async fn http_get(addr: &str, path: &str) -> Result<String> {
+    Ok(http_status(addr, path).await?.1)
+}
+
+/// GET `path` from `addr`: the status code and the body.
+pub async fn http_status(addr: &str, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -1057,7 +1097,12 @@ pub async fn http_get(addr: &str, path: &str) -> Result<String> {
     let text = tokio::time::timeout(Duration::from_secs(5), io)
         .await
         .map_err(|_| anyhow!("GET {path} from {addr} timed out"))??;
-    Ok(text.split_once("\r\n\r\n").map_or(text.clone(), |(_, body)| body.to_string()))
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .with_context(|| format!("GET {path} from {addr}: no status line in {text:?}"))?;
+    Ok((code, text.split_once("\r\n\r\n").map_or(text.clone(), |(_, body)| body.to_string())))
 }
 
 pub async fn channel(addr: &str) -> Result<Channel> {

@@ -102,6 +102,14 @@ pub struct Args {
     /// every replica until a request or a Raft message wakes it; 0 keeps every group awake.
     #[arg(long, env = "RINGKV_QUIESCE_AFTER_MS")]
     pub quiesce_after_ms: Option<u64>,
+    /// A replica whose state may be older than this (its STALE-read staleness) makes the
+    /// node not ready (`/readyz`, gRPC health): it is catching up or cut off from a quorum.
+    #[arg(long, env = "RINGKV_READY_STALENESS_MAX_MS")]
+    pub ready_staleness_max_ms: Option<u64>,
+    /// On SIGTERM, how long the node waits for its leaderships to move to other replicas
+    /// before it stops anyway (0: stop at once). Keep the pod's grace period above it.
+    #[arg(long, env = "RINGKV_SHUTDOWN_HANDOFF_MS")]
+    pub shutdown_handoff_ms: Option<u64>,
     /// How often shard leaders enforce topic retention and trim the watch history.
     #[arg(long, env = "RINGKV_RETENTION_INTERVAL_MS")]
     pub retention_interval_ms: Option<u64>,
@@ -169,6 +177,8 @@ pub struct RaftTuning {
     pub log_entries_kept: u64,
     pub leader_balance_interval_ms: u64,
     pub quiesce_after_ms: u64,
+    pub ready_staleness_max_ms: u64,
+    pub shutdown_handoff_ms: u64,
     pub retention_interval_ms: u64,
     pub watch_history_revisions: u64,
 }
@@ -185,6 +195,12 @@ impl Default for RaftTuning {
             // Off by default until the STALE-read staleness bug the chaos campaign found with
             // quiescence on is fixed (docs/chaos.md); 2_000 is the value measured and tested.
             quiesce_after_ms: 0,
+            // Ten election timeouts: an election or a burst of load never makes a node
+            // unready, a replica that fell behind (a restart, a partition) does.
+            ready_staleness_max_ms: 10_000,
+            // Moving leaderships away takes an election round per shard, done in parallel:
+            // well under a second on a LAN; the rest is slack for a loaded node.
+            shutdown_handoff_ms: 10_000,
             retention_interval_ms: 1_000,
             // About what etcd's default compaction keeps on a busy cluster, and at most
             // ~100k small change records per shard.
@@ -420,6 +436,8 @@ impl NodeConfig {
             (args.log_entries_kept, &mut raft.log_entries_kept),
             (args.leader_balance_interval_ms, &mut raft.leader_balance_interval_ms),
             (args.quiesce_after_ms, &mut raft.quiesce_after_ms),
+            (args.ready_staleness_max_ms, &mut raft.ready_staleness_max_ms),
+            (args.shutdown_handoff_ms, &mut raft.shutdown_handoff_ms),
             (args.retention_interval_ms, &mut raft.retention_interval_ms),
             (args.watch_history_revisions, &mut raft.watch_history_revisions),
         ];

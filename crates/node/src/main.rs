@@ -24,13 +24,20 @@ async fn main() -> anyhow::Result<()> {
         node.grpc_addr,
         node.metrics_addr.map(|a| a.to_string()).unwrap_or_default()
     );
+    let handoff = std::time::Duration::from_millis(node.handoff_ms);
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: handing leaderships off, then shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: handing leaderships off, then shutting down"),
         r = node.wait() => {
             r.map_err(|e| anyhow::anyhow!("gRPC server failed: {e}"))?;
         }
+    }
+    // A second signal skips the hand-off (an operator in a hurry).
+    tokio::select! {
+        _ = node.hand_off(handoff) => {}
+        _ = term.recv() => tracing::warn!("second SIGTERM: stopping without finishing the hand-off"),
+        _ = tokio::signal::ctrl_c() => tracing::warn!("second interrupt: stopping without finishing the hand-off"),
     }
     node.shutdown().await;
     tracing::info!("stopped");

@@ -11,6 +11,7 @@
 //! Snapshots stream as chunks of at most [`SNAPSHOT_CHUNK_BYTES`] with a CRC32 each, read from
 //! the snapshot file as they are sent (bounded memory on both sides).
 
+use crate::leader_clock::LeaderClock;
 use crate::wire;
 use futures::{StreamExt, TryStreamExt};
 use openraft::base::{BoxFuture, BoxStream};
@@ -131,6 +132,8 @@ pub struct ShardNetwork {
     pub pool: PeerPool,
     /// This replica's wake count as leader, stamped on every message (see `crate::quiesce`).
     pub leader_wakes: Arc<AtomicU64>,
+    /// The freshness stamps of AppendEntries (see `crate::leader_clock`).
+    pub clock: Arc<LeaderClock>,
 }
 
 /// A shard's client to one peer.
@@ -142,6 +145,7 @@ pub struct ShardPeer {
     pool: PeerPool,
     client: Result<RaftClient<Channel>, String>,
     leader_wakes: Arc<AtomicU64>,
+    clock: Arc<LeaderClock>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
@@ -161,6 +165,7 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
             pool: self.pool.clone(),
             client,
             leader_wakes: self.leader_wakes.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
@@ -197,14 +202,19 @@ impl ShardPeer {
         self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
     }
 
-    fn request<T: Serialize>(&self, msg: &T) -> Result<RaftRequest, RPCError<TypeConfig>> {
+    /// `sent_at_unix_ms`: the freshness claim for AppendEntries, the send time otherwise.
+    fn request<T: Serialize>(
+        &self,
+        msg: &T,
+        sent_at_unix_ms: u64,
+    ) -> Result<RaftRequest, RPCError<TypeConfig>> {
         let payload =
             wire::encode(msg).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
         Ok(RaftRequest {
             shard_id: self.shard,
             from_node_id: self.from,
             payload: payload.into(),
-            sent_at_unix_ms: unix_ms(),
+            sent_at_unix_ms,
             cluster_id: self.cluster_id,
             to_node_id: self.target,
             leader_wakes: self.leader_wakes.load(Ordering::SeqCst),
@@ -216,6 +226,7 @@ impl ShardPeer {
         &self,
         action: RPCTypes,
         req: &Req,
+        sent_at_unix_ms: u64,
         option: &RPCOption,
         call: F,
     ) -> Result<Resp, RPCError<TypeConfig>>
@@ -226,7 +237,7 @@ impl ShardPeer {
         Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
     {
         let ttl = option.hard_ttl();
-        let mut request = tonic::Request::new(self.request(req)?);
+        let mut request = tonic::Request::new(self.request(req, sent_at_unix_ms)?);
         request.set_timeout(ttl);
         let fut = call(self.client()?, request);
         match tokio::time::timeout(ttl, fut).await {
@@ -252,7 +263,8 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, r| async move {
+        let sent_at = self.clock.stamp(&rpc);
+        self.unary(RPCTypes::AppendEntries, &rpc, sent_at, &option, |mut c, r| async move {
             c.append_entries(r).await
         })
         .await
@@ -278,6 +290,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         let (shard, from, cluster_id, to) = (self.shard, self.from, self.cluster_id, self.target);
         let client = self.client();
         let wakes = self.leader_wakes.clone();
+        let clock = self.clock.clone();
         Box::pin(async move {
             let mut client = client?;
             // An entry that cannot be encoded ends the outbound stream; openraft then sees the
@@ -288,7 +301,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                         shard_id: shard,
                         from_node_id: from,
                         payload: p.into(),
-                        sent_at_unix_ms: unix_ms(),
+                        sent_at_unix_ms: clock.stamp(&req),
                         cluster_id,
                         to_node_id: to,
                         leader_wakes: wakes.load(Ordering::SeqCst),
@@ -310,7 +323,14 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, r| async move { c.vote(r).await }).await
+        self.unary(
+            RPCTypes::Vote,
+            &rpc,
+            unix_ms(),
+            &option,
+            |mut c, r| async move { c.vote(r).await },
+        )
+        .await
     }
 
     async fn pre_vote(
@@ -318,8 +338,10 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
-            .await
+        self.unary(RPCTypes::Vote, &rpc, unix_ms(), &option, |mut c, r| async move {
+            c.pre_vote(r).await
+        })
+        .await
     }
 
     async fn transfer_leader(
@@ -327,7 +349,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::TransferLeader, &req, &option, |mut c, r| async move {
+        self.unary(RPCTypes::TransferLeader, &req, unix_ms(), &option, |mut c, r| async move {
             c.transfer_leader(r).await
         })
         .await

@@ -71,6 +71,8 @@ pub enum StartError {
 pub struct NodeHandle {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// How long a SIGTERM may spend handing leaderships off (`shutdown_handoff_ms`).
+    pub handoff_ms: u64,
     pub registry: ShardRegistry,
     pub driver: Arc<Driver>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -100,6 +102,12 @@ impl NodeHandle {
                 self.server.abort();
             }
         }
+    }
+
+    /// Marks the node stopping and moves its leaderships to other replicas, for at most
+    /// `timeout` (see [`crate::handoff`]). Call before [`NodeHandle::shutdown`].
+    pub async fn hand_off(&self, timeout: Duration) -> crate::handoff::HandOff {
+        crate::handoff::hand_off_leaders(&self.registry, timeout).await
     }
 
     /// Waits until the server stops by itself (it only does on a fatal server error).
@@ -240,7 +248,11 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<KvServer<KvService>>().await;
+    let health = crate::health::Health::new(registry.clone(), cfg.raft.ready_staleness_max_ms);
+    // Not ready until the first check says so (a restarted node is still catching up).
+    for service in ["", "ringkv.v1.KV", "ringkv.v1.Streams"] {
+        health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
+    }
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
@@ -270,10 +282,10 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         });
     let server = tokio::spawn(server);
 
-    let mut background = Vec::new();
+    let mut background = vec![health.clone().spawn_reporter(health_reporter)];
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
-            let (addr, task) = crate::http::serve_metrics(addr, metrics.clone())
+            let (addr, task) = crate::http::serve(addr, metrics.clone(), health)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
             background.push(task);
@@ -355,6 +367,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     Ok(NodeHandle {
         grpc_addr,
         metrics_addr,
+        handoff_ms: cfg.raft.shutdown_handoff_ms,
         registry,
         driver,
         shutdown: Some(shutdown_tx),

@@ -191,17 +191,32 @@ impl RaftRpc for RaftService {
                 }))
             });
         let woken = shard.clone();
-        let replies = shard.raft.stream_append(requests).map(move |r| {
-            // A reply means its request was handled.
-            let arrival = arrivals.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-            if let Some((from, wakes)) = arrival {
-                woken.after_append(from, wakes);
-            }
-            Ok(match r {
-                Ok(result) => ok(&result),
-                Err(fatal) => err(fatal),
+        let mut stopped = false;
+        let replies = shard
+            .raft
+            .stream_append(requests)
+            .map(move |r| {
+                // A reply means its request was handled.
+                let arrival = arrivals.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                if let Some((from, wakes)) = arrival {
+                    woken.after_append(from, wakes);
+                }
+                r
             })
-        });
+            // A stopped group answers nothing more: end the stream after saying so, or the
+            // leader would keep it open and hold up this node's shutdown.
+            .take_while(move |r| {
+                let go_on = !stopped;
+                stopped |= r.is_err();
+                futures::future::ready(go_on)
+            })
+            .map(|r| {
+                Ok(match r {
+                    Ok(result) => ok(&result),
+                    Err(fatal) => err(fatal),
+                })
+            })
+            .take_until(self.registry.stopped());
         Ok(Response::new(Box::pin(replies)))
     }
 

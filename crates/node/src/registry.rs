@@ -14,6 +14,7 @@
 
 use crate::error::NodeError;
 use crate::identity::{self, Identity};
+use crate::leader_clock::LeaderClock;
 use crate::network::{PeerPool, ShardNetwork};
 use crate::read_pool::ReadPool;
 use crate::shard::Shard;
@@ -50,6 +51,11 @@ struct Inner {
     /// Random per process start (see `crate::quiesce`).
     boot_id: u64,
     peers: crate::quiesce::PeerLiveness,
+    /// Set once the node is shutting down (see `crate::handoff`): not ready, and it refuses
+    /// leaderships offered to it.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Set when every group is being stopped: open Raft streams end then (see `stopped`).
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl ShardRegistry {
@@ -79,6 +85,8 @@ impl ShardRegistry {
                 // A peer silent for the longest election timeout is taken for dead: a sleeping
                 // group's failover then takes about as long as an awake group's.
                 peers: crate::quiesce::PeerLiveness::new(dead_after),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                stopped: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -86,6 +94,19 @@ impl ShardRegistry {
     /// What this node's pings know of its peers (see `crate::quiesce`).
     pub fn peers(&self) -> &crate::quiesce::PeerLiveness {
         &self.inner.peers
+    }
+
+    pub fn raft_config(&self) -> &openraft::Config {
+        &self.inner.raft_config
+    }
+
+    /// Marks the node as shutting down (for good: a node never stops stopping).
+    pub fn set_stopping(&self) {
+        self.inner.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Random per process start: peers see a restart as a new value.
@@ -268,12 +289,14 @@ impl ShardRegistry {
         }
         let sm = storage.state_machine(shard).map_err(io)?;
         let leader_wakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let clock = Arc::new(LeaderClock::new(sm.applied_watch()));
         let network = ShardNetwork {
             shard,
             from: self.node_id(),
             cluster_id: self.cluster_id(),
             pool: self.inner.pool.clone(),
             leader_wakes: leader_wakes.clone(),
+            clock: clock.clone(),
         };
         let raft = openraft::Raft::new(
             self.node_id(),
@@ -286,6 +309,7 @@ impl ShardRegistry {
         .map_err(|e| {
             NodeError::Internal(format!("starting Raft for shard {}: {e}", shard_name(shard)))
         })?;
+        clock.attach(raft.metrics());
         let replica = Arc::new(Shard::new(
             shard,
             self.node_id(),
@@ -329,7 +353,18 @@ impl ShardRegistry {
     }
 
     /// Stops every group (shutdown).
+    /// Resolves once [`ShardRegistry::stop_all`] has begun. Long-lived Raft streams from
+    /// peers end then: an idle one would otherwise stay open and hold the server's graceful
+    /// shutdown until its deadline.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.stopped.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+
     pub async fn stop_all(&self) {
+        self.inner.stopped.send_replace(true);
         let stops = self.replicas().into_iter().map(|shard| async move {
             match tokio::time::timeout(STOP_TIMEOUT, shard.raft.shutdown()).await {
                 Ok(Ok(())) => {}

@@ -12,8 +12,9 @@
 //!   miss):
 //!   - a leader: the time since a quorum last acknowledged it (the send time of the heartbeat
 //!     they acknowledged), so a deposed leader cut off in a minority reports a growing age;
-//!   - a follower: the time since the leader *sent* a message whose commit index the follower
-//!     has since applied (the sender's wall clock, carried on every Raft message);
+//!   - a follower: the time since the leader's freshness stamp on a message whose commit index
+//!     the follower has since applied (the sender's wall clock: the last time the leader could
+//!     vouch for that commit index, never later than its send time; `crate::leader_clock`);
 //!   - a follower that has not caught up with a leader since it started refuses (UNAVAILABLE,
 //!     retried elsewhere by the router): its state is as old as its crash, or older.
 //!
@@ -21,7 +22,8 @@
 //! message arrived" (a follower catching up after a partition hears heartbeats long before it
 //! has the entries; a paused follower finds seconds-old messages queued on wake), "fresh since
 //! process start" (a restarted follower serves data from before its crash), and "any commit
-//! index" (a new leader's commit index lags until it commits an entry of its own term).
+//! index" (a new leader's commit index lags until it commits an entry of its own term), and
+//! "the send time" (openraft may hold a built request, and its commit index, for seconds).
 
 use crate::error::NodeError;
 use crate::quiesce::Quiet;
@@ -169,6 +171,12 @@ impl Shard {
         self.with_metrics(|m| m.membership_config.voter_ids().any(|v| v == self.node_id))
     }
 
+    /// How old this replica's state may be now (what a STALE read here would report), or
+    /// `None` if it has not caught up with a leader since it started.
+    pub fn staleness_now_ms(&self) -> Option<u64> {
+        self.with_metrics(|m| self.staleness_ms(m))
+    }
+
     /// The last log index this replica has applied.
     pub fn applied_index(&self) -> u64 {
         self.with_metrics(|m| m.last_applied.map_or(0, |l| l.index))
@@ -181,8 +189,10 @@ impl Shard {
     }
 
     /// Called on every AppendEntries (heartbeats included) received from a leader, with its
-    /// send time: once this replica has applied the message's commit index, its state is as
-    /// fresh as the leader was when it sent the message.
+    /// freshness stamp: once this replica has applied the message's commit index, its state is
+    /// as fresh as the stamp. The stamp is not the send time but the time the leader can vouch
+    /// for its commit index (`crate::leader_clock`): a request built, held in a backoff and
+    /// sent 2 s later carries a 2 s old commit index (bug 12 in `docs/chaos.md`).
     ///
     /// Only a commit index of the leader's own term counts: a new leader does not know how far
     /// its predecessor committed until it commits an entry of its own term (Raft §5.4.2), so
@@ -201,6 +211,10 @@ impl Shard {
         else {
             return;
         };
+        // 0: the leader could not vouch for this message's freshness (`crate::leader_clock`).
+        if sent_at_unix_ms == 0 {
+            return;
+        }
         let mut f = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
         // Messages of one stream arrive in order; across reconnects keep the newest.
         if f.pending.is_none_or(|(at, _)| sent_at_unix_ms >= at) {

@@ -16,8 +16,10 @@
 pub mod deadline;
 pub mod events_service;
 pub mod metrics;
+pub mod ready;
 pub mod service;
 
+pub use ready::Ready;
 use ringkv_routing::{Cluster, RoutingConfig, RoutingError};
 use std::net::SocketAddr;
 use tokio::sync::oneshot;
@@ -58,6 +60,7 @@ pub struct RouterHandle {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     metrics_task: Option<JoinHandle<()>>,
+    health_task: JoinHandle<()>,
 }
 
 impl RouterHandle {
@@ -68,6 +71,7 @@ impl RouterHandle {
         if let Some(t) = self.metrics_task.take() {
             t.abort();
         }
+        self.health_task.abort();
         match tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server).await {
             Ok(_) => {}
             Err(_) => self.server.abort(),
@@ -83,14 +87,19 @@ impl RouterHandle {
     }
 }
 
-/// Connects to the cluster(s) and starts serving.
+/// Starts serving at once and finds the cluster(s) in the background: a router started
+/// beside a cluster that is not up yet keeps looking (backing off) instead of exiting, and is
+/// not ready (`/readyz`, gRPC health) until it has every cluster's shard map. Requests before
+/// that fail with UNAVAILABLE.
 pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
-    let primary = Cluster::connect(cfg.primary.clone()).await?;
+    let primary = Cluster::open(cfg.primary.clone())?;
     let secondary = match &cfg.split {
         Some(s) if s.percent > 100 => return Err(RouterError::SplitPercent(s.percent)),
-        Some(s) => Some((Cluster::connect(s.routing.clone()).await?, s.percent)),
+        Some(s) => Some((Cluster::open(s.routing.clone())?, s.percent)),
         None => None,
     };
+    let ready =
+        Ready { primary: primary.clone(), secondary: secondary.as_ref().map(|(c, _)| c.clone()) };
     let metrics = metrics::RouterMetrics::new(&primary, secondary.as_ref().map(|(c, _)| c));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -98,7 +107,7 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     let addr =
         listener.local_addr().map_err(|source| RouterError::Bind { addr: cfg.listen, source })?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ringkv_proto::v1::kv_server::KvServer<service::RouterKv>>().await;
+    let health_task = ready.clone().spawn_reporter(health_reporter).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ringkv_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -131,12 +140,14 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     let server = tokio::spawn(server);
     let (metrics_addr, metrics_task) = match cfg.metrics_listen {
         Some(a) => {
-            let (bound, task) =
-                metrics.serve(a).await.map_err(|source| RouterError::Bind { addr: a, source })?;
+            let (bound, task) = metrics
+                .serve(a, ready.clone())
+                .await
+                .map_err(|source| RouterError::Bind { addr: a, source })?;
             (Some(bound), Some(task))
         }
         None => (None, None),
     };
     tracing::info!(%addr, "router serving");
-    Ok(RouterHandle { addr, metrics_addr, shutdown: Some(tx), server, metrics_task })
+    Ok(RouterHandle { addr, metrics_addr, shutdown: Some(tx), server, metrics_task, health_task })
 }

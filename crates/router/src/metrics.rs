@@ -81,20 +81,42 @@ impl RouterMetrics {
         out
     }
 
-    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    /// Serves `/metrics`, `/livez` and `/readyz` (503 with the reason until `ready` holds).
+    pub async fn serve(
+        &self,
+        addr: SocketAddr,
+        ready: crate::Ready,
+    ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let me = self.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            get(move || {
-                let me = me.clone();
-                async move { me.encode() }
-            }),
-        );
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let me = me.clone();
+                    async move { me.encode() }
+                }),
+            )
+            .route("/livez", get(|| async { "live\n" }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let ready = ready.clone();
+                    async move {
+                        match ready.check() {
+                            Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_string()),
+                            Err(why) => (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                format!("not ready: {why}\n"),
+                            ),
+                        }
+                    }
+                }),
+            );
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "router metrics server stopped");
+                tracing::error!(error = %e, "router HTTP server stopped");
             }
         });
         Ok((bound, task))

@@ -111,10 +111,24 @@ pub(crate) enum Target {
 
 /// How often a provisional map (epoch 0) is refreshed.
 const PROVISIONAL_REFRESH: Duration = Duration::from_millis(200);
+/// Retry bounds while no seed has answered yet.
+const NO_MAP_RETRY_MIN: Duration = Duration::from_millis(100);
+const NO_MAP_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Cluster {
     /// Fetches the shard map from the first seed that answers and starts the periodic refresh.
+    /// Fails when no seed answers (a client that needs the cluster now); see [`Cluster::open`]
+    /// for one that may start first.
     pub async fn connect(cfg: RoutingConfig) -> Result<Self, RoutingError> {
+        let cluster = Self::open(cfg)?;
+        cluster.refresh_map().await?;
+        Ok(cluster)
+    }
+
+    /// A handle that keeps looking for the cluster in the background, backing off while no
+    /// seed answers. Calls fail with `NoMap` (UNAVAILABLE) until the first map arrives. For a
+    /// router started beside a cluster that is not up yet: it must not crash-loop.
+    pub fn open(cfg: RoutingConfig) -> Result<Self, RoutingError> {
         if cfg.seeds.is_empty() {
             return Err(RoutingError::InvalidArgument("no seed node addresses".into()));
         }
@@ -129,25 +143,37 @@ impl Cluster {
             cfg,
         });
         let cluster = Cluster { inner };
-        cluster.refresh_map().await?;
         let weak = Arc::downgrade(&cluster.inner);
         let every = cluster.inner.cfg.refresh_interval;
         tokio::spawn(async move {
+            let mut failures: u32 = 0;
             loop {
-                // A map at epoch 0 is a founding cluster's placement before its records are
-                // written: the real one follows within a second, so ask again soon.
-                let provisional = weak
-                    .upgrade()
-                    .is_some_and(|inner| inner.topology.map().is_none_or(|m| m.epoch() == 0));
-                tokio::time::sleep(if provisional {
-                    PROVISIONAL_REFRESH.min(every)
-                } else {
-                    every
-                })
-                .await;
+                let delay = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    match inner.topology.map() {
+                        // No cluster found yet: ask again soon, backing off while nobody
+                        // answers (a cluster still starting, or wrong seeds).
+                        None => NO_MAP_RETRY_MIN
+                            .saturating_mul(1 << failures.min(6))
+                            .min(NO_MAP_RETRY_MAX)
+                            .min(every),
+                        // A map at epoch 0 is a founding cluster's placement before its
+                        // records are written: the real one follows within a second.
+                        Some(m) if m.epoch() == 0 => PROVISIONAL_REFRESH.min(every),
+                        Some(_) => every,
+                    }
+                };
+                tokio::time::sleep(delay).await;
                 let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = (Cluster { inner }).refresh_map().await {
-                    tracing::warn!(error = %e, "periodic shard map refresh failed");
+                match (Cluster { inner }).refresh_map().await {
+                    Ok(_) => failures = 0,
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        // The first failure and then one in a while, not one line per try.
+                        if failures == 1 || failures.is_multiple_of(30) {
+                            tracing::warn!(error = %e, failures, "shard map refresh failed");
+                        }
+                    }
                 }
             }
         });
