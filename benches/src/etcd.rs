@@ -92,6 +92,13 @@ impl EtcdCluster {
     }
 }
 
+impl EtcdCluster {
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for c in &mut self.children {

@@ -60,7 +60,7 @@ impl Checkpoint {
 
 impl LabOptions {
     /// Adds a point's result and saves the checkpoint.
-    fn record(&self, out: &mut Vec<RunResult>, r: RunResult) -> Result<()> {
+    pub(crate) fn record(&self, out: &mut Vec<RunResult>, r: RunResult) -> Result<()> {
         out.push(r);
         match &self.checkpoint {
             Some(c) => c.save(out),

@@ -22,6 +22,7 @@ pub mod keys;
 pub mod lab;
 pub mod results;
 pub mod scale;
+pub mod scaleout;
 pub mod simulate;
 pub mod target;
 pub mod workload;

@@ -152,6 +152,31 @@ enum Sweep {
         #[arg(long, value_delimiter = ',', default_value = "3,4,5,4,3")]
         sizes: Vec<u64>,
     },
+    /// Scale-out with cores of its own per process: writes and reads at each cluster size,
+    /// every node, the router and the load generator pinned (sched_setaffinity), and etcd
+    /// (3 members on the first nodes' cores) beside them. Refuses a machine with too few
+    /// cores for the largest size.
+    Scaleout {
+        #[command(flatten)]
+        load: Load,
+        /// Cluster sizes, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "3,6,9")]
+        nodes: Vec<usize>,
+        #[arg(long, default_value_t = 1)]
+        cpus_per_node: usize,
+        #[arg(long, default_value_t = 2)]
+        router_cpus: usize,
+        /// Cores for the load generator (this process); 0 leaves it unpinned (plumbing runs
+        /// on a small machine only: its figures are not scale-out figures).
+        #[arg(long, default_value_t = 2)]
+        client_cpus: usize,
+        /// Shards at every size (tens per node at the largest, for even load).
+        #[arg(long, default_value_t = 24)]
+        shards: u32,
+        /// Skip etcd (it needs a size of 3 or more to have cores).
+        #[arg(long)]
+        no_etcd: bool,
+    },
     /// What shards cost at rest: CPU (% of a core) and RSS per node of an idle cluster, per
     /// shard count (use a release build: a debug build's cost is several times higher).
     Idle {
@@ -443,6 +468,33 @@ async fn main() -> Result<()> {
                 let o = lab_options(&load, net_delay, "failure", title, &cols);
                 let runs = lab::sweep_failure(&o, &rf, shards).await?;
                 finish(&load.out.join("failure"), title, &runs, &cols)
+            }
+            Sweep::Scaleout {
+                load,
+                nodes,
+                cpus_per_node,
+                router_cpus,
+                client_cpus,
+                shards,
+                no_etcd,
+            } => {
+                let available = std::thread::available_parallelism().map_or(1, usize::from);
+                let max = nodes.iter().copied().max().unwrap_or(0);
+                let plan = ringkv_bench::scaleout::CpuPlan::new(
+                    max,
+                    cpus_per_node,
+                    router_cpus,
+                    client_cpus,
+                    available,
+                )
+                .map_err(|e| anyhow::anyhow!(e))?;
+                let title = "scale-out with pinned cores";
+                let cols = ["nodes", "cpus_per_node", "pinned"];
+                let o = lab_options(&load, None, "scaleout", title, &cols);
+                let runs =
+                    ringkv_bench::scaleout::sweep_scaleout(&o, &plan, &nodes, shards, !no_etcd)
+                        .await?;
+                finish(&load.out.join("scaleout"), title, &runs, &cols)
             }
             Sweep::Scale { load, shards, sizes } => {
                 let title = "grow and shrink under writes";

@@ -97,3 +97,42 @@ async fn idle_measurement_reads_every_nodes_cpu_and_memory() -> anyhow::Result<(
     anyhow::ensure!(table.lines().count() == 3, "header, rule, one row: {table}");
     Ok(())
 }
+
+/// `lab scaleout` on a machine too small for what was asked refuses before starting anything,
+/// and says how many cores it needs.
+#[test]
+fn scaleout_refuses_a_machine_with_too_few_cores() -> anyhow::Result<()> {
+    let out = std::process::Command::new(ringkv_tests::binary("ringkv-bench")?)
+        .args(["lab", "scaleout", "--nodes", "3,64", "--cpus-per-node", "1", "--out"])
+        .arg(tempfile::tempdir()?.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(!out.status.success(), "64 nodes of one core each should not fit here");
+    anyhow::ensure!(stderr.contains("needs 68 cores"), "stderr: {stderr}");
+    Ok(())
+}
+
+/// The plumbing of `lab scaleout` on the smallest run this machine allows: one node and the
+/// router on a core each, the load generator unpinned. Each point reports that its pinning held.
+#[test]
+fn scaleout_pins_node_and_router_and_measures() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let status = std::process::Command::new(ringkv_tests::binary("ringkv-bench")?)
+        .args(["lab", "scaleout", "--nodes", "1", "--cpus-per-node", "1", "--router-cpus", "1"])
+        .args(["--client-cpus", "0", "--shards", "2", "--no-etcd", "--records", "200"])
+        .args(["--duration", "2", "--clients", "4", "--connections", "1", "--out"])
+        .arg(out.path())
+        .status()?;
+    anyhow::ensure!(status.success(), "ringkv-bench lab scaleout failed: {status}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        out.path().join("scaleout").join("results.json"),
+    )?)?;
+    let runs = json.as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(runs.len() == 2, "a write and a read point: {json}");
+    for r in &runs {
+        anyhow::ensure!(r["ops"].as_u64().unwrap_or(0) > 10, "too few operations: {r}");
+        anyhow::ensure!(r["extra"]["pinned"].as_f64() == Some(1.0), "not pinned: {r}");
+        anyhow::ensure!(r["extra"]["nodes"].as_f64() == Some(1.0), "wrong size: {r}");
+    }
+    Ok(())
+}

@@ -197,6 +197,12 @@ pub struct RouterProc {
     child: Child,
 }
 
+impl RouterProc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for RouterProc {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -7,7 +7,7 @@
 //! Starting it again on the same data directory brings the same cluster back, data included.
 
 use crate::status;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use ringkv_router::RouterConfig;
 use ringkv_routing::{ReadPolicy, RoutingConfig};
@@ -179,21 +179,23 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         split: None,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    let router = loop {
-        if let Some(why) = nodes.exited() {
-            bail!("{why}");
+    // The router serves at once and finds the nodes as they come up.
+    let router =
+        ringkv_router::start(router_cfg.clone()).await.map_err(|e| anyhow!("router: {e}"))?;
+    while let Err(why) = router.ready().check() {
+        if let Some(exited) = nodes.exited() {
+            router.shutdown().await;
+            bail!("{exited}");
         }
-        match ringkv_router::start(router_cfg.clone()).await {
-            Ok(r) => break r,
-            Err(e)
-                if Instant::now() < deadline
-                    && matches!(e, ringkv_router::RouterError::Cluster(_)) =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => bail!("router: {e}"),
+        if Instant::now() > deadline {
+            router.shutdown().await;
+            bail!(
+                "the router found no cluster within a minute ({why}); see the logs in {}",
+                data_dir.display()
+            );
         }
-    };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let client = ringkv_client::Client::builder().router(router.addr.to_string()).connect().await?;
     let map = loop {
         if let Some(why) = nodes.exited() {

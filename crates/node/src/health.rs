@@ -136,15 +136,23 @@ impl Health {
         evaluate(self.registry.is_stopping(), node_state, views, self.staleness_max_ms)
     }
 
-    /// Keeps the gRPC health service's client statuses in step with readiness until aborted.
-    pub fn spawn_reporter(self, reporter: HealthReporter) -> tokio::task::JoinHandle<()> {
+    /// Keeps the gRPC health service's client statuses and the readiness gauges in step with
+    /// readiness until aborted.
+    pub fn spawn_reporter(
+        self,
+        reporter: HealthReporter,
+        metrics: crate::metrics::NodeMetrics,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REFRESH);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last = None;
             loop {
                 tick.tick().await;
-                let ready = self.readiness().ready;
+                let r = self.readiness();
+                metrics.ready.set(i64::from(r.ready));
+                metrics.lagging_replicas.set(i64::try_from(r.lagging).unwrap_or(i64::MAX));
+                let ready = r.ready;
                 if last == Some(ready) {
                     continue;
                 }

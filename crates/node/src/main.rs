@@ -9,13 +9,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // RINGKV_LOG_FORMAT=json: one JSON object per line, for log collectors.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,openraft=error".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("RINGKV_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let cfg = NodeConfig::resolve(Args::parse())?;
     let mut node = ringkv_node::start(cfg).await?;
     // Machine-readable line for scripts and tests that start nodes on port 0.

@@ -107,6 +107,10 @@ pub struct NodeMetrics {
     /// Replicas this node holds (meta group included).
     replicas: Gauge,
     quiesced: Gauge,
+    /// 1 while the node is ready (`/readyz`; see `crate::health`).
+    pub ready: Gauge,
+    /// Voter replicas here whose state is older than the readiness bound.
+    pub lagging_replicas: Gauge,
     /// The shards whose gauges are set, so a replica that moved away stops being reported.
     reported: Arc<Mutex<std::collections::BTreeSet<u64>>>,
 }
@@ -138,6 +142,8 @@ impl NodeMetrics {
             retention_proposals: Counter::default(),
             replicas: Gauge::default(),
             quiesced: Gauge::default(),
+            ready: Gauge::default(),
+            lagging_replicas: Gauge::default(),
             reported: Arc::default(),
         };
         {
@@ -194,6 +200,16 @@ impl NodeMetrics {
                 "replicas_quiesced",
                 "Replicas whose group sleeps (no ticks, no heartbeats) because it is idle",
                 m.quiesced.clone(),
+            );
+            r.register(
+                "node_ready",
+                "1 while the node is ready (/readyz): up, not stopping, every voter replica current",
+                m.ready.clone(),
+            );
+            r.register(
+                "lagging_replicas",
+                "Voter replicas older than the readiness bound (catching up or cut off)",
+                m.lagging_replicas.clone(),
             );
         }
         m

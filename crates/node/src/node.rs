@@ -282,7 +282,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         });
     let server = tokio::spawn(server);
 
-    let mut background = vec![health.clone().spawn_reporter(health_reporter)];
+    let mut background = vec![health.clone().spawn_reporter(health_reporter, metrics.clone())];
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
             let (addr, task) = crate::http::serve(addr, metrics.clone(), health)

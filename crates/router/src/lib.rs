@@ -61,6 +61,7 @@ pub struct RouterHandle {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     metrics_task: Option<JoinHandle<()>>,
     health_task: JoinHandle<()>,
+    ready: Ready,
 }
 
 impl RouterHandle {
@@ -76,6 +77,11 @@ impl RouterHandle {
             Ok(_) => {}
             Err(_) => self.server.abort(),
         }
+    }
+
+    /// Whether the router has found its cluster(s) (what `/readyz` says).
+    pub fn ready(&self) -> &Ready {
+        &self.ready
     }
 
     pub async fn wait(&mut self) -> Result<(), String> {
@@ -149,5 +155,13 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
         None => (None, None),
     };
     tracing::info!(%addr, "router serving");
-    Ok(RouterHandle { addr, metrics_addr, shutdown: Some(tx), server, metrics_task, health_task })
+    Ok(RouterHandle {
+        addr,
+        metrics_addr,
+        shutdown: Some(tx),
+        server,
+        metrics_task,
+        health_task,
+        ready,
+    })
 }
