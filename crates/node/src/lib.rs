@@ -38,6 +38,7 @@ pub mod config;
 pub mod discovery;
 pub mod driver;
 pub mod error;
+pub mod freshness;
 pub mod handoff;
 pub mod health;
 pub mod http;

@@ -160,7 +160,13 @@ impl RaftRpc for RaftService {
         req: Request<Streaming<RaftRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let mut inbound = req.into_inner();
-        let Some(first) = inbound.message().await? else {
+        // A leader opens a stream before it has anything to send (an idle group), so the
+        // first message may never come: stop waiting when the node stops.
+        let first = tokio::select! {
+            first = inbound.message() => first?,
+            () = self.registry.stopped() => None,
+        };
+        let Some(first) = first else {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         };
         let shard = self.target(&first).map_err(Status::failed_precondition)?;

@@ -13,19 +13,13 @@
 //!   - a leader: the time since a quorum last acknowledged it (the send time of the heartbeat
 //!     they acknowledged), so a deposed leader cut off in a minority reports a growing age;
 //!   - a follower: the time since the leader's freshness stamp on a message whose commit index
-//!     the follower has since applied (the sender's wall clock: the last time the leader could
-//!     vouch for that commit index, never later than its send time; `crate::leader_clock`);
+//!     the follower has since applied (`crate::freshness` has the rule and the versions of it
+//!     the chaos harness proved wrong; `crate::leader_clock` how the leader stamps);
 //!   - a follower that has not caught up with a leader since it started refuses (UNAVAILABLE,
 //!     retried elsewhere by the router): its state is as old as its crash, or older.
-//!
-//! The chaos harness's STALE checker found each weaker version wrong: "time since a leader
-//! message arrived" (a follower catching up after a partition hears heartbeats long before it
-//! has the entries; a paused follower finds seconds-old messages queued on wake), "fresh since
-//! process start" (a restarted follower serves data from before its crash), and "any commit
-//! index" (a new leader's commit index lags until it commits an entry of its own term), and
-//! "the send time" (openraft may hold a built request, and its commit index, for seconds).
 
 use crate::error::NodeError;
+use crate::freshness::Freshness;
 use crate::quiesce::Quiet;
 use crate::read_barrier::{ReadBarrier, ReadFailure};
 use crate::read_pool::ReadPool;
@@ -60,17 +54,6 @@ pub struct Shard {
     reads: ReadBarrier,
     /// Whether the group sleeps on this replica (see `crate::quiesce`).
     pub quiet: Quiet,
-}
-
-/// When this replica's applied state was last known to hold everything committed: the
-/// leader's send time (Unix ms) of a message whose commit index this replica has applied.
-#[derive(Debug, Default)]
-struct Freshness {
-    fresh_unix_ms: Option<u64>,
-    /// The newest leader message not yet covered: (sent at Unix ms, leader's commit index).
-    /// One slot, the newest: a follower that applies slower than the leader commits never
-    /// catches up with it and honestly reports a growing staleness.
-    pending: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -203,23 +186,15 @@ impl Shard {
         sent_at_unix_ms: u64,
         rpc: &AppendEntriesRequest<TypeConfig>,
     ) {
-        let Some(leader_commit) = rpc
+        let own_term_commit = rpc
             .leader_commit
             .as_ref()
             .filter(|c| c.leader_id.term == rpc.vote.leader_id.term)
-            .map(|c| c.index)
-        else {
-            return;
-        };
-        // 0: the leader could not vouch for this message's freshness (`crate::leader_clock`).
-        if sent_at_unix_ms == 0 {
-            return;
-        }
-        let mut f = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
-        // Messages of one stream arrive in order; across reconnects keep the newest.
-        if f.pending.is_none_or(|(at, _)| sent_at_unix_ms >= at) {
-            f.pending = Some((sent_at_unix_ms, leader_commit));
-        }
+            .map(|c| c.index);
+        self.freshness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(sent_at_unix_ms, own_term_commit);
     }
 
     /// How old this replica's state may be, or `None` if it has not caught up with a leader
@@ -237,14 +212,10 @@ impl Shard {
             }));
         }
         let applied = m.last_applied.map_or(0, |l| l.index);
-        let mut f = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, commit)) = f.pending
-            && applied >= commit
-        {
-            f.fresh_unix_ms = Some(f.fresh_unix_ms.map_or(at, |fresh| fresh.max(at)));
-            f.pending = None;
-        }
-        f.fresh_unix_ms.map(|fresh| crate::network::unix_ms().saturating_sub(fresh))
+        self.freshness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .staleness_ms(applied, crate::network::unix_ms())
     }
 
     pub fn header(&self, consistency: Consistency) -> ResponseHeader {
