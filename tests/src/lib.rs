@@ -56,7 +56,8 @@ pub struct Tuning {
     pub moves_per_node_max: usize,
     /// Snapshot bytes per second a node sends (0: unpaced).
     pub snapshot_send_bytes_per_sec: u64,
-    /// An idle shard quiesces after this long (0: never, the node's default).
+    /// An idle shard quiesces after this long (0: never). The node's default, so every
+    /// test runs with quiescence as a user would.
     pub quiesce_after_ms: u64,
     /// A replica older than this makes its node not ready.
     pub ready_staleness_max_ms: u64,
@@ -79,7 +80,7 @@ impl Default for Tuning {
             moves_max: 8,
             moves_per_node_max: 2,
             snapshot_send_bytes_per_sec: 0,
-            quiesce_after_ms: 0,
+            quiesce_after_ms: 2_000,
             ready_staleness_max_ms: 3_000,
         }
     }

@@ -192,9 +192,9 @@ impl Default for RaftTuning {
             snapshot_after_entries: 10_000,
             log_entries_kept: 1_000,
             leader_balance_interval_ms: 3_000,
-            // Off by default until the STALE-read staleness bug the chaos campaign found with
-            // quiescence on is fixed (docs/chaos.md); 2_000 is the value measured and tested.
-            quiesce_after_ms: 0,
+            // Long enough that a shard with steady traffic never pays a wake-up (the first
+            // request after quiescence waits one heartbeat round for the leader lease).
+            quiesce_after_ms: 2_000,
             // Ten election timeouts: an election or a burst of load never makes a node
             // unready, a replica that fell behind (a restart, a partition) does.
             ready_staleness_max_ms: 10_000,

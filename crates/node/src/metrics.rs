@@ -227,9 +227,15 @@ impl NodeMetrics {
         method: &'static str,
         f: impl Future<Output = Result<T, NodeError>>,
     ) -> Result<tonic::Response<T>, tonic::Status> {
+        use tracing::Instrument;
         let started = std::time::Instant::now();
-        let result = f.await;
-        self.observe_request(method, started.elapsed(), result.as_ref().err());
+        // Whatever the handler logs carries the method; at debug level each request logs its
+        // outcome and latency (RUST_LOG=ringkv_node::metrics=debug).
+        let span = tracing::debug_span!("request", method);
+        let result = f.instrument(span).await;
+        let took = started.elapsed();
+        self.observe_request(method, took, result.as_ref().err());
+        tracing::debug!(method, took_us = took.as_micros() as u64, error = ?result.as_ref().err(), "request");
         result.map(tonic::Response::new).map_err(|e| e.to_status())
     }
 

@@ -60,10 +60,16 @@ impl RouterMetrics {
         method: &'static str,
         f: impl Future<Output = Result<T, ringkv_routing::RoutingError>>,
     ) -> Result<tonic::Response<T>, tonic::Status> {
+        use tracing::Instrument;
         let started = std::time::Instant::now();
-        let result = f.await.map_err(|e| e.to_status());
+        // Retries and redirects logged by the routing core carry the method; at debug level
+        // each request logs its outcome and latency (RUST_LOG=ringkv_router::metrics=debug).
+        let span = tracing::debug_span!("request", method);
+        let result = f.instrument(span).await.map_err(|e| e.to_status());
         let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        self.observe(method, started.elapsed(), code);
+        let took = started.elapsed();
+        self.observe(method, took, code);
+        tracing::debug!(method, took_us = took.as_micros() as u64, ?code, "request");
         result.map(tonic::Response::new)
     }
 
