@@ -478,14 +478,14 @@ async fn main() -> Result<()> {
                 shards,
                 no_etcd,
             } => {
-                let available = std::thread::available_parallelism().map_or(1, usize::from);
+                let available = ringkv_bench::scaleout::allowed(std::process::id())?;
                 let max = nodes.iter().copied().max().unwrap_or(0);
                 let plan = ringkv_bench::scaleout::CpuPlan::new(
                     max,
                     cpus_per_node,
                     router_cpus,
                     client_cpus,
-                    available,
+                    &available,
                 )
                 .map_err(|e| anyhow::anyhow!(e))?;
                 let title = "scale-out with pinned cores";

@@ -38,26 +38,29 @@ pub struct CpuPlan {
 }
 
 impl CpuPlan {
-    /// Lays out cores for up to `max_nodes` nodes, or says how many the machine lacks.
+    /// Lays out the cores this process may use (`available`, e.g. its `Cpus_allowed_list`:
+    /// under a cpuset they need not start at 0) for up to `max_nodes` nodes, or says how many
+    /// are missing.
     pub fn new(
         max_nodes: usize,
         cpus_per_node: usize,
         router_cpus: usize,
         client_cpus: usize,
-        available: usize,
+        available: &[usize],
     ) -> Result<Self, String> {
         if cpus_per_node == 0 || router_cpus == 0 {
             return Err("every node and the router need at least one core of their own".into());
         }
         let needed = max_nodes * cpus_per_node + router_cpus + client_cpus;
-        if needed > available {
+        if needed > available.len() {
             return Err(format!(
                 "lab scaleout needs {needed} cores ({max_nodes} nodes x {cpus_per_node} + router {router_cpus} + \
-                 load generator {client_cpus}) and this machine has {available}: sharing cores would measure \
-                 contention, not scale-out; use fewer or smaller nodes, or a bigger machine"
+                 load generator {client_cpus}) and this machine has {}: sharing cores would measure \
+                 contention, not scale-out; use fewer or smaller nodes, or a bigger machine",
+                available.len()
             ));
         }
-        let mut next = 0..needed;
+        let mut next = available.iter().copied();
         let mut take = |n: usize| next.by_ref().take(n).collect::<Vec<_>>();
         let client = take(client_cpus);
         let router = take(router_cpus);
@@ -66,28 +69,55 @@ impl CpuPlan {
     }
 }
 
-/// Pins every thread of process `pid` to `cpus` (new threads inherit from their creator).
+/// Pins every thread of process `pid` to `cpus`. New threads inherit their creator's mask,
+/// but one created by a not-yet-pinned thread while the list is walked would keep the old
+/// one, so the threads are listed again until a pass finds none it had not pinned.
 pub fn pin(pid: u32, cpus: &[usize]) -> Result<()> {
     let mut set = CpuSet::new();
     for &c in cpus {
         set.set(c).with_context(|| format!("core {c}"))?;
     }
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .with_context(|| format!("threads of process {pid}"))?;
-    for task in tasks {
-        let tid: i32 = task?.file_name().to_string_lossy().parse()?;
-        // A thread that ended since the listing is no longer ours to pin.
-        match sched_setaffinity(Pid::from_raw(tid), &set) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => bail!("pinning thread {tid} of process {pid} to {cpus:?}: {e}"),
+    let mut pinned = std::collections::BTreeSet::new();
+    for _ in 0..PIN_PASSES_MAX {
+        let mut new = 0;
+        for tid in threads(pid)? {
+            if !pinned.insert(tid) {
+                continue;
+            }
+            new += 1;
+            // A thread that ended since the listing is no longer ours to pin.
+            match sched_setaffinity(Pid::from_raw(tid), &set) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => bail!("pinning thread {tid} of process {pid} to {cpus:?}: {e}"),
+            }
+        }
+        if new == 0 {
+            return Ok(());
         }
     }
-    Ok(())
+    bail!("process {pid} kept starting threads while being pinned")
+}
+
+/// Passes over a process's threads before pinning gives up (threads start at start-up only).
+const PIN_PASSES_MAX: usize = 10;
+
+fn threads(pid: u32) -> Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("threads of process {pid}"))?
+    {
+        out.push(task?.file_name().to_string_lossy().parse()?);
+    }
+    Ok(out)
 }
 
 /// The cores process `pid`'s main thread may run on (`Cpus_allowed_list`), e.g. `[2, 3]`.
 pub fn allowed(pid: u32) -> Result<Vec<usize>> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    allowed_at(&format!("/proc/{pid}/status"))
+}
+
+fn allowed_at(status_path: &str) -> Result<Vec<usize>> {
+    let status = std::fs::read_to_string(status_path)?;
     let list = status
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
@@ -103,11 +133,17 @@ pub fn allowed(pid: u32) -> Result<Vec<usize>> {
 }
 
 /// Pins `pid` and checks that it took.
+/// Pins `pid` and checks that it took, on every thread.
 fn pin_checked(pid: u32, cpus: &[usize], what: &str) -> Result<()> {
     pin(pid, cpus)?;
-    let got = allowed(pid)?;
-    if got != cpus {
-        bail!("{what} (pid {pid}) should run on cores {cpus:?} but may run on {got:?}");
+    for tid in threads(pid)? {
+        // A thread may end between the listing and the read.
+        let Ok(got) = allowed_at(&format!("/proc/{pid}/task/{tid}/status")) else { continue };
+        if got != cpus {
+            bail!(
+                "{what} (pid {pid}, thread {tid}) should run on cores {cpus:?} but may run on {got:?}"
+            );
+        }
     }
     Ok(())
 }
@@ -196,7 +232,7 @@ mod tests {
 
     #[test]
     fn cores_are_laid_out_without_overlap() {
-        let p = CpuPlan::new(3, 2, 2, 1, 16).expect("fits");
+        let p = CpuPlan::new(3, 2, 2, 1, &(0..16).collect::<Vec<_>>()).expect("fits");
         assert_eq!(p.client, vec![0]);
         assert_eq!(p.router, vec![1, 2]);
         assert_eq!(p.nodes, vec![vec![3, 4], vec![5, 6], vec![7, 8]]);
@@ -204,11 +240,21 @@ mod tests {
 
     #[test]
     fn a_machine_too_small_is_refused_with_the_count() {
-        let e = CpuPlan::new(9, 2, 2, 2, 2).expect_err("2 cores cannot hold 9 nodes");
+        let e = CpuPlan::new(9, 2, 2, 2, &[0, 1]).expect_err("2 cores cannot hold 9 nodes");
         assert!(e.contains("needs 22 cores") && e.contains("has 2"), "{e}");
-        assert!(CpuPlan::new(1, 0, 1, 1, 8).is_err(), "a node without a core");
-        let small = CpuPlan::new(1, 1, 1, 0, 2).expect("an unpinned load generator fits 2 cores");
+        assert!(
+            CpuPlan::new(1, 0, 1, 1, &(0..8).collect::<Vec<_>>()).is_err(),
+            "a node without a core"
+        );
+        let small =
+            CpuPlan::new(1, 1, 1, 0, &[0, 1]).expect("an unpinned load generator fits 2 cores");
         assert!(small.client.is_empty());
+    }
+
+    #[test]
+    fn a_cpuset_that_does_not_start_at_zero_is_used_as_given() {
+        let p = CpuPlan::new(2, 1, 1, 1, &[8, 9, 10, 11]).expect("fits");
+        assert_eq!((p.client, p.router, p.nodes), (vec![8], vec![9], vec![vec![10], vec![11]]));
     }
 
     #[test]

@@ -132,3 +132,37 @@ fn field(line: &str, name: &str) -> Option<u64> {
     let at = line.find(&format!(" {name}"))? + name.len() + 1;
     line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
+
+/// A node whose leaderships sleep (quiesced: their acknowledgements are as old as the sleep)
+/// still hands every one of them off on SIGTERM: it wakes them first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sleeping_leaderships_are_woken_and_handed_off() -> Result<()> {
+    let tuning = Tuning { quiesce_after_ms: 300, ..Tuning::default() };
+    let mut c = Cluster::start(3, 8, 3, tuning).await?;
+    c.wait_for_leaders(T).await?;
+    let id = c.busiest_leader().await.context("no leader")?;
+    // Every group but the meta group (which never sleeps) asleep on that node.
+    ringkv_tests::wait_for(T, "the node's groups to sleep", || {
+        let c = &c;
+        async move {
+            let text = c.metrics(id).await.ok()?;
+            let value = |name: &str| -> Option<f64> {
+                text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            };
+            let (all, asleep) = (value("ringkv_replicas ")?, value("ringkv_replicas_quiesced ")?);
+            (asleep >= all - 1.0).then_some(())
+        }
+    })
+    .await?;
+    let status = c.terminate(id)?;
+    ensure!(status.success(), "SIGTERM should exit 0, got {status}");
+    let log = strip_ansi(&c.log_text(id));
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("leaderships handed off"))
+        .with_context(|| format!("node {id} logged no hand-off\n{}", c.log_tail(id)))?;
+    ensure!(field(line, "led=").unwrap_or(0) > 0, "the busiest leader led nothing: {line}");
+    ensure!(line.contains("still_led=0"), "sleeping leaderships were not handed off: {line}");
+    Ok(())
+}

@@ -81,6 +81,10 @@ pub fn transfer_target(
     liveness: Duration,
 ) -> Option<NodeId> {
     let preferred = off_preferred(registry, shard, m)?;
+    // A node that said it is shutting down would take the leadership with it.
+    if registry.peers().is_stopping(preferred) {
+        return None;
+    }
     let heard_recently = m
         .heartbeat
         .as_ref()

@@ -7,10 +7,13 @@
 //! once, and that follower wins before anyone's timer would have fired.
 //!
 //! On SIGTERM the node marks itself stopping (readiness goes false, so Kubernetes stops sending
-//! it new clients and the PodDisruptionBudget holds further evictions), then, until it leads
+//! it new clients and the PodDisruptionBudget holds further evictions) and tells its peers
+//! (a ping with `stopping`), whose leader balancers then stop handing it leaderships, then,
+//! until it leads
 //! nothing or the hand-off time is up, asks each group it leads to transfer to the best other
-//! voter: the shard's preferred leader when that replica is current, else any voter that
-//! acknowledged a heartbeat recently and holds every log entry. A leadership that comes back
+//! voter that is not stopping itself: the shard's preferred leader when that replica is
+//! current, else the voter that acknowledged a heartbeat most recently and is at most a few
+//! entries behind. A leadership that comes back
 //! (a peer's leader balancer preferring this node) is handed off again. A group that has no
 //! current follower keeps its leader until the process stops; that is no worse than a kill.
 
@@ -43,10 +46,40 @@ pub struct HandOff {
     pub elapsed: Duration,
 }
 
+/// A follower this many entries behind the leader's last one may still take over: openraft's
+/// transfer target waits until it has the leader's last entry (the leader stops taking writes
+/// once it asks), and under steady writes a follower is nearly always a few entries behind.
+const TARGET_LAG_MAX: u64 = 64;
+/// How long each announcement ping may take.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Tells every other node of the cluster that this one is stopping (`true`: do not hand it
+/// leaderships) or has started (`false`: clears a mark its previous process left). Best effort:
+/// a peer that misses it only hands a leadership back that the hand-off passes on again.
+pub async fn announce(registry: &ShardRegistry, stopping: bool) {
+    let me = registry.node_id();
+    let peers: Vec<(NodeId, String)> = registry
+        .state()
+        .map(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.id != me && n.state != ringkv_placement::cluster::NodeState::Removed)
+                .map(|n| (n.id, n.addr.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pings = peers
+        .iter()
+        .map(|(id, addr)| crate::quiesce::ping(registry, *id, addr, stopping, ANNOUNCE_TIMEOUT));
+    futures::future::join_all(pings).await;
+}
+
 /// Marks the node stopping and moves its leaderships away, for at most `timeout`.
 pub async fn hand_off_leaders(registry: &ShardRegistry, timeout: Duration) -> HandOff {
     registry.set_stopping();
     let start = Instant::now();
+    // First, so that no peer's leader balancer hands a leadership back meanwhile.
+    tokio::time::timeout(timeout, announce(registry, true)).await.ok();
     let liveness = Duration::from_millis(registry.raft_config().election_timeout_min);
     let mut asked: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
     let mut led_at_start = None;
@@ -72,13 +105,16 @@ pub async fn hand_off_leaders(registry: &ShardRegistry, timeout: Duration) -> Ha
             if asked.get(&shard.id).is_some_and(|at| at.elapsed() < RETRY) {
                 continue;
             }
+            // A sleeping leader's acknowledgements are as old as its sleep: wake it (one
+            // heartbeat round) and pick a target from fresh ones on a later poll.
+            if shard.wake_leader().await {
+                last_progress = Instant::now();
+                continue;
+            }
             let m = shard.metrics();
             let Some(to) = target(registry, &shard, &m, liveness) else {
                 continue;
             };
-            // A sleeping leader must wake first: the transfer needs a caught-up follower that
-            // is listening, and the new leader's first heartbeats wake the rest.
-            shard.quiet.wake_leader(&shard.raft);
             if let Err(e) = shard.raft.trigger().transfer_leader(to).await {
                 tracing::warn!(shard = shard.id, error = %e, "leadership hand-off failed");
             }
@@ -124,7 +160,12 @@ fn target(
             .map(|at| at.elapsed())
             .filter(|age| *age < liveness);
         let matched = m.replication.as_ref().and_then(|r| r.get(&v).cloned().flatten());
-        (matched.map(|l| l.index) == m.last_log_index).then_some(acked).flatten()
+        let last = m.last_log_index.unwrap_or(0);
+        let close = matched.is_some_and(|l| l.index + TARGET_LAG_MAX >= last);
+        if registry.peers().is_stopping(v) {
+            return None;
+        }
+        close.then_some(acked).flatten()
     };
     let preferred = registry.map().preferred_leader(shard.id).filter(|&p| p != me);
     if let Some(p) = preferred

@@ -360,6 +360,11 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         .spawn(),
     );
     background.push(driver.clone().spawn());
+    {
+        // Clears the stopping mark a previous process of this node left on its peers.
+        let registry = registry.clone();
+        tokio::spawn(async move { crate::handoff::announce(&registry, false).await });
+    }
     tracing::info!(
         node = registry.node_id(),
         %grpc_addr,

@@ -328,6 +328,7 @@ impl RaftRpc for RaftService {
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         let req = req.into_inner();
         self.addressed_here(req.cluster_id, req.to_node_id).map_err(Status::failed_precondition)?;
+        self.registry.peers().mark_stopping(req.from_node_id, req.stopping);
         Ok(Response::new(PingReply { boot_id: self.registry.boot_id() }))
     }
 }

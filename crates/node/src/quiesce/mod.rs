@@ -45,7 +45,7 @@ mod pinger;
 mod quiescer;
 mod quiet;
 
-pub use pinger::{PeerLiveness, Pinger};
+pub use pinger::{PeerLiveness, Pinger, ping};
 pub use quiescer::{Quiescer, accept, follower_may_quiesce};
 pub use quiet::Quiet;
 

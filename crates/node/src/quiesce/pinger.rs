@@ -30,11 +30,38 @@ const PING_FAILURES_MAX: u32 = 3;
 pub struct PeerLiveness {
     dead_after: Duration,
     peers: Mutex<HashMap<NodeId, Peer>>,
+    /// Peers that said they are shutting down, and when (see `crate::handoff`).
+    stopping: Mutex<HashMap<NodeId, Instant>>,
 }
+
+/// A stopping mark outlives any hand-off and stop; a peer that restarts clears it sooner by
+/// saying so, and one that never does is trusted again after this.
+const STOPPING_MARK_MAX: Duration = Duration::from_secs(60);
 
 impl PeerLiveness {
     pub fn new(dead_after: Duration) -> Self {
-        PeerLiveness { dead_after, peers: Mutex::new(HashMap::new()) }
+        PeerLiveness {
+            dead_after,
+            peers: Mutex::new(HashMap::new()),
+            stopping: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `node` said it is shutting down (`true`) or has started (`false`).
+    pub fn mark_stopping(&self, node: NodeId, stopping: bool) {
+        let mut marks = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        marks.retain(|_, at| at.elapsed() < STOPPING_MARK_MAX);
+        if stopping {
+            marks.insert(node, Instant::now());
+        } else {
+            marks.remove(&node);
+        }
+    }
+
+    /// Whether `node` is shutting down: leaderships must not be handed to it.
+    pub fn is_stopping(&self, node: NodeId) -> bool {
+        let marks = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        marks.get(&node).is_some_and(|at| at.elapsed() < STOPPING_MARK_MAX)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Peer>> {
@@ -88,6 +115,29 @@ impl PeerLiveness {
     }
 }
 
+/// One ping to `peer` at `addr`, saying whether this node is stopping; its boot id.
+pub async fn ping(
+    registry: &ShardRegistry,
+    peer: NodeId,
+    addr: &str,
+    stopping: bool,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let ch = registry.pool().channel(peer, addr)?;
+    let mut req = tonic::Request::new(PingRequest {
+        cluster_id: registry.cluster_id(),
+        from_node_id: registry.node_id(),
+        to_node_id: peer,
+        stopping,
+    });
+    req.set_timeout(timeout);
+    let reply = tokio::time::timeout(timeout, RaftClient::new(ch).ping(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|s| s.message().to_string())?;
+    Ok(reply.into_inner().boot_id)
+}
+
 /// Node-pair liveness for quiesced groups (see the module comment).
 pub struct Pinger {
     registry: ShardRegistry,
@@ -111,18 +161,7 @@ impl Pinger {
     }
 
     async fn ping(&self, peer: NodeId, addr: &str) -> Result<u64, String> {
-        let ch = self.registry.pool().channel(peer, addr)?;
-        let mut req = tonic::Request::new(PingRequest {
-            cluster_id: self.registry.cluster_id(),
-            from_node_id: self.registry.node_id(),
-            to_node_id: peer,
-        });
-        req.set_timeout(self.rpc_timeout);
-        let reply = tokio::time::timeout(self.rpc_timeout, RaftClient::new(ch).ping(req))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|s| s.message().to_string())?;
-        Ok(reply.into_inner().boot_id)
+        ping(&self.registry, peer, addr, false, self.rpc_timeout).await
     }
 
     /// Pings every watched peer once; wakes the groups of peers that restarted or are silent.
@@ -162,6 +201,16 @@ impl Pinger {
 mod tests {
     use super::PeerLiveness;
     use std::time::Duration;
+
+    #[test]
+    fn a_stopping_peer_is_marked_until_it_says_it_started() {
+        let l = PeerLiveness::new(Duration::from_millis(100));
+        assert!(!l.is_stopping(2));
+        l.mark_stopping(2, true);
+        assert!(l.is_stopping(2) && !l.is_stopping(3));
+        l.mark_stopping(2, false);
+        assert!(!l.is_stopping(2));
+    }
 
     #[test]
     fn a_peer_is_lost_when_it_restarts_or_stays_silent() {
