@@ -6,7 +6,7 @@
 //! live cluster's nodes and router, after a little traffic and one node failure (a labelled
 //! family shows nothing, not even its `# TYPE` line, until it is used).
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use ringkv_tests::{Cluster, Tuning, free_port, http_get, router_client};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -109,8 +109,10 @@ async fn dashboard_and_alerts_query_metrics_that_exist() -> Result<()> {
         client.put(key.as_bytes(), b"v").await?;
         client.get(key.as_bytes()).await?;
     }
-    // A node down: the router's per-node failure counters get their first samples.
-    c.kill(3)?;
+    // A leader down: the router's next writes to its shards fail to connect there, and the
+    // per-node failure counters get their first samples.
+    let victim = c.busiest_leader().await.context("no leader")?;
+    c.kill(victim)?;
     for i in 0..32 {
         let _ = client.put(format!("k{i}").as_bytes(), b"w").await;
     }

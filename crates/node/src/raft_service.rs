@@ -184,8 +184,8 @@ impl RaftRpc for RaftService {
             .take_while(move |m| {
                 futures::future::ready(matches!(m, Ok(m) if m.shard_id == shard_id))
             })
-            .filter_map(move |m| {
-                futures::future::ready(m.ok().and_then(|m| {
+            .map(move |m| {
+                m.ok().and_then(|m| {
                     let rpc = wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok()?;
                     contact.note_leader_contact(m.sent_at_unix_ms, &rpc);
                     let mut q = arrived.lock().unwrap_or_else(|p| p.into_inner());
@@ -194,8 +194,11 @@ impl RaftRpc for RaftService {
                     }
                     q.push_back((m.from_node_id, m.leader_wakes));
                     Some(rpc)
-                }))
-            });
+                })
+            })
+            // Skipping an undecodable request would leave the leader waiting for its reply.
+            .take_while(|rpc| futures::future::ready(rpc.is_some()))
+            .filter_map(futures::future::ready);
         let woken = shard.clone();
         let mut stopped = false;
         let replies = shard

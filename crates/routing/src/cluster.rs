@@ -132,6 +132,12 @@ impl Cluster {
         if cfg.seeds.is_empty() {
             return Err(RoutingError::InvalidArgument("no seed node addresses".into()));
         }
+        // The refresh runs on the caller's runtime; say so instead of panicking without one.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            RoutingError::InvalidArgument(
+                "Cluster::open must be called inside a tokio runtime".into(),
+            )
+        })?;
         let inner = Arc::new(Inner {
             budget: RetryBudget::new(&cfg),
             lanes: Lanes::new(cfg.write_lanes_max),
@@ -145,7 +151,7 @@ impl Cluster {
         let cluster = Cluster { inner };
         let weak = Arc::downgrade(&cluster.inner);
         let every = cluster.inner.cfg.refresh_interval;
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut failures: u32 = 0;
             loop {
                 let delay = {
@@ -653,5 +659,17 @@ impl Cluster {
             _ => Default::default(),
         };
         Ok(ScanResponse { header: None, kvs, continuation_token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_outside_a_runtime_is_an_error_not_a_panic() {
+        let cfg = RoutingConfig { seeds: vec!["127.0.0.1:1".into()], ..RoutingConfig::default() };
+        let e = Cluster::open(cfg).expect_err("no runtime here");
+        assert!(e.to_string().contains("tokio runtime"), "{e}");
     }
 }
