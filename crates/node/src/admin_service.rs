@@ -91,7 +91,7 @@ pub fn cluster_check(cluster_id: u64) -> impl tonic::service::Interceptor + Clon
 }
 
 pub fn shard_map_proto(map: &ShardMap) -> ringkv_proto::v1::ShardMap {
-    ringkv_routing::topology::map_to_proto(map)
+    ringkv_proto::shard_map::map_to_proto(map)
 }
 
 /// A node's record as the admin API shows it.

@@ -14,6 +14,8 @@
 //! copied on their way through the server.
 
 /// The public API (`ringkv.v1`).
+pub mod shard_map;
+
 pub mod v1 {
     tonic::include_proto!("ringkv.v1");
 }
