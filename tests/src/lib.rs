@@ -61,6 +61,8 @@ pub struct Tuning {
     pub quiesce_after_ms: u64,
     /// A replica older than this makes its node not ready.
     pub ready_staleness_max_ms: u64,
+    /// Client requests a node serves at once before it sheds load (`OVERLOADED`).
+    pub inflight_requests_max: u32,
 }
 
 impl Default for Tuning {
@@ -82,6 +84,7 @@ impl Default for Tuning {
             snapshot_send_bytes_per_sec: 0,
             quiesce_after_ms: 2_000,
             ready_staleness_max_ms: 3_000,
+            inflight_requests_max: 1024,
         }
     }
 }
@@ -386,6 +389,8 @@ impl Cluster {
             .arg(t.snapshot_send_bytes_per_sec.to_string())
             .arg("--quiesce-after-ms")
             .arg(t.quiesce_after_ms.to_string())
+            .arg("--inflight-requests-max")
+            .arg(t.inflight_requests_max.to_string())
             .arg("--ready-staleness-max-ms")
             .arg(t.ready_staleness_max_ms.to_string())
             .arg("--listen")

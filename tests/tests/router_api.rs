@@ -1,9 +1,10 @@
 //! The router's API beyond single keys: scans merged across shards in key order with
 //! pagination, multi-key gets fanned out over shards, the client's direct mode, and weighted
-//! traffic splitting between two clusters (sticky by key).
+//! traffic splitting between two clusters (sticky by key; scans merge both, a batch across
+//! both is refused).
 
 use anyhow::{Result, ensure};
-use ringkv_client::{Client, Consistency, ScanOptions};
+use ringkv_client::{BatchOp, Client, Consistency, ScanOptions};
 use ringkv_tests::{Cluster, Tuning};
 use std::time::Duration;
 
@@ -90,6 +91,7 @@ async fn traffic_split_sends_a_sticky_share_of_keys_to_the_second_cluster() -> R
         client.put(&key(i), b"v").await?;
     }
     let mut in_canary = 0;
+    let mut canary_keys = std::collections::HashSet::new();
     for i in 0..KEYS {
         let a = main
             .get(&key(i), Consistency::Linearizable, Duration::from_secs(10))
@@ -103,11 +105,63 @@ async fn traffic_split_sends_a_sticky_share_of_keys_to_the_second_cluster() -> R
             .is_some();
         ensure!(a != b, "key {i} must live in exactly one cluster (main {a}, canary {b})");
         in_canary += usize::from(b);
+        if b {
+            canary_keys.insert(i);
+        }
         // Sticky: reading through the router finds it wherever it went.
         ensure!(client.get(&key(i)).await?.is_some());
     }
     let share = in_canary as f64 / KEYS as f64;
     println!("canary received {in_canary} of {KEYS} keys ({:.0}%)", share * 100.0);
     ensure!((0.2..=0.4).contains(&share), "30% split sent {:.0}% of keys", share * 100.0);
+
+    // A stray copy in the primary of a key the split sends to the canary (as if written before
+    // the split began) is not what a get through the router sees, so a scan must not show it.
+    let is_canary = |i: usize| canary_keys.contains(&i);
+    let canary_key = (0..KEYS).find(|&i| is_canary(i)).expect("some key in the canary");
+    let main_key = (0..KEYS).find(|&i| !is_canary(i)).expect("some key in the primary");
+    main.put(&key(canary_key), b"stray", Duration::from_secs(10)).await?;
+
+    // Scans merge both clusters: every key once, in order, across pages.
+    let mut seen = Vec::new();
+    let mut continuation = Vec::new();
+    loop {
+        let page = client
+            .scan(ScanOptions {
+                prefix: b"item/".to_vec(),
+                limit: 37,
+                continuation,
+                ..ScanOptions::default()
+            })
+            .await?;
+        ensure!(page.kvs.len() <= 37, "page of {} keys, limit 37", page.kvs.len());
+        ensure!(page.kvs.iter().all(|kv| &kv.value[..] == b"v"), "a stray copy was scanned");
+        seen.extend(page.kvs.into_iter().map(|kv| kv.key.to_vec()));
+        if page.continuation.is_empty() {
+            break;
+        }
+        continuation = page.continuation;
+    }
+    let want: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+    ensure!(seen == want, "split scan returned {} keys, want {} in order", seen.len(), KEYS);
+
+    // A batch is atomic, so one whose keys go to both clusters is refused and changes nothing.
+    let spanning = vec![
+        BatchOp::Put(key(main_key), b"batch".to_vec()),
+        BatchOp::Put(key(canary_key), b"batch".to_vec()),
+    ];
+    let e = client.batch(spanning).await.expect_err("a batch across clusters must be refused");
+    ensure!(e.code() == Some(tonic::Code::InvalidArgument), "{e:?}");
+    ensure!(e.reason().as_deref() == Some("INVALID_INPUT"), "{e:?}");
+    ensure!(e.to_string().contains("different clusters"), "{e}");
+    for i in [main_key, canary_key] {
+        let v = client.get(&key(i)).await?.map(|kv| kv.value.to_vec());
+        ensure!(v.as_deref() == Some(&b"v"[..]), "key {i} changed by a refused batch: {v:?}");
+    }
+    // A batch within one cluster goes to that cluster.
+    client.batch(vec![BatchOp::Put(key(canary_key), b"batched".to_vec())]).await?;
+    let v =
+        canary.get(&key(canary_key), Consistency::Linearizable, Duration::from_secs(10)).await?;
+    ensure!(v.kv.is_some_and(|kv| &kv.value[..] == b"batched"), "batch went elsewhere");
     Ok(())
 }

@@ -177,6 +177,8 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         metrics_listen: Some(format!("127.0.0.1:{}", args.metrics_port).parse()?),
         primary: routing,
         split: None,
+        inflight_requests_max: ringkv_router::admission::INFLIGHT_REQUESTS_MAX_DEFAULT,
+        rate_limit: None,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     // The router serves at once and finds the nodes as they come up.

@@ -7,7 +7,7 @@
 //! that lost the leadership meanwhile gets NOT_LEADER instead of being passed on again).
 
 use crate::driver::{Driver, NodeAction};
-use crate::error::NodeError;
+use crate::error::{NodeError, storage};
 use crate::registry::ShardRegistry;
 use openraft::ServerState;
 use ringkv_placement::ShardMap;
@@ -199,8 +199,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ShardChecksumResponse>, Status> {
         let shard_id = req.into_inner().shard_id;
         let shard = self.registry.replica(shard_id)?;
-        let sum =
-            shard.read(|r| r.checksum().map_err(|e| NodeError::Internal(e.to_string()))).await?;
+        let sum = shard.read(|r| r.checksum().map_err(storage(r.shard_id()))).await?;
         Ok(Response::new(ShardChecksumResponse {
             shard_id,
             applied_index: sum.applied_index,

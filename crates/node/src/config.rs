@@ -136,6 +136,34 @@ pub struct Args {
     /// How often the node tells the meta leader it is alive and asks for changes.
     #[arg(long, env = "RINGKV_SYNC_INTERVAL_MS")]
     pub sync_interval_ms: Option<u64>,
+    /// Client requests (KV, Streams) served at once; more are refused at once with
+    /// RESOURCE_EXHAUSTED (OVERLOADED) and a retry delay. Raft, health and admin are not counted.
+    #[arg(long, env = "RINGKV_INFLIGHT_REQUESTS_MAX")]
+    pub inflight_requests_max: Option<u32>,
+    /// Bytes of client requests served at once (the same refusal beyond it).
+    #[arg(long, env = "RINGKV_INFLIGHT_BYTES_MAX")]
+    pub inflight_bytes_max: Option<u64>,
+}
+
+/// Admission limits (see `crate::admission`): what a node takes on before it sheds load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionTuning {
+    pub inflight_requests_max: u32,
+    pub inflight_bytes_max: u64,
+    /// The retry delay a refused caller is given.
+    pub retry_after_ms: u64,
+}
+
+impl Default for AdmissionTuning {
+    fn default() -> Self {
+        use crate::admission as a;
+        AdmissionTuning {
+            inflight_requests_max: a::INFLIGHT_REQUESTS_MAX_DEFAULT,
+            inflight_bytes_max: a::INFLIGHT_BYTES_MAX_DEFAULT,
+            retry_after_ms: a::RETRY_AFTER_DEFAULT.as_millis() as u64,
+        }
+    }
 }
 
 /// Membership settings. The down-after period, move timeout and limits are used by whichever
@@ -219,6 +247,7 @@ struct FileConfig {
     zone: Option<String>,
     weight: Option<u32>,
     membership: Option<MembershipTuning>,
+    admission: Option<AdmissionTuning>,
     data_dir: Option<PathBuf>,
     members: Option<Vec<String>>,
     shards: Option<u32>,
@@ -250,6 +279,7 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub raft: RaftTuning,
     pub membership: MembershipTuning,
+    pub admission: AdmissionTuning,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -413,6 +443,21 @@ impl NodeConfig {
                 reason: "sync_interval_ms and move_timeout_ms must be >= 1".into(),
             });
         }
+        let mut admission = file.admission.unwrap_or_default();
+        if let Some(v) = args.inflight_requests_max {
+            admission.inflight_requests_max = v;
+        }
+        if let Some(v) = args.inflight_bytes_max {
+            admission.inflight_bytes_max = v;
+        }
+        if admission.inflight_requests_max == 0 || admission.inflight_bytes_max == 0 {
+            return Err(ConfigError::Invalid {
+                field: "inflight_requests_max",
+                reason: "inflight_requests_max and inflight_bytes_max must be >= 1 (a limit of \
+                         0 would refuse every request)"
+                    .into(),
+            });
+        }
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -478,6 +523,7 @@ impl NodeConfig {
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             raft,
             membership,
+            admission,
         })
     }
 }

@@ -24,6 +24,7 @@
 //! | DuplicateSequence   | ALREADY_EXISTS        | nothing: the batch was appended before           |
 //! | TopicChanged        | FAILED_PRECONDITION   | look the topic up again                          |
 //! | LimitReached        | RESOURCE_EXHAUSTED    | free something up; retrying will not help        |
+//! | Overloaded          | RESOURCE_EXHAUSTED    | retry after the RetryInfo delay (node is busy)   |
 //! | WrongCluster        | FAILED_PRECONDITION   | fix the configuration: another cluster's node    |
 //! | Refused             | FAILED_PRECONDITION   | a membership change would be unsafe; read why    |
 
@@ -34,6 +35,18 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 pub use ringkv_proto::ERROR_DOMAIN;
+
+/// A failed read or write of a shard's data on this node: `Corrupted` (DATA_LOSS) when the
+/// storage layer found damaged data, `ShardUnavailable` otherwise (the disk, not the request
+/// and not a bug: another replica may serve it). Decided by the error's kind, not its text.
+pub fn storage(shard: ShardId) -> impl FnOnce(std::io::Error) -> NodeError {
+    move |e| match ringkv_storage::FaultKind::of(&e) {
+        ringkv_storage::FaultKind::Corrupt => NodeError::Corrupted { shard, reason: e.to_string() },
+        ringkv_storage::FaultKind::Other => {
+            NodeError::ShardUnavailable { shard, reason: format!("reading its data failed: {e}") }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -93,6 +106,11 @@ pub enum NodeError {
     WrongCluster { expected: u64, got: u64 },
     #[error("refused, nothing changed: {reason}")]
     Refused { reason: String },
+    #[error(
+        "node overloaded: {max} {} in flight already; nothing was done, retry in {retry_after_ms} ms",
+        .limit.as_str()
+    )]
+    Overloaded { limit: crate::admission::Limit, max: u64, retry_after_ms: u64 },
 }
 
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
@@ -202,6 +220,11 @@ impl NodeError {
                 (Code::FailedPrecondition, "WRONG_CLUSTER")
             }
             NodeError::Refused { .. } => (Code::FailedPrecondition, "MEMBERSHIP_REFUSED"),
+            NodeError::Overloaded { limit, max, .. } => {
+                md.insert("limit_kind".into(), limit.as_str().into());
+                md.insert("limit".into(), max.to_string());
+                (Code::ResourceExhausted, "OVERLOADED")
+            }
         };
         (code_reason.0, code_reason.1, md)
     }
@@ -213,6 +236,9 @@ impl NodeError {
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
         if let NodeError::InvalidArgument { field, reason, .. } = self {
             details.add_bad_request_violation(*field, reason.clone());
+        }
+        if let NodeError::Overloaded { retry_after_ms, .. } = self {
+            details.set_retry_info(Some(std::time::Duration::from_millis(*retry_after_ms)));
         }
         Status::with_error_details(code, self.to_string(), details)
     }
@@ -280,6 +306,20 @@ mod tests {
     }
 
     #[test]
+    fn storage_failures_are_data_loss_only_when_the_data_is_corrupt() {
+        use std::io;
+        let corrupt = storage(3)(io::Error::new(io::ErrorKind::InvalidData, "crc mismatch"));
+        assert_eq!(corrupt.to_status().code(), Code::DataLoss);
+        assert!(matches!(corrupt, NodeError::Corrupted { shard: 3, .. }));
+        // An I/O failure is the disk, not a bug: UNAVAILABLE, so the client may go elsewhere,
+        // even when its message mentions corruption.
+        let disk = storage(3)(io::Error::other("No space left on device (not corrupt)"));
+        let s = disk.to_status();
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        assert!(s.message().contains("reading its data failed"), "{}", s.message());
+    }
+
+    #[test]
     fn every_variant_maps_to_its_code_and_reason() {
         let cases = [
             (NodeError::too_large("value", 10, 5), Code::InvalidArgument, "INVALID_INPUT"),
@@ -320,6 +360,15 @@ mod tests {
                 NodeError::Refused { reason: "too few nodes".into() },
                 Code::FailedPrecondition,
                 "MEMBERSHIP_REFUSED",
+            ),
+            (
+                NodeError::Overloaded {
+                    limit: crate::admission::Limit::Bytes,
+                    max: 1,
+                    retry_after_ms: 5,
+                },
+                Code::ResourceExhausted,
+                "OVERLOADED",
             ),
             (
                 NodeError::OffsetOutOfRange {

@@ -5,12 +5,14 @@
 //! or passes the consistency level's read barrier and reads the applied state (reads). All
 //! errors leave through [`NodeError::to_status`].
 
-use crate::error::NodeError;
+use crate::admission::Admission;
+use crate::error::{NodeError, storage};
 use crate::metrics::NodeMetrics;
 use crate::registry::ShardRegistry;
 use crate::shard::{Shard, request_deadline};
 use crate::validate;
 use bytes::Bytes;
+use prost::Message as _;
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
     BatchWriteRequest, BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse,
@@ -26,17 +28,13 @@ use tonic::{Request, Response, Status};
 pub struct KvService {
     registry: ShardRegistry,
     metrics: NodeMetrics,
+    admission: Admission,
 }
 
 impl KvService {
-    pub fn new(registry: ShardRegistry, metrics: NodeMetrics) -> Self {
-        KvService { registry, metrics }
+    pub fn new(registry: ShardRegistry, metrics: NodeMetrics, admission: Admission) -> Self {
+        KvService { registry, metrics, admission }
     }
-}
-
-/// A RocksDB read that failed: the node's disk or its data, not the request.
-fn storage_read(e: std::io::Error) -> NodeError {
-    NodeError::Internal(e.to_string())
 }
 
 fn kv(key: Vec<u8>, v: Versioned) -> KeyValue {
@@ -65,8 +63,10 @@ impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("put", async {
+                let _admitted = admitted?;
                 validate::key(&req.key)?;
                 validate::value(&req.value)?;
                 let shard = self.registry.shard_for_key(&req.key)?;
@@ -86,8 +86,10 @@ impl Kv for KvService {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("get", async {
+                let _admitted = admitted?;
                 validate::key(&req.key)?;
                 let consistency = validate::consistency(req.consistency)?;
                 let shard = self.read_shard(&req.key, consistency, timeout).await?;
@@ -96,7 +98,7 @@ impl Kv for KvService {
                 // cache in microseconds, and the hop to a blocking thread cost 17-19% of read
                 // throughput (paired debug runs, docs/performance.md). Scans, multi-gets and
                 // stream pages go through the read pool.
-                let found = shard.reader.get(&req.key).map_err(storage_read)?;
+                let found = shard.reader.get(&req.key).map_err(storage(shard.id))?;
                 Ok(GetResponse { header: Some(header), kv: found.map(|v| kv(req.key.to_vec(), v)) })
             })
             .await
@@ -108,8 +110,10 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("delete", async {
+                let _admitted = admitted?;
                 validate::key(&req.key)?;
                 let shard = self.registry.shard_for_key(&req.key)?;
                 let session = validate::session(req.session.as_ref())?;
@@ -131,7 +135,9 @@ impl Kv for KvService {
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics.observed("compare_and_swap", async {
+            let _admitted = admitted?;
             validate::key(&req.key)?;
             let expected = match req.expected.and_then(|c| c.target) {
                 Some(compare::Target::Value(v)) => {
@@ -172,7 +178,9 @@ impl Kv for KvService {
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics.observed("scan", async {
+            let _admitted = admitted?;
             let consistency = validate::consistency(req.consistency)?;
             let limit = validate::scan_limit(req.limit)?;
             for (field, v) in [("start_key", &req.start_key), ("end_key", &req.end_key), ("prefix", &req.prefix)] {
@@ -200,7 +208,7 @@ impl Kv for KvService {
             let page = shard
                 .read(move |r| {
                     let range = ScanRange { start: &start[..], end: (!end.is_empty()).then_some(&end[..]), prefix: &prefix[..] };
-                    r.scan(&range, limit).map_err(storage_read)
+                    r.scan(&range, limit).map_err(storage(r.shard_id()))
                 })
                 .await?;
             Ok(ScanResponse {
@@ -218,7 +226,9 @@ impl Kv for KvService {
     ) -> Result<Response<BatchWriteResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics.observed("batch_write", async {
+            let _admitted = admitted?;
             let bytes: usize = req
                 .ops
                 .iter()
@@ -273,8 +283,10 @@ impl Kv for KvService {
     ) -> Result<Response<MultiGetResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("multi_get", async {
+                let _admitted = admitted?;
                 if req.keys.len() > validate::MULTI_GET_KEYS_MAX {
                     return Err(NodeError::InvalidArgument {
                         field: "keys",
@@ -309,7 +321,7 @@ impl Kv for KvService {
                         .read(move |r| {
                             let mut got = Vec::new();
                             for (i, k) in keys {
-                                if let Some(v) = r.get(&k).map_err(storage_read)? {
+                                if let Some(v) = r.get(&k).map_err(storage(r.shard_id()))? {
                                     got.push((i, kv(k.to_vec(), v)));
                                 }
                             }

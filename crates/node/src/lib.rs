@@ -28,10 +28,13 @@
 //! bounded), [`kv_service`] and
 //! [`admin_service`] (the public API), [`raft_service`] and [`network`] (the Raft transport),
 //! [`streams_service`] (event streams and watch, shard level), [`retention`] (trimming events
-//! and watch history through Raft), [`balancer`] (spreading leaderships), [`error`] (the one error-to-status table), [`validate`] and [`validate_events`] (input limits), [`metrics`] and
-//! [`http`] (observability), [`wire`] (payload encoding).
+//! and watch history through Raft), [`balancer`] (spreading leaderships), [`error`] (the one
+//! error-to-status table), [`admission`] (shedding client load beyond the node's limits),
+//! [`validate`] and [`validate_events`] (input limits), [`metrics`] and [`http`]
+//! (observability), [`wire`] (payload encoding).
 
 pub mod admin_service;
+pub mod admission;
 pub mod balancer;
 pub mod bootstrap;
 pub mod config;

@@ -255,16 +255,27 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     for service in ["", "ringkv.v1.KV", "ringkv.v1.Streams"] {
         health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
     }
+    let a = cfg.admission;
+    let admission = crate::admission::Admission::new(
+        a.inflight_requests_max,
+        a.inflight_bytes_max,
+        Duration::from_millis(a.retry_after_ms),
+    );
+    metrics.with_registry(|r| admission.register(r));
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(
-            KvServer::new(KvService::new(registry.clone(), metrics.clone()))
+            KvServer::new(KvService::new(registry.clone(), metrics.clone(), admission.clone()))
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         )
         .add_service(
-            StreamsServer::new(StreamsService::new(registry.clone(), metrics.clone()))
-                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+            StreamsServer::new(StreamsService::new(
+                registry.clone(),
+                metrics.clone(),
+                admission.clone(),
+            ))
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
         )
         .add_service(AdminServer::with_interceptor(
             AdminService::new(registry.clone(), driver.clone()),

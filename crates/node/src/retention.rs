@@ -12,7 +12,7 @@
 //! more than `watch_history_revisions` entries beyond its oldest kept change, the leader
 //! proposes `CompactChanges` so that about that many revisions stay available.
 
-use crate::error::NodeError;
+use crate::error::storage;
 use crate::metrics::NodeMetrics;
 use crate::registry::ShardRegistry;
 use crate::shard::Shard;
@@ -49,10 +49,6 @@ pub fn spawn(
     })
 }
 
-fn internal(e: std::io::Error) -> NodeError {
-    NodeError::Internal(e.to_string())
-}
-
 async fn propose(shard: &Shard, metrics: &NodeMetrics, cmd: StreamCommand) -> Result<(), String> {
     metrics.retention_proposals.inc();
     let proposal = Proposal { session: None, command: Command::Stream(cmd) };
@@ -69,13 +65,13 @@ async fn enforce(
     // age) run off the async runtime, in one go; the proposals follow.
     let (trims, first) = shard
         .read(move |r| {
-            let partitions = r.partitions().map_err(internal)?;
+            let partitions = r.partitions().map_err(storage(r.shard_id()))?;
             let mut trims = Vec::new();
             for p in partitions {
-                let before = keep_from(r, &p, now_ms).map_err(internal)?;
+                let before = keep_from(r, &p, now_ms).map_err(storage(r.shard_id()))?;
                 trims.push((p, before));
             }
-            Ok((trims, r.first_revision().map_err(internal)?))
+            Ok((trims, r.first_revision().map_err(storage(r.shard_id()))?))
         })
         .await
         .map_err(|e| e.to_string())?;

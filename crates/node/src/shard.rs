@@ -29,7 +29,9 @@ use openraft::raft::AppendEntriesRequest;
 use openraft::{Instant as _, RaftMetrics, ReadPolicy, ServerState};
 use ringkv_placement::{NodeId, ShardId};
 use ringkv_proto::v1::{Consistency, ResponseHeader};
-use ringkv_storage::{CommandResult, Proposal, ShardReader, ShardStateMachine, TypeConfig};
+use ringkv_storage::{
+    CommandResult, Fault, FaultKind, Proposal, ShardReader, ShardStateMachine, TypeConfig,
+};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -256,7 +258,10 @@ impl Shard {
 
     fn fatal(&self, f: &Fatal<TypeConfig>) -> NodeError {
         match f {
-            Fatal::StorageError(e) if e.to_string().contains("corrupt") => {
+            // By the fault's kind, which the storage layer set where it found the damage.
+            Fatal::StorageError(e)
+                if Fault::find(e).is_some_and(|f| f.kind == FaultKind::Corrupt) =>
+            {
                 NodeError::Corrupted { shard: self.id, reason: e.to_string() }
             }
             other => NodeError::ShardUnavailable { shard: self.id, reason: other.to_string() },

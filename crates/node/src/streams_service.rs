@@ -14,12 +14,14 @@
 //! as HTTP/2 flow control lets the client take, so a slow consumer holds at most a few pages
 //! of memory here. Idle streams wake on the shard's applied-index watch, not on a timer.
 
-use crate::error::NodeError;
+use crate::admission::Admission;
+use crate::error::{NodeError, storage};
 use crate::metrics::NodeMetrics;
 use crate::registry::ShardRegistry;
 use crate::shard::{Shard, request_deadline};
 use crate::validate;
 use crate::validate_events as check;
+use prost::Message as _;
 use ringkv_proto::v1::streams_server::Streams;
 use ringkv_proto::v1::*;
 use ringkv_storage::stream_reader::KeyFilter;
@@ -50,9 +52,11 @@ type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Se
 pub struct StreamsService {
     registry: ShardRegistry,
     metrics: NodeMetrics,
+    admission: Admission,
     open_streams: Arc<Semaphore>,
 }
 
+/// A state machine answer of the wrong kind: a bug.
 fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Internal(e.to_string())
 }
@@ -151,10 +155,11 @@ fn rejected(
 }
 
 impl StreamsService {
-    pub fn new(registry: ShardRegistry, metrics: NodeMetrics) -> Self {
+    pub fn new(registry: ShardRegistry, metrics: NodeMetrics, admission: Admission) -> Self {
         StreamsService {
             registry,
             metrics,
+            admission,
             open_streams: Arc::new(Semaphore::new(STREAMS_PER_NODE_MAX)),
         }
     }
@@ -193,7 +198,8 @@ impl StreamsService {
         let shard = self.partition_shard(topic, partition)?;
         shard.read_barrier(consistency, timeout).await?;
         let t = topic.to_owned();
-        let rec = shard.read(move |r| r.partition(&t, partition).map_err(internal)).await?;
+        let rec =
+            shard.read(move |r| r.partition(&t, partition).map_err(storage(r.shard_id()))).await?;
         Ok((shard, rec.ok_or_else(|| no_partition(topic, partition))?))
     }
 
@@ -263,7 +269,8 @@ async fn run_subscription(
         let page = shard
             .read(move |reader| -> Result<Vec<StoredEvent>, NodeError> {
                 let topic = topic_read;
-                let rec = reader.partition(&topic, partition).map_err(internal)?;
+                let rec =
+                    reader.partition(&topic, partition).map_err(storage(reader.shard_id()))?;
                 let rec = rec.ok_or_else(|| no_partition(&topic, partition))?;
                 if next < rec.start_offset {
                     return Err(NodeError::OffsetOutOfRange {
@@ -276,7 +283,7 @@ async fn run_subscription(
                 }
                 let events = reader
                     .events(&topic, partition, next, batch, u64::from(check::READ_BYTES_DEFAULT))
-                    .map_err(internal)?;
+                    .map_err(storage(reader.shard_id()))?;
                 Ok(events.into_iter().map(|(o, r)| stored_event(o, r)).collect())
             })
             .await;
@@ -325,7 +332,7 @@ async fn run_watch(
         let (shard_id, key) = (shard.id, key.clone());
         let page = shard
             .read(move |reader| {
-                let first = reader.first_revision().map_err(internal)?;
+                let first = reader.first_revision().map_err(storage(reader.shard_id()))?;
                 if next < first {
                     return Err(NodeError::Compacted {
                         shard: shard_id,
@@ -334,7 +341,9 @@ async fn run_watch(
                     });
                 }
                 let filter = if prefix { KeyFilter::Prefix(&key) } else { KeyFilter::Exact(&key) };
-                reader.changes(next, to, filter, WATCH_PAGE_CHANGES).map_err(internal)
+                reader
+                    .changes(next, to, filter, WATCH_PAGE_CHANGES)
+                    .map_err(storage(reader.shard_id()))
             })
             .await;
         let page = match page {
@@ -397,8 +406,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("put_topic", async {
+                let _admitted = admitted?;
                 check::topic(&req.name)?;
                 let config = check::config(req.config.as_ref())?;
                 let shard = self.catalog()?;
@@ -420,8 +431,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<RemoveTopicResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("remove_topic", async {
+                let _admitted = admitted?;
                 check::topic(&req.name)?;
                 let shard = self.catalog()?;
                 let cmd = StreamCommand::RemoveTopic {
@@ -444,16 +457,19 @@ impl Streams for StreamsService {
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("get_topics", async {
+                let _admitted = admitted?;
                 if let Some(n) = &req.name {
                     check::topic(n)?;
                 }
                 let shard = self.catalog()?;
                 shard.read_barrier(Consistency::Linearizable, timeout).await?;
                 let name = req.name.clone();
-                let topics =
-                    shard.read(move |r| r.topics(name.as_deref()).map_err(internal)).await?;
+                let topics = shard
+                    .read(move |r| r.topics(name.as_deref()).map_err(storage(r.shard_id())))
+                    .await?;
                 Ok(ListTopicsResponse { topics: topics.into_iter().map(topic_info).collect() })
             })
             .await
@@ -465,8 +481,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<PartitionInfo>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("create_partition", async {
+                let _admitted = admitted?;
                 check::topic(&req.topic)?;
                 let config = check::config(req.config.as_ref())?;
                 let shard = self.partition_shard(&req.topic, req.partition)?;
@@ -491,8 +509,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<DropPartitionResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("drop_partition", async {
+                let _admitted = admitted?;
                 check::topic(&req.topic)?;
                 let shard = self.partition_shard(&req.topic, req.partition)?;
                 let cmd = StreamCommand::DropPartition {
@@ -515,8 +535,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<PartitionInfo>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("get_partition", async {
+                let _admitted = admitted?;
                 let (shard, rec) = self
                     .read_partition(&req.topic, req.partition, Consistency::Linearizable, timeout)
                     .await?;
@@ -531,8 +553,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<AppendResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("append", async {
+                let _admitted = admitted?;
                 check::topic(&req.topic)?;
                 let partition = req.partition.ok_or_else(|| {
                     NodeError::invalid(
@@ -581,8 +605,10 @@ impl Streams for StreamsService {
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("read", async {
+                let _admitted = admitted?;
                 let consistency = validate::consistency(req.consistency)?;
                 let (max_events, max_bytes) = check::read_limits(req.max_events, req.max_bytes)?;
                 let (shard, rec) =
@@ -600,7 +626,8 @@ impl Streams for StreamsService {
                 let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
                 let events = shard
                     .read(move |r| {
-                        r.events(&topic, partition, offset, max_events, max_bytes).map_err(internal)
+                        r.events(&topic, partition, offset, max_events, max_bytes)
+                            .map_err(storage(r.shard_id()))
                     })
                     .await?;
                 let next_offset = events.last().map_or(req.offset, |(o, _)| o + 1);
@@ -623,8 +650,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("subscribe", async {
+                let _admitted = admitted?;
                 let batch = match req.max_batch_events {
                     0 => check::SUBSCRIBE_BATCH_DEFAULT,
                     n if n > check::READ_EVENTS_MAX => {
@@ -649,7 +678,9 @@ impl Streams for StreamsService {
                     Some(subscribe_request::Start::Group(g)) => {
                         let (topic, partition, g) = (req.topic.clone(), req.partition, g.clone());
                         shard
-                            .read(move |r| r.group_offset(&topic, partition, &g).map_err(internal))
+                            .read(move |r| {
+                                r.group_offset(&topic, partition, &g).map_err(storage(r.shard_id()))
+                            })
                             .await?
                             .unwrap_or(rec.start_offset)
                     }
@@ -680,8 +711,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<CommitOffsetResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("commit_offset", async {
+                let _admitted = admitted?;
                 check::topic(&req.topic)?;
                 check::group(&req.group)?;
                 let session = validate::session(req.session.as_ref())?;
@@ -707,8 +740,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<FetchOffsetResponse>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("fetch_offset", async {
+                let _admitted = admitted?;
                 check::group(&req.group)?;
                 let (shard, _) = self
                     .read_partition(&req.topic, req.partition, Consistency::Linearizable, timeout)
@@ -716,7 +751,9 @@ impl Streams for StreamsService {
                 let (topic, partition, group) =
                     (req.topic.clone(), req.partition, req.group.clone());
                 let offset = shard
-                    .read(move |r| r.group_offset(&topic, partition, &group).map_err(internal))
+                    .read(move |r| {
+                        r.group_offset(&topic, partition, &group).map_err(storage(r.shard_id()))
+                    })
                     .await?;
                 Ok(FetchOffsetResponse { offset })
             })
@@ -731,8 +768,10 @@ impl Streams for StreamsService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let timeout = request_deadline(&req);
         let req = req.into_inner();
+        let admitted = self.admission.admit(req.encoded_len());
         self.metrics
             .observed("watch", async {
+                let _admitted = admitted?;
                 if req.key.len() > validate::KEY_BYTES_MAX {
                     return Err(NodeError::too_large(
                         "key",
@@ -764,7 +803,8 @@ impl Streams for StreamsService {
                     .find(|r| r.shard_id == shard.id)
                     .map_or(req.start_revision, |r| r.revision);
                 let start = if start == 0 { shard.applied_index() + 1 } else { start };
-                let first = shard.read(|r| r.first_revision().map_err(internal)).await?;
+                let first =
+                    shard.read(|r| r.first_revision().map_err(storage(r.shard_id()))).await?;
                 if start < first {
                     return Err(NodeError::Compacted {
                         shard: shard.id,

@@ -11,8 +11,11 @@
 //! Traffic splitting: with a second cluster configured, a fixed percentage of keys (chosen by
 //! key hash, so a key always goes to the same cluster) is sent there — for canaries and
 //! migrations, like nginx's `weight=9` with `ip_hash`, but sticky per key rather than per
-//! client.
+//! client. Multi-gets and scans merge both clusters (a scan shows each key from the cluster
+//! that owns it); a batch is atomic, so one whose keys the split sends to both clusters is
+//! refused with `INVALID_ARGUMENT` rather than divided.
 
+pub mod admission;
 pub mod deadline;
 pub mod events_service;
 pub mod metrics;
@@ -38,6 +41,10 @@ pub struct RouterConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub primary: RoutingConfig,
     pub split: Option<Split>,
+    /// Requests routed at once; more are refused (see [`admission`]).
+    pub inflight_requests_max: u32,
+    /// Each caller's (IP address's) rate limit; none by default.
+    pub rate_limit: Option<admission::RateLimit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +67,7 @@ pub struct RouterHandle {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     metrics_task: Option<JoinHandle<()>>,
+    pruner: Option<JoinHandle<()>>,
     health_task: JoinHandle<()>,
     ready: Ready,
 }
@@ -70,6 +78,9 @@ impl RouterHandle {
             let _ = tx.send(());
         }
         if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.pruner.take() {
             t.abort();
         }
         self.health_task.abort();
@@ -121,9 +132,13 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     let kv = service::RouterKv::new(primary.clone(), secondary, metrics.clone());
     let events = events_service::RouterEvents::new(primary.clone(), metrics.clone());
     let admin = service::RouterAdmin::new(primary);
+    let admission = admission::RouterAdmission::new(cfg.inflight_requests_max, cfg.rate_limit);
+    metrics.with_registry(|r| admission.register(r));
+    let pruner = admission.spawn_pruner();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(admission::AdmissionLayer(admission))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -161,6 +176,7 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
         shutdown: Some(tx),
         server,
         metrics_task,
+        pruner,
         health_task,
         ready,
     })

@@ -38,6 +38,20 @@ struct Args {
     /// Percentage of keys sent to the second cluster (0-100).
     #[arg(long, env = "RINGKV_ROUTER_SPLIT_PERCENT", default_value_t = 0)]
     split_percent: u32,
+    /// Requests routed at once; more are refused at once with RESOURCE_EXHAUSTED (OVERLOADED)
+    /// and a retry delay.
+    #[arg(
+        long,
+        env = "RINGKV_ROUTER_INFLIGHT_REQUESTS_MAX",
+        default_value_t = ringkv_router::admission::INFLIGHT_REQUESTS_MAX_DEFAULT
+    )]
+    inflight_requests_max: u32,
+    /// Requests per second each caller (by IP address) may send; 0: no per-caller limit.
+    #[arg(long, env = "RINGKV_ROUTER_CLIENT_RATE_PER_SEC", default_value_t = 0)]
+    client_rate_per_sec: u32,
+    /// Requests a caller may send at once above its rate (default: one second's worth).
+    #[arg(long, env = "RINGKV_ROUTER_CLIENT_BURST")]
+    client_burst: Option<u32>,
 }
 
 #[tokio::main]
@@ -65,6 +79,13 @@ async fn main() -> anyhow::Result<()> {
         metrics_listen: a.metrics_listen,
         primary: routing(a.seeds.clone()),
         split,
+        inflight_requests_max: a.inflight_requests_max,
+        rate_limit: std::num::NonZeroU32::new(a.client_rate_per_sec).map(|rate| {
+            ringkv_router::admission::RateLimit {
+                rate_per_sec: rate,
+                burst: a.client_burst.and_then(std::num::NonZeroU32::new).unwrap_or(rate),
+            }
+        }),
     };
     let mut router = ringkv_router::start(cfg).await?;
     println!(

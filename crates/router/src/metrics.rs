@@ -54,6 +54,11 @@ impl RouterMetrics {
         m
     }
 
+    /// Lets other components (admission) add their metrics.
+    pub fn with_registry(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     /// Runs a routed call and records its method, gRPC code and latency.
     pub async fn observed<T>(
         &self,

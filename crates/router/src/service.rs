@@ -6,7 +6,7 @@ use ringkv_placement::hash::key_hash;
 use ringkv_proto::v1::admin_server::Admin;
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::*;
-use ringkv_routing::Cluster;
+use ringkv_routing::{Cluster, RoutingError};
 use tonic::{Request, Response, Status};
 
 #[derive(Clone, Debug)]
@@ -34,6 +34,82 @@ impl RouterKv {
             Some((c, percent)) if (key_hash(key) >> 32) % 100 < u64::from(*percent) => c,
             _ => &self.primary,
         }
+    }
+
+    /// The one cluster that owns every key of a batch. A batch is atomic, so it cannot be
+    /// divided between two clusters: one whose keys the split sends to both is refused, and
+    /// nothing is written.
+    fn batch_cluster(&self, req: &BatchWriteRequest) -> Result<&Cluster, RoutingError> {
+        let keys = req.ops.iter().filter_map(|op| match &op.op {
+            Some(write_op::Op::Put(p)) => Some(&p.key),
+            Some(write_op::Op::Delete(d)) => Some(&d.key),
+            None => None,
+        });
+        let mut owner: Option<(&Cluster, &[u8])> = None;
+        for key in keys {
+            let cluster = self.cluster_for(key);
+            match owner {
+                None => owner = Some((cluster, key)),
+                Some((first, first_key)) if !std::ptr::eq(first, cluster) => {
+                    return Err(RoutingError::InvalidArgument(format!(
+                        "batch keys {} and {} go to different clusters of the traffic split \
+                         (a batch is atomic and cannot span them); send them as separate batches",
+                        String::from_utf8_lossy(first_key).escape_debug(),
+                        String::from_utf8_lossy(key).escape_debug(),
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(owner.map_or(&self.primary, |(c, _)| c))
+    }
+
+    /// One page of a scan over both clusters of a split, from a page of each.
+    ///
+    /// Each cluster keeps the keys the split sends to it (a key written to the primary before
+    /// the split began is not served by it any more, as a get would not find it there either).
+    /// A page that may continue covered the key space only up to its last key, so the merged
+    /// page stops at the smallest such key (`cutoff`); the continuation token is the key after
+    /// the last one returned, or after the cutoff when the filtering left the page short, which
+    /// both clusters' scans read as their next start key. No key repeats or is skipped.
+    fn merge_split_pages(
+        &self,
+        limit: u32,
+        primary: ScanResponse,
+        secondary_page: ScanResponse,
+        secondary: &Cluster,
+    ) -> ScanResponse {
+        let limit = if limit == 0 { ringkv_routing::SCAN_LIMIT_DEFAULT } else { limit } as usize;
+        let cutoff = [&primary, &secondary_page]
+            .into_iter()
+            .filter(|p| !p.continuation_token.is_empty())
+            .filter_map(|p| p.kvs.last().map(|kv| kv.key.clone()))
+            .min();
+        let owned_by =
+            |cluster: &Cluster, kv: &KeyValue| std::ptr::eq(self.cluster_for(&kv.key), cluster);
+        let mut kvs: Vec<KeyValue> = primary
+            .kvs
+            .into_iter()
+            .filter(|kv| owned_by(&self.primary, kv))
+            .chain(secondary_page.kvs.into_iter().filter(|kv| owned_by(secondary, kv)))
+            .filter(|kv| cutoff.as_ref().is_none_or(|c| kv.key <= *c))
+            .collect();
+        kvs.sort_by(|a, b| a.key.cmp(&b.key));
+        let truncated = kvs.len() > limit;
+        kvs.truncate(limit);
+        let resume_after = match (kvs.last(), &cutoff) {
+            (Some(last), _) if truncated => Some(last.key.clone()),
+            (_, Some(c)) => Some(c.clone()),
+            _ => None,
+        };
+        let continuation_token = resume_after
+            .map(|k| {
+                let mut next = k.to_vec();
+                next.push(0);
+                next.into()
+            })
+            .unwrap_or_default();
+        ScanResponse { header: None, kvs, continuation_token }
     }
 }
 
@@ -76,8 +152,21 @@ impl Kv for RouterKv {
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let t = crate::deadline::routing_timeout(req.metadata());
-        // Scans cover key ranges, which a per-key split cannot divide: they go to the primary.
-        self.metrics.observed("scan", self.primary.scan(req.into_inner(), t)).await
+        let req = req.into_inner();
+        // A scan of one shard names a shard of the primary's map: shard ids are per cluster.
+        let secondary = match &self.secondary {
+            Some((c, _)) if req.shard_id.is_none() => c,
+            _ => return self.metrics.observed("scan", self.primary.scan(req, t)).await,
+        };
+        self.metrics
+            .observed("scan", async {
+                let (a, b) = futures::try_join!(
+                    self.primary.scan(req.clone(), t),
+                    secondary.scan(req.clone(), t),
+                )?;
+                Ok(self.merge_split_pages(req.limit, a, b, secondary))
+            })
+            .await
     }
 
     async fn batch_write(
@@ -86,13 +175,12 @@ impl Kv for RouterKv {
     ) -> Result<Response<BatchWriteResponse>, Status> {
         let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
-        let first = req.ops.first().and_then(|op| match &op.op {
-            Some(write_op::Op::Put(p)) => Some(p.key.clone()),
-            Some(write_op::Op::Delete(d)) => Some(d.key.clone()),
-            None => None,
-        });
-        let cluster = self.cluster_for(first.as_deref().unwrap_or_default());
-        self.metrics.observed("batch_write", cluster.batch_write(req, t)).await
+        self.metrics
+            .observed("batch_write", async {
+                let cluster = self.batch_cluster(&req)?;
+                cluster.batch_write(req, t).await
+            })
+            .await
     }
 
     async fn multi_get(

@@ -5,7 +5,8 @@
 //! with the time left before the deadline, and learn from the answer: a success confirms the
 //! leader; `NOT_LEADER` redirects (to the named leader, else the next replica); `WRONG_SHARD`
 //! refreshes the map; a transient failure backs off (jittered, exponential) and, for transport
-//! failures, counts toward ejecting the node. Retries stop at the deadline, when the retry
+//! failures, counts toward ejecting the node; `OVERLOADED` waits as long as the node's
+//! `RetryInfo` asks (a busy node is not a failed one). Retries stop at the deadline, when the retry
 //! budget is spent, or at an error retrying cannot fix. A call that gives up says whether its
 //! write may have been applied: not if every attempt was refused before anything was
 //! proposed (see [`crate::outcome`]).
@@ -45,7 +46,8 @@ use tonic::{Response, Status};
 
 /// Redirects followed without backoff before a redirect counts as a retry.
 const FREE_REDIRECTS: u32 = 3;
-const SCAN_LIMIT_DEFAULT: u32 = 1000;
+/// The page size of a scan that asks for none (`limit` 0), as on a node.
+pub const SCAN_LIMIT_DEFAULT: u32 = 1000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabel {
@@ -65,6 +67,8 @@ pub struct RoutingStats {
     pub redirects: Counter,
     pub map_refreshes: Counter,
     pub ejections: Counter,
+    /// OVERLOADED answers waited out (a busy node, not a failed one).
+    pub overloaded: Counter,
     pub shard_requests: Family<ShardLabel, Counter>,
     pub node_attempts: Family<NodeLabel, Counter>,
     pub node_failures: Family<NodeLabel, Counter>,
@@ -78,6 +82,11 @@ impl RoutingStats {
         r.register("redirects", "NOT_LEADER answers followed", self.redirects.clone());
         r.register("map_refreshes", "Shard map fetches", self.map_refreshes.clone());
         r.register("ejections", "Nodes ejected after consecutive failures", self.ejections.clone());
+        r.register(
+            "overloaded",
+            "OVERLOADED answers from nodes, waited out as their RetryInfo asked",
+            self.overloaded.clone(),
+        );
         r.register("shard_requests", "Requests routed per shard", self.shard_requests.clone());
         r.register("node_attempts", "Attempts sent per node", self.node_attempts.clone());
         r.register("node_failures", "Transport failures per node", self.node_failures.clone());
@@ -406,6 +415,13 @@ impl Cluster {
             };
             // Redirects are cheap and expected around elections: a few are free.
             let free = matches!(next, Next::Redirect(Some(_))) && attempts <= FREE_REDIRECTS;
+            if let Next::RetryAfter(delay) = next
+                && delay >= remaining
+            {
+                // Waiting as asked would outlast the caller's deadline: the node's own answer,
+                // with its retry delay, says more than a deadline error would.
+                return Err(RoutingError::Node(status));
+            }
             if next == Next::Fail {
                 if earlier == WriteOutcome::Unknown && this == WriteOutcome::NotApplied {
                     // The node's refusal would read as "not applied"; an earlier attempt may
@@ -415,6 +431,11 @@ impl Cluster {
                 return Err(RoutingError::Node(status));
             }
             if !free && !inner.budget.try_retry() {
+                if matches!(next, Next::RetryAfter(_)) {
+                    // The cluster is shedding load: its own answer (with its retry delay)
+                    // tells the caller that better than "retry budget exhausted".
+                    return Err(RoutingError::Node(status));
+                }
                 return Err(RoutingError::BudgetExhausted { attempts, last, outcome });
             }
             inner.stats.retries.inc();
@@ -458,6 +479,11 @@ impl Cluster {
                         }
                     }
                     tokio::time::sleep(retry::backoff(&inner.cfg, retries).min(remaining)).await;
+                    retries += 1;
+                }
+                Next::RetryAfter(delay) => {
+                    inner.stats.overloaded.inc();
+                    tokio::time::sleep(retry::jittered(delay).min(remaining)).await;
                     retries += 1;
                 }
                 Next::Fail => unreachable!("handled above"),

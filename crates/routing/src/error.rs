@@ -8,6 +8,7 @@
 //! | Deadline        | DEADLINE_EXCEEDED | RETRIES_TIMED_OUT        | attempts, outcome     |
 //! | BudgetExhausted | UNAVAILABLE       | RETRY_BUDGET_EXHAUSTED   | attempts, outcome     |
 //! | InvalidArgument | INVALID_ARGUMENT  | INVALID_INPUT            |                       |
+//! | Overloaded      | RESOURCE_EXHAUSTED| OVERLOADED (+ RetryInfo) | limit_kind, limit     |
 //!
 //! `outcome` tells a writer whether its write may have been applied ([`WriteOutcome`]). A node's
 //! refusal that followed an attempt of unknown outcome is passed through with `outcome` =
@@ -32,6 +33,13 @@ pub enum RoutingError {
     BudgetExhausted { attempts: u32, last: String, outcome: WriteOutcome },
     #[error("invalid request: {0}")]
     InvalidArgument(String),
+    /// The router's own admission limit (its requests in flight, or this caller's rate):
+    /// nothing was sent to the cluster.
+    #[error(
+        "router overloaded: {limit_kind} limit of {limit} reached; nothing was done, retry in {} ms",
+        .retry_after.as_millis()
+    )]
+    Overloaded { limit_kind: &'static str, limit: u64, retry_after: std::time::Duration },
 }
 
 fn with_info(code: Code, message: String, reason: &str, md: &[(&str, String)]) -> Status {
@@ -82,6 +90,16 @@ impl RoutingError {
             RoutingError::InvalidArgument(_) => {
                 with_info(Code::InvalidArgument, message, "INVALID_INPUT", &[])
             }
+            RoutingError::Overloaded { limit_kind, limit, retry_after } => {
+                let md = HashMap::from([
+                    ("limit_kind".to_string(), limit_kind.to_string()),
+                    ("limit".to_string(), limit.to_string()),
+                ]);
+                let mut details =
+                    ErrorDetails::with_error_info("OVERLOADED", ringkv_proto::ERROR_DOMAIN, md);
+                details.set_retry_info(Some(*retry_after));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
         }
     }
 }
@@ -118,6 +136,14 @@ mod tests {
                 Unknown,
             ),
             (RoutingError::InvalidArgument("key is empty".into()), NotApplied),
+            (
+                RoutingError::Overloaded {
+                    limit_kind: "rate",
+                    limit: 100,
+                    retry_after: std::time::Duration::from_millis(20),
+                },
+                NotApplied,
+            ),
             // No seed answered: the status has no details, so it reads as unknown (safe).
             (RoutingError::NoMap("refused".into()), Unknown),
         ];

@@ -111,7 +111,10 @@ pub async fn follow<R: Resumable>(
         }
         tracing::debug!(shard, error = %status.message(), "stream broke; resuming");
         if !matches!(retry::classify(&status), Next::Redirect(Some(_))) || failures > 0 {
-            let pause = retry::backoff(&cluster.inner.cfg, failures);
+            let pause = match retry::classify(&status) {
+                Next::RetryAfter(delay) => retry::jittered(delay),
+                _ => retry::backoff(&cluster.inner.cfg, failures),
+            };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = tx.closed() => return,
@@ -149,6 +152,6 @@ async fn note_failure(
         Next::RefreshMap => {
             let _ = cluster.refresh_map().await;
         }
-        Next::Backoff { node_failed: false } | Next::Fail => {}
+        Next::Backoff { node_failed: false } | Next::RetryAfter(_) | Next::Fail => {}
     }
 }

@@ -64,6 +64,7 @@ impl WriteOutcome {
                     | "INVALID_INPUT"
                     | "TOPIC_CHANGED"
                     | "LIMIT_REACHED"
+                    | "OVERLOADED"
                     | "OUT_OF_ORDER_SEQUENCE"
             ),
             // Only a status made here, without details, can be a failed connect.

@@ -25,6 +25,9 @@ pub enum Next {
     RefreshMap,
     /// A transient failure of the node or shard: back off and retry.
     Backoff { node_failed: bool },
+    /// The node is overloaded and said when to come back: wait that long (not a failure of
+    /// the node: it answered, and ejecting it would move its load onto the others).
+    RetryAfter(Duration),
     /// Final: return this to the caller.
     Fail,
 }
@@ -48,6 +51,7 @@ pub fn classify(status: &Status) -> Next {
         (Code::Unavailable, None) | (Code::Cancelled, _) => Next::Backoff { node_failed: true },
         // A bound of the cluster (topics, groups): waiting does not free it.
         (Code::ResourceExhausted, Some("LIMIT_REACHED")) => Next::Fail,
+        (Code::ResourceExhausted, Some("OVERLOADED")) => Next::RetryAfter(retry_after(status)),
         (Code::Unavailable, Some(_))
         | (Code::DeadlineExceeded, _)
         | (Code::ResourceExhausted, _)
@@ -57,6 +61,30 @@ pub fn classify(status: &Status) -> Next {
         (Code::Unknown, None) => Next::Backoff { node_failed: true },
         _ => Next::Fail,
     }
+}
+
+/// The delay an `OVERLOADED` refusal asks for, from its `RetryInfo` (a node that sent none
+/// gets [`RETRY_AFTER_DEFAULT`]; a huge one is capped at [`RETRY_AFTER_MAX`], since a caller
+/// whose deadline is shorter gives up anyway).
+pub fn retry_after(status: &Status) -> Duration {
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap_or(RETRY_AFTER_DEFAULT)
+        .min(RETRY_AFTER_MAX)
+}
+
+/// The wait after an `OVERLOADED` refusal without a `RetryInfo`.
+pub const RETRY_AFTER_DEFAULT: Duration = Duration::from_millis(50);
+/// The longest wait an `OVERLOADED` refusal can ask for.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(5);
+
+/// The wait before retrying a node that asked for `delay`: the delay plus up to half of it
+/// again at random, so callers refused together do not all come back at the same instant.
+pub fn jittered(delay: Duration) -> Duration {
+    let extra = u64::try_from(delay.as_micros() / 2).unwrap_or(u64::MAX);
+    delay + Duration::from_micros(rand::random_range(0..=extra))
 }
 
 /// Whether `status` came from the node itself (an error of ringkv's, with its details), not
@@ -149,6 +177,39 @@ mod tests {
             Next::Fail
         );
         assert_eq!(classify(&with_reason(Code::DataLoss, "SHARD_CORRUPTED", &[])), Next::Fail);
+        assert_eq!(
+            classify(&with_reason(Code::ResourceExhausted, "LIMIT_REACHED", &[])),
+            Next::Fail
+        );
+    }
+
+    #[test]
+    fn an_overloaded_node_is_waited_for_as_long_as_it_asks_and_is_not_a_failure() {
+        use std::collections::HashMap;
+        use tonic_types::ErrorDetails;
+        let overloaded = |delay: Option<Duration>| {
+            let mut d = ErrorDetails::with_error_info(
+                "OVERLOADED",
+                ringkv_proto::ERROR_DOMAIN,
+                HashMap::from([("limit_kind".to_string(), "requests".to_string())]),
+            );
+            if let Some(delay) = delay {
+                d.set_retry_info(Some(delay));
+            }
+            Status::with_error_details(Code::ResourceExhausted, "busy", d)
+        };
+        let s = overloaded(Some(Duration::from_millis(80)));
+        assert_eq!(classify(&s), Next::RetryAfter(Duration::from_millis(80)));
+        assert!(node_answered(&s), "a busy node answered: no ejection");
+        assert_eq!(classify(&overloaded(None)), Next::RetryAfter(RETRY_AFTER_DEFAULT));
+        assert_eq!(
+            classify(&overloaded(Some(Duration::from_secs(3600)))),
+            Next::RetryAfter(RETRY_AFTER_MAX)
+        );
+        for _ in 0..100 {
+            let j = jittered(Duration::from_millis(80));
+            assert!(j >= Duration::from_millis(80) && j <= Duration::from_millis(120), "{j:?}");
+        }
     }
 
     #[test]

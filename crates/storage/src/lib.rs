@@ -15,6 +15,7 @@
 //!   offsets and the KV change history (for watch), in the `streams` family.
 //! - [`reader`]: reads of applied data for the request handlers.
 //! - [`NodeStorage`]: opens the database and hands out per-shard stores.
+//! - [`fault`]: storage errors carry whether data is corrupt, by type, through openraft.
 //!
 //! Every store must pass openraft's storage conformance suite (`tests/conformance.rs`).
 
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod command;
 pub mod db;
 pub mod entry_cache;
+pub mod fault;
 pub mod keys;
 pub mod log_store;
 pub mod metrics;
@@ -38,6 +40,7 @@ pub mod type_config;
 pub mod wal_syncer;
 
 pub use command::{BatchOp, Command, CommandResult, Expected, Proposal, Session, Versioned};
+pub use fault::{Fault, FaultKind};
 pub use log_store::ShardLogStore;
 pub use metrics::StorageMetrics;
 pub use node_storage::NodeStorage;

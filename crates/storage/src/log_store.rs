@@ -67,8 +67,9 @@ impl std::fmt::Debug for ShardLogStore {
     }
 }
 
+/// A RocksDB status as an `io::Error`, corruption as `InvalidData` (see [`crate::fault`]).
 pub(crate) fn rocks_err(e: rocksdb::Error) -> io::Error {
-    io::Error::other(e)
+    io::Error::new(crate::fault::rocks_io_kind(&e.kind()), e)
 }
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {

@@ -57,6 +57,11 @@ impl ShardReader {
         ShardReader { shard, db }
     }
 
+    /// The shard this reader reads.
+    pub fn shard_id(&self) -> ShardId {
+        self.shard
+    }
+
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Versioned>> {
         read_kv(&self.db, cf(&self.db, CF_KV)?, self.shard, key)
     }

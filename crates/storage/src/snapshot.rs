@@ -195,6 +195,9 @@ pub struct SnapshotReader {
     keys_seen: u64,
     sessions_seen: u64,
     streams_seen: u64,
+    /// Whether the streams end frame was read: a snapshot with stream records must have one,
+    /// or a deleted end frame would go unnoticed.
+    streams_ended: bool,
     done: bool,
 }
 
@@ -206,8 +209,14 @@ impl SnapshotReader {
     /// Opens a snapshot and returns its header.
     pub fn open(path: &Path) -> io::Result<(Self, ShardId, SnapshotMeta)> {
         let input = BufReader::new(File::open(path)?);
-        let mut r =
-            SnapshotReader { input, keys_seen: 0, sessions_seen: 0, streams_seen: 0, done: false };
+        let mut r = SnapshotReader {
+            input,
+            keys_seen: 0,
+            sessions_seen: 0,
+            streams_seen: 0,
+            streams_ended: false,
+            done: false,
+        };
         match r.frame()? {
             Some(Frame::Header { shard, meta }) => Ok((r, shard, meta)),
             _ => Err(bad("missing header")),
@@ -249,6 +258,7 @@ impl SnapshotReader {
                 Ok(Some(Chunk::Streams(records)))
             }
             Some(Frame::StreamsEnd { records }) if records == self.streams_seen => {
+                self.streams_ended = true;
                 self.next_chunk()
             }
             Some(Frame::StreamsEnd { records }) => Err(bad(format!(
@@ -258,6 +268,14 @@ impl SnapshotReader {
             Some(Frame::End { keys, sessions })
                 if keys == self.keys_seen && sessions == self.sessions_seen =>
             {
+                if self.streams_seen > 0 && !self.streams_ended {
+                    return Err(bad("stream records without their end frame"));
+                }
+                // Nothing may follow the end frame: bytes there are damage or another file.
+                let mut byte = [0u8; 1];
+                if self.input.read(&mut byte)? != 0 {
+                    return Err(bad("bytes after the end frame"));
+                }
                 self.done = true;
                 Ok(None)
             }

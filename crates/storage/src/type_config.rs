@@ -14,6 +14,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         AsyncRuntime = openraft_rt_tokio::TokioRuntime,
+        ErrorSource = crate::fault::Fault,
 );
 
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
