@@ -179,6 +179,10 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Test nodes serve Raft and membership on a port of their own, the client port + 1, as the
+/// Kubernetes manifests do (with their own offset): every multi-process test runs that way.
+pub const RAFT_PORT_OFFSET: u16 = 1;
+
 /// `n` consecutive free ports (checked by binding each).
 pub fn free_port_range(n: u16) -> Result<u16> {
     for _ in 0..100 {
@@ -298,7 +302,8 @@ impl Cluster {
             let (addr, metrics_addr) = match &net {
                 Some(lab) => (format!("{}:7000", lab.ip(id)), format!("{}:9100", lab.ip(id))),
                 None => {
-                    (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?))
+                    let port = free_port_range(RAFT_PORT_OFFSET + 1)?;
+                    (format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", free_port()?))
                 }
             };
             specs.push(NodeSpec { id, addr: addr.clone(), weight: 1 });
@@ -353,6 +358,8 @@ impl Cluster {
             .arg(&n.data_dir)
             .arg("--members")
             .arg(&self.members_arg)
+            .arg("--raft-port-offset")
+            .arg(RAFT_PORT_OFFSET.to_string())
             .arg("--shards")
             .arg(self.layout.shard_count.to_string())
             .arg("--replication-factor")
@@ -450,7 +457,10 @@ impl Cluster {
                 ensure!(lab.has_node(id), "the network lab has no namespace for node {id}");
                 (format!("{}:7000", lab.ip(id)), format!("{}:9100", lab.ip(id)))
             }
-            None => (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?)),
+            None => {
+                let port = free_port_range(RAFT_PORT_OFFSET + 1)?;
+                (format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", free_port()?))
+            }
         };
         self.nodes.push(NodeProc {
             id,
@@ -840,6 +850,14 @@ impl Cluster {
 
     pub fn addr(&self, id: u64) -> String {
         self.node(id).addr.clone()
+    }
+
+    /// Where node `id` serves its peers (Raft, membership): its own port, as in production.
+    pub fn peer_addr(&self, id: u64) -> String {
+        let addr = self.addr(id);
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let port: u16 = port.parse().expect("a port");
+        format!("{host}:{}", port + RAFT_PORT_OFFSET)
     }
 
     pub fn metrics_url(&self, id: u64) -> String {

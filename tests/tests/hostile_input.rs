@@ -1,5 +1,5 @@
 //! Hostile bytes on every port: garbage, a truncated HTTP/2 conversation and an oversized
-//! message to a node's gRPC port (client API and the internal Raft service share it), its
+//! message to a node's client gRPC port, its peer port (Raft, membership), its
 //! metrics/health HTTP port, the router's gRPC port and its HTTP port; garbage Raft payloads
 //! with a valid envelope. Each is refused (the connection closed, an HTTP 4xx, or a gRPC
 //! error), and afterwards every process is still up, healthy and serving writes.
@@ -104,6 +104,7 @@ async fn hostile_bytes_on_every_port_are_refused_and_nothing_breaks() -> Result<
     let node_metrics = c.nodes[0].metrics_addr.clone();
 
     hostile_conversations(&c.addr(1), false, 1).await.context("node gRPC port")?;
+    hostile_conversations(&c.peer_addr(1), false, 5).await.context("node peer port")?;
     hostile_conversations(&node_metrics, true, 2).await.context("node HTTP port")?;
     hostile_conversations(&router.addr, false, 3).await.context("router gRPC port")?;
     hostile_conversations(&router_metrics, true, 4).await.context("router HTTP port")?;
@@ -131,7 +132,21 @@ async fn hostile_bytes_on_every_port_are_refused_and_nothing_breaks() -> Result<
     // docs/security.md.)
     let cluster_id = c.current_map().await?.cluster_id;
     let to = c.identity_of(1).await?;
-    let mut raft = RaftClient::new(ringkv_tests::channel(&c.addr(1)).await?);
+    // The client port does not serve the internal services at all, and the peer port does
+    // not serve the client API.
+    let mut on_client_port = RaftClient::new(ringkv_tests::channel(&c.addr(1)).await?);
+    let e = on_client_port
+        .ping(ringkv_proto::internal::PingRequest::default())
+        .await
+        .expect_err("Raft on the client port");
+    ensure!(e.code() == tonic::Code::Unimplemented, "Raft on the client port: {e:?}");
+    let mut kv_on_peer_port = KvClient::new(ringkv_tests::channel(&c.peer_addr(1)).await?);
+    let e = kv_on_peer_port
+        .get(ringkv_proto::v1::GetRequest { key: b"k".to_vec().into(), ..Default::default() })
+        .await
+        .expect_err("KV on the peer port");
+    ensure!(e.code() == tonic::Code::Unimplemented, "KV on the peer port: {e:?}");
+    let mut raft = RaftClient::new(ringkv_tests::channel(&c.peer_addr(1)).await?);
     for seed in 0..50u64 {
         let mut payload = garbage(64 + seed as usize * 7, 100 + seed);
         if seed % 2 == 0 {

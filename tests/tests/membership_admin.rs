@@ -38,7 +38,7 @@ async fn unsafe_or_invalid_membership_changes_are_refused_and_change_nothing() -
 
     // A join with another cluster's id, and a join under a name a live node holds.
     let leader = c.meta_leader().await.context("no meta leader")?;
-    let mut membership = MembershipClient::new(channel(&c.addr(leader)).await?);
+    let mut membership = MembershipClient::new(channel(&c.peer_addr(leader)).await?);
     let join = |cluster_id, name: &str| JoinRequest {
         cluster_id,
         name: name.to_string(),
@@ -80,7 +80,7 @@ async fn unsafe_or_invalid_membership_changes_are_refused_and_change_nothing() -
     ensure!(admin.list_nodes(right).await.is_ok(), "a call naming the right cluster is served");
 
     // Raft messages of another cluster, or for another identity, are refused.
-    let mut raft = RaftClient::new(channel(&c.addr(1)).await?);
+    let mut raft = RaftClient::new(channel(&c.peer_addr(1)).await?);
     for (cid, to, want) in
         [(cluster_id ^ 1, 1, "belongs to cluster"), (cluster_id, 2, "not node 2")]
     {

@@ -118,6 +118,11 @@ impl Admission {
     }
 
     pub fn register(&self, reg: &mut Registry) {
+        // Both series from the start, at 0: an alert's rate() needs them before the first
+        // refusal.
+        for limit in [Limit::Requests, Limit::Bytes] {
+            let _ = self.rejected.get_or_create(&LimitLabel { limit: limit.as_str() });
+        }
         let r = reg.sub_registry_with_prefix("ringkv");
         r.register(
             "admission_rejected",

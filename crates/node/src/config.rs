@@ -55,6 +55,11 @@ pub struct Args {
     /// listen address). Keep it stable across restarts: use a DNS name where IPs change.
     #[arg(long, env = "RINGKV_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
+    /// Serve the internal services (Raft, membership) on their own port, this many above the
+    /// client port, so that only peers need to reach it (0: one port for everything). Every
+    /// node of a cluster must use the same value.
+    #[arg(long, env = "RINGKV_RAFT_PORT_OFFSET")]
+    pub raft_port_offset: Option<u16>,
     /// Seeds of a running cluster to join through (any nodes of it), comma separated. Not
     /// needed by initial members: they find the cluster through the member list.
     #[arg(long, env = "RINGKV_JOIN", value_delimiter = ',')]
@@ -243,6 +248,7 @@ struct FileConfig {
     node_id: Option<toml::Value>,
     listen: Option<SocketAddr>,
     advertise_addr: Option<String>,
+    raft_port_offset: Option<u16>,
     join: Option<Vec<String>>,
     zone: Option<String>,
     weight: Option<u32>,
@@ -266,6 +272,9 @@ pub struct NodeConfig {
     pub initial_id: Option<NodeId>,
     pub listen: SocketAddr,
     pub advertise_addr: String,
+    /// Raft and membership are served this many ports above `listen`, and peers are dialed
+    /// that many above their advertised port (0: everything on one port).
+    pub raft_port_offset: u16,
     pub data_dir: PathBuf,
     /// The initial members (founding); may be empty for a node that only joins.
     pub members: Vec<NodeSpec>,
@@ -403,6 +412,21 @@ impl NodeConfig {
                 reason: format!("{advertise_addr:?} is not host:port"),
             });
         }
+        let raft_port_offset = args.raft_port_offset.or(file.raft_port_offset).unwrap_or(0);
+        if raft_port_offset > 0 {
+            if listen.port() == 0 || listen.port().checked_add(raft_port_offset).is_none() {
+                return Err(ConfigError::Invalid {
+                    field: "raft_port_offset",
+                    reason: format!(
+                        "listen port {} plus raft_port_offset {raft_port_offset} is not a port \
+                         (the peer port needs a fixed client port below 65536 - offset)",
+                        listen.port()
+                    ),
+                });
+            }
+            crate::peer_addr::peer_addr(&advertise_addr, raft_port_offset)
+                .map_err(|reason| ConfigError::Invalid { field: "raft_port_offset", reason })?;
+        }
         let weight = args.weight.or(file.weight).unwrap_or(1);
         if !(1..=ringkv_placement::shard_map::WEIGHT_MAX).contains(&weight) {
             return Err(ConfigError::Invalid {
@@ -513,6 +537,7 @@ impl NodeConfig {
             initial_id: me.map(|m| m.id),
             listen,
             advertise_addr,
+            raft_port_offset,
             data_dir,
             members,
             join,
@@ -605,5 +630,12 @@ mod tests {
         let mut a = args("2=127.0.0.1:7002");
         a.data_dir = None;
         assert!(NodeConfig::resolve(a).unwrap_err().to_string().contains("--data-dir"));
+        let mut a = args("2=127.0.0.1:65000");
+        a.raft_port_offset = Some(1000);
+        let e = NodeConfig::resolve(a).unwrap_err().to_string();
+        assert!(e.contains("raft_port_offset"), "{e}");
+        let mut a = args("2=127.0.0.1:7002");
+        a.raft_port_offset = Some(1000);
+        assert_eq!(NodeConfig::resolve(a).unwrap().raft_port_offset, 1000);
     }
 }

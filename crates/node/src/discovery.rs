@@ -64,9 +64,15 @@ pub fn quorum(n: usize) -> usize {
 }
 
 /// A client for a peer's membership service (lazy connect, bounded by [`ASK_TIMEOUT`]).
-pub fn membership_client(addr: &str) -> Result<MembershipClient<Channel>, String> {
-    let ch = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad address {addr}: {e}"))?
+/// A membership client for the node advertised at `addr`, at its peer port (`addr` plus the
+/// cluster's `raft_port_offset`; see [`crate::peer_addr`]).
+pub fn membership_client(
+    addr: &str,
+    raft_port_offset: u16,
+) -> Result<MembershipClient<Channel>, String> {
+    let peer = crate::peer_addr::peer_addr(addr, raft_port_offset)?;
+    let ch = Endpoint::from_shared(format!("http://{peer}"))
+        .map_err(|e| format!("bad address {peer}: {e}"))?
         .connect_timeout(ASK_TIMEOUT)
         .tcp_nodelay(true)
         .connect_lazy();
@@ -111,7 +117,7 @@ pub async fn hello_all(cfg: &NodeConfig, addrs: &[String]) -> Vec<(String, Hello
     let asks = addrs.iter().map(|addr| {
         let req = req.clone();
         async move {
-            let mut client = membership_client(addr).ok()?;
+            let mut client = membership_client(addr, cfg.raft_port_offset).ok()?;
             let reply = tokio::time::timeout(ASK_TIMEOUT, client.hello(req)).await.ok()?.ok()?;
             Some((addr.clone(), reply.into_inner()))
         }
@@ -440,7 +446,7 @@ pub async fn join(cfg: &NodeConfig, cluster_id: u64, addrs: &[String]) -> Result
         if hops > HOPS_MAX + addrs.len() {
             break;
         }
-        let Ok(mut client) = membership_client(&addr) else { continue };
+        let Ok(mut client) = membership_client(&addr, cfg.raft_port_offset) else { continue };
         let mut request = Request::new(req.clone());
         request.set_timeout(ASK_TIMEOUT * 5);
         match client.join(request).await {
@@ -517,7 +523,7 @@ pub async fn complete_founding(
                 replication_factor: identity.layout.replication_factor,
                 vnodes_per_shard: identity.layout.vnodes_per_shard,
             };
-            let Ok(mut client) = membership_client(&addr) else { continue };
+            let Ok(mut client) = membership_client(&addr, cfg.raft_port_offset) else { continue };
             match tokio::time::timeout(ASK_TIMEOUT * 5, client.bootstrap(req)).await {
                 Ok(Ok(r)) if r.get_ref().accepted => {
                     acks.insert(m.id);

@@ -20,7 +20,7 @@
 //! [`sync`] (following them, creating and destroying local replicas), [`driver`] (the
 //! placement driver on the meta leader), [`membership_service`] (the node-to-node RPCs),
 //! [`bootstrap`] (a founded cluster's first memberships), [`incoming`] (one listener, two
-//! servers).
+//! servers), [`peer_addr`] (the optional port of its own for peer traffic).
 //!
 //! Modules: [`config`] (TOML/env/flags), [`node`] (start-up and shutdown), [`registry`] and
 //! [`shard`] (local replicas and their read/write paths), [`read_barrier`] (sharing ReadIndex
@@ -54,6 +54,7 @@ pub mod meta;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod peer_addr;
 pub mod quiesce;
 pub mod raft_service;
 pub mod read_barrier;

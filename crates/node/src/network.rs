@@ -53,6 +53,8 @@ pub struct PeerPool {
     snapshots: Arc<Throttle>,
     /// Snapshot bytes sent to peers (what replica moves and lagging followers cost).
     pub snapshot_bytes_sent: prometheus_client::metrics::counter::Counter,
+    /// Peers serve Raft and membership this many ports above their client port.
+    raft_port_offset: u16,
 }
 
 /// Paces snapshot sends to `bytes_per_sec` for the whole node, so moving replicas (many
@@ -94,16 +96,29 @@ impl std::fmt::Debug for PeerPool {
 }
 
 impl PeerPool {
-    /// A pool whose snapshot sends are paced to `snapshot_bytes_per_sec` (0: unpaced).
-    pub fn new(snapshot_bytes_per_sec: u64) -> Self {
+    /// A pool whose snapshot sends are paced to `snapshot_bytes_per_sec` (0: unpaced), and
+    /// which reaches peers `raft_port_offset` ports above their advertised port.
+    pub fn new(snapshot_bytes_per_sec: u64, raft_port_offset: u16) -> Self {
         PeerPool {
             snapshots: Arc::new(Throttle::new(snapshot_bytes_per_sec)),
+            raft_port_offset,
             ..Default::default()
         }
     }
 
     /// The channel to `node` at `addr`, created lazily (it connects on first use and
     /// reconnects by itself after failures).
+    pub fn raft_port_offset(&self) -> u16 {
+        self.raft_port_offset
+    }
+
+    /// Where the node advertised at `addr` serves its peers.
+    pub fn peer_addr(&self, addr: &str) -> Result<String, String> {
+        crate::peer_addr::peer_addr(addr, self.raft_port_offset)
+    }
+
+    /// `addr` is the node's advertised (client) address; the channel goes to its peer port
+    /// (see [`crate::peer_addr`]).
     pub fn channel(&self, node: NodeId, addr: &str) -> Result<Channel, String> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((known, ch)) = map.get(&node)
@@ -111,7 +126,8 @@ impl PeerPool {
         {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let peer = self.peer_addr(addr)?;
+        let endpoint = Endpoint::from_shared(format!("http://{peer}"))
             .map_err(|e| format!("bad address {addr}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

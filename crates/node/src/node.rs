@@ -7,7 +7,8 @@
 //! 3. reopen every replica this node holds (the set is in the data directory), and on a
 //!    founding member create its initial replicas; start the cluster state it last saw;
 //! 4. start the gRPC server (KV, Streams, Admin, Membership, the internal Raft transport,
-//!    health) and `/metrics`, and the background loops (sync with the meta group and
+//!    health; with a `raft_port_offset`, Membership and Raft on a second listener that only
+//!    peers need to reach, see [`crate::peer_addr`]) and `/metrics`, and the background loops (sync with the meta group and
 //!    reconcile, the placement driver, leader balancing, retention);
 //! 5. on a founding member: finish founding and initialize the initial groups, once (see
 //!    [`crate::bootstrap`]).
@@ -29,6 +30,7 @@ use crate::registry::ShardRegistry;
 use crate::streams_service::StreamsService;
 use crate::sync::Syncer;
 use crate::validate::GRPC_MESSAGE_BYTES_MAX;
+use futures::FutureExt as _;
 use openraft::SnapshotPolicy;
 use ringkv_placement::PlacementError;
 use ringkv_placement::cluster::ClusterState;
@@ -174,10 +176,26 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     );
     let grpc_addr =
         listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
+    // Peers' services (Raft, membership) on a port of their own, when configured.
+    let peer_listener = match cfg.raft_port_offset {
+        0 => None,
+        offset => {
+            let mut addr = cfg.listen;
+            addr.set_port(cfg.listen.port().saturating_add(offset));
+            Some(Arc::new(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ))
+        }
+    };
 
     let mut identity = match identity::load(&storage).map_err(storage_err)? {
         Some(id) => id,
-        None => crate::discovery::run(&cfg, &storage, &listener).await?,
+        None => {
+            let peers_reach = peer_listener.as_ref().unwrap_or(&listener);
+            crate::discovery::run(&cfg, &storage, peers_reach).await?
+        }
     };
     if cfg.layout_explicit && identity.layout != cfg.layout {
         return Err(StartError::LayoutMismatch(format!(
@@ -199,7 +217,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     );
 
     let raft_cfg = raft_config(&cfg)?;
-    let pool = PeerPool::new(cfg.membership.snapshot_send_bytes_per_sec);
+    let pool = PeerPool::new(cfg.membership.snapshot_send_bytes_per_sec, cfg.raft_port_offset);
     let registry = ShardRegistry::new(
         identity.clone(),
         cfg.advertise_addr.clone(),
@@ -262,7 +280,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         Duration::from_millis(a.retry_after_ms),
     );
     metrics.with_registry(|r| admission.register(r));
-    let server = tonic::transport::Server::builder()
+    let clients = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(
@@ -280,20 +298,45 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         .add_service(AdminServer::with_interceptor(
             AdminService::new(registry.clone(), driver.clone()),
             crate::admin_service::cluster_check(registry.cluster_id()),
-        ))
-        .add_service(MembershipServer::new(MembershipService::new(
-            registry.clone(),
-            driver.clone(),
-        )))
-        .add_service(
-            RaftServer::new(RaftService::new(registry.clone()))
-                .max_decoding_message_size(crate::wire::PAYLOAD_BYTES_MAX)
-                .max_encoding_message_size(crate::wire::PAYLOAD_BYTES_MAX),
-        )
-        .serve_with_incoming_shutdown(crate::incoming::incoming(listener), async {
-            let _ = shutdown_rx.await;
-        });
-    let server = tokio::spawn(server);
+        ));
+    let membership =
+        MembershipServer::new(MembershipService::new(registry.clone(), driver.clone()));
+    let raft = RaftServer::new(RaftService::new(registry.clone()))
+        .max_decoding_message_size(crate::wire::PAYLOAD_BYTES_MAX)
+        .max_encoding_message_size(crate::wire::PAYLOAD_BYTES_MAX);
+    let shutdown = async move {
+        let _ = shutdown_rx.await;
+    }
+    .shared();
+    let server = match peer_listener {
+        None => tokio::spawn(
+            clients
+                .add_service(membership)
+                .add_service(raft)
+                .serve_with_incoming_shutdown(crate::incoming::incoming(listener), shutdown),
+        ),
+        Some(peer_listener) => {
+            let clients = clients.serve_with_incoming_shutdown(
+                crate::incoming::incoming(listener),
+                shutdown.clone(),
+            );
+            // Admin too: the placement driver moves leaderships through it (it is
+            // cluster-checked, and this port is for nodes only).
+            let peers = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(AdminServer::with_interceptor(
+                    AdminService::new(registry.clone(), driver.clone()),
+                    crate::admin_service::cluster_check(registry.cluster_id()),
+                ))
+                .add_service(membership)
+                .add_service(raft)
+                .serve_with_incoming_shutdown(crate::incoming::incoming(peer_listener), shutdown);
+            tokio::spawn(async move {
+                let (c, p) = tokio::join!(clients, peers);
+                c.and(p)
+            })
+        }
+    };
 
     let mut background = vec![health.clone().spawn_reporter(health_reporter, metrics.clone())];
     let metrics_addr = match cfg.metrics_listen {

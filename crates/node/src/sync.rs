@@ -111,7 +111,7 @@ impl Syncer {
         if let Some(c) = self.channels.get(addr) {
             return Some(c.clone());
         }
-        let c = membership_client(addr).ok()?;
+        let c = membership_client(addr, self.registry.pool().raft_port_offset()).ok()?;
         self.channels.insert(addr.to_string(), c.clone());
         Some(c)
     }

@@ -93,6 +93,11 @@ impl RouterAdmission {
     }
 
     pub fn register(&self, reg: &mut Registry) {
+        // Both series from the start, at 0: an alert's rate() needs them before the first
+        // refusal.
+        for limit in ["requests", "rate"] {
+            let _ = self.rejected.get_or_create(&LimitLabel { limit });
+        }
         let r = reg.sub_registry_with_prefix("ringkv_router");
         r.register(
             "admission_rejected",
