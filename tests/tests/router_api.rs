@@ -4,7 +4,7 @@
 //! both is refused).
 
 use anyhow::{Result, ensure};
-use ringkv_client::{BatchOp, Client, Consistency, ScanOptions};
+use ringkv_client::{BatchOp, Client, Consistency, KeyValue, ScanOptions};
 use ringkv_tests::{Cluster, Tuning};
 use std::time::Duration;
 
@@ -12,6 +12,28 @@ const KEYS: usize = 300;
 
 fn key(i: usize) -> Vec<u8> {
     format!("item/{i:04}").into_bytes()
+}
+
+/// Every key under `item/`, read in pages of `limit`; each page must keep to the limit.
+async fn scan_in_pages(client: &Client, limit: u32) -> Result<Vec<KeyValue>> {
+    let mut seen = Vec::new();
+    let mut continuation = Vec::new();
+    loop {
+        let page = client
+            .scan(ScanOptions {
+                prefix: b"item/".to_vec(),
+                limit,
+                continuation,
+                ..ScanOptions::default()
+            })
+            .await?;
+        ensure!(page.kvs.len() <= limit as usize, "page of {} keys, limit {limit}", page.kvs.len());
+        seen.extend(page.kvs);
+        if page.continuation.is_empty() {
+            return Ok(seen);
+        }
+        continuation = page.continuation;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,24 +52,8 @@ async fn cross_shard_scan_multi_get_and_direct_mode() -> Result<()> {
     client.put(b"other/x", b"not in the prefix").await?;
 
     // Pages of 37 across all 8 shards: every key once, in order.
-    let mut seen = Vec::new();
-    let mut continuation = Vec::new();
-    loop {
-        let page = client
-            .scan(ScanOptions {
-                prefix: b"item/".to_vec(),
-                limit: 37,
-                continuation,
-                ..ScanOptions::default()
-            })
-            .await?;
-        ensure!(page.kvs.len() <= 37);
-        seen.extend(page.kvs.into_iter().map(|kv| kv.key.to_vec()));
-        if page.continuation.is_empty() {
-            break;
-        }
-        continuation = page.continuation;
-    }
+    let seen: Vec<Vec<u8>> =
+        scan_in_pages(&client, 37).await?.into_iter().map(|kv| kv.key.to_vec()).collect();
     let want: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
     ensure!(seen == want, "scan returned {} keys, want {} in order", seen.len(), want.len());
 
@@ -123,25 +129,9 @@ async fn traffic_split_sends_a_sticky_share_of_keys_to_the_second_cluster() -> R
     main.put(&key(canary_key), b"stray", Duration::from_secs(10)).await?;
 
     // Scans merge both clusters: every key once, in order, across pages.
-    let mut seen = Vec::new();
-    let mut continuation = Vec::new();
-    loop {
-        let page = client
-            .scan(ScanOptions {
-                prefix: b"item/".to_vec(),
-                limit: 37,
-                continuation,
-                ..ScanOptions::default()
-            })
-            .await?;
-        ensure!(page.kvs.len() <= 37, "page of {} keys, limit 37", page.kvs.len());
-        ensure!(page.kvs.iter().all(|kv| &kv.value[..] == b"v"), "a stray copy was scanned");
-        seen.extend(page.kvs.into_iter().map(|kv| kv.key.to_vec()));
-        if page.continuation.is_empty() {
-            break;
-        }
-        continuation = page.continuation;
-    }
+    let scanned = scan_in_pages(&client, 37).await?;
+    ensure!(scanned.iter().all(|kv| &kv.value[..] == b"v"), "a stray copy was scanned");
+    let seen: Vec<Vec<u8>> = scanned.into_iter().map(|kv| kv.key.to_vec()).collect();
     let want: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
     ensure!(seen == want, "split scan returned {} keys, want {} in order", seen.len(), KEYS);
 

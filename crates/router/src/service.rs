@@ -97,18 +97,11 @@ impl RouterKv {
         kvs.sort_by(|a, b| a.key.cmp(&b.key));
         let truncated = kvs.len() > limit;
         kvs.truncate(limit);
-        let resume_after = match (kvs.last(), &cutoff) {
-            (Some(last), _) if truncated => Some(last.key.clone()),
-            (_, Some(c)) => Some(c.clone()),
-            _ => None,
+        let continuation_token = match (kvs.last(), &cutoff) {
+            (Some(last), _) if truncated => ringkv_routing::resume_after(&last.key),
+            (_, Some(c)) => ringkv_routing::resume_after(c),
+            _ => Default::default(),
         };
-        let continuation_token = resume_after
-            .map(|k| {
-                let mut next = k.to_vec();
-                next.push(0);
-                next.into()
-            })
-            .unwrap_or_default();
         ScanResponse { header: None, kvs, continuation_token }
     }
 }

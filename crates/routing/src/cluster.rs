@@ -46,6 +46,15 @@ use tonic::{Response, Status};
 
 /// Redirects followed without backoff before a redirect counts as a retry.
 const FREE_REDIRECTS: u32 = 3;
+/// The continuation token of a merged scan page that covered the key space up to `key`: the
+/// smallest key after it, which every shard's (and cluster's) scan takes as its start key.
+pub fn resume_after(key: &[u8]) -> Bytes {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next.into()
+}
+
 /// The page size of a scan that asks for none (`limit` 0), as on a node.
 pub const SCAN_LIMIT_DEFAULT: u32 = 1000;
 
@@ -677,11 +686,7 @@ impl Cluster {
         let truncated = kvs.len() > limit;
         kvs.truncate(limit);
         let continuation_token = match kvs.last() {
-            Some(last) if truncated || more_somewhere => {
-                let mut next = last.key.to_vec();
-                next.push(0);
-                next.into()
-            }
+            Some(last) if truncated || more_somewhere => resume_after(&last.key),
             _ => Default::default(),
         };
         Ok(ScanResponse { header: None, kvs, continuation_token })

@@ -37,7 +37,7 @@ pub mod skips;
 pub mod topology;
 pub mod watch;
 
-pub use cluster::{Cluster, SCAN_LIMIT_DEFAULT};
+pub use cluster::{Cluster, SCAN_LIMIT_DEFAULT, resume_after};
 pub use config::{ReadPolicy, RoutingConfig};
 pub use error::RoutingError;
 pub use outcome::WriteOutcome;
