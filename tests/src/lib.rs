@@ -124,6 +124,41 @@ pub struct Cluster {
     identities: Mutex<HashMap<u64, u64>>,
     /// The network namespaces the nodes run in, if any (dropped after the nodes).
     pub net: Option<NetLab>,
+    /// TLS everywhere, when started with [`Cluster::start_tls`].
+    pub tls: Option<ClusterTls>,
+}
+
+/// A test cluster's certificates, as `ringkv dev --tls` makes them: a throwaway CA and one
+/// directory (a TLS Secret's files) per process under `root`.
+pub struct ClusterTls {
+    pub ca: ringkv_tls::DevCa,
+    pub root: PathBuf,
+    /// What the test itself dials with (a certificate of the CA).
+    pub client: ringkv_tls::Dialer,
+}
+
+impl ClusterTls {
+    /// Every name a loopback process is dialed by.
+    pub const NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
+    /// How often the test processes re-read their certificate files.
+    pub const RELOAD_INTERVAL_MS: u64 = 200;
+
+    fn new(root: PathBuf) -> Result<Self> {
+        let ca = ringkv_tls::DevCa::generate("ringkv test CA")?;
+        let paths =
+            ca.write_identity(&root.join("client"), &Self::NAMES, ringkv_tls::Usage::Peer)?;
+        let client = ringkv_tls::Dialer::new(Some(ringkv_tls::Tls::load(paths)?));
+        Ok(ClusterTls { ca, root, client })
+    }
+
+    /// The directory of `who`'s certificate, issued on first use.
+    pub fn identity(&self, who: &str) -> Result<PathBuf> {
+        let dir = self.root.join(who);
+        if !dir.join(ringkv_tls::TlsPaths::KEY_FILE).exists() {
+            self.ca.write_identity(&dir, &Self::NAMES, ringkv_tls::Usage::Peer)?;
+        }
+        Ok(dir)
+    }
 }
 
 /// A workspace binary (`ringkv-node`, `ringkv-router`, `ringkv`) next to the test
@@ -231,7 +266,12 @@ pub fn busiest(leaders: &HashMap<u64, u64>) -> Option<u64> {
 /// ride out failovers.
 /// What the gRPC health service at `addr` says of `service` ("" for the whole server).
 pub async fn health(addr: &str, service: &str) -> Result<ServingStatus> {
-    let mut client = tonic_health::pb::health_client::HealthClient::new(channel(addr).await?);
+    health_of(channel(addr).await?, service).await
+}
+
+/// What the gRPC health service on `channel` says of `service`.
+pub async fn health_of(channel: Channel, service: &str) -> Result<ServingStatus> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let reply = client
         .check(tonic_health::pb::HealthCheckRequest { service: service.to_string() })
         .await?
@@ -294,7 +334,25 @@ impl Cluster {
         tuning: Tuning,
         net: Option<NetLab>,
     ) -> Result<Self> {
+        Self::start_with(nodes, shards, rf, tuning, net, false).await
+    }
+
+    /// Starts a cluster with TLS everywhere (see [`ClusterTls`]): the nodes, the routers it
+    /// starts and the harness's own calls all use certificates of one throwaway CA.
+    pub async fn start_tls(nodes: u64, shards: u32, rf: u32, tuning: Tuning) -> Result<Self> {
+        Self::start_with(nodes, shards, rf, tuning, None, true).await
+    }
+
+    async fn start_with(
+        nodes: u64,
+        shards: u32,
+        rf: u32,
+        tuning: Tuning,
+        net: Option<NetLab>,
+        tls: bool,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ringkv-test-").tempdir()?;
+        let tls = tls.then(|| ClusterTls::new(dir.path().join("tls"))).transpose()?;
         let mut specs = Vec::new();
         let mut procs = Vec::new();
         for id in 1..=nodes {
@@ -331,6 +389,7 @@ impl Cluster {
             leader_cache: Mutex::new(HashMap::new()),
             identities: Mutex::new(HashMap::new()),
             net,
+            tls,
         };
         for id in 1..=nodes {
             c.spawn(id)?;
@@ -406,6 +465,15 @@ impl Cluster {
             .arg(&n.addr)
             .arg("--join")
             .arg(self.seeds())
+            .args(match &self.tls {
+                Some(tls) => vec![
+                    "--tls-dir".into(),
+                    tls.identity(&format!("node-{id}"))?.into_os_string(),
+                    "--tls-reload-interval-ms".into(),
+                    ClusterTls::RELOAD_INTERVAL_MS.to_string().into(),
+                ],
+                None => Vec::new(),
+            })
             .env(
                 "RUST_LOG",
                 std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -481,7 +549,13 @@ impl Cluster {
         wait_for(timeout, &format!("node {id} to serve"), || {
             let addr = addr.clone();
             async move {
-                admin(&addr).await.ok()?.node_status(NodeStatusRequest {}).await.ok().map(|_| ())
+                self.admin_at(&addr)
+                    .await
+                    .ok()?
+                    .node_status(NodeStatusRequest {})
+                    .await
+                    .ok()
+                    .map(|_| ())
             }
         })
         .await
@@ -706,8 +780,18 @@ impl Cluster {
         let seeds = self.seeds();
         let log =
             std::fs::File::create(self.dir.path().join(format!("router-{}.log", free_port()?)))?;
+        let tls_args = match &self.tls {
+            Some(tls) => vec![
+                "--tls-dir".into(),
+                tls.identity("router")?.into_os_string(),
+                "--tls-reload-interval-ms".into(),
+                ClusterTls::RELOAD_INTERVAL_MS.to_string().into(),
+            ],
+            None => Vec::<std::ffi::OsString>::new(),
+        };
         let child = Command::new(binary("ringkv-router")?)
             .args(["--listen", &addr, "--seeds", &seeds])
+            .args(tls_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -717,7 +801,10 @@ impl Cluster {
         // Serving starts before the router has found the cluster; ready means it has.
         wait_for(Duration::from_secs(30), "the router to be ready", || {
             let addr = addr.clone();
-            async move { (health(&addr, "").await.ok()? == ServingStatus::Serving).then_some(()) }
+            async move {
+                let status = health_of(self.dial(&addr).await.ok()?, "").await.ok()?;
+                (status == ServingStatus::Serving).then_some(())
+            }
         })
         .await?;
         Ok(router)
@@ -763,11 +850,18 @@ impl Cluster {
 
     pub async fn restart(&mut self, id: u64) -> Result<()> {
         self.spawn(id)?;
-        let addr = self.node(id).addr.clone();
+        let this = &*self;
+        let addr = this.node(id).addr.clone();
         wait_for(Duration::from_secs(30), &format!("node {id} to serve"), || {
             let addr = addr.clone();
             async move {
-                admin(&addr).await.ok()?.node_status(NodeStatusRequest {}).await.ok().map(|_| ())
+                this.admin_at(&addr)
+                    .await
+                    .ok()?
+                    .node_status(NodeStatusRequest {})
+                    .await
+                    .ok()
+                    .map(|_| ())
             }
         })
         .await
@@ -781,7 +875,8 @@ impl Cluster {
             wait_for(Duration::from_secs(30), &format!("node {} to serve", n.id), || {
                 let addr = addr.clone();
                 async move {
-                    let st = admin(&addr)
+                    let st = self
+                        .admin_at(&addr)
                         .await
                         .ok()?
                         .node_status(NodeStatusRequest {})
@@ -870,11 +965,41 @@ impl Cluster {
     }
 
     pub async fn kv(&self, id: u64) -> Result<KvClient<Channel>> {
-        Ok(KvClient::new(channel(&self.addr(id)).await?))
+        Ok(KvClient::new(self.dial(&self.addr(id)).await?))
     }
 
     pub async fn admin(&self, id: u64) -> Result<AdminClient<Channel>> {
-        admin(&self.addr(id)).await
+        self.admin_at(&self.addr(id)).await
+    }
+
+    /// How the harness dials this cluster's processes (TLS when the cluster has it).
+    pub fn dialer(&self) -> ringkv_tls::Dialer {
+        self.tls.as_ref().map(|t| t.client.clone()).unwrap_or_default()
+    }
+
+    /// A channel to `addr` (a node or a router of this cluster).
+    pub async fn dial(&self, addr: &str) -> Result<Channel> {
+        let dialer = self.dialer();
+        let endpoint = dialer
+            .endpoint(addr)?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10));
+        Ok(dialer.connect(&endpoint).await?)
+    }
+
+    pub async fn admin_at(&self, addr: &str) -> Result<AdminClient<Channel>> {
+        Ok(AdminClient::new(self.dial(addr).await?))
+    }
+
+    /// A client of the router at `addr` with a 20 s deadline per call, dialing as the
+    /// harness does.
+    pub async fn router_client(&self, addr: &str) -> Result<ringkv_client::Client> {
+        Ok(ringkv_client::Client::builder()
+            .router(addr.to_string())
+            .timeout(Duration::from_secs(20))
+            .dialer(self.dialer())
+            .connect()
+            .await?)
     }
 
     pub async fn status(&self, id: u64) -> Result<NodeStatusResponse> {

@@ -142,7 +142,16 @@ async fn followers_redirect_and_foreign_shards_are_refused() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_semantics_versions_cas_batch_and_scan() -> Result<()> {
-    let c = Cluster::start(1, 2, 1, Tuning::default()).await?;
+    kv_semantics(Cluster::start(1, 2, 1, Tuning::default()).await?).await
+}
+
+/// The same, straight to a node serving TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_semantics_versions_cas_batch_and_scan_over_tls() -> Result<()> {
+    kv_semantics(Cluster::start_tls(1, 2, 1, Tuning::default()).await?).await
+}
+
+async fn kv_semantics(c: Cluster) -> Result<()> {
     c.wait_for_leaders(T).await?;
     let mut kv = c.kv(1).await?;
     let key = c.key_in_shard(0, "cas");

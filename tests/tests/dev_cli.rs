@@ -40,6 +40,7 @@ async fn start_dev(
     router: u16,
     metrics: u16,
     run: usize,
+    extra: &[&str],
 ) -> Result<Dev> {
     let out = dir.join(format!("dev-{run}.out"));
     let child = Command::new(binary("ringkv")?)
@@ -53,6 +54,7 @@ async fn start_dev(
             "--metrics-port",
             &metrics.to_string(),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out)?)
         .stderr(Stdio::inherit())
@@ -77,6 +79,14 @@ fn cli(endpoint: &str, args: &[&str]) -> Result<Output> {
     Ok(Command::new(binary("ringkv")?).env("RINGKV_ENDPOINT", endpoint).args(args).output()?)
 }
 
+fn cli_tls(endpoint: &str, tls_dir: &std::path::Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(binary("ringkv")?)
+        .env("RINGKV_ENDPOINT", endpoint)
+        .env("RINGKV_TLS_DIR", tls_dir)
+        .args(args)
+        .output()?)
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -89,7 +99,7 @@ async fn dev_cluster_cli_and_restart() -> Result<()> {
     let metrics = free_port_range(4)?;
     let endpoint = format!("127.0.0.1:{router}");
 
-    let mut dev = start_dev(dir.path(), base, router, metrics, 1).await?;
+    let mut dev = start_dev(dir.path(), base, router, metrics, 1, &[]).await?;
     let banner = std::fs::read_to_string(&dev.out)?;
     ensure!(banner.contains(&format!("router   {endpoint}")), "banner: {banner}");
 
@@ -135,7 +145,7 @@ async fn dev_cluster_cli_and_restart() -> Result<()> {
     let down = cli(&endpoint, &["get", "greeting"])?;
     ensure!(down.status.code() == Some(1), "nothing listens after stop: {down:?}");
 
-    let dev = start_dev(dir.path(), base, router, metrics, 2).await?;
+    let dev = start_dev(dir.path(), base, router, metrics, 2, &[]).await?;
     let again = cli(&endpoint, &["get", "greeting"])?;
     ensure!(stdout(&again) == "hello", "data after restart: {again:?}");
     drop(dev);
@@ -146,6 +156,45 @@ async fn dev_cluster_cli_and_restart() -> Result<()> {
             "a node still listens on {port}"
         );
     }
+    Ok(())
+}
+
+/// `ringkv dev --tls`: the banner says how to point the CLI at its certificate; with it
+/// every command works (router, and nodes for status and membership), without it the CLI
+/// is told the port requires TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_with_tls() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_port_range(3)?;
+    let router = free_port()?;
+    let metrics = free_port_range(4)?;
+    let endpoint = format!("127.0.0.1:{router}");
+    let dev = start_dev(dir.path(), base, router, metrics, 1, &["--tls"]).await?;
+    let banner = std::fs::read_to_string(&dev.out)?;
+    let tls_dir = banner
+        .lines()
+        .find_map(|l| l.split_once("export RINGKV_TLS_DIR=").map(|(_, d)| d.trim().to_string()))
+        .ok_or_else(|| anyhow::anyhow!("no RINGKV_TLS_DIR in the banner: {banner}"))?;
+    let tls_dir = std::path::PathBuf::from(tls_dir);
+
+    let put = cli_tls(&endpoint, &tls_dir, &["put", "secret", "kept"])?;
+    ensure!(put.status.success(), "{put:?}");
+    let get = cli_tls(&endpoint, &tls_dir, &["get", "secret"])?;
+    ensure!(stdout(&get) == "kept", "{get:?}");
+    let list = cli_tls(&endpoint, &tls_dir, &["--json", "node", "list"])?;
+    let nodes: serde_json::Value = serde_json::from_str(&stdout(&list))?;
+    ensure!(nodes["nodes"].as_array().is_some_and(|n| n.len() == 3), "{list:?}");
+    let status = cli_tls(&endpoint, &tls_dir, &["--json", "cluster", "status"])?;
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status))?;
+    ensure!(status["shards"].as_array().is_some_and(|s| s.len() == 8), "{status}");
+
+    let plain = cli(&endpoint, &["get", "secret"])?;
+    ensure!(
+        plain.status.code() == Some(1)
+            && String::from_utf8_lossy(&plain.stderr).contains("this port requires TLS"),
+        "plaintext is told what is wrong: {plain:?}"
+    );
+    drop(dev);
     Ok(())
 }
 
@@ -165,7 +214,7 @@ async fn dev_cluster_grows_and_shrinks_from_another_terminal() -> Result<()> {
     let router = free_port()?;
     let metrics = free_port_range(4)?;
     let endpoint = format!("127.0.0.1:{router}");
-    let _dev = start_dev(dir.path(), base, router, metrics, 1).await?;
+    let _dev = start_dev(dir.path(), base, router, metrics, 1, &[]).await?;
 
     let refused = cli(&endpoint, &["node", "drain", "1"])?;
     ensure!(

@@ -193,7 +193,12 @@ async fn overload_is_shed_with_clear_errors_and_loses_nothing() -> Result<()> {
         peak.0,
         peak.1
     );
-    ensure!(t.other.is_empty(), "errors other than OVERLOADED: {:?}", t.other);
+    ensure!(
+        t.other.is_empty(),
+        "errors other than OVERLOADED: {:?}; {}",
+        t.other,
+        c.keep_logs("overload")
+    );
     ensure!(t.overloaded > 0, "an offered load of {rate:.0}/s was never shed");
     ensure!(t.without_retry_info == 0, "{} refusals without a retry delay", t.without_retry_info);
     ensure!(!t.admitted.is_empty(), "nothing was admitted under overload");

@@ -38,12 +38,22 @@ async fn scan_in_pages(client: &Client, limit: u32) -> Result<Vec<KeyValue>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_shard_scan_multi_get_and_direct_mode() -> Result<()> {
-    let c = Cluster::start(3, 8, 3, Tuning::default()).await?;
+    cross_shard_api(Cluster::start(3, 8, 3, Tuning::default()).await?).await
+}
+
+/// The same API over TLS everywhere: mutual TLS between nodes and from the router, server
+/// TLS from the clients (router mode and direct mode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_scan_multi_get_and_direct_mode_over_tls() -> Result<()> {
+    cross_shard_api(Cluster::start_tls(3, 8, 3, Tuning::default()).await?).await
+}
+
+async fn cross_shard_api(c: Cluster) -> Result<()> {
     c.wait_for_leaders(Duration::from_secs(30)).await?;
     let router = c.start_router("round-robin").await?;
     // A 20 s deadline per call: under the full suite's load on 2 cores an election can stall a
     // shard for seconds; this test is about what scans and multi-gets return, not latency.
-    let client = ringkv_tests::router_client(&router.addr).await?;
+    let client = c.router_client(&router.addr).await?;
     let t0 = std::time::Instant::now();
     for i in 0..KEYS {
         client.put(&key(i), format!("v{i}").as_bytes()).await?;
@@ -70,6 +80,7 @@ async fn cross_shard_scan_multi_get_and_direct_mode() -> Result<()> {
     let direct = Client::builder()
         .direct(c.seeds().split(','))
         .timeout(Duration::from_secs(20))
+        .dialer(c.dialer())
         .connect()
         .await?;
     let kv = direct.get_with(&key(5), Consistency::Stale).await?;

@@ -61,6 +61,7 @@ pub async fn client(cli: &Cli) -> Result<Client> {
     Client::builder()
         .router(cli.endpoint.clone())
         .timeout(Duration::from_millis(cli.timeout_ms))
+        .dialer(cli.dialer()?)
         .connect()
         .await
         .with_context(|| {
@@ -180,7 +181,7 @@ pub async fn run(cli: &Cli) -> Result<u8> {
         }
         Command::Cluster { command: ClusterCommand::Status } => {
             let map = client(cli).await?.shard_map().await?;
-            crate::status::print(&map, cli.json).await?;
+            crate::status::print(&map, cli.json, &cli.dialer()?).await?;
             Ok(0)
         }
         Command::ShardOf { key } => {

@@ -5,12 +5,18 @@
 //! process. When every shard has a leader it prints the endpoints and a status table, and
 //! runs until Ctrl-C or SIGTERM, then stops the router and sends SIGTERM to every node.
 //! Starting it again on the same data directory brings the same cluster back, data included.
+//!
+//! `--tls` runs the same cluster with TLS everywhere: a throwaway CA (its key only in this
+//! process's memory) issues a certificate for each node, the router and the CLI under
+//! `<data-dir>/tls/`, fresh on every start; nodes speak mutual TLS to each other and to the
+//! router, and `RINGKV_TLS_DIR=<data-dir>/tls/client` points the CLI at its certificate.
 
 use crate::status;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use ringkv_router::RouterConfig;
 use ringkv_routing::{ReadPolicy, RoutingConfig};
+use ringkv_tls::{DevCa, Dialer, Tls, TlsPaths, Usage};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,6 +48,40 @@ pub struct DevArgs {
     /// The node binary (default: ringkv-node next to this executable).
     #[arg(long, env = "RINGKV_NODE_BIN")]
     pub node_bin: Option<PathBuf>,
+    /// TLS everywhere, with certificates from a throwaway CA (see above).
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// Certificates of a `--tls` dev cluster: one directory per process, as TLS Secrets.
+struct DevTls {
+    root: PathBuf,
+}
+
+impl DevTls {
+    /// Every name a loopback process is dialed by.
+    const NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
+
+    fn issue(data_dir: &Path, nodes: u64) -> Result<DevTls> {
+        let root = data_dir.join("tls");
+        let ca = DevCa::generate("ringkv dev CA")?;
+        // Peer certificates for all, the CLI's too, so `ringkv node add` can give its new
+        // node the CLI's identity.
+        let dirs =
+            (1..=nodes).map(|i| format!("node-{i}")).chain(["router".into(), "client".into()]);
+        for dir in dirs {
+            ca.write_identity(&root.join(dir), &Self::NAMES, Usage::Peer)?;
+        }
+        Ok(DevTls { root })
+    }
+
+    fn dir(&self, who: &str) -> PathBuf {
+        self.root.join(who)
+    }
+
+    fn load(&self, who: &str) -> Result<Tls> {
+        Ok(Tls::load(TlsPaths::in_dir(&self.dir(who)))?)
+    }
 }
 
 /// `ringkv-node`: the given path, else the binary next to this executable.
@@ -140,11 +180,16 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         (0..args.nodes).map(|i| format!("127.0.0.1:{}", u64::from(args.base_port) + i)).collect();
     let members: Vec<String> =
         addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let tls = args.tls.then(|| DevTls::issue(&data_dir, args.nodes)).transpose()?;
     let mut nodes = Nodes { children: Vec::new(), logs: Vec::new() };
     for i in 1..=args.nodes {
         let log_path = data_dir.join(format!("node-{i}.log"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some(tls) = &tls {
+            command.arg("--tls-dir").arg(tls.dir(&format!("node-{i}")));
+        }
+        let child = command
             .arg("--node-id")
             .arg(i.to_string())
             .arg("--data-dir")
@@ -167,9 +212,12 @@ pub async fn run(args: &DevArgs) -> Result<()> {
     }
 
     // The router needs a node to answer with the shard map; nodes take a moment to listen.
+    let router_tls = tls.as_ref().map(|t| t.load("router")).transpose()?;
+    let client_dialer = Dialer::new(tls.as_ref().map(|t| t.load("client")).transpose()?);
     let routing = RoutingConfig {
         seeds: addrs.clone(),
         read_policy: args.read_policy,
+        dialer: Dialer::new(router_tls.clone()),
         ..RoutingConfig::default()
     };
     let router_cfg = RouterConfig {
@@ -179,6 +227,7 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         split: None,
         inflight_requests_max: ringkv_router::admission::INFLIGHT_REQUESTS_MAX_DEFAULT,
         rate_limit: None,
+        tls: router_tls,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     // The router serves at once and finds the nodes as they come up.
@@ -198,7 +247,11 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let client = ringkv_client::Client::builder().router(router.addr.to_string()).connect().await?;
+    let client = ringkv_client::Client::builder()
+        .router(router.addr.to_string())
+        .dialer(client_dialer.clone())
+        .connect()
+        .await?;
     let map = loop {
         if let Some(why) = nodes.exited() {
             router.shutdown().await;
@@ -207,7 +260,7 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         // Ready once the cluster's records are written (a map from the meta group, epoch >= 1)
         // and every shard has a leader.
         let map = client.shard_map().await?;
-        let (statuses, _) = status::collect(&map).await;
+        let (statuses, _) = status::collect(&map, &client_dialer).await;
         let led = map
             .shards
             .iter()
@@ -248,7 +301,13 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         );
     }
     println!("  data     {}", data_dir.display());
-    status::print(&map, false).await?;
+    if let Some(tls) = &tls {
+        println!(
+            "  tls      on (mutual TLS between nodes and router); for the CLI: export RINGKV_TLS_DIR={}",
+            tls.dir("client").display()
+        );
+    }
+    status::print(&map, false, &client_dialer).await?;
     println!("ringkv dev: ready; Ctrl-C to stop");
 
     let mut term = signal(SignalKind::terminate())?;

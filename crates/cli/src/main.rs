@@ -16,6 +16,7 @@ mod nodes;
 mod status;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub const EXIT_ERROR: u8 = 1;
@@ -35,8 +36,46 @@ pub struct Cli {
     /// Deadline per command, retries included.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Connect with TLS using `ca.crt` (and `tls.crt`, `tls.key` when present) in this
+    /// directory; `ringkv dev --tls` prints the one to use.
+    #[arg(long, global = true, env = "RINGKV_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Connect with TLS, checking the server against this CA bundle (PEM).
+    #[arg(long, global = true, env = "RINGKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present, for clusters that ask for one.
+    #[arg(long, global = true, env = "RINGKV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, global = true, env = "RINGKV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The TLS files the flags name (a directory's `tls.crt` and `tls.key` only when they
+    /// exist: a client directory may hold just the CA).
+    pub fn tls_paths(&self) -> anyhow::Result<Option<ringkv_tls::TlsPaths>> {
+        let present = |p: PathBuf| p.exists().then_some(p);
+        let dir = self.tls_dir.as_deref();
+        let cert = self
+            .tls_cert
+            .clone()
+            .or_else(|| dir.and_then(|d| present(d.join(ringkv_tls::TlsPaths::CERT_FILE))));
+        let key = self
+            .tls_key
+            .clone()
+            .or_else(|| dir.and_then(|d| present(d.join(ringkv_tls::TlsPaths::KEY_FILE))));
+        let ca = self.tls_ca.clone().or_else(|| dir.map(|d| d.join(ringkv_tls::TlsPaths::CA_FILE)));
+        Ok(ringkv_tls::TlsPaths::from_settings(None, ca, cert, key)?)
+    }
+
+    /// How this command dials routers and nodes.
+    pub fn dialer(&self) -> anyhow::Result<ringkv_tls::Dialer> {
+        let tls = self.tls_paths()?.map(ringkv_tls::Tls::load).transpose()?;
+        Ok(ringkv_tls::Dialer::new(tls))
+    }
 }
 
 #[derive(Debug, Subcommand)]

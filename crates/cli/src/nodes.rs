@@ -15,6 +15,7 @@ use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::{
     ListNodesRequest, ListNodesResponse, NodeInfo, NodeRequest, SetNodeWeightRequest, ShardMap,
 };
+use ringkv_tls::Dialer;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -63,28 +64,28 @@ async fn map(cli: &Cli) -> Result<ShardMap> {
 }
 
 /// Admin clients for the cluster's nodes, in map order.
-fn admins(map: &ShardMap) -> Vec<(u64, AdminClient<Channel>)> {
+fn admins(map: &ShardMap, dialer: &Dialer) -> Vec<(u64, AdminClient<Channel>)> {
     map.nodes
         .iter()
         .filter_map(|n| {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr))
+            let endpoint = dialer
+                .endpoint(&n.addr)
                 .ok()?
                 .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(20))
-                .connect_lazy();
-            Some((n.id, AdminClient::new(ch)))
+                .timeout(Duration::from_secs(20));
+            Some((n.id, AdminClient::new(dialer.lazy(&endpoint))))
         })
         .collect()
 }
 
 /// Calls `f` on the first node that answers (a refusal is an answer).
-async fn on_any<T, F, Fut>(map: &ShardMap, f: F) -> Result<T>
+async fn on_any<T, F, Fut>(map: &ShardMap, dialer: &Dialer, f: F) -> Result<T>
 where
     F: Fn(AdminClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let mut unreachable = Vec::new();
-    for (id, admin) in admins(map) {
+    for (id, admin) in admins(map, dialer) {
         match f(admin).await {
             Ok(r) => return Ok(r.into_inner()),
             // Unreachable, or a node that does not know the meta leader yet: try another.
@@ -102,53 +103,53 @@ pub async fn run(cli: &Cli, command: &NodeCommand) -> Result<u8> {
         return add(cli, args).await;
     }
     let map = map(cli).await?;
+    let dialer = cli.dialer()?;
     // Every call names the cluster, so a node of another cluster refuses it.
     let cid = map.cluster_id;
     let req = move |msg| ringkv_proto::with_cluster_id(tonic::Request::new(msg), cid);
-    let changed =
-        match command {
-            NodeCommand::List => {
-                let l = on_any(&map, |mut a| async move {
-                    a.list_nodes(ringkv_proto::with_cluster_id(
-                        tonic::Request::new(ListNodesRequest {}),
-                        cid,
-                    ))
-                    .await
-                })
-                .await?;
-                print_list(&l, cli.json);
-                return Ok(0);
-            }
-            NodeCommand::Drain { id } => {
-                on_any(&map, |mut a| async move {
-                    a.drain_node(req(NodeRequest { node_id: *id })).await
-                })
-                .await?
-            }
-            NodeCommand::Remove { id } => {
-                on_any(&map, |mut a| async move {
-                    a.remove_node(req(NodeRequest { node_id: *id })).await
-                })
-                .await?
-            }
-            NodeCommand::Activate { id } => {
-                on_any(&map, |mut a| async move {
-                    a.activate_node(req(NodeRequest { node_id: *id })).await
-                })
-                .await?
-            }
-            NodeCommand::SetWeight { id, weight } => {
-                on_any(&map, |mut a| async move {
-                    a.set_node_weight(ringkv_proto::with_cluster_id(
-                        tonic::Request::new(SetNodeWeightRequest { node_id: *id, weight: *weight }),
-                        cid,
-                    ))
-                    .await
-                })
-                .await?
-            }
-            NodeCommand::Add(_) => unreachable!("handled above"),
-        };
+    let changed = match command {
+        NodeCommand::List => {
+            let l = on_any(&map, &dialer, |mut a| async move {
+                a.list_nodes(ringkv_proto::with_cluster_id(
+                    tonic::Request::new(ListNodesRequest {}),
+                    cid,
+                ))
+                .await
+            })
+            .await?;
+            print_list(&l, cli.json);
+            return Ok(0);
+        }
+        NodeCommand::Drain { id } => {
+            on_any(&map, &dialer, |mut a| async move {
+                a.drain_node(req(NodeRequest { node_id: *id })).await
+            })
+            .await?
+        }
+        NodeCommand::Remove { id } => {
+            on_any(&map, &dialer, |mut a| async move {
+                a.remove_node(req(NodeRequest { node_id: *id })).await
+            })
+            .await?
+        }
+        NodeCommand::Activate { id } => {
+            on_any(&map, &dialer, |mut a| async move {
+                a.activate_node(req(NodeRequest { node_id: *id })).await
+            })
+            .await?
+        }
+        NodeCommand::SetWeight { id, weight } => {
+            on_any(&map, &dialer, |mut a| async move {
+                a.set_node_weight(ringkv_proto::with_cluster_id(
+                    tonic::Request::new(SetNodeWeightRequest { node_id: *id, weight: *weight }),
+                    cid,
+                ))
+                .await
+            })
+            .await?
+        }
+        NodeCommand::Add(_) => unreachable!("handled above"),
+    };
     let n = changed.node.context("no node in the answer")?;
     if cli.json {
         println!("{}", node_json(&n));
@@ -288,6 +289,14 @@ async fn add(cli: &Cli, args: &AddArgs) -> Result<u8> {
     }
     if let Some(w) = args.weight {
         cmd.arg("--weight").arg(w.to_string());
+    }
+    // A cluster on TLS needs the new node on TLS: it gets this command's certificate files
+    // (which must then name the node's host; `ringkv dev --tls` issues such a one).
+    if let Some(tls) = cli.tls_paths()? {
+        cmd.arg("--tls-ca").arg(&tls.ca);
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
     }
     eprintln!(
         "starting node {name} on {listen} (data in {}), joining through {}; Ctrl-C stops it",

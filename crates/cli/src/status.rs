@@ -6,21 +6,25 @@ use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::{
     ListNodesRequest, ListNodesResponse, NodeStatusRequest, RaftRole, ShardMap, ShardStatus,
 };
+use ringkv_tls::Dialer;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// (shard, node) -> that node's status of the shard; nodes that did not answer are missing.
-pub async fn collect(map: &ShardMap) -> (BTreeMap<(u64, u64), ShardStatus>, Vec<(u64, String)>) {
+pub async fn collect(
+    map: &ShardMap,
+    dialer: &Dialer,
+) -> (BTreeMap<(u64, u64), ShardStatus>, Vec<(u64, String)>) {
     let mut out = BTreeMap::new();
     let mut down = Vec::new();
     for n in &map.nodes {
         let status = async {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr))?
+            let endpoint = dialer
+                .endpoint(&n.addr)?
                 .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(2))
-                .connect()
-                .await?;
+                .timeout(Duration::from_secs(2));
+            let ch = dialer.connect(&endpoint).await?;
             Ok::<_, anyhow::Error>(
                 AdminClient::new(ch)
                     .node_status(ringkv_proto::with_cluster_id(
@@ -56,13 +60,14 @@ fn role(r: i32) -> &'static str {
 }
 
 /// The membership as the meta leader sees it, from the first node that answers.
-async fn membership(map: &ShardMap) -> Option<ListNodesResponse> {
+async fn membership(map: &ShardMap, dialer: &Dialer) -> Option<ListNodesResponse> {
     for n in &map.nodes {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr))
+        let endpoint = dialer
+            .endpoint(&n.addr)
             .ok()?
             .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .timeout(Duration::from_secs(5));
+        let ch = dialer.lazy(&endpoint);
         let req =
             ringkv_proto::with_cluster_id(tonic::Request::new(ListNodesRequest {}), map.cluster_id);
         if let Ok(r) = AdminClient::new(ch).list_nodes(req).await {
@@ -72,8 +77,8 @@ async fn membership(map: &ShardMap) -> Option<ListNodesResponse> {
     None
 }
 
-pub async fn print(map: &ShardMap, json_out: bool) -> Result<()> {
-    let members = membership(map).await;
+pub async fn print(map: &ShardMap, json_out: bool, dialer: &Dialer) -> Result<()> {
+    let members = membership(map, dialer).await;
     if !json_out {
         match &members {
             Some(l) => crate::nodes::print_list(l, false),
@@ -81,7 +86,7 @@ pub async fn print(map: &ShardMap, json_out: bool) -> Result<()> {
         }
         println!();
     }
-    let (statuses, down) = collect(map).await;
+    let (statuses, down) = collect(map, dialer).await;
     let mut rows = Vec::new();
     for s in &map.shards {
         let leader = s.replicas.iter().find(|n| {

@@ -47,7 +47,7 @@ pub use ringkv_routing::WriteOutcome;
 use ringkv_routing::lanes::Lanes;
 use ringkv_routing::{Cluster, ReadPolicy, RoutingConfig, RoutingError};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 pub use ringkv_proto::v1::{Consistency, GetResponse, KeyValue, ResponseHeader};
@@ -185,6 +185,7 @@ pub struct ClientBuilder {
     consistency: Option<Consistency>,
     timeout: Option<Duration>,
     read_policy: ReadPolicy,
+    dialer: ringkv_tls::Dialer,
 }
 
 impl ClientBuilder {
@@ -212,6 +213,13 @@ impl ClientBuilder {
         self
     }
 
+    /// How to dial the router or nodes: TLS with the cluster's CA (and a client certificate,
+    /// where the cluster asks for one), or plaintext (the default).
+    pub fn dialer(mut self, dialer: ringkv_tls::Dialer) -> Self {
+        self.dialer = dialer;
+        self
+    }
+
     /// How direct mode spreads STALE reads.
     pub fn read_policy(mut self, p: ReadPolicy) -> Self {
         self.read_policy = p;
@@ -225,13 +233,14 @@ impl ClientBuilder {
             (Some(endpoint), _) => {
                 let connect_err =
                     |reason: String| ClientError::Connect { endpoint: endpoint.clone(), reason };
-                let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+                let ep = self
+                    .dialer
+                    .endpoint(&endpoint)
                     .map_err(|e| connect_err(e.to_string()))?
                     .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .map_err(|e| connect_err(e.to_string()))?;
+                    .tcp_nodelay(true);
+                let channel =
+                    self.dialer.connect(&ep).await.map_err(|e| connect_err(error_chain(&e)))?;
                 Mode::Router(Box::new(RouterConn {
                     kv: KvClient::new(channel.clone()).max_decoding_message_size(64 << 20),
                     admin: AdminClient::new(channel.clone()),
@@ -245,6 +254,7 @@ impl ClientBuilder {
                     seeds: self.seeds,
                     read_policy: self.read_policy,
                     default_timeout: timeout,
+                    dialer: self.dialer,
                     ..RoutingConfig::default()
                 };
                 Mode::Direct(Cluster::connect(cfg).await?)
@@ -255,6 +265,19 @@ impl ClientBuilder {
         };
         Ok(Client { mode, consistency, timeout })
     }
+}
+
+/// An error and its causes on one line: a transport error's own text is only "transport
+/// error"; the reason (refused, a TLS certificate not trusted) is in its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl Client {

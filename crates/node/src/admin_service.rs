@@ -23,7 +23,7 @@ use ringkv_proto::v1::{
 };
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// How long TriggerSnapshot waits for the snapshot to be built.
@@ -59,11 +59,12 @@ impl AdminService {
             }
             .into());
         };
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let dialer = self.registry.pool().dialer();
+        let endpoint = dialer
+            .endpoint(&addr)
             .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        Ok(Some(AdminClient::new(ch)))
+            .connect_timeout(Duration::from_secs(1));
+        Ok(Some(AdminClient::new(dialer.lazy(&endpoint))))
     }
 }
 

@@ -32,7 +32,6 @@ use ringkv_proto::v1::NodeStatusRequest;
 use ringkv_proto::v1::admin_client::AdminClient;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
-use tonic::transport::Endpoint;
 
 /// How long a peer has to answer the question (connect included). A peer that is down refuses
 /// the connection at once; this bounds a peer that is unreachable, so a node starting inside a
@@ -84,7 +83,7 @@ pub async fn form_groups(registry: &ShardRegistry, identity: &Identity) -> Resul
     }
     let peers: BTreeSet<NodeId> =
         fresh.iter().flat_map(|(_, v)| v.iter().copied()).filter(|&id| id != me).collect();
-    let led = shards_with_a_known_leader(&addr_of, &peers).await;
+    let led = shards_with_a_known_leader(registry.pool().dialer(), &addr_of, &peers).await;
     for (shard, voters) in fresh {
         if let Some(peer) = led.get(&shard.id) {
             tracing::info!(
@@ -113,6 +112,7 @@ pub async fn form_groups(registry: &ShardRegistry, identity: &Identity) -> Resul
 /// Of the shards the `peers` replicate, those for which one of them reports a leader, with
 /// that peer. Peers are asked at once; one that fails or is slow counts as knowing nothing.
 async fn shards_with_a_known_leader(
+    dialer: &ringkv_tls::Dialer,
     addr_of: &BTreeMap<NodeId, String>,
     peers: &BTreeSet<NodeId>,
 ) -> HashMap<ShardId, NodeId> {
@@ -120,12 +120,8 @@ async fn shards_with_a_known_leader(
         let addr = addr_of.get(&id)?.clone();
         Some(async move {
             let ask = async {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
-                    .ok()?
-                    .connect_timeout(PEER_STATUS_TIMEOUT)
-                    .connect()
-                    .await
-                    .ok()?;
+                let endpoint = dialer.endpoint(&addr).ok()?.connect_timeout(PEER_STATUS_TIMEOUT);
+                let channel = dialer.connect(&endpoint).await.ok()?;
                 AdminClient::new(channel).node_status(NodeStatusRequest {}).await.ok()
             };
             let status = tokio::time::timeout(PEER_STATUS_TIMEOUT, ask).await.ok().flatten();

@@ -148,7 +148,39 @@ pub struct Args {
     /// Bytes of client requests served at once (the same refusal beyond it).
     #[arg(long, env = "RINGKV_INFLIGHT_BYTES_MAX")]
     pub inflight_bytes_max: Option<u64>,
+    /// Serve and dial with TLS using `ca.crt`, `tls.crt` and `tls.key` in this directory (a
+    /// mounted Kubernetes TLS Secret); peers then need a certificate of that CA (mutual TLS).
+    #[arg(long, env = "RINGKV_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// CA bundle (PEM) peers' and clients' certificates are checked against.
+    #[arg(long, env = "RINGKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate chain (PEM), naming the host of its advertised address.
+    #[arg(long, env = "RINGKV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "RINGKV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate files are re-read (rotated certificates are used for new
+    /// connections without a restart).
+    #[arg(long, env = "RINGKV_TLS_RELOAD_INTERVAL_MS")]
+    pub tls_reload_interval_ms: Option<u64>,
 }
+
+/// The `[tls]` section: where the certificates are, and how often they are re-read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub dir: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub reload_interval_ms: Option<u64>,
+}
+
+/// How often certificate files are re-read by default: cert-manager renews well before
+/// expiry, so seconds of delay never matter, and the reads cost nothing.
+pub const TLS_RELOAD_INTERVAL_MS_DEFAULT: u64 = 5_000;
 
 /// Admission limits (see `crate::admission`): what a node takes on before it sheds load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -261,6 +293,7 @@ struct FileConfig {
     vnodes_per_shard: Option<u32>,
     metrics_listen: Option<SocketAddr>,
     raft: Option<RaftTuning>,
+    tls: Option<TlsFile>,
 }
 
 /// The resolved configuration of a node.
@@ -289,6 +322,9 @@ pub struct NodeConfig {
     pub raft: RaftTuning,
     pub membership: MembershipTuning,
     pub admission: AdmissionTuning,
+    /// TLS for every port but the HTTP one (`None`: plaintext).
+    pub tls: Option<ringkv_tls::TlsPaths>,
+    pub tls_reload_interval_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +355,8 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
     #[error("invalid raft timing: {0}")]
     Raft(String),
+    #[error("invalid TLS settings: {0}")]
+    Tls(#[from] ringkv_tls::TlsError),
 }
 
 fn parse_node_id(raw: &str) -> Result<NodeId, ConfigError> {
@@ -532,6 +570,26 @@ impl NodeConfig {
         if raft.snapshot_after_entries == 0 {
             return Err(ConfigError::Raft("snapshot_after_entries must be >= 1".into()));
         }
+        let tls_file = file.tls.unwrap_or_default();
+        let tls = ringkv_tls::TlsPaths::from_settings(
+            args.tls_dir.as_deref().or(tls_file.dir.as_deref()),
+            args.tls_ca.or(tls_file.ca),
+            args.tls_cert.or(tls_file.cert),
+            args.tls_key.or(tls_file.key),
+        )?;
+        if tls.as_ref().is_some_and(|t| t.cert.is_none()) {
+            return Err(ConfigError::Invalid {
+                field: "tls",
+                reason: "a node serves its peers, so it needs a certificate and key of its own \
+                         (--tls-cert and --tls-key, or tls.crt and tls.key in --tls-dir)"
+                    .into(),
+            });
+        }
+        let tls_reload_interval_ms = args
+            .tls_reload_interval_ms
+            .or(tls_file.reload_interval_ms)
+            .unwrap_or(TLS_RELOAD_INTERVAL_MS_DEFAULT)
+            .max(1);
         Ok(NodeConfig {
             name,
             initial_id: me.map(|m| m.id),
@@ -549,6 +607,8 @@ impl NodeConfig {
             raft,
             membership,
             admission,
+            tls,
+            tls_reload_interval_ms,
         })
     }
 }

@@ -29,6 +29,7 @@
 use crate::config::NodeConfig;
 use crate::identity::{self, Identity};
 use crate::node::StartError;
+use crate::transport::Transport;
 use ringkv_placement::{Layout, NodeId, NodeSpec};
 use ringkv_proto::internal::membership_client::MembershipClient;
 use ringkv_proto::internal::membership_server::{Membership, MembershipServer};
@@ -38,12 +39,13 @@ use ringkv_proto::internal::{
     RemoveLearnerRequest, StepReply, SyncReply, SyncRequest,
 };
 use ringkv_storage::NodeStorage;
+use ringkv_tls::{ClientAuth, Dialer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// How long one peer has to answer (connect included); an unreachable one is retried next
@@ -69,14 +71,15 @@ pub fn quorum(n: usize) -> usize {
 pub fn membership_client(
     addr: &str,
     raft_port_offset: u16,
+    dialer: &Dialer,
 ) -> Result<MembershipClient<Channel>, String> {
     let peer = crate::peer_addr::peer_addr(addr, raft_port_offset)?;
-    let ch = Endpoint::from_shared(format!("http://{peer}"))
+    let endpoint = dialer
+        .endpoint(&peer)
         .map_err(|e| format!("bad address {peer}: {e}"))?
         .connect_timeout(ASK_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy();
-    Ok(MembershipClient::new(ch))
+        .tcp_nodelay(true);
+    Ok(MembershipClient::new(dialer.lazy(&endpoint)))
 }
 
 pub fn member_specs(members: &[NodeSpec]) -> Vec<MemberSpec> {
@@ -106,7 +109,11 @@ fn same_config(
 }
 
 /// Asks every address "who are you?", at once; addresses that fail are left out.
-pub async fn hello_all(cfg: &NodeConfig, addrs: &[String]) -> Vec<(String, HelloReply)> {
+pub async fn hello_all(
+    cfg: &NodeConfig,
+    dialer: &Dialer,
+    addrs: &[String],
+) -> Vec<(String, HelloReply)> {
     let req = HelloRequest {
         name: cfg.name.clone(),
         addr: cfg.advertise_addr.clone(),
@@ -117,7 +124,7 @@ pub async fn hello_all(cfg: &NodeConfig, addrs: &[String]) -> Vec<(String, Hello
     let asks = addrs.iter().map(|addr| {
         let req = req.clone();
         async move {
-            let mut client = membership_client(addr, cfg.raft_port_offset).ok()?;
+            let mut client = membership_client(addr, cfg.raft_port_offset, dialer).ok()?;
             let reply = tokio::time::timeout(ASK_TIMEOUT, client.hello(req)).await.ok()?.ok()?;
             Some((addr.clone(), reply.into_inner()))
         }
@@ -278,8 +285,10 @@ impl Membership for DiscoveryService {
 /// protocol on `listener` meanwhile. Returns the stored identity.
 pub async fn run(
     cfg: &NodeConfig,
+    transport: &Transport,
     storage: &NodeStorage,
     listener: &Arc<TcpListener>,
+    auth: ClientAuth,
 ) -> Result<Identity, StartError> {
     let accepted = Arc::new(Accepted::default());
     let service = DiscoveryService {
@@ -291,14 +300,14 @@ pub async fn run(
         accepted: accepted.clone(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(MembershipServer::new(service))
-            .serve_with_incoming_shutdown(crate::incoming::incoming(listener.clone()), async {
-                let _ = stopped.await;
-            }),
+    let router = tonic::transport::Server::builder().add_service(
+        MembershipServer::with_interceptor(service, transport.peer_check("Membership")),
     );
-    let result = discover(cfg, storage, &accepted).await;
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let mut server = tokio::spawn(transport.serve(router, listener.clone(), auth, stopped));
+    let result = discover(cfg, transport.dialer(), storage, &accepted).await;
     let _ = stop.send(());
     // Peers' open connections would hold a graceful stop; they reconnect to the next server.
     if tokio::time::timeout(Duration::from_secs(2), &mut server).await.is_err() {
@@ -309,6 +318,7 @@ pub async fn run(
 
 async fn discover(
     cfg: &NodeConfig,
+    dialer: &Dialer,
     storage: &NodeStorage,
     accepted: &Accepted,
 ) -> Result<Identity, StartError> {
@@ -328,11 +338,11 @@ async fn discover(
         if let Some(id) = accepted.identity.lock().await.clone() {
             return Ok(id);
         }
-        let replies = hello_all(cfg, &seeds).await;
+        let replies = hello_all(cfg, dialer, &seeds).await;
         if let Some((_, known)) = replies.iter().find(|(_, r)| r.cluster_id != 0) {
             let mut addrs: Vec<String> = known.known.iter().map(|m| m.addr.clone()).collect();
             addrs.extend(replies.iter().filter(|(_, r)| r.cluster_id != 0).map(|(a, _)| a.clone()));
-            match join(cfg, known.cluster_id, &addrs).await {
+            match join(cfg, dialer, known.cluster_id, &addrs).await {
                 Ok(identity) => {
                     tracing::info!(
                         cluster = format!("{:#x}", identity.cluster_id),
@@ -429,7 +439,12 @@ async fn adopt(
 
 /// Asks the meta group (through any of `addrs`, following NOT_LEADER hints) for a new
 /// identity in `cluster_id`.
-pub async fn join(cfg: &NodeConfig, cluster_id: u64, addrs: &[String]) -> Result<Identity, String> {
+pub async fn join(
+    cfg: &NodeConfig,
+    dialer: &Dialer,
+    cluster_id: u64,
+    addrs: &[String],
+) -> Result<Identity, String> {
     let req = JoinRequest {
         cluster_id,
         name: cfg.name.clone(),
@@ -446,7 +461,9 @@ pub async fn join(cfg: &NodeConfig, cluster_id: u64, addrs: &[String]) -> Result
         if hops > HOPS_MAX + addrs.len() {
             break;
         }
-        let Ok(mut client) = membership_client(&addr, cfg.raft_port_offset) else { continue };
+        let Ok(mut client) = membership_client(&addr, cfg.raft_port_offset, dialer) else {
+            continue;
+        };
         let mut request = Request::new(req.clone());
         request.set_timeout(ASK_TIMEOUT * 5);
         match client.join(request).await {
@@ -495,6 +512,7 @@ pub async fn join(cfg: &NodeConfig, cluster_id: u64, addrs: &[String]) -> Result
 /// count). Returns the identity with the founding finished.
 pub async fn complete_founding(
     cfg: &NodeConfig,
+    dialer: &Dialer,
     storage: &NodeStorage,
     mut identity: Identity,
 ) -> Result<Identity, StartError> {
@@ -505,7 +523,7 @@ pub async fn complete_founding(
     loop {
         let pending: Vec<&NodeSpec> = members.iter().filter(|m| !acks.contains(&m.id)).collect();
         let addrs: Vec<String> = pending.iter().map(|m| m.addr.clone()).collect();
-        let replies = hello_all(cfg, &addrs).await;
+        let replies = hello_all(cfg, dialer, &addrs).await;
         for (addr, reply) in replies {
             let Some(m) = pending.iter().find(|m| m.addr == addr) else { continue };
             if reply.cluster_id == identity.cluster_id && reply.node_id == m.id {
@@ -523,7 +541,9 @@ pub async fn complete_founding(
                 replication_factor: identity.layout.replication_factor,
                 vnodes_per_shard: identity.layout.vnodes_per_shard,
             };
-            let Ok(mut client) = membership_client(&addr, cfg.raft_port_offset) else { continue };
+            let Ok(mut client) = membership_client(&addr, cfg.raft_port_offset, dialer) else {
+                continue;
+            };
             match tokio::time::timeout(ASK_TIMEOUT * 5, client.bootstrap(req)).await {
                 Ok(Ok(r)) if r.get_ref().accepted => {
                     acks.insert(m.id);

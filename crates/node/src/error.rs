@@ -27,6 +27,7 @@
 //! | Overloaded          | RESOURCE_EXHAUSTED    | retry after the RetryInfo delay (node is busy)   |
 //! | WrongCluster        | FAILED_PRECONDITION   | fix the configuration: another cluster's node    |
 //! | Refused             | FAILED_PRECONDITION   | a membership change would be unsafe; read why    |
+//! | Unauthenticated     | UNAUTHENTICATED       | present the credential named in `needs`          |
 
 use ringkv_placement::cluster::shard_name;
 use ringkv_placement::{NodeId, ShardId};
@@ -111,6 +112,8 @@ pub enum NodeError {
         .limit.as_str()
     )]
     Overloaded { limit: crate::admission::Limit, max: u64, retry_after_ms: u64 },
+    #[error("the {service} service is only for this cluster's nodes: {needs}")]
+    Unauthenticated { service: &'static str, needs: &'static str },
 }
 
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
@@ -224,6 +227,11 @@ impl NodeError {
                 md.insert("limit_kind".into(), limit.as_str().into());
                 md.insert("limit".into(), max.to_string());
                 (Code::ResourceExhausted, "OVERLOADED")
+            }
+            NodeError::Unauthenticated { service, needs } => {
+                md.insert("service".into(), (*service).into());
+                md.insert("needs".into(), (*needs).into());
+                (Code::Unauthenticated, "UNAUTHENTICATED")
             }
         };
         (code_reason.0, code_reason.1, md)
@@ -369,6 +377,11 @@ mod tests {
                 },
                 Code::ResourceExhausted,
                 "OVERLOADED",
+            ),
+            (
+                NodeError::Unauthenticated { service: "Raft", needs: "a node certificate" },
+                Code::Unauthenticated,
+                "UNAUTHENTICATED",
             ),
             (
                 NodeError::OffsetOutOfRange {

@@ -64,6 +64,7 @@ pub mod retention;
 pub mod shard;
 pub mod streams_service;
 pub mod sync;
+pub mod transport;
 pub mod validate;
 pub mod validate_events;
 pub mod wire;

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Snapshot chunks read ahead of the network.
@@ -55,6 +55,8 @@ pub struct PeerPool {
     pub snapshot_bytes_sent: prometheus_client::metrics::counter::Counter,
     /// Peers serve Raft and membership this many ports above their client port.
     raft_port_offset: u16,
+    /// Plaintext, or mutual TLS with this node's certificate.
+    dialer: ringkv_tls::Dialer,
 }
 
 /// Paces snapshot sends to `bytes_per_sec` for the whole node, so moving replicas (many
@@ -98,10 +100,15 @@ impl std::fmt::Debug for PeerPool {
 impl PeerPool {
     /// A pool whose snapshot sends are paced to `snapshot_bytes_per_sec` (0: unpaced), and
     /// which reaches peers `raft_port_offset` ports above their advertised port.
-    pub fn new(snapshot_bytes_per_sec: u64, raft_port_offset: u16) -> Self {
+    pub fn new(
+        snapshot_bytes_per_sec: u64,
+        raft_port_offset: u16,
+        dialer: ringkv_tls::Dialer,
+    ) -> Self {
         PeerPool {
             snapshots: Arc::new(Throttle::new(snapshot_bytes_per_sec)),
             raft_port_offset,
+            dialer,
             ..Default::default()
         }
     }
@@ -110,6 +117,11 @@ impl PeerPool {
     /// reconnects by itself after failures).
     pub fn raft_port_offset(&self) -> u16 {
         self.raft_port_offset
+    }
+
+    /// How this node dials other nodes (TLS or not).
+    pub fn dialer(&self) -> &ringkv_tls::Dialer {
+        &self.dialer
     }
 
     /// Where the node advertised at `addr` serves its peers.
@@ -127,13 +139,15 @@ impl PeerPool {
             return Ok(ch.clone());
         }
         let peer = self.peer_addr(addr)?;
-        let endpoint = Endpoint::from_shared(format!("http://{peer}"))
+        let endpoint = self
+            .dialer
+            .endpoint(&peer)
             .map_err(|e| format!("bad address {addr}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let ch = endpoint.connect_lazy();
+        let ch = self.dialer.lazy(&endpoint);
         map.insert(node, (addr.to_string(), ch.clone()));
         Ok(ch)
     }

@@ -29,6 +29,7 @@ use crate::raft_service::RaftService;
 use crate::registry::ShardRegistry;
 use crate::streams_service::StreamsService;
 use crate::sync::Syncer;
+use crate::transport::Transport;
 use crate::validate::GRPC_MESSAGE_BYTES_MAX;
 use futures::FutureExt as _;
 use openraft::SnapshotPolicy;
@@ -41,12 +42,14 @@ use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::kv_server::KvServer;
 use ringkv_proto::v1::streams_server::StreamsServer;
 use ringkv_storage::{NodeStorage, StorageMetrics};
+use ringkv_tls::ClientAuth;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 /// How long the server may drain after every Raft group has stopped. Nothing useful is left
@@ -68,6 +71,8 @@ pub enum StartError {
     Raft { shard: u64, reason: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] ringkv_tls::TlsError),
 }
 
 /// A running node.
@@ -169,6 +174,14 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         |source| StartError::Storage { path: cfg.data_dir.display().to_string(), source };
     let storage_metrics = StorageMetrics::default();
     let storage = NodeStorage::open(&cfg.data_dir, storage_metrics.clone()).map_err(storage_err)?;
+    let (transport, tls_watcher) =
+        Transport::load(cfg.tls.as_ref(), Duration::from_millis(cfg.tls_reload_interval_ms))?;
+    // Only nodes (and routers) of the cluster hold a certificate of its CA: a port of their
+    // own can demand one in the handshake; a shared port cannot (clients need none).
+    let peer_auth = match cfg.raft_port_offset {
+        0 => ClientAuth::Optional,
+        _ => ClientAuth::Required,
+    };
     let listener = Arc::new(
         TcpListener::bind(cfg.listen)
             .await
@@ -194,7 +207,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         Some(id) => id,
         None => {
             let peers_reach = peer_listener.as_ref().unwrap_or(&listener);
-            crate::discovery::run(&cfg, &storage, peers_reach).await?
+            crate::discovery::run(&cfg, &transport, &storage, peers_reach, peer_auth).await?
         }
     };
     if cfg.layout_explicit && identity.layout != cfg.layout {
@@ -217,7 +230,11 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     );
 
     let raft_cfg = raft_config(&cfg)?;
-    let pool = PeerPool::new(cfg.membership.snapshot_send_bytes_per_sec, cfg.raft_port_offset);
+    let pool = PeerPool::new(
+        cfg.membership.snapshot_send_bytes_per_sec,
+        cfg.raft_port_offset,
+        transport.dialer().clone(),
+    );
     let registry = ShardRegistry::new(
         identity.clone(),
         cfg.advertise_addr.clone(),
@@ -252,6 +269,13 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             "Snapshot bytes sent to peers (replica moves and lagging followers)",
             pool.snapshot_bytes_sent.clone(),
         );
+        if let Some(tls) = transport.tls() {
+            r.sub_registry_with_prefix("ringkv").register(
+                "tls_handshake_failures",
+                "TLS handshakes refused or failed on this node's ports (another CA, no certificate where one is required, plaintext excluded)",
+                tls.handshake_failures(),
+            );
+        }
     });
     let m = &cfg.membership;
     let driver = Arc::new(Driver::new(
@@ -299,27 +323,28 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             AdminService::new(registry.clone(), driver.clone()),
             crate::admin_service::cluster_check(registry.cluster_id()),
         ));
-    let membership =
-        MembershipServer::new(MembershipService::new(registry.clone(), driver.clone()));
-    let raft = RaftServer::new(RaftService::new(registry.clone()))
-        .max_decoding_message_size(crate::wire::PAYLOAD_BYTES_MAX)
-        .max_encoding_message_size(crate::wire::PAYLOAD_BYTES_MAX);
+    let membership = MembershipServer::with_interceptor(
+        MembershipService::new(registry.clone(), driver.clone()),
+        transport.peer_check("Membership"),
+    );
+    let raft = InterceptedService::new(
+        RaftServer::new(RaftService::new(registry.clone()))
+            .max_decoding_message_size(crate::wire::PAYLOAD_BYTES_MAX)
+            .max_encoding_message_size(crate::wire::PAYLOAD_BYTES_MAX),
+        transport.peer_check("Raft"),
+    );
     let shutdown = async move {
         let _ = shutdown_rx.await;
     }
     .shared();
     let server = match peer_listener {
-        None => tokio::spawn(
-            clients
-                .add_service(membership)
-                .add_service(raft)
-                .serve_with_incoming_shutdown(crate::incoming::incoming(listener), shutdown),
-        ),
+        None => {
+            let router = clients.add_service(membership).add_service(raft);
+            tokio::spawn(transport.serve(router, listener, ClientAuth::Optional, shutdown))
+        }
         Some(peer_listener) => {
-            let clients = clients.serve_with_incoming_shutdown(
-                crate::incoming::incoming(listener),
-                shutdown.clone(),
-            );
+            let clients =
+                transport.serve(clients, listener, ClientAuth::Optional, shutdown.clone());
             // Admin too: the placement driver moves leaderships through it (it is
             // cluster-checked, and this port is for nodes only).
             let peers = tonic::transport::Server::builder()
@@ -329,8 +354,8 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
                     crate::admin_service::cluster_check(registry.cluster_id()),
                 ))
                 .add_service(membership)
-                .add_service(raft)
-                .serve_with_incoming_shutdown(crate::incoming::incoming(peer_listener), shutdown);
+                .add_service(raft);
+            let peers = transport.serve(peers, peer_listener, ClientAuth::Required, shutdown);
             tokio::spawn(async move {
                 let (c, p) = tokio::join!(clients, peers);
                 c.and(p)
@@ -339,6 +364,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     };
 
     let mut background = vec![health.clone().spawn_reporter(health_reporter, metrics.clone())];
+    background.extend(tls_watcher);
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
             let (addr, task) = crate::http::serve(addr, metrics.clone(), health)
@@ -392,7 +418,9 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     }
 
     if identity.founding_acks.is_some() {
-        identity = crate::discovery::complete_founding(&cfg, &storage, identity).await?;
+        identity =
+            crate::discovery::complete_founding(&cfg, transport.dialer(), &storage, identity)
+                .await?;
     }
     if !identity.formed && !identity.founders.is_empty() {
         crate::bootstrap::form_groups(&registry, &identity).await?;

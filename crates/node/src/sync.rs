@@ -111,7 +111,8 @@ impl Syncer {
         if let Some(c) = self.channels.get(addr) {
             return Some(c.clone());
         }
-        let c = membership_client(addr, self.registry.pool().raft_port_offset()).ok()?;
+        let pool = self.registry.pool();
+        let c = membership_client(addr, pool.raft_port_offset(), pool.dialer()).ok()?;
         self.channels.insert(addr.to_string(), c.clone());
         Some(c)
     }

@@ -179,12 +179,43 @@ pub struct AdmissionService<S> {
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// A refused request is read to its end before the refusal is sent, up to this many bytes...
+const REFUSED_BODY_BYTES_MAX: usize = 1 << 20;
+/// ...and for at most this long (a unary request's body is there at once; a client stream's
+/// may never end).
+const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Reads a refused request's body to its end (bounded), so the refusal closes the stream
+/// cleanly. Answering first would make the server reset a stream the client may still be
+/// sending on; at thousands of refusals a second some of the client's late frames land on
+/// streams h2 has already forgotten, each counted as a reset the server caused, and past
+/// 1,024 of those h2 closes the whole connection (its defence against clients that provoke
+/// resets): shedding load would then fail every request on the caller's connection.
+async fn drain<B: http_body::Body>(body: B) {
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read += bytes::Buf::remaining(data);
+                if read > REFUSED_BODY_BYTES_MAX {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+}
+
 impl<S, B, R> tower_service::Service<http::Request<B>> for AdmissionService<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     R: Default + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -202,15 +233,26 @@ where
         if !ADMITTED_SERVICES.iter().any(|s| path.starts_with(s)) {
             return Box::pin(self.inner.call(req));
         }
-        let peer = req
-            .extensions()
+        // Plaintext connections carry TCP connection info, TLS ones wrap it.
+        let ext = req.extensions();
+        let peer = ext
             .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|i| i.remote_addr);
+            .and_then(|i| i.remote_addr())
+            .or_else(|| {
+                ext.get::<tonic::transport::server::TlsConnectInfo<
+                    tonic::transport::server::TcpConnectInfo,
+                >>()
+                .and_then(|i| i.get_ref().remote_addr())
+            });
         match self.admission.admit(peer) {
             // A gRPC error is an HTTP 200 with the status in its headers: what tonic sends.
             Err(e) => {
                 let refusal = e.to_status().into_http();
-                Box::pin(async move { Ok(refusal) })
+                let body = req.into_body();
+                Box::pin(async move {
+                    drain(body).await;
+                    Ok(refusal)
+                })
             }
             Ok(held) => {
                 let answer = self.inner.call(req);

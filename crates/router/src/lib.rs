@@ -45,6 +45,9 @@ pub struct RouterConfig {
     pub inflight_requests_max: u32,
     /// Each caller's (IP address's) rate limit; none by default.
     pub rate_limit: Option<admission::RateLimit>,
+    /// Serve clients over TLS with this certificate (client certificates optional, verified
+    /// when presented); `None`: plaintext. Dialing nodes is the routing configs' `dialer`.
+    pub tls: Option<ringkv_tls::Tls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,8 @@ pub enum RouterError {
     SplitPercent(u32),
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] ringkv_tls::TlsError),
 }
 
 /// A running router.
@@ -118,6 +123,9 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     let ready =
         Ready { primary: primary.clone(), secondary: secondary.as_ref().map(|(c, _)| c.clone()) };
     let metrics = metrics::RouterMetrics::new(&primary, secondary.as_ref().map(|(c, _)| c));
+    if cfg.tls.as_ref().is_some_and(|t| !t.has_identity()) {
+        return Err(RouterError::Tls(ringkv_tls::TlsError::NoIdentity));
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RouterError::Bind { addr: cfg.listen, source })?;
@@ -133,10 +141,19 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     let events = events_service::RouterEvents::new(primary.clone(), metrics.clone());
     let admin = service::RouterAdmin::new(primary);
     let admission = admission::RouterAdmission::new(cfg.inflight_requests_max, cfg.rate_limit);
-    metrics.with_registry(|r| admission.register(r));
+    metrics.with_registry(|r| {
+        admission.register(r);
+        if let Some(tls) = &cfg.tls {
+            r.sub_registry_with_prefix("ringkv_router").register(
+                "tls_handshake_failures",
+                "TLS handshakes refused or failed on the router's port",
+                tls.handshake_failures(),
+            );
+        }
+    });
     let pruner = admission.spawn_pruner();
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(admission::AdmissionLayer(admission))
         .add_service(health_service)
@@ -149,16 +166,20 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
                 .max_decoding_message_size(16 << 20),
         )
         .add_service(ringkv_proto::v1::watch_server::WatchServer::new(events))
-        .add_service(ringkv_proto::v1::admin_server::AdminServer::new(admin))
-        // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; ours must
-        // say it again, or small responses wait for a delayed ACK (a 40 ms stall per request).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = rx.await;
-            },
-        );
-    let server = tokio::spawn(server);
+        .add_service(ringkv_proto::v1::admin_server::AdminServer::new(admin));
+    // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; ours must
+    // say it again, or small responses wait for a delayed ACK (a 40 ms stall per request).
+    let tcp = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stop = async {
+        let _ = rx.await;
+    };
+    let server = match cfg.tls {
+        None => tokio::spawn(router.serve_with_incoming_shutdown(tcp, stop)),
+        Some(tls) => {
+            let tls_incoming = ringkv_tls::accept(tls, ringkv_tls::ClientAuth::Optional, tcp);
+            tokio::spawn(router.serve_with_incoming_shutdown(tls_incoming, stop))
+        }
+    };
     let (metrics_addr, metrics_task) = match cfg.metrics_listen {
         Some(a) => {
             let (bound, task) = metrics

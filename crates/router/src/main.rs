@@ -4,6 +4,7 @@ use clap::Parser;
 use ringkv_router::{RouterConfig, Split};
 use ringkv_routing::{ReadPolicy, RoutingConfig};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -52,6 +53,22 @@ struct Args {
     /// Requests a caller may send at once above its rate (default: one second's worth).
     #[arg(long, env = "RINGKV_ROUTER_CLIENT_BURST")]
     client_burst: Option<u32>,
+    /// TLS on both sides: `ca.crt`, `tls.crt`, `tls.key` in this directory (a mounted TLS
+    /// Secret). Clients then connect with TLS; nodes are dialed with this certificate.
+    #[arg(long, env = "RINGKV_ROUTER_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// CA bundle (PEM) the nodes' and clients' certificates are checked against.
+    #[arg(long, env = "RINGKV_ROUTER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The router's certificate chain (PEM), naming the host clients dial.
+    #[arg(long, env = "RINGKV_ROUTER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "RINGKV_ROUTER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// How often the certificate files are re-read (cert-manager rotates them in place).
+    #[arg(long, env = "RINGKV_ROUTER_TLS_RELOAD_INTERVAL_MS", default_value_t = 5_000)]
+    tls_reload_interval_ms: u64,
 }
 
 #[tokio::main]
@@ -66,8 +83,19 @@ async fn main() -> anyhow::Result<()> {
         logs.init();
     }
     let a = Args::parse();
+    let tls_paths = ringkv_tls::TlsPaths::from_settings(
+        a.tls_dir.as_deref(),
+        a.tls_ca.clone(),
+        a.tls_cert.clone(),
+        a.tls_key.clone(),
+    )?;
+    let tls = tls_paths.map(ringkv_tls::Tls::load).transpose()?;
+    let _watcher =
+        tls.as_ref().map(|t| t.watch(Duration::from_millis(a.tls_reload_interval_ms.max(1))));
+    let dialer = ringkv_tls::Dialer::new(tls.clone());
     let routing = |seeds: Vec<String>| RoutingConfig {
         seeds,
+        dialer: dialer.clone(),
         read_policy: a.read_policy,
         default_timeout: Duration::from_millis(a.timeout_ms),
         ..RoutingConfig::default()
@@ -86,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
                 burst: a.client_burst.and_then(std::num::NonZeroU32::new).unwrap_or(rate),
             }
         }),
+        tls,
     };
     let mut router = ringkv_router::start(cfg).await?;
     println!(

@@ -160,7 +160,7 @@ impl Cluster {
             budget: RetryBudget::new(&cfg),
             lanes: Lanes::new(cfg.write_lanes_max),
             topology: Topology::default(),
-            nodes: Nodes::default(),
+            nodes: Nodes::new(cfg.dialer.clone()),
             rr: AtomicUsize::new(0),
             stats: RoutingStats::default(),
             topics: Default::default(),

@@ -52,6 +52,9 @@ pub struct RoutingConfig {
     pub eject_max: Duration,
     /// Concurrent writes per routing core (one session lane each).
     pub write_lanes_max: usize,
+    /// How nodes are dialed: plaintext, or TLS with the CA (and this process's certificate,
+    /// for clusters that want one from routers).
+    pub dialer: ringkv_tls::Dialer,
 }
 
 impl Default for RoutingConfig {
@@ -69,6 +72,7 @@ impl Default for RoutingConfig {
             eject_base: Duration::from_secs(1),
             eject_max: Duration::from_secs(30),
             write_lanes_max: 1024,
+            dialer: ringkv_tls::Dialer::plaintext(),
         }
     }
 }

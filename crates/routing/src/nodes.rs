@@ -9,11 +9,12 @@
 use crate::config::RoutingConfig;
 use ringkv_placement::NodeId;
 use ringkv_proto::v1::kv_client::KvClient;
+use ringkv_tls::Dialer;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Largest gRPC message accepted from a node (a full scan page of large values).
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -74,14 +75,15 @@ impl InFlight {
 }
 
 impl NodeEntry {
-    fn new(id: NodeId, addr: &str) -> Result<Self, String> {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+    fn new(id: NodeId, addr: &str, dialer: &Dialer) -> Result<Self, String> {
+        let endpoint = dialer
+            .endpoint(addr)
             .map_err(|e| format!("bad node address {addr}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = dialer.lazy(&endpoint);
         Ok(NodeEntry {
             id,
             addr: addr.to_string(),
@@ -226,9 +228,14 @@ impl NodeEntry {
 #[derive(Debug, Default)]
 pub struct Nodes {
     nodes: RwLock<HashMap<NodeId, Arc<NodeEntry>>>,
+    dialer: Dialer,
 }
 
 impl Nodes {
+    pub fn new(dialer: Dialer) -> Self {
+        Nodes { nodes: RwLock::default(), dialer }
+    }
+
     /// The entry of `id` at `addr`, created (or replaced, if its address changed) on demand.
     pub fn get(&self, id: NodeId, addr: &str) -> Result<Arc<NodeEntry>, String> {
         if let Some(n) = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&id)
@@ -236,7 +243,7 @@ impl Nodes {
         {
             return Ok(n.clone());
         }
-        let entry = Arc::new(NodeEntry::new(id, addr)?);
+        let entry = Arc::new(NodeEntry::new(id, addr, &self.dialer)?);
         self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
         Ok(entry)
     }
@@ -266,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn ejection_grows_then_half_open_probe_restores() {
         let cfg = ejecting(Duration::from_millis(200));
-        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
         let now = Instant::now;
         assert!(!n.on_failure(&cfg, now()) && !n.on_failure(&cfg, now()));
         assert!(n.on_failure(&cfg, now()), "third consecutive failure ejects");
@@ -288,7 +295,7 @@ mod tests {
     #[tokio::test]
     async fn requests_in_flight_at_the_ejection_do_not_extend_it() {
         let cfg = ejecting(Duration::from_secs(30));
-        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
         let sent = Instant::now();
         assert!(!n.on_failure(&cfg, sent) && !n.on_failure(&cfg, sent));
         assert!(n.on_failure(&cfg, sent));
@@ -309,7 +316,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_named_leader_is_probed_early_but_at_most_once_per_base_interval() {
         let cfg = ejecting(Duration::from_secs(30));
-        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
         for _ in 0..3 {
             n.on_failure(&cfg, Instant::now());
         }
@@ -332,7 +339,7 @@ mod tests {
     #[tokio::test]
     async fn a_probe_answered_with_an_error_still_restores_the_node() {
         let cfg = ejecting(Duration::from_secs(30));
-        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
         for _ in 0..3 {
             n.on_failure(&cfg, Instant::now());
         }
@@ -348,7 +355,7 @@ mod tests {
 
     #[tokio::test]
     async fn peak_ewma_jumps_up_and_decays_slowly() {
-        let n = NodeEntry::new(1, "127.0.0.1:1").unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
         n.on_success(Duration::from_millis(10));
         assert_eq!(n.ewma_us(), 10_000);
         n.on_success(Duration::from_millis(2));

@@ -1,0 +1,159 @@
+//! One loaded set of TLS files, turned into the rustls configurations every side needs.
+//!
+//! Built once per change of the files and shared (`Arc`) by every connection made while it
+//! is current, so a handshake never reads a file.
+
+use crate::{TlsError, TlsPaths};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::Path;
+use std::sync::Arc;
+
+/// gRPC runs on HTTP/2 only; saying so in ALPN makes a mismatched peer fail in the handshake.
+const ALPN_H2: &[u8] = b"h2";
+/// A PEM file larger than this is not a certificate bundle (and must not be read whole).
+pub(crate) const PEM_BYTES_MAX: u64 = 1 << 20;
+
+/// The raw bytes of the three files, compared to decide whether anything changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Files {
+    ca: Vec<u8>,
+    cert: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+}
+
+impl Files {
+    pub(crate) fn read(paths: &TlsPaths) -> Result<Files, TlsError> {
+        Ok(Files {
+            ca: read_pem("CA bundle", &paths.ca)?,
+            cert: paths.cert.as_deref().map(|p| read_pem("certificate", p)).transpose()?,
+            key: paths.key.as_deref().map(|p| read_pem("private key", p)).transpose()?,
+        })
+    }
+}
+
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    let err = |source| TlsError::Read { what, path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(err)?;
+    let mut bytes = Vec::new();
+    file.take(PEM_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(err)?;
+    if bytes.len() as u64 > PEM_BYTES_MAX {
+        return Err(TlsError::Pem {
+            what,
+            path: path.to_path_buf(),
+            reason: format!("larger than {PEM_BYTES_MAX} bytes"),
+        });
+    }
+    Ok(bytes)
+}
+
+pub(crate) struct Material {
+    pub(crate) files: Files,
+    pub(crate) client: Arc<ClientConfig>,
+    /// Serves with a client certificate optional (verified when presented).
+    pub(crate) server_optional: Option<Arc<ServerConfig>>,
+    /// Serves only clients presenting a certificate of the CA.
+    pub(crate) server_required: Option<Arc<ServerConfig>>,
+}
+
+fn config_err(e: rustls::Error) -> TlsError {
+    TlsError::Config(e.to_string())
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Material {
+    pub(crate) fn build(paths: &TlsPaths, files: Files) -> Result<Material, TlsError> {
+        fn pem_err(
+            what: &'static str,
+            path: &Path,
+        ) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError + use<> {
+            let path = path.to_path_buf();
+            move |e| TlsError::Pem { what, path, reason: e.to_string() }
+        }
+        let cas = CertificateDer::pem_slice_iter(&files.ca)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_err("CA bundle", &paths.ca))?;
+        if cas.is_empty() {
+            return Err(TlsError::Empty {
+                what: "CA bundle",
+                path: paths.ca.clone(),
+                expected: "CERTIFICATE",
+            });
+        }
+        let mut roots = RootCertStore::empty();
+        for ca in cas {
+            roots
+                .add(ca)
+                .map_err(|e| TlsError::Roots { path: paths.ca.clone(), reason: e.to_string() })?;
+        }
+        let roots = Arc::new(roots);
+        let identity = match (&paths.cert, &paths.key, &files.cert, &files.key) {
+            (Some(cert_path), Some(key_path), Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(pem_err("certificate", cert_path))?;
+                if chain.is_empty() {
+                    return Err(TlsError::Empty {
+                        what: "certificate",
+                        path: cert_path.clone(),
+                        expected: "CERTIFICATE",
+                    });
+                }
+                let key =
+                    PrivateKeyDer::from_pem_slice(key).map_err(pem_err("private key", key_path))?;
+                Some((chain, key, cert_path.clone(), key_path.clone()))
+            }
+            _ => None,
+        };
+
+        let client_builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(config_err)?
+            .with_root_certificates(roots.clone());
+        let mut client = match &identity {
+            Some((chain, key, cert_path, key_path)) => client_builder
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .map_err(|e| TlsError::Identity {
+                    cert: cert_path.clone(),
+                    key: key_path.clone(),
+                    reason: e.to_string(),
+                })?,
+            None => client_builder.with_no_client_auth(),
+        };
+        client.alpn_protocols = vec![ALPN_H2.to_vec()];
+
+        let (server_optional, server_required) = match &identity {
+            None => (None, None),
+            Some((chain, key, cert_path, key_path)) => {
+                let server = |required: bool| -> Result<Arc<ServerConfig>, TlsError> {
+                    let verifier =
+                        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+                    let verifier =
+                        if required { verifier } else { verifier.allow_unauthenticated() };
+                    let verifier = verifier.build().map_err(|e| TlsError::Config(e.to_string()))?;
+                    let mut config = ServerConfig::builder_with_provider(provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(config_err)?
+                        .with_client_cert_verifier(verifier)
+                        .with_single_cert(chain.clone(), key.clone_key())
+                        .map_err(|e| TlsError::Identity {
+                            cert: cert_path.clone(),
+                            key: key_path.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+                    Ok(Arc::new(config))
+                };
+                (Some(server(false)?), Some(server(true)?))
+            }
+        };
+        Ok(Material { files, client: Arc::new(client), server_optional, server_required })
+    }
+}

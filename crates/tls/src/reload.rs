@@ -1,0 +1,118 @@
+//! The current TLS configuration of a process, and the task that keeps it in step with the
+//! files.
+
+use crate::material::{Files, Material};
+use crate::{TlsError, TlsPaths};
+use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// A process's TLS configuration: cheap to clone, shared by its listeners and dialers.
+#[derive(Clone)]
+pub struct Tls {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    paths: TlsPaths,
+    current: RwLock<Arc<Material>>,
+    /// Successful reloads since start (for tests and the logs).
+    reloads: AtomicU64,
+    /// Connections whose TLS handshake this process refused or that failed (another CA, no
+    /// certificate where one is required, an expired one, a scanner).
+    handshake_failures: Counter,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("paths", &self.inner.paths).finish()
+    }
+}
+
+impl Tls {
+    /// Loads the files; every error names the file and what is wrong with it.
+    pub fn load(paths: TlsPaths) -> Result<Tls, TlsError> {
+        let files = Files::read(&paths)?;
+        let material = Material::build(&paths, files)?;
+        Ok(Tls {
+            inner: Arc::new(Inner {
+                paths,
+                current: RwLock::new(Arc::new(material)),
+                reloads: AtomicU64::new(0),
+                handshake_failures: Counter::default(),
+            }),
+        })
+    }
+
+    pub fn paths(&self) -> &TlsPaths {
+        &self.inner.paths
+    }
+
+    /// Whether this process has a certificate of its own (it can serve, and dial with mutual
+    /// TLS).
+    pub fn has_identity(&self) -> bool {
+        self.material().server_required.is_some()
+    }
+
+    pub(crate) fn material(&self) -> Arc<Material> {
+        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the files; swaps the configuration in when they changed and load. `Ok(true)`
+    /// when it changed. Blocking (file reads): call from a blocking context.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let files = Files::read(&self.inner.paths)?;
+        if files == self.material().files {
+            return Ok(false);
+        }
+        let material = Material::build(&self.inner.paths, files)?;
+        *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
+        self.inner.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Handshakes refused or failed on this process's TLS listeners (a Prometheus counter,
+    /// `ringkv_tls_handshake_failures_total` on nodes and routers).
+    pub fn handshake_failures(&self) -> Counter {
+        self.inner.handshake_failures.clone()
+    }
+
+    /// Configurations swapped in by [`Tls::reload`] since start.
+    pub fn reloads(&self) -> u64 {
+        self.inner.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the files every `interval` until every handle of this `Tls` is dropped.
+    /// Polling (not inotify) because a Kubernetes Secret volume swaps a symlink to a new
+    /// directory, which watches on the old files never see; three small reads every few
+    /// seconds cost nothing.
+    pub fn watch(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let tls = Tls { inner };
+                let paths = tls.inner.paths.clone();
+                let outcome = tokio::task::spawn_blocking(move || tls.reload()).await;
+                match outcome {
+                    Ok(Ok(true)) => {
+                        failing = false;
+                        tracing::info!(ca = %paths.ca.display(), "TLS certificates reloaded");
+                    }
+                    Ok(Ok(false)) => failing = false,
+                    // Said once per failing spell: cert-manager writes the files one by one,
+                    // so a mismatch for one poll is normal; one that lasts is not.
+                    Ok(Err(e)) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "new TLS files do not load; keeping the current ones");
+                    }
+                    Ok(Err(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+    }
+}
