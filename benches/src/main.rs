@@ -90,6 +90,10 @@ enum Command {
         shards: u32,
         #[arg(long, default_value_t = 3)]
         rf: u32,
+        /// Run ringkv with TLS everywhere (certificates of a throwaway CA, as `ringkv dev
+        /// --tls`), to measure what TLS costs.
+        #[arg(long)]
+        tls: bool,
     },
     /// The comparison with etcd behind docs/performance.md: writes at 64 clients and at one,
     /// linearizable and stale/serializable reads, RF 1 beside RF 3, router beside direct.
@@ -259,6 +263,7 @@ async fn run_target(
     (nodes, shards, rf): (u64, u32, u32),
     clients: usize,
     name: &str,
+    tls: bool,
 ) -> Result<RunResult> {
     let keys = Arc::new(KeyChooser::new(distribution, load.records)?);
     let spec = LoadSpec {
@@ -280,7 +285,13 @@ async fn run_target(
         driver::load(&conns, load.records, load.value_bytes, 64).await?;
         driver::run(name, &conns, &spec).await?
     } else {
-        let cluster = lab::start_cluster(nodes, shards, rf, None).await?;
+        let cluster = if tls {
+            let c = ringkv_tests::Cluster::start_tls(nodes, shards, rf, Default::default()).await?;
+            c.wait_for_leaders(Duration::from_secs(60)).await?;
+            c
+        } else {
+            lab::start_cluster(nodes, shards, rf, None).await?
+        };
         let router = cluster.start_router("round-robin").await?;
         let conns =
             lab::connect(kind, &cluster, Some(&router), load.connections, consistency).await?;
@@ -309,11 +320,13 @@ async fn main() -> Result<()> {
             nodes,
             shards,
             rf,
+            tls,
         } => {
             let dist = distribution.unwrap_or(workload.default_distribution());
             let mut runs = Vec::new();
             for t in target {
-                let name = format!("{t:?} {workload:?}").to_lowercase();
+                let tls_tag = if tls && t != TargetKind::Etcd { " tls" } else { "" };
+                let name = format!("{t:?} {workload:?}{tls_tag}").to_lowercase();
                 runs.push(
                     run_target(
                         t,
@@ -325,6 +338,7 @@ async fn main() -> Result<()> {
                         (nodes, shards, rf),
                         load.clients,
                         &name,
+                        tls,
                     )
                     .await
                     .with_context(|| format!("running against {t:?}"))?,
@@ -439,6 +453,7 @@ async fn main() -> Result<()> {
                         shape,
                         clients,
                         &name,
+                        false,
                     )
                     .await
                     .with_context(|| name.clone())?,

@@ -58,11 +58,22 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Conn {
     /// Opens a connection. `endpoint` is the router address (router), comma-separated seeds
-    /// (direct) or one etcd client URL host:port (etcd).
+    /// (direct) or one etcd client URL host:port (etcd). A plaintext connection; see
+    /// [`Conn::open_with`] for TLS.
     pub async fn open(
         kind: TargetKind,
         endpoint: &str,
         consistency: Consistency,
+    ) -> anyhow::Result<Conn> {
+        Self::open_with(kind, endpoint, consistency, ringkv_tls::Dialer::plaintext()).await
+    }
+
+    /// [`Conn::open`], dialing ringkv with `dialer` (TLS for a TLS cluster).
+    pub async fn open_with(
+        kind: TargetKind,
+        endpoint: &str,
+        consistency: Consistency,
+        dialer: ringkv_tls::Dialer,
     ) -> anyhow::Result<Conn> {
         Ok(match kind {
             TargetKind::Router => Conn::Ringkv(
@@ -70,6 +81,7 @@ impl Conn {
                     .router(endpoint)
                     .consistency(consistency)
                     .timeout(OP_TIMEOUT)
+                    .dialer(dialer)
                     .connect()
                     .await?,
             ),
@@ -78,6 +90,7 @@ impl Conn {
                     .direct(endpoint.split(',').map(str::to_string))
                     .consistency(consistency)
                     .timeout(OP_TIMEOUT)
+                    .dialer(dialer)
                     .connect()
                     .await?,
             ),
