@@ -117,9 +117,8 @@ pub async fn connect(
     };
     let mut conns = Vec::new();
     for _ in 0..n.max(1) {
-        conns.push(Arc::new(
-            Conn::open_with(kind, &endpoint, consistency, cluster.dialer()).await?,
-        ));
+        conns
+            .push(Arc::new(Conn::open_with(kind, &endpoint, consistency, cluster.dialer()).await?));
     }
     Ok(conns)
 }

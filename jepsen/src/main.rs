@@ -83,6 +83,10 @@ enum Command {
         /// Run nodes on loopback even as root (no network faults then).
         #[arg(long)]
         no_netns: bool,
+        /// TLS everywhere (mutual TLS between nodes and from the router; certificates of a
+        /// throwaway CA).
+        #[arg(long)]
+        tls: bool,
         /// Per-operation deadline in milliseconds (timeouts are recorded as indeterminate).
         #[arg(long, default_value_t = 2000)]
         op_timeout_ms: u64,
@@ -178,6 +182,7 @@ async fn main() -> ExitCode {
             read_consistency,
             stale_reads,
             no_netns,
+            tls,
             op_timeout_ms,
             out,
         } => {
@@ -217,6 +222,7 @@ async fn main() -> ExitCode {
                 rf,
                 op_timeout: Duration::from_millis(op_timeout_ms),
                 net: !no_netns,
+                tls,
                 out: out.join(format!("run-{stamp}")),
             };
             match run(&opts).await {

@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub op_timeout: Duration,
     /// Put each node in its own network namespace (needs root); falls back to loopback.
     pub net: bool,
+    /// TLS everywhere: nodes, router and clients with certificates of a throwaway CA.
+    pub tls: bool,
     pub out: PathBuf,
 }
 
@@ -131,7 +133,7 @@ impl Campaign {
             println!("note: {n}");
         }
         let namespaces = lab.is_some();
-        let cluster = Cluster::start_in(o.nodes, o.shards, o.rf, tuning, lab).await?;
+        let cluster = Cluster::start_with(o.nodes, o.shards, o.rf, tuning, lab, o.tls).await?;
         cluster.wait_for_leaders(Duration::from_secs(30)).await?;
         let router = cluster.start_router("round-robin").await?;
         anyhow::ensure!(u32::try_from(o.keys).is_ok(), "too many keys for event partitions");
@@ -144,6 +146,7 @@ impl Campaign {
             let client = Client::builder()
                 .router(router.addr.clone())
                 .timeout(o.op_timeout)
+                .dialer(cluster.dialer())
                 .connect()
                 .await?;
             tasks.push(tokio::spawn(client_loop(ClientCtx {
@@ -264,6 +267,7 @@ impl Campaign {
         let client = Client::builder()
             .router(self.router.addr.clone())
             .timeout(o.op_timeout)
+            .dialer(self.cluster.dialer())
             .connect()
             .await?;
         let rec = &self.rec;

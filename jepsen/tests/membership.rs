@@ -160,6 +160,7 @@ fn options(out: &tempfile::TempDir, spare_nodes: u64, shards: u32) -> RunOptions
         rf: 3,
         op_timeout: Duration::from_secs(3),
         net: false,
+        tls: false,
         out: out.path().join("run"),
     }
 }

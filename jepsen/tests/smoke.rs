@@ -2,7 +2,8 @@
 //! in its own network namespace (CI runs as root), while the network is partitioned, a node is
 //! killed, a leader paused, and a node loses its data and rejoins under a new identity (a
 //! membership change: its replicas move to the new identity); every verdict must be valid. Without root the nodes run on
-//! loopback with process faults only, and the test says so.
+//! loopback with process faults only, and the test says so. It runs twice: plaintext, and
+//! with TLS everywhere.
 
 use ringkv_jepsen::nemesis::Fault;
 use ringkv_jepsen::runner::{RunOptions, run};
@@ -12,6 +13,17 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workloads_stay_valid_under_partitions_and_kills() -> anyhow::Result<()> {
+    smoke(false).await
+}
+
+/// The same with TLS everywhere: reconnects after partitions, kills and a wiped node all go
+/// through fresh mutual-TLS handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workloads_stay_valid_under_partitions_and_kills_over_tls() -> anyhow::Result<()> {
+    smoke(true).await
+}
+
+async fn smoke(tls: bool) -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let root = NetLab::unavailable_reason().is_none();
     if !root {
@@ -35,6 +47,7 @@ async fn workloads_stay_valid_under_partitions_and_kills() -> anyhow::Result<()>
         rf: 3,
         op_timeout: Duration::from_secs(2),
         net: true,
+        tls,
         out: out.path().join("run"),
     };
     let report = run(&opts).await?;

@@ -151,11 +151,16 @@ impl ClusterTls {
         Ok(ClusterTls { ca, root, client })
     }
 
-    /// The directory of `who`'s certificate, issued on first use.
-    pub fn identity(&self, who: &str) -> Result<PathBuf> {
+    /// The directory of `who`'s certificate, issued on first use, naming `host` (the
+    /// address the process is dialed at, in a network namespace its own IP) and loopback.
+    pub fn identity(&self, who: &str, host: &str) -> Result<PathBuf> {
         let dir = self.root.join(who);
         if !dir.join(ringkv_tls::TlsPaths::KEY_FILE).exists() {
-            self.ca.write_identity(&dir, &Self::NAMES, ringkv_tls::Usage::Peer)?;
+            let mut names: Vec<&str> = Self::NAMES.to_vec();
+            if !names.contains(&host) {
+                names.push(host);
+            }
+            self.ca.write_identity(&dir, &names, ringkv_tls::Usage::Peer)?;
         }
         Ok(dir)
     }
@@ -343,7 +348,8 @@ impl Cluster {
         Self::start_with(nodes, shards, rf, tuning, None, true).await
     }
 
-    async fn start_with(
+    /// Starts a cluster, in a [`NetLab`] when given, with TLS everywhere when `tls`.
+    pub async fn start_with(
         nodes: u64,
         shards: u32,
         rf: u32,
@@ -468,7 +474,7 @@ impl Cluster {
             .args(match &self.tls {
                 Some(tls) => vec![
                     "--tls-dir".into(),
-                    tls.identity(&format!("node-{id}"))?.into_os_string(),
+                    tls.identity(&format!("node-{id}"), host_of(&n.addr))?.into_os_string(),
                     "--tls-reload-interval-ms".into(),
                     ClusterTls::RELOAD_INTERVAL_MS.to_string().into(),
                 ],
@@ -783,7 +789,7 @@ impl Cluster {
         let tls_args = match &self.tls {
             Some(tls) => vec![
                 "--tls-dir".into(),
-                tls.identity("router")?.into_os_string(),
+                tls.identity("router", "127.0.0.1")?.into_os_string(),
                 "--tls-reload-interval-ms".into(),
                 ClusterTls::RELOAD_INTERVAL_MS.to_string().into(),
             ],
@@ -1258,6 +1264,11 @@ pub async fn http_status(addr: &str, path: &str) -> Result<(u16, String)> {
         .and_then(|c| c.parse::<u16>().ok())
         .with_context(|| format!("GET {path} from {addr}: no status line in {text:?}"))?;
     Ok((code, text.split_once("\r\n\r\n").map_or(text.clone(), |(_, body)| body.to_string())))
+}
+
+/// The host part of `host:port`.
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
 }
 
 pub async fn channel(addr: &str) -> Result<Channel> {
