@@ -132,6 +132,9 @@ pub struct Cluster {
 /// directory (a TLS Secret's files) per process under `root`.
 pub struct ClusterTls {
     pub ca: ringkv_tls::DevCa,
+    /// The nodes' own CA, when they have one ([`Cluster::start_tls_peer_ca`]): node
+    /// certificates come from it, the router's and the harness's from `ca`.
+    pub peer_ca: Option<ringkv_tls::DevCa>,
     pub root: PathBuf,
     /// What the test itself dials with (a certificate of the CA).
     pub client: ringkv_tls::Dialer,
@@ -143,12 +146,23 @@ impl ClusterTls {
     /// How often the test processes re-read their certificate files.
     pub const RELOAD_INTERVAL_MS: u64 = 200;
 
-    fn new(root: PathBuf) -> Result<Self> {
+    fn new(root: PathBuf, peer_ca: bool) -> Result<Self> {
         let ca = ringkv_tls::DevCa::generate("ringkv test CA")?;
-        let paths =
-            ca.write_identity(&root.join("client"), &Self::NAMES, ringkv_tls::Usage::Peer)?;
-        let client = ringkv_tls::Dialer::new(Some(ringkv_tls::Tls::load(paths)?));
-        Ok(ClusterTls { ca, root, client })
+        let peer_ca =
+            peer_ca.then(|| ringkv_tls::DevCa::generate("ringkv test nodes' CA")).transpose()?;
+        let mut tls = ClusterTls { ca, peer_ca, root, client: ringkv_tls::Dialer::plaintext() };
+        if let Some(peer) = &tls.peer_ca {
+            std::fs::create_dir_all(&tls.root)?;
+            std::fs::write(tls.peer_ca_file(), peer.cert_pem())?;
+        }
+        let paths = ringkv_tls::TlsPaths::in_dir(&tls.identity("client", "127.0.0.1")?);
+        tls.client = ringkv_tls::Dialer::new(Some(ringkv_tls::Tls::load(paths)?));
+        Ok(tls)
+    }
+
+    /// Where the nodes' CA certificate is, when they have one.
+    pub fn peer_ca_file(&self) -> PathBuf {
+        self.root.join("peer-ca.crt")
     }
 
     /// The directory of `who`'s certificate, issued on first use, naming `host` (the
@@ -160,7 +174,21 @@ impl ClusterTls {
             if !names.contains(&host) {
                 names.push(host);
             }
-            self.ca.write_identity(&dir, &names, ringkv_tls::Usage::Peer)?;
+            let node = who.starts_with("node-");
+            let issuer = match &self.peer_ca {
+                Some(peer) if node => peer,
+                _ => &self.ca,
+            };
+            issuer.write_identity(&dir, &names, ringkv_tls::Usage::Peer)?;
+            // Everyone's ca.crt is `ca`; those that dial nodes also trust the nodes' CA.
+            let ca_file = dir.join(ringkv_tls::TlsPaths::CA_FILE);
+            match &self.peer_ca {
+                Some(peer) if !node => {
+                    std::fs::write(ca_file, self.ca.cert_pem() + &peer.cert_pem())?
+                }
+                Some(_) => std::fs::write(ca_file, self.ca.cert_pem())?,
+                None => {}
+            }
         }
         Ok(dir)
     }
@@ -348,6 +376,18 @@ impl Cluster {
         Self::start_with(nodes, shards, rf, tuning, None, true).await
     }
 
+    /// [`Cluster::start_tls`] with a CA of the nodes' own (`--tls-peer-ca`): only node
+    /// certificates may call the peer services; the router's and the harness's certificates
+    /// come from the other CA.
+    pub async fn start_tls_peer_ca(
+        nodes: u64,
+        shards: u32,
+        rf: u32,
+        tuning: Tuning,
+    ) -> Result<Self> {
+        Self::start_opts(nodes, shards, rf, tuning, None, Some(true)).await
+    }
+
     /// Starts a cluster, in a [`NetLab`] when given, with TLS everywhere when `tls`.
     pub async fn start_with(
         nodes: u64,
@@ -357,8 +397,22 @@ impl Cluster {
         net: Option<NetLab>,
         tls: bool,
     ) -> Result<Self> {
+        Self::start_opts(nodes, shards, rf, tuning, net, tls.then_some(false)).await
+    }
+
+    /// `tls`: `None` plaintext, `Some(peer_ca)` TLS, the nodes with a CA of their own when
+    /// `peer_ca`.
+    async fn start_opts(
+        nodes: u64,
+        shards: u32,
+        rf: u32,
+        tuning: Tuning,
+        net: Option<NetLab>,
+        tls: Option<bool>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ringkv-test-").tempdir()?;
-        let tls = tls.then(|| ClusterTls::new(dir.path().join("tls"))).transpose()?;
+        let tls =
+            tls.map(|peer_ca| ClusterTls::new(dir.path().join("tls"), peer_ca)).transpose()?;
         let mut specs = Vec::new();
         let mut procs = Vec::new();
         for id in 1..=nodes {
@@ -472,12 +526,18 @@ impl Cluster {
             .arg("--join")
             .arg(self.seeds())
             .args(match &self.tls {
-                Some(tls) => vec![
-                    "--tls-dir".into(),
-                    tls.identity(&format!("node-{id}"), host_of(&n.addr))?.into_os_string(),
-                    "--tls-reload-interval-ms".into(),
-                    ClusterTls::RELOAD_INTERVAL_MS.to_string().into(),
-                ],
+                Some(tls) => {
+                    let mut args: Vec<std::ffi::OsString> = vec![
+                        "--tls-dir".into(),
+                        tls.identity(&format!("node-{id}"), host_of(&n.addr))?.into_os_string(),
+                        "--tls-reload-interval-ms".into(),
+                        ClusterTls::RELOAD_INTERVAL_MS.to_string().into(),
+                    ];
+                    if tls.peer_ca.is_some() {
+                        args.extend(["--tls-peer-ca".into(), tls.peer_ca_file().into_os_string()]);
+                    }
+                    args
+                }
                 None => Vec::new(),
             })
             .env(

@@ -111,6 +111,7 @@ async fn a_peer_of_another_ca_can_neither_call_peer_services_nor_join() -> Resul
         ca: anonymous_dir.join("ca.crt"),
         cert: None,
         key: None,
+        peer_ca: None,
     })?));
 
     let peer_port = c.peer_addr(1);
@@ -219,5 +220,33 @@ async fn rotated_certificates_are_served_without_a_restart_and_writes_go_on() ->
     }
     fresh.put(b"later", b"3").await?;
     c.assert_checksums_equal(T).await?;
+    Ok(())
+}
+
+/// With a CA of the nodes' own (`--tls-peer-ca`), a certificate of the cluster's other CA
+/// (the router's, an application's) is good for the client API but not for the peer
+/// services: the peer port refuses it in the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_ca_of_their_own_only_nodes_reach_the_peer_services() -> Result<()> {
+    let c = Cluster::start_tls_peer_ca(3, 4, 3, Tuning::default()).await?;
+    c.wait_for_leaders(T).await?;
+    let router = c.start_router("round-robin").await?;
+    let client = c.router_client(&router.addr).await?;
+    client.put(b"k", b"v").await.context("the router's certificate serves the client API")?;
+    ensure!(client.get(b"k").await?.is_some());
+
+    let t = tls(&c);
+    let router_identity = Dialer::new(Some(Tls::load(TlsPaths::in_dir(&t.root.join("router")))?));
+    let before = handshake_failures(&c, 1).await?;
+    hello(&router_identity, &c.peer_addr(1)).await.expect_err("not a node's certificate");
+    wait_for(T, "node 1 to count the refused handshake", || async {
+        (handshake_failures(&c, 1).await.ok()? > before).then_some(())
+    })
+    .await?;
+    // A node's certificate is let in (the positive control).
+    let node_paths =
+        TlsPaths { peer_ca: Some(t.peer_ca_file()), ..TlsPaths::in_dir(&t.root.join("node-2")) };
+    let node_identity = Dialer::new(Some(Tls::load(node_paths)?));
+    hello(&node_identity, &c.peer_addr(1)).await.context("a node's certificate is a peer")?;
     Ok(())
 }

@@ -161,6 +161,11 @@ pub struct Args {
     /// The private key (PEM) of `--tls-cert`.
     #[arg(long, env = "RINGKV_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The CA bundle (PEM) of the nodes' certificates, when nodes have a CA of their own:
+    /// only its certificates may speak Raft and membership; `--tls-ca` then vouches for
+    /// routers and clients (whose certificates cannot reach the peer services).
+    #[arg(long, env = "RINGKV_TLS_PEER_CA")]
+    pub tls_peer_ca: Option<PathBuf>,
     /// How often the certificate files are re-read (rotated certificates are used for new
     /// connections without a restart).
     #[arg(long, env = "RINGKV_TLS_RELOAD_INTERVAL_MS")]
@@ -175,6 +180,7 @@ pub struct TlsFile {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub peer_ca: Option<PathBuf>,
     pub reload_interval_ms: Option<u64>,
 }
 
@@ -571,12 +577,24 @@ impl NodeConfig {
             return Err(ConfigError::Raft("snapshot_after_entries must be >= 1".into()));
         }
         let tls_file = file.tls.unwrap_or_default();
-        let tls = ringkv_tls::TlsPaths::from_settings(
+        let mut tls = ringkv_tls::TlsPaths::from_settings(
             args.tls_dir.as_deref().or(tls_file.dir.as_deref()),
             args.tls_ca.or(tls_file.ca),
             args.tls_cert.or(tls_file.cert),
             args.tls_key.or(tls_file.key),
         )?;
+        match (&mut tls, args.tls_peer_ca.or(tls_file.peer_ca)) {
+            (Some(t), peer_ca) => t.peer_ca = peer_ca,
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    field: "tls_peer_ca",
+                    reason: "a peer CA needs the rest of the TLS settings (--tls-dir, or \
+                             --tls-ca, --tls-cert and --tls-key)"
+                        .into(),
+                });
+            }
+            (None, None) => {}
+        }
         if tls.as_ref().is_some_and(|t| t.cert.is_none()) {
             return Err(ConfigError::Invalid {
                 field: "tls",

@@ -80,12 +80,14 @@ impl Transport {
         &self,
         service: &'static str,
     ) -> impl tonic::service::Interceptor + Clone + Send + Sync + 'static {
-        let tls = self.is_tls();
+        let tls = self.tls.clone();
         move |req: tonic::Request<()>| {
-            if tls && !ringkv_tls::has_client_cert(&req) {
+            if let Some(tls) = &tls
+                && !ringkv_tls::from_peer(tls, &req)
+            {
                 return Err(NodeError::Unauthenticated {
                     service,
-                    needs: "present a certificate of the cluster's CA (mutual TLS)",
+                    needs: "present a node certificate of the cluster (mutual TLS; of the peer CA when the cluster has one)",
                 }
                 .to_status());
             }

@@ -48,3 +48,8 @@ pub use reload::Tls;
 pub fn has_client_cert<T>(req: &tonic::Request<T>) -> bool {
     req.peer_certs().is_some_and(|certs| !certs.is_empty())
 }
+
+/// Whether `req` came with a node's certificate (see [`Tls::is_peer`]).
+pub fn from_peer<T>(tls: &Tls, req: &tonic::Request<T>) -> bool {
+    req.peer_certs().is_some_and(|certs| tls.is_peer(&certs))
+}

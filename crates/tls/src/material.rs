@@ -8,6 +8,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub(crate) struct Files {
     ca: Vec<u8>,
     cert: Option<Vec<u8>>,
     key: Option<Vec<u8>>,
+    peer_ca: Option<Vec<u8>>,
 }
 
 impl Files {
@@ -31,6 +33,7 @@ impl Files {
             ca: read_pem("CA bundle", &paths.ca)?,
             cert: paths.cert.as_deref().map(|p| read_pem("certificate", p)).transpose()?,
             key: paths.key.as_deref().map(|p| read_pem("private key", p)).transpose()?,
+            peer_ca: paths.peer_ca.as_deref().map(|p| read_pem("peer CA bundle", p)).transpose()?,
         })
     }
 }
@@ -56,8 +59,30 @@ pub(crate) struct Material {
     pub(crate) client: Arc<ClientConfig>,
     /// Serves with a client certificate optional (verified when presented).
     pub(crate) server_optional: Option<Arc<ServerConfig>>,
-    /// Serves only clients presenting a certificate of the CA.
+    /// Serves only clients presenting a certificate of the nodes' CA (the peer port).
     pub(crate) server_required: Option<Arc<ServerConfig>>,
+    /// Whether a verified client certificate is a node's (of the nodes' CA).
+    pub(crate) peer_verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// The certificates of a PEM bundle as a root store, refusing an empty one.
+fn roots_of(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+    into: &mut RootCertStore,
+) -> Result<(), TlsError> {
+    let cas = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { what, path: path.to_path_buf(), reason: e.to_string() })?;
+    if cas.is_empty() {
+        return Err(TlsError::Empty { what, path: path.to_path_buf(), expected: "CERTIFICATE" });
+    }
+    for ca in cas {
+        into.add(ca)
+            .map_err(|e| TlsError::Roots { path: path.to_path_buf(), reason: e.to_string() })?;
+    }
+    Ok(())
 }
 
 fn config_err(e: rustls::Error) -> TlsError {
@@ -77,23 +102,25 @@ impl Material {
             let path = path.to_path_buf();
             move |e| TlsError::Pem { what, path, reason: e.to_string() }
         }
-        let cas = CertificateDer::pem_slice_iter(&files.ca)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(pem_err("CA bundle", &paths.ca))?;
-        if cas.is_empty() {
-            return Err(TlsError::Empty {
-                what: "CA bundle",
-                path: paths.ca.clone(),
-                expected: "CERTIFICATE",
-            });
-        }
+        // `ca` vouches for everyone when nodes have no CA of their own; with a peer CA,
+        // servers are checked against both (nodes' certificates come from the peer CA) and
+        // only the peer CA's certificates are nodes.
         let mut roots = RootCertStore::empty();
-        for ca in cas {
-            roots
-                .add(ca)
-                .map_err(|e| TlsError::Roots { path: paths.ca.clone(), reason: e.to_string() })?;
+        roots_of("CA bundle", &paths.ca, &files.ca, &mut roots)?;
+        let mut peer_roots = RootCertStore::empty();
+        match (&paths.peer_ca, &files.peer_ca) {
+            (Some(path), Some(pem)) => {
+                roots_of("peer CA bundle", path, pem, &mut peer_roots)?;
+                roots_of("peer CA bundle", path, pem, &mut roots)?;
+            }
+            _ => roots_of("CA bundle", &paths.ca, &files.ca, &mut peer_roots)?,
         }
         let roots = Arc::new(roots);
+        let peer_roots = Arc::new(peer_roots);
+        let peer_verifier =
+            WebPkiClientVerifier::builder_with_provider(peer_roots.clone(), provider())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
         let identity = match (&paths.cert, &paths.key, &files.cert, &files.key) {
             (Some(cert_path), Some(key_path), Some(cert), Some(key)) => {
                 let chain = CertificateDer::pem_slice_iter(cert)
@@ -133,10 +160,14 @@ impl Material {
             None => (None, None),
             Some((chain, key, cert_path, key_path)) => {
                 let server = |required: bool| -> Result<Arc<ServerConfig>, TlsError> {
-                    let verifier =
-                        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
-                    let verifier =
-                        if required { verifier } else { verifier.allow_unauthenticated() };
+                    // The peer port admits only nodes; client ports anyone the CAs vouch
+                    // for, and clients without a certificate.
+                    let verifier = if required {
+                        WebPkiClientVerifier::builder_with_provider(peer_roots.clone(), provider())
+                    } else {
+                        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                            .allow_unauthenticated()
+                    };
                     let verifier = verifier.build().map_err(|e| TlsError::Config(e.to_string()))?;
                     let mut config = ServerConfig::builder_with_provider(provider())
                         .with_safe_default_protocol_versions()
@@ -154,6 +185,12 @@ impl Material {
                 (Some(server(false)?), Some(server(true)?))
             }
         };
-        Ok(Material { files, client: Arc::new(client), server_optional, server_required })
+        Ok(Material {
+            files,
+            client: Arc::new(client),
+            server_optional,
+            server_required,
+            peer_verifier,
+        })
     }
 }

@@ -14,6 +14,10 @@ pub struct TlsPaths {
     pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert`.
     pub key: Option<PathBuf>,
+    /// The CA bundle of *nodes'* certificates, when nodes have a CA of their own (`None`: the
+    /// nodes' CA is `ca`). Only its certificates may call the peer services; `ca` then
+    /// vouches for routers and clients.
+    pub peer_ca: Option<PathBuf>,
 }
 
 impl TlsPaths {
@@ -27,6 +31,7 @@ impl TlsPaths {
             ca: dir.join(Self::CA_FILE),
             cert: Some(dir.join(Self::CERT_FILE)),
             key: Some(dir.join(Self::KEY_FILE)),
+            peer_ca: None,
         }
     }
 
@@ -46,7 +51,7 @@ impl TlsPaths {
         match (ca, cert, key) {
             (None, None, None) => Ok(None),
             (Some(ca), cert @ None, key @ None) | (Some(ca), cert @ Some(_), key @ Some(_)) => {
-                Ok(Some(TlsPaths { ca, cert, key }))
+                Ok(Some(TlsPaths { ca, cert, key, peer_ca: None }))
             }
             (_, Some(_), None) => Err(TlsError::Incomplete { have: "a certificate, no key" }),
             (_, None, Some(_)) => Err(TlsError::Incomplete { have: "a key, no certificate" }),

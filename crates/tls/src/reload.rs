@@ -59,6 +59,16 @@ impl Tls {
         self.inner.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether `certs` (a verified client's chain, leaf first) is a node's: issued by the
+    /// nodes' CA (the peer CA when one is configured, else the CA).
+    pub fn is_peer(&self, certs: &[rustls::pki_types::CertificateDer<'_>]) -> bool {
+        let Some((leaf, intermediates)) = certs.split_first() else { return false };
+        self.material()
+            .peer_verifier
+            .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .is_ok()
+    }
+
     /// Re-reads the files; swaps the configuration in when they changed and load. `Ok(true)`
     /// when it changed. Blocking (file reads): call from a blocking context.
     pub fn reload(&self) -> Result<bool, TlsError> {

@@ -72,7 +72,7 @@ fn anonymous(ca: &DevCa, dir: &Path) -> Tls {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("ca.crt");
     std::fs::write(&path, ca.cert_pem()).unwrap();
-    Tls::load(TlsPaths { ca: path, cert: None, key: None }).unwrap()
+    Tls::load(TlsPaths { ca: path, cert: None, key: None, peer_ca: None }).unwrap()
 }
 
 #[tokio::test]
@@ -210,4 +210,31 @@ fn unreadable_or_broken_files_name_the_file_and_the_problem() {
     .unwrap();
     let e = Tls::load(paths).unwrap_err().to_string();
     assert!(e.contains("tls.key") || e.contains("do not make a usable identity"), "{e}");
+}
+
+#[test]
+fn with_a_peer_ca_only_its_certificates_are_peers() {
+    let dir = TempDir::new().unwrap();
+    let ca = DevCa::generate("clients").unwrap();
+    let nodes = DevCa::generate("nodes").unwrap();
+    let peer_ca = dir.path().join("peer-ca.crt");
+    std::fs::write(&peer_ca, nodes.cert_pem()).unwrap();
+    let mut paths = ca.write_identity(&dir.path().join("me"), &["127.0.0.1"], Usage::Peer).unwrap();
+    paths.peer_ca = Some(peer_ca);
+    let tls = Tls::load(paths).unwrap();
+    let leaf = |ca: &DevCa| {
+        let (cert, _) = ca.issue(&["127.0.0.1"], Usage::Peer).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()
+    };
+    assert!(tls.is_peer(&[leaf(&nodes)]), "a certificate of the peer CA is a node's");
+    assert!(!tls.is_peer(&[leaf(&ca)]), "the other CA's certificates are not");
+    assert!(!tls.is_peer(&[]));
+
+    // Without a peer CA, the one CA vouches for nodes.
+    let one =
+        Tls::load(ca.write_identity(&dir.path().join("one"), &["127.0.0.1"], Usage::Peer).unwrap())
+            .unwrap();
+    assert!(one.is_peer(&[leaf(&ca)]));
+    assert!(!one.is_peer(&[leaf(&nodes)]));
 }
