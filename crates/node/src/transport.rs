@@ -3,11 +3,13 @@
 //! With TLS configured (see `ringkv_tls`), every gRPC port of the node speaks TLS only:
 //! - the client port serves with client certificates optional (applications and the CLI
 //!   need only the CA), verified when presented (the router presents its own);
-//! - the peer port (`raft_port_offset`) requires a certificate of the cluster's CA, so the
-//!   handshake itself shuts out everything that is not a node (or router) of this cluster;
-//! - the peer-only services (Raft, membership) also check for a verified client certificate
-//!   in each request ([`Transport::peer_check`]): that is what protects them when a cluster
-//!   serves everything on one port, where client certificates are optional.
+//! - the peer port (`raft_port_offset`) requires a certificate of the nodes' CA (the peer CA
+//!   when one is configured, else the cluster's CA), so the handshake itself shuts out
+//!   everything that is not a node of this cluster;
+//! - the peer-only services (Raft, membership) also check each request's client certificate
+//!   is a node's ([`Transport::peer_check`]): that is what protects them when a cluster
+//!   serves everything on one port, where client certificates are optional;
+//! - a node dials other nodes only, so it trusts servers of the nodes' CA only.
 //!
 //! The HTTP port (metrics, `/livez`, `/readyz`) stays plaintext: it is read by probes and
 //! Prometheus, carries no data and accepts no writes.
@@ -28,7 +30,7 @@ pub struct Transport {
 
 impl Transport {
     pub fn new(tls: Option<Tls>) -> Self {
-        Transport { dialer: Dialer::new(tls.clone()), tls }
+        Transport { dialer: Dialer::to_peers(tls.clone()), tls }
     }
 
     /// Loads the node's certificates (when configured) and keeps them in step with the files.

@@ -184,6 +184,8 @@ const REFUSED_BODY_BYTES_MAX: usize = 1 << 20;
 /// ...and for at most this long (a unary request's body is there at once; a client stream's
 /// may never end).
 const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// Refused requests being read at once; past it, refusals are sent without reading.
+const REFUSED_DRAINS_MAX: usize = 256;
 
 /// Reads a refused request's body to its end (bounded), so the refusal closes the stream
 /// cleanly. Answering first would make the server reset a stream the client may still be
@@ -193,6 +195,16 @@ const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(
 /// resets): shedding load would then fail every request on the caller's connection.
 async fn drain<B: http_body::Body>(body: B) {
     use http_body_util::BodyExt;
+    // Drains in progress hold no admission slot; bound them, and skip the wait when the
+    // request already ended (a unary request usually has).
+    static DRAINS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::LazyLock::new(|| {
+            std::sync::Arc::new(tokio::sync::Semaphore::new(REFUSED_DRAINS_MAX))
+        });
+    if body.is_end_stream() {
+        return;
+    }
+    let Ok(_draining) = DRAINS.clone().try_acquire_owned() else { return };
     let mut body = std::pin::pin!(body);
     let mut read = 0usize;
     let _ = tokio::time::timeout(REFUSED_BODY_WAIT, async {

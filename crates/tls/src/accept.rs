@@ -1,10 +1,12 @@
 //! The server side: TCP connections in, TLS connections out, plaintext answered clearly.
 //!
-//! [`incoming`] wraps a listener's stream of accepted TCP connections. Handshakes run
-//! concurrently (a slow or silent client must not hold up the next one) but bounded, both in
-//! number ([`HANDSHAKES_MAX`]) and in time ([`HANDSHAKE_TIMEOUT`]). The stream is pulled by
-//! the gRPC server, so it lives exactly as long as the server: stopping the server stops the
-//! handshakes in flight and accepts nothing more.
+//! [`incoming`] wraps a listener's stream of accepted TCP connections. Each handshake runs in
+//! a task of its own (its crypto on any worker thread), bounded in number per listener
+//! ([`HANDSHAKES_MAX`]: past it a new connection is closed at once, so accepting never
+//! stalls behind slow clients) and in time (the first byte within [`FIRST_BYTE_TIMEOUT`],
+//! the whole handshake within [`HANDSHAKE_TIMEOUT`]). The stream is pulled by the gRPC
+//! server, so it lives as long as the server: stopping the server accepts nothing more, and
+//! handshakes in flight end by their timeout.
 //!
 //! A connection whose first byte is not a TLS handshake record is plaintext. It gets one
 //! HTTP/2 exchange in which every request is answered `UNAUTHENTICATED` with
@@ -23,10 +25,17 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// Handshakes in progress at once per listener; past it, accepting waits.
+/// Handshakes in progress at once per listener; a connection past it is closed at once.
 pub const HANDSHAKES_MAX: usize = 128;
+/// A client that has not sent its first byte by then is dropped (a silent connection must
+/// not hold a handshake slot for long).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client that has not finished its handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one log line about refused handshakes per this interval per process (the
+/// counter `ringkv_tls_handshake_failures_total` has them all): a scanner must not flood
+/// the logs.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Plaintext connections being answered at once per process; more are closed at once.
 pub const PLAINTEXT_ANSWERS_MAX: usize = 64;
 pub const PLAINTEXT_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,16 +67,28 @@ pub fn incoming<S>(
 where
     S: Stream<Item = io::Result<TcpStream>> + Send + 'static,
 {
+    let slots = Arc::new(Semaphore::new(HANDSHAKES_MAX));
     tcp.map(move |accepted| {
         let tls = tls.clone();
+        let slot = slots.clone().try_acquire_owned();
         async move {
-            match accepted {
-                Ok(tcp) => handshake(&tls, auth, tcp).await.map(Ok),
-                Err(e) => Some(Err(e)),
-            }
+            let tcp = match accepted {
+                Ok(tcp) => tcp,
+                Err(e) => return Some(Err(e)),
+            };
+            let Ok(slot) = slot else {
+                tracing::debug!(peer = ?tcp.peer_addr().ok(), "too many TLS handshakes at once; connection closed");
+                return None;
+            };
+            let shake = tokio::spawn(async move {
+                let _slot = slot;
+                handshake(&tls, auth, tcp).await
+            });
+            shake.await.ok().flatten().map(Ok)
         }
     })
-    .buffer_unordered(HANDSHAKES_MAX)
+    // Beyond the slots: a connection refused for want of a slot resolves at once.
+    .buffer_unordered(HANDSHAKES_MAX * 2)
     .filter_map(futures::future::ready)
 }
 
@@ -75,7 +96,8 @@ async fn handshake(tls: &Tls, auth: ClientAuth, tcp: TcpStream) -> Option<TlsStr
     let peer = tcp.peer_addr().ok();
     let shake = async {
         let mut first = [0u8; 1];
-        if tcp.peek(&mut first).await? == 0 {
+        let peeked = tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await;
+        if peeked.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no first byte"))?? == 0 {
             return Ok(None);
         }
         if first[0] != TLS_HANDSHAKE_RECORD {
@@ -92,11 +114,14 @@ async fn handshake(tls: &Tls, auth: ClientAuth, tcp: TcpStream) -> Option<TlsStr
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
         Ok(Ok(stream)) => stream,
+        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => None,
         Ok(Err(e)) => {
             tls.handshake_failures().inc();
             // A peer of another CA, an expired certificate, a scanner: worth a line, since a
-            // peer that cannot connect is otherwise silent on this side.
-            tracing::warn!(peer = ?peer, error = %e, "TLS handshake refused");
+            // peer that cannot connect is otherwise silent on this side (one per interval).
+            if tls.may_log_refusal(REFUSAL_LOG_INTERVAL) {
+                tracing::warn!(peer = ?peer, error = %e, "TLS handshake refused (more are counted in ringkv_tls_handshake_failures_total)");
+            }
             None
         }
         Err(_) => {

@@ -21,15 +21,24 @@ use tonic::transport::{Channel, Endpoint, Uri};
 #[derive(Debug, Clone, Default)]
 pub struct Dialer {
     tls: Option<Tls>,
+    /// Servers must be nodes (certificates of the nodes' CA): how nodes dial each other.
+    peers_only: bool,
 }
 
 impl Dialer {
+    /// Dials routers and nodes, trusting every CA of `tls`.
     pub fn new(tls: Option<Tls>) -> Self {
-        Dialer { tls }
+        Dialer { tls, peers_only: false }
+    }
+
+    /// Dials nodes only: a server must hold a certificate of the nodes' CA (the peer CA when
+    /// one is configured). What a node uses for every call to another node.
+    pub fn to_peers(tls: Option<Tls>) -> Self {
+        Dialer { tls, peers_only: true }
     }
 
     pub fn plaintext() -> Self {
-        Dialer { tls: None }
+        Dialer { tls: None, peers_only: false }
     }
 
     pub fn tls(&self) -> Option<&Tls> {
@@ -46,7 +55,7 @@ impl Dialer {
     pub fn lazy(&self, endpoint: &Endpoint) -> Channel {
         match &self.tls {
             None => endpoint.connect_lazy(),
-            Some(tls) => endpoint.connect_with_connector_lazy(Connector { tls: tls.clone() }),
+            Some(tls) => endpoint.connect_with_connector_lazy(self.connector(tls)),
         }
     }
 
@@ -54,14 +63,21 @@ impl Dialer {
     pub async fn connect(&self, endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
         match &self.tls {
             None => endpoint.connect().await,
-            Some(tls) => endpoint.connect_with_connector(Connector { tls: tls.clone() }).await,
+            Some(tls) => endpoint.connect_with_connector(self.connector(tls)).await,
         }
+    }
+}
+
+impl Dialer {
+    fn connector(&self, tls: &Tls) -> Connector {
+        Connector { tls: tls.clone(), peers_only: self.peers_only }
     }
 }
 
 #[derive(Clone)]
 struct Connector {
     tls: Tls,
+    peers_only: bool,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -74,7 +90,12 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let config = self.tls.material().client.clone();
+        let material = self.tls.material();
+        let config = if self.peers_only {
+            material.client_to_peers.clone()
+        } else {
+            material.client.clone()
+        };
         Box::pin(async move {
             let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
             let host = host.to_string();

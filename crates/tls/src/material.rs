@@ -56,7 +56,10 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 
 pub(crate) struct Material {
     pub(crate) files: Files,
+    /// Dials anyone the CAs vouch for (routers, clients).
     pub(crate) client: Arc<ClientConfig>,
+    /// Dials nodes only: servers must hold a certificate of the nodes' CA.
+    pub(crate) client_to_peers: Arc<ClientConfig>,
     /// Serves with a client certificate optional (verified when presented).
     pub(crate) server_optional: Option<Arc<ServerConfig>>,
     /// Serves only clients presenting a certificate of the nodes' CA (the peer port).
@@ -140,21 +143,28 @@ impl Material {
             _ => None,
         };
 
-        let client_builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(config_err)?
-            .with_root_certificates(roots.clone());
-        let mut client = match &identity {
-            Some((chain, key, cert_path, key_path)) => client_builder
-                .with_client_auth_cert(chain.clone(), key.clone_key())
-                .map_err(|e| TlsError::Identity {
-                    cert: cert_path.clone(),
-                    key: key_path.clone(),
-                    reason: e.to_string(),
-                })?,
-            None => client_builder.with_no_client_auth(),
+        let client_trusting = |roots: &Arc<RootCertStore>| -> Result<Arc<ClientConfig>, TlsError> {
+            let builder = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(config_err)?
+                .with_root_certificates(roots.clone());
+            let mut client = match &identity {
+                Some((chain, key, cert_path, key_path)) => builder
+                    .with_client_auth_cert(chain.clone(), key.clone_key())
+                    .map_err(|e| TlsError::Identity {
+                        cert: cert_path.clone(),
+                        key: key_path.clone(),
+                        reason: e.to_string(),
+                    })?,
+                None => builder.with_no_client_auth(),
+            };
+            client.alpn_protocols = vec![ALPN_H2.to_vec()];
+            Ok(Arc::new(client))
         };
-        client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let client = client_trusting(&roots)?;
+        // A node dials only nodes: it must not take a certificate of the other CA (which
+        // routers and applications hold) for a node's.
+        let client_to_peers = client_trusting(&peer_roots)?;
 
         let (server_optional, server_required) = match &identity {
             None => (None, None),
@@ -187,7 +197,8 @@ impl Material {
         };
         Ok(Material {
             files,
-            client: Arc::new(client),
+            client,
+            client_to_peers,
             server_optional,
             server_required,
             peer_verifier,

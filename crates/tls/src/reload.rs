@@ -4,9 +4,10 @@
 use crate::material::{Files, Material};
 use crate::{TlsError, TlsPaths};
 use prometheus_client::metrics::counter::Counter;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// A process's TLS configuration: cheap to clone, shared by its listeners and dialers.
 #[derive(Clone)]
@@ -22,7 +23,26 @@ struct Inner {
     /// Connections whose TLS handshake this process refused or that failed (another CA, no
     /// certificate where one is required, an expired one, a scanner).
     handshake_failures: Counter,
+    /// When a refused handshake was last logged.
+    last_refusal_log: Mutex<Option<Instant>>,
+    /// Client certificates (DER) already judged: whether each is a node's. A certificate
+    /// is judged once, near its handshake, and the verdict kept: re-checking it on every
+    /// request would cost a signature check each, and would start refusing a long-lived
+    /// peer connection the day its certificate expires (cert-manager renews before that,
+    /// but open connections keep the certificate they were opened with).
+    verdicts: Mutex<Verdicts>,
 }
+
+/// Judged certificates: nodes' are few (one per node and renewal), others are bounded and
+/// forgotten wholesale past [`NOT_PEERS_MAX`].
+#[derive(Default)]
+struct Verdicts {
+    peers: HashSet<Vec<u8>>,
+    not_peers: HashSet<Vec<u8>>,
+}
+
+const PEERS_MAX: usize = 4096;
+const NOT_PEERS_MAX: usize = 1024;
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,6 +61,8 @@ impl Tls {
                 current: RwLock::new(Arc::new(material)),
                 reloads: AtomicU64::new(0),
                 handshake_failures: Counter::default(),
+                last_refusal_log: Mutex::new(None),
+                verdicts: Mutex::new(Verdicts::default()),
             }),
         })
     }
@@ -61,12 +83,43 @@ impl Tls {
 
     /// Whether `certs` (a verified client's chain, leaf first) is a node's: issued by the
     /// nodes' CA (the peer CA when one is configured, else the CA).
+    /// A verdict once given for a certificate stands for this process's life (see
+    /// `verdicts`); a certificate the CA files no longer vouch for cannot open a new
+    /// connection anyway, since every handshake checks it against the current files.
     pub fn is_peer(&self, certs: &[rustls::pki_types::CertificateDer<'_>]) -> bool {
         let Some((leaf, intermediates)) = certs.split_first() else { return false };
-        self.material()
+        {
+            let v = self.inner.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            if v.peers.contains(leaf.as_ref()) {
+                return true;
+            }
+            if v.not_peers.contains(leaf.as_ref()) {
+                return false;
+            }
+        }
+        let peer = self
+            .material()
             .peer_verifier
             .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
-            .is_ok()
+            .is_ok();
+        let mut v = self.inner.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        let set = if peer { &mut v.peers } else { &mut v.not_peers };
+        if set.len() >= if peer { PEERS_MAX } else { NOT_PEERS_MAX } {
+            set.clear();
+        }
+        set.insert(leaf.to_vec());
+        peer
+    }
+
+    /// Whether a refused handshake may be logged now (at most one per `interval`).
+    pub(crate) fn may_log_refusal(&self, interval: Duration) -> bool {
+        let mut last = self.inner.last_refusal_log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < interval) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// Re-reads the files; swaps the configuration in when they changed and load. `Ok(true)`
@@ -78,6 +131,8 @@ impl Tls {
         }
         let material = Material::build(&self.inner.paths, files)?;
         *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
+        // A certificate refused under the old files may be a node's under the new ones.
+        self.inner.verdicts.lock().unwrap_or_else(|p| p.into_inner()).not_peers.clear();
         self.inner.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
@@ -98,6 +153,8 @@ impl Tls {
     /// directory, which watches on the old files never see; three small reads every few
     /// seconds cost nothing.
     pub fn watch(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        // Re-reading faster than this buys nothing (cert-manager writes files seconds apart).
+        let interval = interval.max(Duration::from_millis(100));
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut failing = false;
@@ -120,7 +177,10 @@ impl Tls {
                         tracing::warn!(error = %e, "new TLS files do not load; keeping the current ones");
                     }
                     Ok(Err(_)) => {}
-                    Err(_) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the TLS reload task failed; certificates are no longer re-read");
+                        return;
+                    }
                 }
             }
         })

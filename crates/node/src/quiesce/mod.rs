@@ -12,8 +12,10 @@
 //! last log entry, that has applied everything of its own term, has a uniform membership with
 //! no learners and no replica move, and that the leader balancer would not hand away, asks
 //! each follower to quiesce, naming its term and last index. A follower agrees only if it
-//! follows that leader in that term and has applied exactly that index; it then turns off its
-//! ticker (and with it its election timer). When all agreed and nothing happened on the
+//! follows that leader in that term, has applied exactly that index and can bound the
+//! staleness of its state (it holds a leader's freshness claim covering it, so STALE reads
+//! keep working while it sleeps); it then turns off its ticker (and with it its election
+//! timer). When all agreed and nothing happened on the
 //! leader meanwhile, the leader turns off its heartbeats and ticker. A follower that agreed
 //! while the leader did not finish is woken by the leader's next heartbeat.
 //!

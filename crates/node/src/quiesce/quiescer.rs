@@ -42,6 +42,15 @@ pub fn follower_may_quiesce(
             m.last_log_index
         ));
     }
+    // Asleep, it hears no leader message until woken: one that cannot yet bound how stale
+    // its state is (no message whose claim covers what it applied) would refuse every STALE
+    // read for as long as it sleeps. It stays awake until a heartbeat gives it one (found
+    // by quiescence.rs: a shard that went quiet right after its first writes).
+    if shard.staleness_now_ms().is_none() {
+        return Err(
+            "replica cannot bound its staleness yet (no freshness claim from its leader)".into()
+        );
+    }
     Ok(())
 }
 
