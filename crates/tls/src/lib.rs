@@ -37,7 +37,10 @@ mod material;
 mod paths;
 mod reload;
 
-pub use accept::{ClientAuth, PLAINTEXT_REFUSED, incoming as accept};
+pub use accept::{
+    ClientAuth, FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT, HANDSHAKES_MAX, PLAINTEXT_REFUSED,
+    incoming as accept,
+};
 pub use dev::{DevCa, Usage};
 pub use dial::Dialer;
 pub use error::TlsError;

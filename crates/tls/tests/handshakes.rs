@@ -238,3 +238,40 @@ fn with_a_peer_ca_only_its_certificates_are_peers() {
     assert!(one.is_peer(&[leaf(&ca)]));
     assert!(!one.is_peer(&[leaf(&nodes)]));
 }
+
+/// Clients that connect and say nothing hold every handshake slot: a connection past them is
+/// closed at once instead of waiting behind them, and once their first-byte timeout has
+/// passed a real client is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_stall_accepting() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new().unwrap();
+    let ca = DevCa::generate("cluster").unwrap();
+    let server = identity(&ca, &dir.path().join("server"), &["127.0.0.1"], Usage::Peer);
+    let addr = serve(Some(server), ClientAuth::Optional).await;
+    let mut silent = Vec::new();
+    for _ in 0..ringkv_tls::HANDSHAKES_MAX {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    // Accepted in order, so the silent ones hold the slots; this one is closed (EOF or a
+    // reset), well before the silent ones' first-byte timeout would free a slot for it.
+    let closed =
+        tokio::time::timeout(ringkv_tls::FIRST_BYTE_TIMEOUT / 2, extra.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection past the slots must be closed at once: {closed:?}"
+    );
+
+    let client = Dialer::new(Some(anonymous(&ca, &dir.path().join("anon"))));
+    let deadline = tokio::time::Instant::now() + ringkv_tls::HANDSHAKE_TIMEOUT;
+    while check(&client, &addr.to_string()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no client served after the silent ones timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(silent);
+}
