@@ -66,6 +66,8 @@ pub(crate) struct Material {
     pub(crate) server_required: Option<Arc<ServerConfig>>,
     /// Whether a verified client certificate is a node's (of the nodes' CA).
     pub(crate) peer_verifier: Arc<dyn ClientCertVerifier>,
+    /// When this process's own certificate expires (Unix seconds), if it has one.
+    pub(crate) not_after_unix: Option<i64>,
 }
 
 /// The certificates of a PEM bundle as a root store, refusing an empty one.
@@ -195,7 +197,12 @@ impl Material {
                 (Some(server(false)?), Some(server(true)?))
             }
         };
+        let not_after_unix = identity.as_ref().and_then(|(chain, ..)| {
+            let (_, cert) = x509_parser::parse_x509_certificate(chain[0].as_ref()).ok()?;
+            Some(cert.validity().not_after.timestamp())
+        });
         Ok(Material {
+            not_after_unix,
             files,
             client,
             client_to_peers,

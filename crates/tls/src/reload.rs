@@ -4,6 +4,7 @@
 use crate::material::{Files, Material};
 use crate::{TlsError, TlsPaths};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,6 +24,8 @@ struct Inner {
     /// Connections whose TLS handshake this process refused or that failed (another CA, no
     /// certificate where one is required, an expired one, a scanner).
     handshake_failures: Counter,
+    /// When this process's certificate expires, Unix seconds (0: it has none).
+    not_after: Gauge,
     /// When a refused handshake was last logged.
     last_refusal_log: Mutex<Option<Instant>>,
     /// Client certificates (DER) already judged: whether each is a node's. A certificate
@@ -55,8 +58,11 @@ impl Tls {
     pub fn load(paths: TlsPaths) -> Result<Tls, TlsError> {
         let files = Files::read(&paths)?;
         let material = Material::build(&paths, files)?;
+        let not_after = Gauge::default();
+        not_after.set(material.not_after_unix.unwrap_or(0));
         Ok(Tls {
             inner: Arc::new(Inner {
+                not_after,
                 paths,
                 current: RwLock::new(Arc::new(material)),
                 reloads: AtomicU64::new(0),
@@ -130,6 +136,7 @@ impl Tls {
             return Ok(false);
         }
         let material = Material::build(&self.inner.paths, files)?;
+        self.inner.not_after.set(material.not_after_unix.unwrap_or(0));
         *self.inner.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
         // A certificate refused under the old files may be a node's under the new ones.
         self.inner.verdicts.lock().unwrap_or_else(|p| p.into_inner()).not_peers.clear();
@@ -141,6 +148,13 @@ impl Tls {
     /// `ringkv_tls_handshake_failures_total` on nodes and routers).
     pub fn handshake_failures(&self) -> Counter {
         self.inner.handshake_failures.clone()
+    }
+
+    /// When the certificate in use expires, Unix seconds (0: none), following reloads: the
+    /// gauge `ringkv_tls_certificate_not_after_seconds`, which an alert watches (a renewal
+    /// that never comes ends in refused handshakes on the day it expires).
+    pub fn certificate_not_after(&self) -> Gauge {
+        self.inner.not_after.clone()
     }
 
     /// Configurations swapped in by [`Tls::reload`] since start.

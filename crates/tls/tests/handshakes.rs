@@ -185,6 +185,13 @@ async fn rotated_files_are_served_to_new_connections_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     check(&new_client, &addr).await.expect("new connections get the new certificate");
+    let now_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let not_after = server.certificate_not_after().get();
+    assert!(
+        not_after > now_unix as i64,
+        "the expiry gauge names the renewed certificate's: {not_after}"
+    );
     assert!(check(&old_client, &addr).await.is_err(), "the old CA no longer vouches for it");
     watcher.abort();
 }
