@@ -69,9 +69,11 @@ async fn ready_only_while_up_and_current() -> Result<()> {
     admin.drain_node(NodeRequest { node_id: id }).await?;
     let body = wait_ready(&c, 4, false, "drained").await?;
     ensure!(body.contains("draining"), "reasons: {body}");
+    // The others are ready while it drains. Not necessarily at every instant: a replica
+    // moving onto one of them is briefly behind right after it becomes a voter (the meta
+    // group's, once, in CI), and readiness says so honestly.
     for id in 1..=3 {
-        let (code, body) = c.readyz(id).await?;
-        ensure!(code == 200, "node {id} should stay ready while another drains: {body}");
+        wait_ready(&c, id, true, "another node drains").await?;
     }
     Ok(())
 }
