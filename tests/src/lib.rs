@@ -916,21 +916,7 @@ impl Cluster {
 
     pub async fn restart(&mut self, id: u64) -> Result<()> {
         self.spawn(id)?;
-        let this = &*self;
-        let addr = this.node(id).addr.clone();
-        wait_for(Duration::from_secs(30), &format!("node {id} to serve"), || {
-            let addr = addr.clone();
-            async move {
-                this.admin_at(&addr)
-                    .await
-                    .ok()?
-                    .node_status(NodeStatusRequest {})
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        })
-        .await
+        self.wait_node_serving(id, Duration::from_secs(30)).await
     }
 
     /// Waits until every node serves and has the cluster's records (a map from the meta

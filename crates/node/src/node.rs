@@ -269,18 +269,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             "Snapshot bytes sent to peers (replica moves and lagging followers)",
             pool.snapshot_bytes_sent.clone(),
         );
-        // Registered without TLS too (at 0), so dashboards and alerts find them everywhere.
-        let tls = transport.tls();
-        r.sub_registry_with_prefix("ringkv").register(
-            "tls_handshake_failures",
-            "TLS handshakes refused or failed on this node's ports (another CA, no certificate where one is required, plaintext excluded)",
-            tls.map(|t| t.handshake_failures()).unwrap_or_default(),
-        );
-        r.sub_registry_with_prefix("ringkv").register(
-            "tls_certificate_not_after_seconds",
-            "When this node's TLS certificate expires (Unix seconds; 0 without TLS); follows renewals",
-            tls.map(|t| t.certificate_not_after()).unwrap_or_default(),
-        );
+        ringkv_tls::register_metrics(r.sub_registry_with_prefix("ringkv"), transport.tls());
     });
     let m = &cfg.membership;
     let driver = Arc::new(Driver::new(

@@ -143,18 +143,7 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     let admission = admission::RouterAdmission::new(cfg.inflight_requests_max, cfg.rate_limit);
     metrics.with_registry(|r| {
         admission.register(r);
-        // Registered without TLS too (at 0), so dashboards and alerts find them everywhere.
-        let tls = cfg.tls.as_ref();
-        r.sub_registry_with_prefix("ringkv_router").register(
-            "tls_handshake_failures",
-            "TLS handshakes refused or failed on the router's port",
-            tls.map(|t| t.handshake_failures()).unwrap_or_default(),
-        );
-        r.sub_registry_with_prefix("ringkv_router").register(
-            "tls_certificate_not_after_seconds",
-            "When the router's TLS certificate expires (Unix seconds; 0 without TLS); follows renewals",
-            tls.map(|t| t.certificate_not_after()).unwrap_or_default(),
-        );
+        ringkv_tls::register_metrics(r.sub_registry_with_prefix("ringkv_router"), cfg.tls.as_ref());
     });
     let pruner = admission.spawn_pruner();
     let (tx, rx) = oneshot::channel::<()>();

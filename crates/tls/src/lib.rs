@@ -47,6 +47,23 @@ pub use error::TlsError;
 pub use paths::TlsPaths;
 pub use reload::Tls;
 
+/// Registers a process's TLS metrics under `registry` (prefixed by the caller:
+/// `ringkv_tls_*` on nodes, `ringkv_router_tls_*` on routers): refused handshakes and when the
+/// certificate in use expires. Registered without TLS too (at 0), so dashboards and alerts
+/// find them on every process.
+pub fn register_metrics(registry: &mut prometheus_client::registry::Registry, tls: Option<&Tls>) {
+    registry.register(
+        "tls_handshake_failures",
+        "TLS handshakes refused or failed on this process's ports (another CA, no certificate where one is required; plaintext excluded)",
+        tls.map(Tls::handshake_failures).unwrap_or_default(),
+    );
+    registry.register(
+        "tls_certificate_not_after_seconds",
+        "When this process's TLS certificate expires (Unix seconds; 0 without TLS); follows renewals",
+        tls.map(Tls::certificate_not_after).unwrap_or_default(),
+    );
+}
+
 /// Whether a verified client certificate came with `req` (mutual TLS).
 pub fn has_client_cert<T>(req: &tonic::Request<T>) -> bool {
     req.peer_certs().is_some_and(|certs| !certs.is_empty())
