@@ -126,6 +126,9 @@ pub struct Cluster {
     pub net: Option<NetLab>,
     /// TLS everywhere, when started with [`Cluster::start_tls`].
     pub tls: Option<ClusterTls>,
+    /// The access policy file every node and router is started with
+    /// ([`Cluster::start_with_policy`]).
+    pub auth_policy: Option<PathBuf>,
 }
 
 /// A test cluster's certificates, as `ringkv dev --tls` makes them: a throwaway CA and one
@@ -385,7 +388,19 @@ impl Cluster {
         rf: u32,
         tuning: Tuning,
     ) -> Result<Self> {
-        Self::start_opts(nodes, shards, rf, tuning, None, Some(true)).await
+        Self::start_opts(nodes, shards, rf, tuning, None, Some(true), None).await
+    }
+
+    /// [`Cluster::start_tls_peer_ca`] with authorization: every node and router gets the
+    /// access policy `policy` (TOML), written to `<dir>/policy.toml`.
+    pub async fn start_with_policy(
+        nodes: u64,
+        shards: u32,
+        rf: u32,
+        tuning: Tuning,
+        policy: &str,
+    ) -> Result<Self> {
+        Self::start_opts(nodes, shards, rf, tuning, None, Some(true), Some(policy)).await
     }
 
     /// Starts a cluster, in a [`NetLab`] when given, with TLS everywhere when `tls`.
@@ -397,7 +412,7 @@ impl Cluster {
         net: Option<NetLab>,
         tls: bool,
     ) -> Result<Self> {
-        Self::start_opts(nodes, shards, rf, tuning, net, tls.then_some(false)).await
+        Self::start_opts(nodes, shards, rf, tuning, net, tls.then_some(false), None).await
     }
 
     /// `tls`: `None` plaintext, `Some(peer_ca)` TLS, the nodes with a CA of their own when
@@ -409,8 +424,15 @@ impl Cluster {
         tuning: Tuning,
         net: Option<NetLab>,
         tls: Option<bool>,
+        policy: Option<&str>,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ringkv-test-").tempdir()?;
+        let auth_policy = policy
+            .map(|text| {
+                let path = dir.path().join("policy.toml");
+                std::fs::write(&path, text).map(|()| path)
+            })
+            .transpose()?;
         let tls =
             tls.map(|peer_ca| ClusterTls::new(dir.path().join("tls"), peer_ca)).transpose()?;
         let mut specs = Vec::new();
@@ -450,6 +472,7 @@ impl Cluster {
             identities: Mutex::new(HashMap::new()),
             net,
             tls,
+            auth_policy,
         };
         for id in 1..=nodes {
             c.spawn(id)?;
@@ -540,6 +563,7 @@ impl Cluster {
                 }
                 None => Vec::new(),
             })
+            .args(self.auth_args())
             .env(
                 "RUST_LOG",
                 std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -858,6 +882,7 @@ impl Cluster {
         let child = Command::new(binary("ringkv-router")?)
             .args(["--listen", &addr, "--seeds", &seeds])
             .args(tls_args)
+            .args(self.auth_args())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -874,6 +899,14 @@ impl Cluster {
         })
         .await?;
         Ok(router)
+    }
+
+    /// `--auth-policy FILE` when the cluster has one.
+    fn auth_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.auth_policy {
+            Some(p) => vec!["--auth-policy".into(), p.clone().into_os_string()],
+            None => Vec::new(),
+        }
     }
 
     /// The process id of a running node.

@@ -71,7 +71,9 @@ pub async fn client(cli: &Cli) -> Result<Client> {
 
 pub async fn run(cli: &Cli) -> Result<u8> {
     match &cli.command {
-        Command::Dev(_) | Command::Node { .. } => unreachable!("handled by main"),
+        Command::Dev(_) | Command::Node { .. } | Command::Auth { .. } => {
+            unreachable!("handled by main")
+        }
         Command::Put { key, value } => {
             let version = client(cli).await?.put(key.as_bytes(), value.as_bytes()).await?;
             if cli.json {

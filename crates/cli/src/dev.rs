@@ -228,6 +228,8 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         inflight_requests_max: ringkv_router::admission::INFLIGHT_REQUESTS_MAX_DEFAULT,
         rate_limit: None,
         tls: router_tls,
+        auth_policy: None,
+        auth_reload_interval: Duration::from_secs(5),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     // The router serves at once and finds the nodes as they come up.

@@ -9,6 +9,7 @@
 //! 1 error (message on stderr), 2 bad usage, 3 key not found, 4 compare-and-swap condition
 //! not met.
 
+mod auth;
 mod commands;
 mod dev;
 mod events;
@@ -49,6 +50,10 @@ pub struct Cli {
     /// The private key (PEM) of `--tls-cert`.
     #[arg(long, global = true, env = "RINGKV_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// A bearer token of the cluster's access policy, sent with every call (prefer the
+    /// environment variable: arguments are visible to other users in `ps`).
+    #[arg(long, global = true, env = "RINGKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -120,6 +125,11 @@ pub enum Command {
     Consume(events::ConsumeArgs),
     /// Print changes of keys under a prefix (or one key) as they happen.
     Watch(events::WatchArgs),
+    /// Access-policy helpers: make a token (and its policy entry), hash one.
+    Auth {
+        #[command(subcommand)]
+        command: auth::AuthCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,11 +155,25 @@ pub enum ClusterCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Dev(args) => dev::run(args).await.map(|()| 0),
-        Command::Node { command } => nodes::run(&cli, command).await,
-        _ => commands::run(&cli).await,
+    let run = async {
+        match &cli.command {
+            Command::Dev(args) => dev::run(args).await.map(|()| 0),
+            Command::Node { command } => nodes::run(&cli, command).await,
+            Command::Auth { command } => auth::run(command),
+            _ => commands::run(&cli).await,
+        }
     };
+    // Every call this command makes (the client's and the admin calls to nodes) carries the
+    // token: they all leave through `ringkv_auth::AuthChannel`.
+    let forward = match cli.token.as_deref().map(|t| format!("Bearer {t}").parse()) {
+        None => ringkv_auth::Forward::Own,
+        Some(Ok(header)) => ringkv_auth::Forward::Token(header),
+        Some(Err(_)) => {
+            eprintln!("error: the token must be printable ASCII");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = ringkv_auth::forward::scope(forward, run).await;
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -11,6 +11,7 @@
 use crate::Cli;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use ringkv_auth::AuthChannel as Channel;
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::{
     ListNodesRequest, ListNodesResponse, NodeInfo, NodeRequest, SetNodeWeightRequest, ShardMap,
@@ -19,7 +20,6 @@ use ringkv_tls::Dialer;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -73,7 +73,7 @@ fn admins(map: &ShardMap, dialer: &Dialer) -> Vec<(u64, AdminClient<Channel>)> {
                 .ok()?
                 .connect_timeout(Duration::from_secs(1))
                 .timeout(Duration::from_secs(20));
-            Some((n.id, AdminClient::new(dialer.lazy(&endpoint))))
+            Some((n.id, AdminClient::new(Channel::plain(dialer.lazy(&endpoint)))))
         })
         .collect()
 }

@@ -26,7 +26,7 @@ pub async fn collect(
                 .timeout(Duration::from_secs(2));
             let ch = dialer.connect(&endpoint).await?;
             Ok::<_, anyhow::Error>(
-                AdminClient::new(ch)
+                AdminClient::new(ringkv_auth::AuthChannel::plain(ch))
                     .node_status(ringkv_proto::with_cluster_id(
                         tonic::Request::new(NodeStatusRequest {}),
                         map.cluster_id,
@@ -70,7 +70,7 @@ async fn membership(map: &ShardMap, dialer: &Dialer) -> Option<ListNodesResponse
         let ch = dialer.lazy(&endpoint);
         let req =
             ringkv_proto::with_cluster_id(tonic::Request::new(ListNodesRequest {}), map.cluster_id);
-        if let Ok(r) = AdminClient::new(ch).list_nodes(req).await {
+        if let Ok(r) = AdminClient::new(ringkv_auth::AuthChannel::plain(ch)).list_nodes(req).await {
             return Some(r.into_inner());
         }
     }

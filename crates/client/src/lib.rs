@@ -47,7 +47,8 @@ pub use ringkv_routing::WriteOutcome;
 use ringkv_routing::lanes::Lanes;
 use ringkv_routing::{Cluster, ReadPolicy, RoutingConfig, RoutingError};
 use std::time::Duration;
-use tonic::transport::Channel;
+// Adds the client's token (when it has one) to every call.
+use ringkv_auth::AuthChannel as Channel;
 use tonic_types::StatusExt;
 
 pub use ringkv_proto::v1::{Consistency, GetResponse, KeyValue, ResponseHeader};
@@ -186,6 +187,7 @@ pub struct ClientBuilder {
     timeout: Option<Duration>,
     read_policy: ReadPolicy,
     dialer: ringkv_tls::Dialer,
+    token: Option<ringkv_auth::Token>,
 }
 
 impl ClientBuilder {
@@ -220,6 +222,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The bearer token sent with every call, for clusters with an access policy (see
+    /// docs/security.md): its roles decide what this client may read, write and administer.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(ringkv_auth::Token::new(token));
+        self
+    }
+
     /// How direct mode spreads STALE reads.
     pub fn read_policy(mut self, p: ReadPolicy) -> Self {
         self.read_policy = p;
@@ -241,6 +250,8 @@ impl ClientBuilder {
                     .tcp_nodelay(true);
                 let channel =
                     self.dialer.connect(&ep).await.map_err(|e| connect_err(error_chain(&e)))?;
+                let channel = Channel::new(channel, self.token.as_ref())
+                    .map_err(|e| connect_err(e.to_string()))?;
                 Mode::Router(Box::new(RouterConn {
                     kv: KvClient::new(channel.clone()).max_decoding_message_size(64 << 20),
                     admin: AdminClient::new(channel.clone()),
@@ -255,6 +266,7 @@ impl ClientBuilder {
                     read_policy: self.read_policy,
                     default_timeout: timeout,
                     dialer: self.dialer,
+                    token: self.token,
                     ..RoutingConfig::default()
                 };
                 Mode::Direct(Cluster::connect(cfg).await?)

@@ -91,6 +91,19 @@ pub fn cluster_check(cluster_id: u64) -> impl tonic::service::Interceptor + Clon
     }
 }
 
+/// The admin service's interceptors: the cluster check, then who the caller is (see
+/// `ringkv_auth`; each handler checks the grant its call needs). A call this node forwards to
+/// the meta leader was authorized here and arrives there from a node.
+pub fn admin_check(
+    cluster_id: u64,
+    auth: &ringkv_auth::Auth,
+) -> impl tonic::service::Interceptor + Clone + use<> {
+    use tonic::service::Interceptor as _;
+    let mut cluster = cluster_check(cluster_id);
+    let mut auth = auth.interceptor();
+    move |req: Request<()>| auth.call(cluster.call(req)?)
+}
+
 pub fn shard_map_proto(map: &ShardMap) -> ringkv_proto::v1::ShardMap {
     ringkv_proto::shard_map::map_to_proto(map)
 }
@@ -124,8 +137,9 @@ fn role(state: ServerState) -> RaftRole {
 impl Admin for AdminService {
     async fn get_shard_map(
         &self,
-        _req: Request<GetShardMapRequest>,
+        req: Request<GetShardMapRequest>,
     ) -> Result<Response<GetShardMapResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let mut map = shard_map_proto(&self.registry.map());
         map.cluster_id = self.registry.cluster_id();
         if let Some(state) = self.registry.state() {
@@ -140,8 +154,9 @@ impl Admin for AdminService {
 
     async fn node_status(
         &self,
-        _req: Request<NodeStatusRequest>,
+        req: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let map = self.registry.map();
         let me = self.registry.state().and_then(|s| s.node(self.registry.node_id()).cloned());
         let shards: Vec<ShardStatus> = self
@@ -198,6 +213,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ShardChecksumRequest>,
     ) -> Result<Response<ShardChecksumResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let shard_id = req.into_inner().shard_id;
         let shard = self.registry.replica(shard_id)?;
         let sum = shard.read(|r| r.checksum().map_err(storage(r.shard_id()))).await?;
@@ -213,6 +229,7 @@ impl Admin for AdminService {
         &self,
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let req = req.into_inner();
         let shard = self.registry.replica(req.shard_id)?;
         let m = shard.metrics();
@@ -243,6 +260,7 @@ impl Admin for AdminService {
         &self,
         req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let req = req.into_inner();
         let shard = self.registry.replica(req.shard_id)?;
         let applied = shard.metrics().last_applied.map_or(0, |l| l.index);
@@ -268,6 +286,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         if let Some(mut leader) = self.forward_to(&req)? {
             return leader
                 .list_nodes(forwarded(req.into_inner(), self.registry.cluster_id()))
@@ -312,6 +331,7 @@ impl Admin for AdminService {
         &self,
         req: Request<NodeRequest>,
     ) -> Result<Response<NodeResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         self.node_action(req, NodeAction::Drain).await
     }
 
@@ -319,6 +339,7 @@ impl Admin for AdminService {
         &self,
         req: Request<NodeRequest>,
     ) -> Result<Response<NodeResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         self.node_action(req, NodeAction::Remove).await
     }
 
@@ -326,6 +347,7 @@ impl Admin for AdminService {
         &self,
         req: Request<NodeRequest>,
     ) -> Result<Response<NodeResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         self.node_action(req, NodeAction::Activate).await
     }
 
@@ -333,6 +355,7 @@ impl Admin for AdminService {
         &self,
         req: Request<SetNodeWeightRequest>,
     ) -> Result<Response<NodeResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         if let Some(mut leader) = self.forward_to(&req)? {
             return leader
                 .set_node_weight(forwarded(req.into_inner(), self.registry.cluster_id()))

@@ -170,6 +170,18 @@ pub struct Args {
     /// connections without a restart).
     #[arg(long, env = "RINGKV_TLS_RELOAD_INTERVAL_MS")]
     pub tls_reload_interval_ms: Option<u64>,
+    /// The access policy (TOML: roles, token hashes, certificate subjects; see
+    /// docs/security.md): with one, every client call needs a credential it names and a grant
+    /// for what it asks. Needs TLS. Re-read as often as the certificates.
+    #[arg(long, env = "RINGKV_AUTH_POLICY")]
+    pub auth_policy: Option<PathBuf>,
+}
+
+/// The `[auth]` section: the access policy file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub policy: Option<PathBuf>,
 }
 
 /// The `[tls]` section: where the certificates are, and how often they are re-read.
@@ -300,6 +312,7 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     raft: Option<RaftTuning>,
     tls: Option<TlsFile>,
+    auth: Option<AuthFile>,
 }
 
 /// The resolved configuration of a node.
@@ -331,6 +344,8 @@ pub struct NodeConfig {
     /// TLS for every port but the HTTP one (`None`: plaintext).
     pub tls: Option<ringkv_tls::TlsPaths>,
     pub tls_reload_interval_ms: u64,
+    /// The access policy file (`None`: authorization off).
+    pub auth_policy: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -603,6 +618,15 @@ impl NodeConfig {
                     .into(),
             });
         }
+        let auth_policy = args.auth_policy.or(file.auth.and_then(|a| a.policy));
+        if auth_policy.is_some() && tls.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "auth_policy",
+                reason: "an access policy needs TLS (--tls-dir, or --tls-ca, --tls-cert and \
+                         --tls-key): bearer tokens must not cross the network in plaintext"
+                    .into(),
+            });
+        }
         let tls_reload_interval_ms = args
             .tls_reload_interval_ms
             .or(tls_file.reload_interval_ms)
@@ -627,6 +651,7 @@ impl NodeConfig {
             admission,
             tls,
             tls_reload_interval_ms,
+            auth_policy,
         })
     }
 }

@@ -61,6 +61,7 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -84,6 +85,7 @@ impl Kv for KvService {
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -108,6 +110,7 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -133,6 +136,7 @@ impl Kv for KvService {
         &self,
         req: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -176,6 +180,7 @@ impl Kv for KvService {
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -224,6 +229,7 @@ impl Kv for KvService {
         &self,
         req: Request<BatchWriteRequest>,
     ) -> Result<Response<BatchWriteResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -281,6 +287,7 @@ impl Kv for KvService {
         &self,
         req: Request<MultiGetRequest>,
     ) -> Result<Response<MultiGetResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());

@@ -73,6 +73,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] ringkv_tls::TlsError),
+    #[error("authorization: {0}")]
+    Auth(#[from] ringkv_auth::AuthError),
 }
 
 /// A running node.
@@ -259,6 +261,13 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             .map_err(|e| StartError::Raft { shard, reason: e.to_string() })?;
     }
 
+    let auth = match &cfg.auth_policy {
+        Some(path) => {
+            ringkv_auth::Auth::load(path, transport.tls().cloned(), ringkv_auth::Side::Node)?
+        }
+        None => ringkv_auth::Auth::disabled(),
+    };
+    let auth_watcher = auth.watch(Duration::from_millis(cfg.tls_reload_interval_ms));
     let metrics = NodeMetrics::new();
     metrics.with_registry(|r| storage_metrics.register(r));
     let driver_metrics = DriverMetrics::default();
@@ -270,6 +279,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             pool.snapshot_bytes_sent.clone(),
         );
         ringkv_tls::register_metrics(r.sub_registry_with_prefix("ringkv"), transport.tls());
+        auth.register(r.sub_registry_with_prefix("ringkv"));
     });
     let m = &cfg.membership;
     let driver = Arc::new(Driver::new(
@@ -301,21 +311,23 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     let clients = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
-        .add_service(
+        .add_service(InterceptedService::new(
             KvServer::new(KvService::new(registry.clone(), metrics.clone(), admission.clone()))
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
-        )
-        .add_service(
+            auth.interceptor(),
+        ))
+        .add_service(InterceptedService::new(
             StreamsServer::new(StreamsService::new(
                 registry.clone(),
                 metrics.clone(),
                 admission.clone(),
             ))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
-        )
+            auth.interceptor(),
+        ))
         .add_service(AdminServer::with_interceptor(
             AdminService::new(registry.clone(), driver.clone()),
-            crate::admin_service::cluster_check(registry.cluster_id()),
+            crate::admin_service::admin_check(registry.cluster_id(), &auth),
         ));
     let membership = MembershipServer::with_interceptor(
         MembershipService::new(registry.clone(), driver.clone()),
@@ -345,7 +357,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
                 .tcp_nodelay(true)
                 .add_service(AdminServer::with_interceptor(
                     AdminService::new(registry.clone(), driver.clone()),
-                    crate::admin_service::cluster_check(registry.cluster_id()),
+                    crate::admin_service::admin_check(registry.cluster_id(), &auth),
                 ))
                 .add_service(membership)
                 .add_service(raft);
@@ -359,6 +371,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
 
     let mut background = vec![health.clone().spawn_reporter(health_reporter, metrics.clone())];
     background.extend(tls_watcher);
+    background.extend(auth_watcher);
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
             let (addr, task) = crate::http::serve(addr, metrics.clone(), health)

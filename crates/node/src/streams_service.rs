@@ -404,6 +404,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<PutTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -429,6 +430,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<RemoveTopicRequest>,
     ) -> Result<Response<RemoveTopicResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -455,6 +457,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<GetTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
+        let caller = ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -470,7 +473,10 @@ impl Streams for StreamsService {
                 let topics = shard
                     .read(move |r| r.topics(name.as_deref()).map_err(storage(r.shard_id())))
                     .await?;
-                Ok(ListTopicsResponse { topics: topics.into_iter().map(topic_info).collect() })
+                // A caller learns only of the topics it holds a grant on.
+                let topics =
+                    topics.into_iter().map(topic_info).filter(|t| caller.sees_topic(&t.name));
+                Ok(ListTopicsResponse { topics: topics.collect() })
             })
             .await
     }
@@ -479,6 +485,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<CreatePartitionRequest>,
     ) -> Result<Response<PartitionInfo>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -507,6 +514,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<DropPartitionRequest>,
     ) -> Result<Response<DropPartitionResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -533,6 +541,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<GetPartitionRequest>,
     ) -> Result<Response<PartitionInfo>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -551,6 +560,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -603,6 +613,7 @@ impl Streams for StreamsService {
     }
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -648,6 +659,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -709,6 +721,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<CommitOffsetRequest>,
     ) -> Result<Response<CommitOffsetResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -738,6 +751,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<FetchOffsetRequest>,
     ) -> Result<Response<FetchOffsetResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());
@@ -766,6 +780,7 @@ impl Streams for StreamsService {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        ringkv_auth::authorize(&req)?;
         let timeout = request_deadline(&req);
         let req = req.into_inner();
         let admitted = self.admission.admit(req.encoded_len());

@@ -14,6 +14,10 @@
 //! client. Multi-gets and scans merge both clusters (a scan shows each key from the cluster
 //! that owns it); a batch is atomic, so one whose keys the split sends to both clusters is
 //! refused with `INVALID_ARGUMENT` rather than divided.
+//!
+//! Authorization: with an access policy, every call is checked here before it is routed
+//! (see `ringkv_auth`), and the routed calls carry the caller's credential, so the nodes
+//! check the caller again rather than trusting the router.
 
 pub mod admission;
 pub mod deadline;
@@ -27,6 +31,7 @@ use ringkv_routing::{Cluster, RoutingConfig, RoutingError};
 use std::net::SocketAddr;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
 /// A second cluster that receives `percent` of the keys.
 #[derive(Debug, Clone)]
@@ -48,6 +53,12 @@ pub struct RouterConfig {
     /// Serve clients over TLS with this certificate (client certificates optional, verified
     /// when presented); `None`: plaintext. Dialing nodes is the routing configs' `dialer`.
     pub tls: Option<ringkv_tls::Tls>,
+    /// The access policy (see `ringkv_auth`): callers need a credential it names and a grant
+    /// for each call, checked here before anything is routed (and again by the nodes, to
+    /// which the caller's credential is forwarded). Needs `tls`. `None`: not checked here.
+    pub auth_policy: Option<std::path::PathBuf>,
+    /// How often the policy file is re-read.
+    pub auth_reload_interval: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +73,8 @@ pub enum RouterError {
     Reflection(String),
     #[error("TLS: {0}")]
     Tls(#[from] ringkv_tls::TlsError),
+    #[error("authorization: {0}")]
+    Auth(#[from] ringkv_auth::AuthError),
 }
 
 /// A running router.
@@ -73,6 +86,7 @@ pub struct RouterHandle {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     metrics_task: Option<JoinHandle<()>>,
     pruner: Option<JoinHandle<()>>,
+    auth_watcher: Option<JoinHandle<()>>,
     health_task: JoinHandle<()>,
     ready: Ready,
 }
@@ -86,6 +100,9 @@ impl RouterHandle {
             t.abort();
         }
         if let Some(t) = self.pruner.take() {
+            t.abort();
+        }
+        if let Some(t) = self.auth_watcher.take() {
             t.abort();
         }
         self.health_task.abort();
@@ -126,6 +143,11 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     if cfg.tls.as_ref().is_some_and(|t| !t.has_identity()) {
         return Err(RouterError::Tls(ringkv_tls::TlsError::NoIdentity));
     }
+    let auth = match &cfg.auth_policy {
+        Some(path) => ringkv_auth::Auth::load(path, cfg.tls.clone(), ringkv_auth::Side::Router)?,
+        None => ringkv_auth::Auth::disabled(),
+    };
+    let auth_watcher = auth.watch(cfg.auth_reload_interval);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RouterError::Bind { addr: cfg.listen, source })?;
@@ -144,6 +166,7 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     metrics.with_registry(|r| {
         admission.register(r);
         ringkv_tls::register_metrics(r.sub_registry_with_prefix("ringkv_router"), cfg.tls.as_ref());
+        auth.register(r.sub_registry_with_prefix("ringkv_router"));
     });
     let pruner = admission.spawn_pruner();
     let (tx, rx) = oneshot::channel::<()>();
@@ -152,15 +175,23 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
         .layer(admission::AdmissionLayer(admission))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
+        .add_service(InterceptedService::new(
             ringkv_proto::v1::kv_server::KvServer::new(kv).max_decoding_message_size(16 << 20),
-        )
-        .add_service(
+            auth.interceptor(),
+        ))
+        .add_service(InterceptedService::new(
             ringkv_proto::v1::events_server::EventsServer::new(events.clone())
                 .max_decoding_message_size(16 << 20),
-        )
-        .add_service(ringkv_proto::v1::watch_server::WatchServer::new(events))
-        .add_service(ringkv_proto::v1::admin_server::AdminServer::new(admin));
+            auth.interceptor(),
+        ))
+        .add_service(ringkv_proto::v1::watch_server::WatchServer::with_interceptor(
+            events,
+            auth.interceptor(),
+        ))
+        .add_service(ringkv_proto::v1::admin_server::AdminServer::with_interceptor(
+            admin,
+            auth.interceptor(),
+        ));
     // The builder's `tcp_nodelay` applies only to listeners tonic binds itself; ours must
     // say it again, or small responses wait for a delayed ACK (a 40 ms stall per request).
     let tcp = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -192,6 +223,7 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
         server,
         metrics_task,
         pruner,
+        auth_watcher,
         health_task,
         ready,
     })

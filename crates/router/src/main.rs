@@ -69,6 +69,15 @@ struct Args {
     /// How often the certificate files are re-read (cert-manager rotates them in place).
     #[arg(long, env = "RINGKV_ROUTER_TLS_RELOAD_INTERVAL_MS", default_value_t = 5_000)]
     tls_reload_interval_ms: u64,
+    /// The access policy file (TOML; see docs/security.md): every call then needs a token or
+    /// client certificate it names, with a grant for what it asks. Needs TLS. Re-read as
+    /// often as the certificates.
+    #[arg(long, env = "RINGKV_ROUTER_AUTH_POLICY")]
+    auth_policy: Option<PathBuf>,
+    /// The router's own bearer token, for its own calls to the nodes (shard maps) when the
+    /// nodes check tokens; calls made for a caller carry the caller's credential instead.
+    #[arg(long, env = "RINGKV_ROUTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[tokio::main]
@@ -96,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let routing = |seeds: Vec<String>| RoutingConfig {
         seeds,
         dialer: dialer.clone(),
+        token: a.token.clone().map(ringkv_auth::Token::new),
         read_policy: a.read_policy,
         default_timeout: Duration::from_millis(a.timeout_ms),
         ..RoutingConfig::default()
@@ -115,6 +125,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }),
         tls,
+        auth_policy: a.auth_policy.clone(),
+        auth_reload_interval: Duration::from_millis(a.tls_reload_interval_ms.max(1)),
     };
     let mut router = ringkv_router::start(cfg).await?;
     println!(

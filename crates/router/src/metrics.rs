@@ -59,9 +59,11 @@ impl RouterMetrics {
         f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Runs a routed call and records its method, gRPC code and latency.
+    /// Runs a routed call for `caller` (whose credential every call it makes to the nodes
+    /// carries) and records its method, gRPC code and latency.
     pub async fn observed<T>(
         &self,
+        caller: &ringkv_auth::Caller,
         method: &'static str,
         f: impl Future<Output = Result<T, ringkv_routing::RoutingError>>,
     ) -> Result<tonic::Response<T>, tonic::Status> {
@@ -70,7 +72,9 @@ impl RouterMetrics {
         // Retries and redirects logged by the routing core carry the method; at debug level
         // each request logs its outcome and latency (RUST_LOG=ringkv_router::metrics=debug).
         let span = tracing::debug_span!("request", method);
-        let result = f.instrument(span).await.map_err(|e| e.to_status());
+        let result = ringkv_auth::forward::scope(caller.forward(), f.instrument(span))
+            .await
+            .map_err(|e| e.to_status());
         let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         let took = started.elapsed();
         self.observe(method, took, code);

@@ -109,34 +109,41 @@ impl RouterKv {
 #[tonic::async_trait]
 impl Kv for RouterKv {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = ringkv_auth::authorize(&req)?;
         let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
-        self.metrics.observed("put", self.cluster_for(&req.key).put(req.clone(), t)).await
+        self.metrics.observed(&caller, "put", self.cluster_for(&req.key).put(req.clone(), t)).await
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let caller = ringkv_auth::authorize(&req)?;
         let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
-        self.metrics.observed("get", self.cluster_for(&req.key).get(req.clone(), t)).await
+        self.metrics.observed(&caller, "get", self.cluster_for(&req.key).get(req.clone(), t)).await
     }
 
     async fn delete(
         &self,
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        let caller = ringkv_auth::authorize(&req)?;
         let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
-        self.metrics.observed("delete", self.cluster_for(&req.key).delete(req.clone(), t)).await
+        self.metrics
+            .observed(&caller, "delete", self.cluster_for(&req.key).delete(req.clone(), t))
+            .await
     }
 
     async fn compare_and_swap(
         &self,
         req: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        let caller = ringkv_auth::authorize(&req)?;
         let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         self.metrics
             .observed(
+                &caller,
                 "compare_and_swap",
                 self.cluster_for(&req.key).compare_and_swap(req.clone(), t),
             )
@@ -144,15 +151,16 @@ impl Kv for RouterKv {
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let caller = ringkv_auth::authorize(&req)?;
         let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         // A scan of one shard names a shard of the primary's map: shard ids are per cluster.
         let secondary = match &self.secondary {
             Some((c, _)) if req.shard_id.is_none() => c,
-            _ => return self.metrics.observed("scan", self.primary.scan(req, t)).await,
+            _ => return self.metrics.observed(&caller, "scan", self.primary.scan(req, t)).await,
         };
         self.metrics
-            .observed("scan", async {
+            .observed(&caller, "scan", async {
                 let (a, b) = futures::try_join!(
                     self.primary.scan(req.clone(), t),
                     secondary.scan(req.clone(), t),
@@ -166,10 +174,11 @@ impl Kv for RouterKv {
         &self,
         req: Request<BatchWriteRequest>,
     ) -> Result<Response<BatchWriteResponse>, Status> {
+        let caller = ringkv_auth::authorize(&req)?;
         let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         self.metrics
-            .observed("batch_write", async {
+            .observed(&caller, "batch_write", async {
                 let cluster = self.batch_cluster(&req)?;
                 cluster.batch_write(req, t).await
             })
@@ -180,10 +189,11 @@ impl Kv for RouterKv {
         &self,
         req: Request<MultiGetRequest>,
     ) -> Result<Response<MultiGetResponse>, Status> {
+        let caller = ringkv_auth::authorize(&req)?;
         let t = crate::deadline::routing_timeout(req.metadata());
         let req = req.into_inner();
         self.metrics
-            .observed("multi_get", async {
+            .observed(&caller, "multi_get", async {
                 let Some((secondary, _)) = &self.secondary else {
                     return self.primary.multi_get(req, t).await;
                 };
@@ -233,12 +243,15 @@ fn node_only(what: &str) -> Status {
 impl Admin for RouterAdmin {
     async fn get_shard_map(
         &self,
-        _req: Request<GetShardMapRequest>,
+        req: Request<GetShardMapRequest>,
     ) -> Result<Response<GetShardMapResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         let map = match self.primary.map() {
             Some(m) => m,
             None => self.primary.refresh_map().await?,
         };
+        // (Fetched with the router's own credential: the map is the cluster's, not the
+        // caller's, and any known caller may read it.)
         let mut map = ringkv_routing::topology::map_to_proto(&map);
         map.cluster_id = self.primary.cluster_id();
         Ok(Response::new(GetShardMapResponse { map: Some(map) }))
@@ -246,64 +259,73 @@ impl Admin for RouterAdmin {
 
     async fn node_status(
         &self,
-        _req: Request<NodeStatusRequest>,
+        req: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         Err(node_only("NodeStatus"))
     }
 
     async fn shard_checksum(
         &self,
-        _req: Request<ShardChecksumRequest>,
+        req: Request<ShardChecksumRequest>,
     ) -> Result<Response<ShardChecksumResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         Err(node_only("ShardChecksum"))
     }
 
     async fn transfer_leader(
         &self,
-        _req: Request<TransferLeaderRequest>,
+        req: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         Err(node_only("TransferLeader"))
     }
 
     async fn trigger_snapshot(
         &self,
-        _req: Request<TriggerSnapshotRequest>,
+        req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         Err(node_only("TriggerSnapshot"))
     }
 
     async fn list_nodes(
         &self,
-        _req: Request<ListNodesRequest>,
+        req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         Err(node_only("ListNodes"))
     }
 
     async fn drain_node(
         &self,
-        _req: Request<NodeRequest>,
+        req: Request<NodeRequest>,
     ) -> Result<Response<NodeResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         Err(node_only("DrainNode"))
     }
 
     async fn remove_node(
         &self,
-        _req: Request<NodeRequest>,
+        req: Request<NodeRequest>,
     ) -> Result<Response<NodeResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         Err(node_only("RemoveNode"))
     }
 
     async fn activate_node(
         &self,
-        _req: Request<NodeRequest>,
+        req: Request<NodeRequest>,
     ) -> Result<Response<NodeResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         Err(node_only("ActivateNode"))
     }
 
     async fn set_node_weight(
         &self,
-        _req: Request<SetNodeWeightRequest>,
+        req: Request<SetNodeWeightRequest>,
     ) -> Result<Response<NodeResponse>, Status> {
+        ringkv_auth::authorize(&req)?;
         Err(node_only("SetNodeWeight"))
     }
 }

@@ -41,7 +41,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 use tonic::codegen::Bytes;
-use tonic::transport::Channel;
+// Every channel to a node adds the credential of the call (see `ringkv_auth::forward`).
+use ringkv_auth::AuthChannel as Channel;
 use tonic::{Response, Status};
 
 /// Redirects followed without backoff before a redirect counts as a retry.
@@ -160,7 +161,7 @@ impl Cluster {
             budget: RetryBudget::new(&cfg),
             lanes: Lanes::new(cfg.write_lanes_max),
             topology: Topology::default(),
-            nodes: Nodes::new(cfg.dialer.clone()),
+            nodes: Nodes::new(cfg.dialer.clone(), cfg.token.clone()),
             rr: AtomicUsize::new(0),
             stats: RoutingStats::default(),
             topics: Default::default(),

@@ -55,6 +55,9 @@ pub struct RoutingConfig {
     /// How nodes are dialed: plaintext, or TLS with the CA (and this process's certificate,
     /// for clusters that want one from routers).
     pub dialer: ringkv_tls::Dialer,
+    /// The bearer token of this process (the client's, or a router's own): sent on every
+    /// call not made for a caller whose credential is forwarded (see `ringkv_auth::forward`).
+    pub token: Option<ringkv_auth::Token>,
 }
 
 impl Default for RoutingConfig {
@@ -73,6 +76,7 @@ impl Default for RoutingConfig {
             eject_max: Duration::from_secs(30),
             write_lanes_max: 1024,
             dialer: ringkv_tls::Dialer::plaintext(),
+            token: None,
         }
     }
 }

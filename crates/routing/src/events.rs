@@ -29,7 +29,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
+// Every channel to a node adds the credential of the call (see `ringkv_auth::forward`).
+use ringkv_auth::AuthChannel as Channel;
 use tonic::{Status, Streaming};
 
 /// How long a cached catalog record is trusted.
@@ -398,7 +399,11 @@ impl Cluster {
         ringkv_placement::check_topic_name(&req.topic).map_err(RoutingError::InvalidArgument)?;
         let shard = self.partition_shard(&req.topic, req.partition)?;
         let (tx, rx) = mpsc::channel(OUTPUT_BUFFER);
-        tokio::spawn(follow::follow(self.clone(), Subscription { shard, req }, tx));
+        tokio::spawn(ringkv_auth::forward::propagate(follow::follow(
+            self.clone(),
+            Subscription { shard, req },
+            tx,
+        )));
         Ok(rx)
     }
 }

@@ -21,7 +21,8 @@ use futures::future::BoxFuture;
 use ringkv_placement::{ShardId, ShardMap};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
+// Every channel to a node adds the credential of the call (see `ringkv_auth::forward`).
+use ringkv_auth::AuthChannel as Channel;
 use tonic::{Status, Streaming};
 
 /// Messages buffered between a followed stream and its consumer.

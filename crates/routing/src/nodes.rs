@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
+// Every channel to a node adds the credential of the call (see `ringkv_auth::forward`).
+use ringkv_auth::AuthChannel as Channel;
 
 /// Largest gRPC message accepted from a node (a full scan page of large values).
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -75,7 +76,12 @@ impl InFlight {
 }
 
 impl NodeEntry {
-    fn new(id: NodeId, addr: &str, dialer: &Dialer) -> Result<Self, String> {
+    fn new(
+        id: NodeId,
+        addr: &str,
+        dialer: &Dialer,
+        token: Option<&ringkv_auth::Token>,
+    ) -> Result<Self, String> {
         let endpoint = dialer
             .endpoint(addr)
             .map_err(|e| format!("bad node address {addr}: {e}"))?
@@ -83,7 +89,7 @@ impl NodeEntry {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = dialer.lazy(&endpoint);
+        let channel = Channel::new(dialer.lazy(&endpoint), token).map_err(|e| e.to_string())?;
         Ok(NodeEntry {
             id,
             addr: addr.to_string(),
@@ -229,11 +235,12 @@ impl NodeEntry {
 pub struct Nodes {
     nodes: RwLock<HashMap<NodeId, Arc<NodeEntry>>>,
     dialer: Dialer,
+    token: Option<ringkv_auth::Token>,
 }
 
 impl Nodes {
-    pub fn new(dialer: Dialer) -> Self {
-        Nodes { nodes: RwLock::default(), dialer }
+    pub fn new(dialer: Dialer, token: Option<ringkv_auth::Token>) -> Self {
+        Nodes { nodes: RwLock::default(), dialer, token }
     }
 
     /// The entry of `id` at `addr`, created (or replaced, if its address changed) on demand.
@@ -243,7 +250,7 @@ impl Nodes {
         {
             return Ok(n.clone());
         }
-        let entry = Arc::new(NodeEntry::new(id, addr, &self.dialer)?);
+        let entry = Arc::new(NodeEntry::new(id, addr, &self.dialer, self.token.as_ref())?);
         self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
         Ok(entry)
     }
@@ -273,7 +280,7 @@ mod tests {
     #[tokio::test]
     async fn ejection_grows_then_half_open_probe_restores() {
         let cfg = ejecting(Duration::from_millis(200));
-        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext(), None).unwrap();
         let now = Instant::now;
         assert!(!n.on_failure(&cfg, now()) && !n.on_failure(&cfg, now()));
         assert!(n.on_failure(&cfg, now()), "third consecutive failure ejects");
@@ -295,7 +302,7 @@ mod tests {
     #[tokio::test]
     async fn requests_in_flight_at_the_ejection_do_not_extend_it() {
         let cfg = ejecting(Duration::from_secs(30));
-        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext(), None).unwrap();
         let sent = Instant::now();
         assert!(!n.on_failure(&cfg, sent) && !n.on_failure(&cfg, sent));
         assert!(n.on_failure(&cfg, sent));
@@ -316,7 +323,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_named_leader_is_probed_early_but_at_most_once_per_base_interval() {
         let cfg = ejecting(Duration::from_secs(30));
-        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext(), None).unwrap();
         for _ in 0..3 {
             n.on_failure(&cfg, Instant::now());
         }
@@ -339,7 +346,7 @@ mod tests {
     #[tokio::test]
     async fn a_probe_answered_with_an_error_still_restores_the_node() {
         let cfg = ejecting(Duration::from_secs(30));
-        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext(), None).unwrap();
         for _ in 0..3 {
             n.on_failure(&cfg, Instant::now());
         }
@@ -355,7 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn peak_ewma_jumps_up_and_decays_slowly() {
-        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext()).unwrap();
+        let n = NodeEntry::new(1, "127.0.0.1:1", &Dialer::plaintext(), None).unwrap();
         n.on_success(Duration::from_millis(10));
         assert_eq!(n.ewma_us(), 10_000);
         n.on_success(Duration::from_millis(2));

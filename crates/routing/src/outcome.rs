@@ -66,6 +66,8 @@ impl WriteOutcome {
                     | "LIMIT_REACHED"
                     | "OVERLOADED"
                     | "OUT_OF_ORDER_SEQUENCE"
+                    | "UNAUTHENTICATED"
+                    | "PERMISSION_DENIED"
             ),
             // Only a status made here, without details, can be a failed connect.
             None => connection_refused(status),
@@ -150,6 +152,8 @@ pub(crate) mod tests {
             (Code::FailedPrecondition, "TOPIC_CHANGED"),
             (Code::ResourceExhausted, "LIMIT_REACHED"),
             (Code::NotFound, "NOT_FOUND"),
+            (Code::Unauthenticated, "UNAUTHENTICATED"),
+            (Code::PermissionDenied, "PERMISSION_DENIED"),
         ] {
             assert_eq!(WriteOutcome::of(&with_info(code, reason, &[])), WriteOutcome::NotApplied);
         }

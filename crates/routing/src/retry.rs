@@ -181,6 +181,15 @@ mod tests {
             classify(&with_reason(Code::ResourceExhausted, "LIMIT_REACHED", &[])),
             Next::Fail
         );
+        // Every node judges a credential the same: another attempt would be refused too.
+        assert_eq!(
+            classify(&with_reason(Code::Unauthenticated, "UNAUTHENTICATED", &[])),
+            Next::Fail
+        );
+        assert_eq!(
+            classify(&with_reason(Code::PermissionDenied, "PERMISSION_DENIED", &[])),
+            Next::Fail
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@ use ringkv_placement::ShardId;
 use ringkv_proto::v1::streams_client::StreamsClient;
 use ringkv_proto::v1::{ShardRevision, WatchRequest, WatchResponse};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
+// Every channel to a node adds the credential of the call (see `ringkv_auth::forward`).
+use ringkv_auth::AuthChannel as Channel;
 use tonic::{Status, Streaming};
 
 struct ShardWatch {
@@ -90,7 +91,11 @@ impl Cluster {
                 resume: vec![],
                 ..req.clone()
             };
-            tokio::spawn(follow::follow(self.clone(), ShardWatch { shard, req: sub }, tx.clone()));
+            tokio::spawn(ringkv_auth::forward::propagate(follow::follow(
+                self.clone(),
+                ShardWatch { shard, req: sub },
+                tx.clone(),
+            )));
         }
         Ok(rx)
     }
