@@ -152,6 +152,22 @@ fn kv_rpcs() -> Vec<Rpc> {
             scan,
             ScanRequest { prefix: bytes("orders/"), ..Default::default() }
         ),
+        // A continuation token replaces the start key: one below the grant is checked from
+        // there (as the node reads), so even a writer of `orders/` is refused.
+        rpc!(
+            "Scan from a continuation token below the grant",
+            Some(WRITER),
+            OPS,
+            KvClient,
+            scan,
+            ScanRequest {
+                shard_id: Some(0),
+                start_key: bytes("orders/"),
+                end_key: bytes("orders0"),
+                continuation_token: bytes("\u{1}"),
+                ..Default::default()
+            }
+        ),
         rpc!(
             "BatchWrite",
             w,

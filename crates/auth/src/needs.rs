@@ -54,15 +54,14 @@ fn key_of(op: &WriteOp) -> &[u8] {
     }
 }
 
-/// The keys a scan may return: from the largest of its start, prefix and continuation, to
-/// the smallest of its end and the end of its prefix. Computed like the node's own bounds,
-/// but only to decide what to check: a scan the node would refuse as malformed is refused
-/// here at most for the range it names.
+/// The keys a scan may return, bounded exactly as the node reads them: from its continuation
+/// token (or, without one, its start key) or its prefix, whichever is larger, to the smaller
+/// of its end key and the end of its prefix. (The token *replaces* the start key; it is not
+/// checked to lie after it, so taking the larger of the two would let a token below the
+/// start read keys the check never saw.)
 fn scan_range(r: &ScanRequest) -> (&[u8], Option<Vec<u8>>) {
-    let lo = [&r.start_key[..], &r.prefix[..], &r.continuation_token[..]]
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let start = if r.continuation_token.is_empty() { &r.start_key } else { &r.continuation_token };
+    let lo: &[u8] = std::cmp::max(&start[..], &r.prefix[..]);
     let ends = [
         (!r.end_key.is_empty()).then(|| r.end_key.to_vec()),
         if r.prefix.is_empty() { None } else { prefix_end(&r.prefix) },
@@ -173,6 +172,14 @@ mod tests {
         assert!(!allowed(&who, &scan(b"", b"", b"")), "the whole key space");
         assert!(!allowed(&who, &scan(b"a/", b"", b"")), "no end");
         assert!(!allowed(&who, &scan(b"", b"", b"a")), "a wider prefix");
+        // A continuation token replaces the start key, even one below it: the node reads from
+        // the token, so that is what is checked.
+        let below =
+            ScanRequest { continuation_token: b"\x00".to_vec().into(), ..scan(b"a/", b"a0", b"") };
+        assert!(!allowed(&who, &below), "a token below the grant");
+        let resumed =
+            ScanRequest { continuation_token: b"a/m".to_vec().into(), ..scan(b"a/", b"a0", b"") };
+        assert!(allowed(&who, &resumed));
         let watch = |key: &'static [u8], prefix| WatchRequest {
             key: key.into(),
             prefix,

@@ -627,6 +627,17 @@ impl NodeConfig {
                     .into(),
             });
         }
+        // With one CA, every certificate it signed passes as a node, and a node may do
+        // everything: any application's client certificate would be a superuser.
+        if auth_policy.is_some() && tls.as_ref().is_some_and(|t| t.peer_ca.is_none()) {
+            return Err(ConfigError::Invalid {
+                field: "auth_policy",
+                reason: "an access policy needs the nodes to have a CA of their own \
+                         (--tls-peer-ca): with one CA every client certificate would pass as a \
+                         node, and nodes may do everything"
+                    .into(),
+            });
+        }
         let tls_reload_interval_ms = args
             .tls_reload_interval_ms
             .or(tls_file.reload_interval_ms)
@@ -667,6 +678,25 @@ mod tests {
             members: Some(members.split(',').map(String::from).collect()),
             ..Args::default()
         }
+    }
+
+    #[test]
+    fn an_access_policy_needs_tls_and_a_ca_of_the_nodes_own() {
+        let with = |tls_dir: Option<&str>, peer_ca: Option<&str>| {
+            let a = Args {
+                auth_policy: Some("/etc/ringkv/policy.toml".into()),
+                tls_dir: tls_dir.map(PathBuf::from),
+                tls_peer_ca: peer_ca.map(PathBuf::from),
+                ..args("1=127.0.0.1:7001,2=127.0.0.1:7002")
+            };
+            NodeConfig::resolve(a)
+        };
+        let plaintext = with(None, None).unwrap_err().to_string();
+        assert!(plaintext.contains("needs TLS"), "{plaintext}");
+        let one_ca = with(Some("/tls"), None).unwrap_err().to_string();
+        assert!(one_ca.contains("--tls-peer-ca"), "{one_ca}");
+        let c = with(Some("/tls"), Some("/tls/peer-ca.crt")).unwrap();
+        assert_eq!(c.auth_policy, Some(PathBuf::from("/etc/ringkv/policy.toml")));
     }
 
     #[test]

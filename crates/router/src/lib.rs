@@ -148,6 +148,12 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
         None => ringkv_auth::Auth::disabled(),
     };
     let auth_watcher = auth.watch(cfg.auth_reload_interval);
+    if !auth.is_enabled() && cfg.primary.token.is_some() {
+        tracing::warn!(
+            "this router has a token but no access policy: callers that send no token act as \
+             the router at the nodes (give the router the policy too; see docs/security.md)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RouterError::Bind { addr: cfg.listen, source })?;
