@@ -2,7 +2,7 @@
 //! through the default-style endpoint, check exit codes and JSON output, stop it with Ctrl-C
 //! (SIGINT), start it again on the same data directory, and find the data still there.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use ringkv_tests::{binary, free_port, free_port_range, wait_for};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -194,6 +194,84 @@ async fn dev_cluster_with_tls() -> Result<()> {
             && String::from_utf8_lossy(&plain.stderr).contains("this port requires TLS"),
         "plaintext is told what is wrong: {plain:?}"
     );
+    drop(dev);
+    Ok(())
+}
+
+/// `ringkv dev --auth`: the banner gives the operator's token; with it (and the TLS
+/// directory) every command works, without it the CLI is told it is unauthenticated, and a
+/// token made by `ringkv auth token` for a role added to the policy while the cluster runs
+/// gets what the role grants and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_with_auth() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_port_range(3)?;
+    let router = free_port()?;
+    let metrics = free_port_range(4)?;
+    let endpoint = format!("127.0.0.1:{router}");
+    let dev = start_dev(dir.path(), base, router, metrics, 1, &["--auth"]).await?;
+    let banner = std::fs::read_to_string(&dev.out)?;
+    let exported = |name: &str| {
+        banner
+            .lines()
+            .find_map(|l| {
+                l.split_once(&format!("export {name}=")).map(|(_, v)| v.trim().to_string())
+            })
+            .ok_or_else(|| anyhow::anyhow!("no {name} in the banner: {banner}"))
+    };
+    let tls_dir = std::path::PathBuf::from(exported("RINGKV_TLS_DIR")?);
+    let token = exported("RINGKV_TOKEN")?;
+    let as_ = |token: Option<&str>, args: &[&str]| -> Result<Output> {
+        let mut cmd = Command::new(binary("ringkv")?);
+        cmd.env("RINGKV_ENDPOINT", &endpoint).env("RINGKV_TLS_DIR", &tls_dir).args(args);
+        if let Some(t) = token {
+            cmd.env("RINGKV_TOKEN", t);
+        }
+        Ok(cmd.output()?)
+    };
+
+    let put = as_(Some(&token), &["put", "orders/1", "kept"])?;
+    ensure!(put.status.success(), "{put:?}");
+    let status = as_(Some(&token), &["--json", "cluster", "status"])?;
+    ensure!(status.status.success(), "the operator reaches the nodes too: {status:?}");
+    let anonymous = as_(None, &["get", "orders/1"])?;
+    ensure!(
+        anonymous.status.code() == Some(1)
+            && String::from_utf8_lossy(&anonymous.stderr).contains("unauthenticated"),
+        "no token: told so: {anonymous:?}"
+    );
+
+    // A reader of orders/, added to the running cluster's policy.
+    let made = as_(None, &["auth", "token", "--subject", "orders-reader", "--role", "orders-ro"])?;
+    ensure!(made.status.success(), "{made:?}");
+    let made = stdout(&made);
+    let reader = made
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("# "))
+        .ok_or_else(|| anyhow::anyhow!("no token printed: {made}"))?
+        .to_string();
+    let policy = dir.path().join("data").join("auth").join("policy.toml");
+    let mut text = std::fs::read_to_string(&policy)
+        .with_context(|| format!("the dev policy at {}", policy.display()))?;
+    text +=
+        "\n[[role]]\nname = \"orders-ro\"\ngrants = [{ keys = \"orders/\", access = \"read\" }]\n";
+    text += &made.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    std::fs::write(&policy, text)?;
+    let got = wait_for(Duration::from_secs(20), "the new token to be known", || async {
+        let o = as_(Some(&reader), &["get", "orders/1"]).ok()?;
+        o.status.success().then(|| stdout(&o))
+    })
+    .await?;
+    ensure!(got == "kept", "{got}");
+    let denied = as_(Some(&reader), &["put", "orders/1", "changed"])?;
+    ensure!(
+        denied.status.code() == Some(1)
+            && String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
+        "{denied:?}"
+    );
+    let other = as_(Some(&reader), &["get", "users/1"])?;
+    ensure!(String::from_utf8_lossy(&other.stderr).contains("permission denied"), "{other:?}");
     drop(dev);
     Ok(())
 }

@@ -156,6 +156,25 @@ impl Auth {
         }
     }
 
+    /// The subject a request's credential names, if the policy knows it (a token, else a
+    /// client certificate's common name): what the router's per-caller rate limit keys on,
+    /// so one caller's buckets follow it across addresses. `None` with authorization off (a
+    /// token nobody checks could be made up per request to get a fresh bucket each time).
+    pub fn subject_of(
+        &self,
+        headers: &http::HeaderMap,
+        certs: Option<&[tonic::transport::CertificateDer<'_>]>,
+    ) -> Option<String> {
+        let inner = self.inner.as_ref()?;
+        let policy = inner.policy.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+            let (token, _) = bearer_of(v.as_bytes()).ok()?;
+            return policy.by_token(&token).map(|i| i.subject.clone());
+        }
+        let cn = common_name(certs?.first()?)?;
+        policy.by_certificate(&cn).map(|i| i.subject.clone())
+    }
+
     fn resolve<T>(&self, req: &Request<T>) -> Result<Caller, AuthError> {
         let token = bearer(req.metadata())?;
         let denied =
@@ -237,9 +256,12 @@ impl Auth {
 /// The bearer token of a request, if it has an `authorization` header; a header that is not
 /// `Bearer <token>` is refused rather than ignored.
 fn bearer(md: &MetadataMap) -> Result<Option<(String, http::HeaderValue)>, AuthError> {
-    let Some(v) = md.get("authorization") else { return Ok(None) };
+    md.get("authorization").map(|v| bearer_of(v.as_bytes())).transpose()
+}
+
+fn bearer_of(raw: &[u8]) -> Result<(String, http::HeaderValue), AuthError> {
     let bad = || AuthError::unauthenticated("the authorization header must be `Bearer <token>`");
-    let s = v.to_str().map_err(|_| bad())?;
+    let s = std::str::from_utf8(raw).map_err(|_| bad())?;
     let (scheme, token) = s.split_once(' ').ok_or_else(bad)?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
@@ -251,7 +273,7 @@ fn bearer(md: &MetadataMap) -> Result<Option<(String, http::HeaderValue)>, AuthE
         )));
     }
     let header = http::HeaderValue::from_str(s).map_err(|_| bad())?;
-    Ok(Some((token.to_string(), header)))
+    Ok((token.to_string(), header))
 }
 
 /// The first common name of a certificate's subject, if printable.

@@ -51,28 +51,76 @@ pub struct DevArgs {
     /// TLS everywhere, with certificates from a throwaway CA (see above).
     #[arg(long)]
     pub tls: bool,
+    /// Authorization on: an access policy (`<data-dir>/auth/policy.toml`, re-read while the
+    /// cluster runs) and a fresh operator token printed for the CLI. Implies `--tls`, with a
+    /// CA of the nodes' own.
+    #[arg(long)]
+    pub auth: bool,
 }
 
 /// Certificates of a `--tls` dev cluster: one directory per process, as TLS Secrets.
 struct DevTls {
     root: PathBuf,
+    /// The nodes' own CA certificate (with `--auth`).
+    peer_ca: Option<PathBuf>,
 }
+
+/// The common names of the router's and the CLI's certificates with `--auth` (the policy
+/// names the router's; the CLI's is in no policy, so the CLI needs the token).
+const DEV_ROUTER_SUBJECT: &str = "ringkv-dev-router";
+const DEV_CLI_SUBJECT: &str = "ringkv-dev-cli";
 
 impl DevTls {
     /// Every name a loopback process is dialed by.
     const NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
 
-    fn issue(data_dir: &Path, nodes: u64) -> Result<DevTls> {
+    /// Without `own_ca_for_nodes`, one CA issues peer certificates for all, the CLI's too,
+    /// so `ringkv node add` can give its new node the CLI's identity. With it, node
+    /// certificates come from a CA of the nodes' own (what an access policy needs: otherwise
+    /// every certificate would pass as a node), including a spare one for `ringkv node add`.
+    fn issue(data_dir: &Path, nodes: u64, own_ca_for_nodes: bool) -> Result<DevTls> {
         let root = data_dir.join("tls");
         let ca = DevCa::generate("ringkv dev CA")?;
-        // Peer certificates for all, the CLI's too, so `ringkv node add` can give its new
-        // node the CLI's identity.
-        let dirs =
-            (1..=nodes).map(|i| format!("node-{i}")).chain(["router".into(), "client".into()]);
-        for dir in dirs {
-            ca.write_identity(&root.join(dir), &Self::NAMES, Usage::Peer)?;
+        let peer = own_ca_for_nodes.then(|| DevCa::generate("ringkv dev nodes' CA")).transpose()?;
+        let node_dirs = (1..=nodes)
+            .map(|i| format!("node-{i}"))
+            .chain(peer.is_some().then(|| "node-spare".to_string()));
+        for dir in node_dirs {
+            let dir = root.join(dir);
+            match &peer {
+                None => {
+                    ca.write_identity(&dir, &Self::NAMES, Usage::Peer)?;
+                }
+                Some(peer) => {
+                    peer.write_identity(&dir, &Self::NAMES, Usage::Peer)?;
+                    // Nodes check routers' and clients' certificates against the other CA.
+                    std::fs::write(dir.join(TlsPaths::CA_FILE), ca.cert_pem())?;
+                }
+            }
         }
-        Ok(DevTls { root })
+        for (dir, subject) in [("router", DEV_ROUTER_SUBJECT), ("client", DEV_CLI_SUBJECT)] {
+            let dir = root.join(dir);
+            match &peer {
+                None => {
+                    ca.write_identity(&dir, &Self::NAMES, Usage::Peer)?;
+                }
+                Some(peer) => {
+                    let names = [subject, Self::NAMES[0], Self::NAMES[1]];
+                    ca.write_identity(&dir, &names, Usage::Peer)?;
+                    // They dial nodes, whose certificates the nodes' CA issued.
+                    std::fs::write(dir.join(TlsPaths::CA_FILE), ca.cert_pem() + &peer.cert_pem())?;
+                }
+            }
+        }
+        let peer_ca = match &peer {
+            Some(peer) => {
+                let path = root.join("peer-ca.crt");
+                std::fs::write(&path, peer.cert_pem())?;
+                Some(path)
+            }
+            None => None,
+        };
+        Ok(DevTls { root, peer_ca })
     }
 
     fn dir(&self, who: &str) -> PathBuf {
@@ -168,6 +216,38 @@ fn tail_of(text: &str) -> String {
     lines[from..].iter().take(LINES).copied().collect::<Vec<_>>().join("\n")
 }
 
+/// The dev cluster's access policy: an operator role held by a fresh token, and the
+/// router's certificate allowed to name its callers. Written anew on every start.
+fn write_policy(data_dir: &Path) -> Result<(PathBuf, ringkv_auth::Token)> {
+    let token = ringkv_auth::generate_token()
+        .map_err(|_| anyhow::anyhow!("the system's random generator failed"))?;
+    let dir = data_dir.join("auth");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("policy.toml");
+    let policy = format!(
+        r#"# The access policy of a `ringkv dev --auth` cluster, re-read while it runs: add roles,
+# and tokens from `ringkv auth token --subject NAME --role ROLE`. See docs/security.md.
+[[role]]
+name = "operator"
+grants = [{{ cluster = true, access = "admin" }}]
+
+[[token]]
+subject = "dev-operator"
+sha256 = "{}"
+roles = ["operator"]
+
+# The router: known (it reads shard maps) and may name the callers it forwards.
+[[certificate]]
+subject = "{DEV_ROUTER_SUBJECT}"
+roles = []
+delegate = true
+"#,
+        ringkv_auth::hash_token(token.expose())
+    );
+    std::fs::write(&path, policy)?;
+    Ok((path, token))
+}
+
 pub async fn run(args: &DevArgs) -> Result<()> {
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
@@ -176,18 +256,46 @@ pub async fn run(args: &DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let tls = (args.tls || args.auth)
+        .then(|| DevTls::issue(&data_dir, args.nodes, args.auth))
+        .transpose()?;
+    let auth = args.auth.then(|| write_policy(&data_dir)).transpose()?;
+    // This command's own calls (readiness, status) carry the operator token.
+    let forward = match &auth {
+        Some((_, token)) => {
+            ringkv_auth::Forward::Token(format!("Bearer {}", token.expose()).parse()?)
+        }
+        None => ringkv_auth::forward::current(),
+    };
+    ringkv_auth::forward::scope(forward, serve(args, &bin, &data_dir, tls, auth)).await
+}
+
+/// Starts the nodes and the router, waits until the cluster serves, prints how to use it,
+/// and runs until Ctrl-C.
+async fn serve(
+    args: &DevArgs,
+    bin: &Path,
+    data_dir: &Path,
+    tls: Option<DevTls>,
+    auth: Option<(PathBuf, ringkv_auth::Token)>,
+) -> Result<()> {
     let addrs: Vec<String> =
         (0..args.nodes).map(|i| format!("127.0.0.1:{}", u64::from(args.base_port) + i)).collect();
     let members: Vec<String> =
         addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
-    let tls = args.tls.then(|| DevTls::issue(&data_dir, args.nodes)).transpose()?;
     let mut nodes = Nodes { children: Vec::new(), logs: Vec::new() };
     for i in 1..=args.nodes {
         let log_path = data_dir.join(format!("node-{i}.log"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut command = Command::new(&bin);
+        let mut command = Command::new(bin);
         if let Some(tls) = &tls {
             command.arg("--tls-dir").arg(tls.dir(&format!("node-{i}")));
+            if let Some(peer_ca) = &tls.peer_ca {
+                command.arg("--tls-peer-ca").arg(peer_ca);
+            }
+        }
+        if let Some((policy, _)) = &auth {
+            command.arg("--auth-policy").arg(policy);
         }
         let child = command
             .arg("--node-id")
@@ -228,8 +336,8 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         inflight_requests_max: ringkv_router::admission::INFLIGHT_REQUESTS_MAX_DEFAULT,
         rate_limit: None,
         tls: router_tls,
-        auth_policy: None,
-        auth_reload_interval: Duration::from_secs(5),
+        auth_policy: auth.as_ref().map(|(p, _)| p.clone()),
+        auth_reload_interval: Duration::from_secs(1),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     // The router serves at once and finds the nodes as they come up.
@@ -307,6 +415,19 @@ pub async fn run(args: &DevArgs) -> Result<()> {
         println!(
             "  tls      on (mutual TLS between nodes and router); for the CLI: export RINGKV_TLS_DIR={}",
             tls.dir("client").display()
+        );
+    }
+    if let (Some((policy, token)), Some(tls)) = (&auth, &tls) {
+        println!(
+            "  auth     on; policy {} (re-read while running); the operator's token, for the CLI: export RINGKV_TOKEN={}",
+            policy.display(),
+            token.expose()
+        );
+        println!(
+            "           grow it: ringkv node add --node-tls-dir {} --tls-peer-ca {} --auth-policy {}",
+            tls.dir("node-spare").display(),
+            tls.peer_ca.as_deref().unwrap_or(Path::new("")).display(),
+            policy.display()
         );
     }
     status::print(&map, false, &client_dialer).await?;

@@ -56,6 +56,16 @@ pub struct AddArgs {
     /// The node binary (default: ringkv-node next to this executable).
     #[arg(long, env = "RINGKV_NODE_BIN")]
     pub node_bin: Option<PathBuf>,
+    /// The new node's own TLS directory (ca.crt, tls.crt, tls.key), when nodes have a CA of
+    /// their own (default: this command's TLS files).
+    #[arg(long)]
+    pub node_tls_dir: Option<PathBuf>,
+    /// The nodes' CA, passed to the new node (`ringkv-node --tls-peer-ca`).
+    #[arg(long)]
+    pub tls_peer_ca: Option<PathBuf>,
+    /// The cluster's access policy, passed to the new node (`ringkv-node --auth-policy`).
+    #[arg(long)]
+    pub auth_policy: Option<PathBuf>,
 }
 
 /// The shard map, through the router (or node) the CLI points at.
@@ -292,11 +302,23 @@ async fn add(cli: &Cli, args: &AddArgs) -> Result<u8> {
     }
     // A cluster on TLS needs the new node on TLS: it gets this command's certificate files
     // (which must then name the node's host; `ringkv dev --tls` issues such a one).
-    if let Some(tls) = cli.tls_paths()? {
-        cmd.arg("--tls-ca").arg(&tls.ca);
-        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+    match (&args.node_tls_dir, cli.tls_paths()?) {
+        (Some(dir), _) => {
+            cmd.arg("--tls-dir").arg(dir);
         }
+        (None, Some(tls)) => {
+            cmd.arg("--tls-ca").arg(&tls.ca);
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            }
+        }
+        (None, None) => {}
+    }
+    if let Some(peer_ca) = &args.tls_peer_ca {
+        cmd.arg("--tls-peer-ca").arg(peer_ca);
+    }
+    if let Some(policy) = &args.auth_policy {
+        cmd.arg("--auth-policy").arg(policy);
     }
     eprintln!(
         "starting node {name} on {listen} (data in {}), joining through {}; Ctrl-C stops it",

@@ -6,9 +6,11 @@
 //! `RetryInfo` delay: for the rate limit, the time until the caller's bucket holds a token
 //! again; for the in-flight bound, a short fixed delay. The write outcome is NOT_APPLIED.
 //!
-//! A caller is known by its IP address. (Once the router authenticates callers, the token's
-//! subject is the better key; a header the caller sets itself would let it pick its own.)
-//! Each caller gets a GCRA token bucket (governor's keyed limiter): `rate_per_sec` tokens a
+//! A caller is known by its subject when the router has an access policy and the request's
+//! token (or client certificate) is one the policy knows, so a caller's bucket follows it
+//! across addresses and callers behind one NAT do not share one; otherwise by its IP address.
+//! (An unchecked token is never a key: a caller could make one up per request and get a fresh
+//! bucket each time.) Each caller gets a GCRA token bucket (governor's keyed limiter): `rate_per_sec` tokens a
 //! second, up to `burst` at once. Buckets of callers idle long enough to be full again are
 //! dropped every [`PRUNE_EVERY`], and sooner whenever more than [`CALLERS_MAX`] are held, so
 //! the memory they take follows the callers of the last seconds, not every caller ever seen.
@@ -57,10 +59,19 @@ struct LimitLabel {
 pub struct RouterAdmission {
     inflight: Arc<Semaphore>,
     inflight_max: u32,
-    rate: Option<(Arc<DefaultKeyedRateLimiter<IpAddr>>, RateLimit)>,
+    rate: Option<(Arc<DefaultKeyedRateLimiter<CallerKey>>, RateLimit)>,
+    /// Who callers are, for the rate limit's key (off: by address only).
+    auth: ringkv_auth::Auth,
     clock: DefaultClock,
     rejected: Family<LimitLabel, Counter>,
     inflight_gauge: Gauge,
+}
+
+/// Whose bucket a request draws from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum CallerKey {
+    Subject(String),
+    Address(IpAddr),
 }
 
 /// What an admitted request holds until it is answered.
@@ -89,7 +100,14 @@ impl RouterAdmission {
             clock: DefaultClock::default(),
             rejected: Family::default(),
             inflight_gauge: Gauge::default(),
+            auth: ringkv_auth::Auth::disabled(),
         }
+    }
+
+    /// Keys the rate limit by the subjects `auth` knows (see the module docs).
+    pub fn with_auth(mut self, auth: ringkv_auth::Auth) -> Self {
+        self.auth = auth;
+        self
     }
 
     pub fn register(&self, reg: &mut Registry) {
@@ -111,13 +129,23 @@ impl RouterAdmission {
         );
     }
 
-    /// Admits a request from `peer` (unknown peers share one bucket), or refuses it at once.
-    pub fn admit(&self, peer: Option<SocketAddr>) -> Result<Admitted, RoutingError> {
+    /// Admits a request of `subject` (see [`RouterAdmission::with_auth`]) from `peer`
+    /// (unknown peers share one bucket), or refuses it at once.
+    pub fn admit(
+        &self,
+        subject: Option<String>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Admitted, RoutingError> {
         if let Some((limiter, limit)) = &self.rate {
             if limiter.len() > CALLERS_MAX {
                 limiter.retain_recent();
             }
-            let caller = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
+            let caller = match subject {
+                Some(s) => CallerKey::Subject(s),
+                None => {
+                    CallerKey::Address(peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip()))
+                }
+            };
             if let Err(not_until) = limiter.check_key(&caller) {
                 self.rejected.get_or_create(&LimitLabel { limit: "rate" }).inc();
                 return Err(RoutingError::Overloaded {
@@ -247,16 +275,19 @@ where
         }
         // Plaintext connections carry TCP connection info, TLS ones wrap it.
         let ext = req.extensions();
+        let tls = ext.get::<tonic::transport::server::TlsConnectInfo<
+            tonic::transport::server::TcpConnectInfo,
+        >>();
         let peer = ext
             .get::<tonic::transport::server::TcpConnectInfo>()
             .and_then(|i| i.remote_addr())
-            .or_else(|| {
-                ext.get::<tonic::transport::server::TlsConnectInfo<
-                    tonic::transport::server::TcpConnectInfo,
-                >>()
-                .and_then(|i| i.get_ref().remote_addr())
-            });
-        match self.admission.admit(peer) {
+            .or_else(|| tls.and_then(|i| i.get_ref().remote_addr()));
+        // Only with a rate limit: the policy lookup is a hash per request.
+        let subject = self.admission.rate.as_ref().and_then(|_| {
+            let certs = tls.and_then(|i| i.peer_certs());
+            self.admission.auth.subject_of(req.headers(), certs.as_ref().map(|c| c.as_slice()))
+        });
+        match self.admission.admit(subject, peer) {
             // A gRPC error is an HTTP 200 with the status in its headers: what tonic sends.
             Err(e) => {
                 let refusal = e.to_status().into_http();
@@ -297,9 +328,9 @@ mod tests {
     fn a_caller_over_its_rate_is_refused_with_the_time_to_wait_and_others_are_not() {
         let a = RouterAdmission::new(100, Some(RateLimit { rate_per_sec: nz(10), burst: nz(3) }));
         for _ in 0..3 {
-            drop(a.admit(peer(1)).expect("within the burst"));
+            drop(a.admit(None, peer(1)).expect("within the burst"));
         }
-        let e = a.admit(peer(1)).expect_err("the burst is spent");
+        let e = a.admit(None, peer(1)).expect_err("the burst is spent");
         let s = e.to_status();
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         let d = s.get_error_details();
@@ -311,27 +342,59 @@ mod tests {
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
         assert_eq!(WriteOutcome::of(&s), WriteOutcome::NotApplied, "nothing was sent");
         // Another caller has its own bucket.
-        drop(a.admit(peer(2)).expect("another caller"));
+        drop(a.admit(None, peer(2)).expect("another caller"));
     }
 
     #[test]
     fn requests_in_flight_are_bounded_without_a_rate_limit() {
         let a = RouterAdmission::new(2, None);
-        let first = a.admit(peer(1)).expect("first");
-        let _second = a.admit(peer(2)).expect("second");
-        let e = a.admit(peer(3)).expect_err("over the bound").to_status();
+        let first = a.admit(None, peer(1)).expect("first");
+        let _second = a.admit(None, peer(2)).expect("second");
+        let e = a.admit(None, peer(3)).expect_err("over the bound").to_status();
         let info = e.get_error_details().error_info().cloned().expect("info");
         assert_eq!(info.metadata.get("limit_kind").map(String::as_str), Some("requests"));
         assert_eq!(info.metadata.get("limit").map(String::as_str), Some("2"));
         drop(first);
-        a.admit(peer(3)).expect("a finished request frees its place");
+        a.admit(None, peer(3)).expect("a finished request frees its place");
+    }
+
+    #[test]
+    fn callers_the_policy_knows_have_buckets_of_their_own() {
+        use ringkv_auth::hash_token;
+        let dir = tempfile::TempDir::new().unwrap();
+        let ca = ringkv_tls::DevCa::generate("test").unwrap();
+        let paths = ca.write_identity(dir.path(), &["127.0.0.1"], ringkv_tls::Usage::Peer).unwrap();
+        let policy = dir.path().join("policy.toml");
+        let entry = |s: &str, t: &str| {
+            format!("[[token]]\nsubject = \"{s}\"\nsha256 = \"{}\"\n", hash_token(t))
+        };
+        std::fs::write(&policy, entry("a", "token-a") + &entry("b", "token-b")).unwrap();
+        let tls = ringkv_tls::Tls::load(paths).unwrap();
+        let auth = ringkv_auth::Auth::load(&policy, Some(tls), ringkv_auth::Side::Router).unwrap();
+        let one_per_sec = RateLimit { rate_per_sec: nz(1), burst: nz(1) };
+        let a = RouterAdmission::new(100, Some(one_per_sec)).with_auth(auth.clone());
+        let subject = |token: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            auth.subject_of(&h, None)
+        };
+        assert_eq!(subject("token-a").as_deref(), Some("a"));
+        assert_eq!(subject("made-up"), None, "a token the policy does not know names nobody");
+        drop(a.admit(subject("token-a"), peer(1)).expect("a's first request"));
+        drop(a.admit(subject("token-b"), peer(1)).expect("b, same address, has its own bucket"));
+        a.admit(subject("token-a"), peer(2)).expect_err("a's bucket follows it to another address");
+        drop(
+            a.admit(subject("made-up"), peer(1)).expect("unknown tokens use the address's bucket"),
+        );
+        a.admit(subject("made-up-2"), peer(1))
+            .expect_err("one bucket per address, whatever the token");
     }
 
     #[test]
     fn idle_callers_are_forgotten() {
         let a = RouterAdmission::new(100, Some(RateLimit { rate_per_sec: nz(1000), burst: nz(1) }));
         for i in 0..50 {
-            drop(a.admit(peer(i)).expect("first request of each"));
+            drop(a.admit(None, peer(i)).expect("first request of each"));
         }
         let (limiter, _) = a.rate.clone().unwrap();
         assert_eq!(limiter.len(), 50);

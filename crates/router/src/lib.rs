@@ -168,7 +168,8 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     let kv = service::RouterKv::new(primary.clone(), secondary, metrics.clone());
     let events = events_service::RouterEvents::new(primary.clone(), metrics.clone());
     let admin = service::RouterAdmin::new(primary);
-    let admission = admission::RouterAdmission::new(cfg.inflight_requests_max, cfg.rate_limit);
+    let admission = admission::RouterAdmission::new(cfg.inflight_requests_max, cfg.rate_limit)
+        .with_auth(auth.clone());
     metrics.with_registry(|r| {
         admission.register(r);
         ringkv_tls::register_metrics(r.sub_registry_with_prefix("ringkv_router"), cfg.tls.as_ref());
