@@ -115,12 +115,40 @@ pub async fn connect(
         (TargetKind::Direct, _) => cluster.seeds(),
         _ => bail!("the {kind:?} target needs a router"),
     };
+    let token = cluster.auth_policy.is_some().then_some(BENCH_TOKEN);
     let mut conns = Vec::new();
     for _ in 0..n.max(1) {
-        conns
-            .push(Arc::new(Conn::open_with(kind, &endpoint, consistency, cluster.dialer()).await?));
+        let conn = Conn::open_as(kind, &endpoint, consistency, cluster.dialer(), token).await?;
+        conns.push(Arc::new(conn));
     }
     Ok(conns)
+}
+
+/// The token the load generator sends to a cluster started with [`bench_policy`].
+pub const BENCH_TOKEN: &str = "ringkv-bench-token";
+
+/// The access policy of `ringkv-bench run --auth`: the generator's token may read and write
+/// every key (so every request pays for the full check: a token hash and a grant lookup, in
+/// the router and again in the node); the harness's and the router's certificates are known.
+pub fn bench_policy() -> String {
+    format!(
+        r#"[[role]]
+name = "bench"
+grants = [{{ keys = "", access = "readwrite" }}]
+[[role]]
+name = "operator"
+grants = [{{ cluster = true, access = "admin" }}]
+[[token]]
+subject = "bench"
+sha256 = "{}"
+roles = ["bench"]
+[[certificate]]
+subject = "127.0.0.1"
+roles = ["operator"]
+delegate = true
+"#,
+        ringkv_auth::hash_token(BENCH_TOKEN)
+    )
 }
 
 pub(crate) fn spec(

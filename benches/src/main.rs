@@ -94,6 +94,11 @@ enum Command {
         /// --tls`), to measure what TLS costs.
         #[arg(long)]
         tls: bool,
+        /// Run ringkv with an access policy (implies `--tls`, nodes with a CA of their own):
+        /// every request carries a token checked by the router and the node, to measure what
+        /// authorization costs.
+        #[arg(long)]
+        auth: bool,
     },
     /// The comparison with etcd behind docs/performance.md: writes at 64 clients and at one,
     /// linearizable and stale/serializable reads, RF 1 beside RF 3, router beside direct.
@@ -263,7 +268,7 @@ async fn run_target(
     (nodes, shards, rf): (u64, u32, u32),
     clients: usize,
     name: &str,
-    tls: bool,
+    (tls, auth): (bool, bool),
 ) -> Result<RunResult> {
     let keys = Arc::new(KeyChooser::new(distribution, load.records)?);
     let spec = LoadSpec {
@@ -285,7 +290,19 @@ async fn run_target(
         driver::load(&conns, load.records, load.value_bytes, 64).await?;
         driver::run(name, &conns, &spec).await?
     } else {
-        let cluster = if tls {
+        let cluster = if auth {
+            let policy = lab::bench_policy();
+            let c = ringkv_tests::Cluster::start_with_policy(
+                nodes,
+                shards,
+                rf,
+                Default::default(),
+                &policy,
+            )
+            .await?;
+            c.wait_for_leaders(Duration::from_secs(60)).await?;
+            c
+        } else if tls {
             let c = ringkv_tests::Cluster::start_tls(nodes, shards, rf, Default::default()).await?;
             c.wait_for_leaders(Duration::from_secs(60)).await?;
             c
@@ -321,11 +338,17 @@ async fn main() -> Result<()> {
             shards,
             rf,
             tls,
+            auth,
         } => {
             let dist = distribution.unwrap_or(workload.default_distribution());
             let mut runs = Vec::new();
             for t in target {
-                let tls_tag = if tls && t != TargetKind::Etcd { " tls" } else { "" };
+                let tls_tag = match (tls, auth) {
+                    _ if t == TargetKind::Etcd => "",
+                    (_, true) => " auth",
+                    (true, false) => " tls",
+                    (false, false) => "",
+                };
                 let name = format!("{t:?} {workload:?}{tls_tag}").to_lowercase();
                 runs.push(
                     run_target(
@@ -338,7 +361,7 @@ async fn main() -> Result<()> {
                         (nodes, shards, rf),
                         load.clients,
                         &name,
-                        tls,
+                        (tls, auth),
                     )
                     .await
                     .with_context(|| format!("running against {t:?}"))?,
@@ -453,7 +476,7 @@ async fn main() -> Result<()> {
                         shape,
                         clients,
                         &name,
-                        false,
+                        (false, false),
                     )
                     .await
                     .with_context(|| name.clone())?,

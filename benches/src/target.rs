@@ -75,22 +75,30 @@ impl Conn {
         consistency: Consistency,
         dialer: ringkv_tls::Dialer,
     ) -> anyhow::Result<Conn> {
+        Self::open_as(kind, endpoint, consistency, dialer, None).await
+    }
+
+    /// [`Conn::open_with`], sending `token` with every call (a cluster with an access policy).
+    pub async fn open_as(
+        kind: TargetKind,
+        endpoint: &str,
+        consistency: Consistency,
+        dialer: ringkv_tls::Dialer,
+        token: Option<&str>,
+    ) -> anyhow::Result<Conn> {
+        let builder = |b: ringkv_client::ClientBuilder| {
+            let b = b.consistency(consistency).timeout(OP_TIMEOUT).dialer(dialer.clone());
+            match token {
+                Some(t) => b.token(t),
+                None => b,
+            }
+        };
         Ok(match kind {
-            TargetKind::Router => Conn::Ringkv(
-                Client::builder()
-                    .router(endpoint)
-                    .consistency(consistency)
-                    .timeout(OP_TIMEOUT)
-                    .dialer(dialer)
-                    .connect()
-                    .await?,
-            ),
+            TargetKind::Router => {
+                Conn::Ringkv(builder(Client::builder().router(endpoint)).connect().await?)
+            }
             TargetKind::Direct => Conn::Ringkv(
-                Client::builder()
-                    .direct(endpoint.split(',').map(str::to_string))
-                    .consistency(consistency)
-                    .timeout(OP_TIMEOUT)
-                    .dialer(dialer)
+                builder(Client::builder().direct(endpoint.split(',').map(str::to_string)))
                     .connect()
                     .await?,
             ),

@@ -48,13 +48,38 @@ struct RefusedLabel {
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
     inner: Option<Arc<Inner>>,
+    counters: Counters,
+}
+
+/// The refusal counters, each taken out of its family once: every request passes here, and
+/// a family lookup is a lock and a hash.
+#[derive(Clone, Debug)]
+struct Counters {
     refused: Family<RefusedLabel, Counter>,
+    unauthenticated: Counter,
+    denied: Counter,
     reload_failures: Counter,
+    /// The caller of every request without a token when authorization is off, made once:
+    /// that path runs on every request of a cluster without a policy (the default).
+    open: Arc<Caller>,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        let refused = Family::<RefusedLabel, Counter>::default();
+        let unauthenticated =
+            refused.get_or_create(&RefusedLabel { reason: "unauthenticated" }).clone();
+        let denied = refused.get_or_create(&RefusedLabel { reason: "permission_denied" }).clone();
+        let open = Arc::new(Caller::open());
+        Counters { refused, unauthenticated, denied, reload_failures: Counter::default(), open }
+    }
 }
 
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
+    /// The text the policy in use was parsed from, when it was loaded.
+    loaded_text: String,
     policy: RwLock<Arc<Policy>>,
     tls: Option<Tls>,
     side: Side,
@@ -76,10 +101,11 @@ impl Auth {
                 path.display()
             )));
         }
-        let policy = Policy::load(path)?;
+        let (policy, loaded_text) = Policy::load_with_text(path)?;
         Ok(Auth {
             inner: Some(Arc::new(Inner {
                 path: path.to_path_buf(),
+                loaded_text,
                 policy: RwLock::new(Arc::new(policy)),
                 tls,
                 side,
@@ -95,18 +121,15 @@ impl Auth {
     /// Registers `auth_refused_total{reason}` and `auth_policy_reload_failures_total` under
     /// `registry` (prefixed by the caller: `ringkv_` on nodes, `ringkv_router_` on routers).
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
-        for reason in ["unauthenticated", "permission_denied"] {
-            let _ = self.refused.get_or_create(&RefusedLabel { reason });
-        }
         registry.register(
             "auth_refused",
             "Requests refused by authorization: unauthenticated (no or unknown credential) or permission_denied (a known caller without the grant)",
-            self.refused.clone(),
+            self.counters.refused.clone(),
         );
         registry.register(
             "auth_policy_reload_failures",
             "Re-reads of the access policy file that failed to load (the previous policy stays in use)",
-            self.reload_failures.clone(),
+            self.counters.reload_failures.clone(),
         );
     }
 
@@ -115,20 +138,21 @@ impl Auth {
     /// kept. Stops when the last clone of this `Auth` is dropped.
     pub fn watch(&self, interval: Duration) -> Option<tokio::task::JoinHandle<()>> {
         let weak = Arc::downgrade(self.inner.as_ref()?);
-        let failures = self.reload_failures.clone();
+        let failures = self.counters.reload_failures.clone();
         let interval = interval.max(Duration::from_millis(100));
+        let mut seen = self.inner.as_ref()?.loaded_text.clone().into_bytes();
         Some(tokio::spawn(async move {
-            let mut seen = None::<Vec<u8>>;
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(inner) = weak.upgrade() else { return };
-                let bytes = std::fs::read(&inner.path).ok();
-                if bytes.is_none() || bytes == seen {
-                    continue;
+                // Cheap when nothing changed (the file is small; reads are seconds apart).
+                match std::fs::read(&inner.path) {
+                    Ok(bytes) if bytes != seen => seen = bytes,
+                    _ => continue,
                 }
-                seen.clone_from(&bytes);
-                match Policy::load(&inner.path) {
-                    Ok(p) => {
+                match Policy::load_with_text(&inner.path) {
+                    Ok((p, text)) => {
+                        seen = text.into_bytes();
                         tracing::info!(path = %inner.path.display(), tokens = p.token_count(), "access policy reloaded");
                         *inner.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
                     }
@@ -149,9 +173,9 @@ impl Auth {
         let auth = self.clone();
         move |mut req: Request<()>| {
             let caller = auth.resolve(&req).inspect_err(|_| {
-                auth.refused.get_or_create(&RefusedLabel { reason: "unauthenticated" }).inc();
+                auth.counters.unauthenticated.inc();
             })?;
-            req.extensions_mut().insert(Arc::new(caller));
+            req.extensions_mut().insert(caller);
             Ok(req)
         }
     }
@@ -175,21 +199,17 @@ impl Auth {
         policy.by_certificate(&cn).map(|i| i.subject.clone())
     }
 
-    fn resolve<T>(&self, req: &Request<T>) -> Result<Caller, AuthError> {
+    fn resolve<T>(&self, req: &Request<T>) -> Result<Arc<Caller>, AuthError> {
         let token = bearer(req.metadata())?;
-        let denied =
-            self.refused.get_or_create(&RefusedLabel { reason: "permission_denied" }).clone();
-        let caller = |identity: Option<Arc<Identity>>, forward: Forward| Caller {
-            identity,
-            forward,
-            denied: denied.clone(),
+        let denied = &self.counters.denied;
+        let caller = |identity: Option<Arc<Identity>>, forward: Forward| {
+            Arc::new(Caller { identity, forward, denied: denied.clone() })
         };
         let Some(inner) = &self.inner else {
-            let forward = match token {
-                Some((_, header)) => Forward::Token(header),
-                None => Forward::Own,
-            };
-            return Ok(caller(None, forward));
+            return Ok(match token {
+                Some((_, header)) => caller(None, Forward::Token(header)),
+                None => self.counters.open.clone(),
+            });
         };
         let policy = inner.policy.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some((token, header)) = token {

@@ -99,13 +99,18 @@ pub struct Policy {
 
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, AuthError> {
+        Policy::load_with_text(path).map(|(p, _)| p)
+    }
+
+    /// [`Policy::load`], with the text it was parsed from (what a reload compares against).
+    pub fn load_with_text(path: &Path) -> Result<(Policy, String), AuthError> {
         let err = |reason: String| AuthError::Policy { path: path.to_path_buf(), reason };
         let len = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.len();
         if len > POLICY_BYTES_MAX {
             return Err(err(format!("{len} bytes is more than the {POLICY_BYTES_MAX} allowed")));
         }
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        Policy::parse(&text).map_err(err)
+        Ok((Policy::parse(&text).map_err(err)?, text))
     }
 
     /// Parses and checks a policy; the error names the entry at fault.

@@ -72,9 +72,12 @@ impl RouterMetrics {
         // Retries and redirects logged by the routing core carry the method; at debug level
         // each request logs its outcome and latency (RUST_LOG=ringkv_router::metrics=debug).
         let span = tracing::debug_span!("request", method);
-        let result = ringkv_auth::forward::scope(caller.forward(), f.instrument(span))
-            .await
-            .map_err(|e| e.to_status());
+        let result = match caller.forward() {
+            // Nothing of the caller's to carry: no scope to set up on every poll.
+            ringkv_auth::Forward::Own => f.instrument(span).await,
+            forward => ringkv_auth::forward::scope(forward, f.instrument(span)).await,
+        }
+        .map_err(|e| e.to_status());
         let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         let took = started.elapsed();
         self.observe(method, took, code);
