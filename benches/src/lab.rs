@@ -138,16 +138,12 @@ grants = [{{ keys = "", access = "readwrite" }}]
 [[role]]
 name = "operator"
 grants = [{{ cluster = true, access = "admin" }}]
-[[token]]
-subject = "bench"
-sha256 = "{}"
-roles = ["bench"]
-[[certificate]]
+{}[[certificate]]
 subject = "127.0.0.1"
 roles = ["operator"]
 delegate = true
 "#,
-        ringkv_auth::hash_token(BENCH_TOKEN)
+        ringkv_auth::policy::token_entry("bench", BENCH_TOKEN, &["bench"])
     )
 }
 

@@ -163,6 +163,14 @@ impl ClusterTls {
         Ok(tls)
     }
 
+    /// A dialer that trusts the cluster (the harness's CA bundle) and presents no
+    /// certificate of its own: a caller whose only credential is what it sends.
+    pub fn anonymous(&self) -> Result<ringkv_tls::Dialer> {
+        let ca = self.identity("client", "127.0.0.1")?.join(ringkv_tls::TlsPaths::CA_FILE);
+        let paths = ringkv_tls::TlsPaths { ca, cert: None, key: None, peer_ca: None };
+        Ok(ringkv_tls::Dialer::new(Some(ringkv_tls::Tls::load(paths)?)))
+    }
+
     /// Where the nodes' CA certificate is, when they have one.
     pub fn peer_ca_file(&self) -> PathBuf {
         self.root.join("peer-ca.crt")

@@ -8,7 +8,8 @@
 
 use anyhow::{Context, Result, ensure};
 use futures::future::BoxFuture;
-use ringkv_auth::{AuthChannel, CALLER_SUBJECT_HEADER, Token, hash_token};
+use ringkv_auth::policy::token_entry;
+use ringkv_auth::{AuthChannel, CALLER_SUBJECT_HEADER, Token};
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::events_client::EventsClient;
 use ringkv_proto::v1::kv_client::KvClient;
@@ -28,12 +29,6 @@ const READER: &str = "reader-token";
 const NOBODY: &str = "nobody-token";
 
 fn policy(with_reader: bool) -> String {
-    let token = |subject: &str, token: &str, roles: &str| {
-        format!(
-            "[[token]]\nsubject = \"{subject}\"\nsha256 = \"{}\"\nroles = [{roles}]\n",
-            hash_token(token)
-        )
-    };
     let mut p = String::from(
         r#"
 [[role]]
@@ -57,11 +52,11 @@ subject = "orders-app"
 roles = ["orders-ro"]
 "#,
     );
-    p += &token("ops", OPS, "\"operator\"");
-    p += &token("writer", WRITER, "\"orders-rw\"");
-    p += &token("nobody", NOBODY, "");
+    p += &token_entry("ops", OPS, &["operator"]);
+    p += &token_entry("writer", WRITER, &["orders-rw"]);
+    p += &token_entry("nobody", NOBODY, &[]);
     if with_reader {
-        p += &token("reader", READER, "\"orders-ro\"");
+        p += &token_entry("reader", READER, &["orders-ro"]);
     }
     p
 }
@@ -417,14 +412,7 @@ fn node_rpcs() -> Vec<Rpc> {
 /// A TLS channel to `addr` that presents no client certificate: its only credential is the
 /// token its `AuthChannel` adds.
 async fn anonymous(c: &Cluster, addr: &str) -> Result<tonic::transport::Channel> {
-    let tls = c.tls.as_ref().context("a TLS cluster")?;
-    let client_dir = tls.identity("client", "127.0.0.1")?;
-    let dialer = Dialer::new(Some(Tls::load(TlsPaths {
-        ca: client_dir.join(TlsPaths::CA_FILE),
-        cert: None,
-        key: None,
-        peer_ca: None,
-    })?));
+    let dialer = c.tls.as_ref().context("a TLS cluster")?.anonymous()?;
     let endpoint = dialer.endpoint(addr)?.timeout(Duration::from_secs(20));
     Ok(dialer.connect(&endpoint).await?)
 }

@@ -87,6 +87,14 @@ fn cli_tls(endpoint: &str, tls_dir: &std::path::Path, args: &[&str]) -> Result<O
         .output()?)
 }
 
+/// The value `ringkv dev`'s banner tells the user to `export NAME=` for the CLI.
+fn exported(banner: &str, name: &str) -> Result<String> {
+    banner
+        .lines()
+        .find_map(|l| l.split_once(&format!("export {name}=")).map(|(_, v)| v.trim().to_string()))
+        .ok_or_else(|| anyhow::anyhow!("no {name} in the banner: {banner}"))
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -171,11 +179,7 @@ async fn dev_cluster_with_tls() -> Result<()> {
     let endpoint = format!("127.0.0.1:{router}");
     let dev = start_dev(dir.path(), base, router, metrics, 1, &["--tls"]).await?;
     let banner = std::fs::read_to_string(&dev.out)?;
-    let tls_dir = banner
-        .lines()
-        .find_map(|l| l.split_once("export RINGKV_TLS_DIR=").map(|(_, d)| d.trim().to_string()))
-        .ok_or_else(|| anyhow::anyhow!("no RINGKV_TLS_DIR in the banner: {banner}"))?;
-    let tls_dir = std::path::PathBuf::from(tls_dir);
+    let tls_dir = std::path::PathBuf::from(exported(&banner, "RINGKV_TLS_DIR")?);
 
     let put = cli_tls(&endpoint, &tls_dir, &["put", "secret", "kept"])?;
     ensure!(put.status.success(), "{put:?}");
@@ -211,16 +215,8 @@ async fn dev_cluster_with_auth() -> Result<()> {
     let endpoint = format!("127.0.0.1:{router}");
     let dev = start_dev(dir.path(), base, router, metrics, 1, &["--auth"]).await?;
     let banner = std::fs::read_to_string(&dev.out)?;
-    let exported = |name: &str| {
-        banner
-            .lines()
-            .find_map(|l| {
-                l.split_once(&format!("export {name}=")).map(|(_, v)| v.trim().to_string())
-            })
-            .ok_or_else(|| anyhow::anyhow!("no {name} in the banner: {banner}"))
-    };
-    let tls_dir = std::path::PathBuf::from(exported("RINGKV_TLS_DIR")?);
-    let token = exported("RINGKV_TOKEN")?;
+    let tls_dir = std::path::PathBuf::from(exported(&banner, "RINGKV_TLS_DIR")?);
+    let token = exported(&banner, "RINGKV_TOKEN")?;
     let as_ = |token: Option<&str>, args: &[&str]| -> Result<Output> {
         let mut cmd = Command::new(binary("ringkv")?);
         cmd.env("RINGKV_ENDPOINT", &endpoint).env("RINGKV_TLS_DIR", &tls_dir).args(args);

@@ -104,15 +104,7 @@ async fn a_peer_of_another_ca_can_neither_call_peer_services_nor_join() -> Resul
     std::fs::write(&paths.ca, tls(&c).ca.cert_pem())?;
     let intruder = Dialer::new(Some(Tls::load(paths)?));
     // A client that trusts the CA but has no certificate of its own.
-    let anonymous_dir = c.dir.path().join("tls").join("anonymous");
-    std::fs::create_dir_all(&anonymous_dir)?;
-    std::fs::write(anonymous_dir.join("ca.crt"), tls(&c).ca.cert_pem())?;
-    let anonymous = Dialer::new(Some(Tls::load(TlsPaths {
-        ca: anonymous_dir.join("ca.crt"),
-        cert: None,
-        key: None,
-        peer_ca: None,
-    })?));
+    let anonymous = tls(&c).anonymous()?;
 
     let peer_port = c.peer_addr(1);
     hello(&tls(&c).client, &peer_port).await.context("a certificate of the CA is a peer")?;

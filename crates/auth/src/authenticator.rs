@@ -237,7 +237,11 @@ impl Auth {
                     "{CALLER_SUBJECT_HEADER} is honoured only from nodes and routers (a [[certificate]] with delegate = true)"
                 )));
             }
-            let subject = named.to_str().unwrap_or_default();
+            let subject = named.to_str().map_err(|_| {
+                AuthError::unauthenticated(format!(
+                    "{CALLER_SUBJECT_HEADER} is not printable ASCII"
+                ))
+            })?;
             let identity = policy.by_certificate(subject).ok_or_else(|| {
                 AuthError::unauthenticated(format!(
                     "the router named caller {subject:?}, which has no [[certificate]] entry here"

@@ -179,6 +179,17 @@ impl Policy {
     }
 }
 
+/// The `[[token]]` entry that gives `token` to `subject` with `roles`, holding only the
+/// token's hash: what `ringkv auth token` prints and every generated policy contains.
+pub fn token_entry(subject: &str, token: &str, roles: &[&str]) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "[[token]]\nsubject = {subject:?}\nsha256 = \"{}\"\nroles = [{}]\n",
+        crate::token::hash_token(token),
+        roles.join(", ")
+    )
+}
+
 fn grant(g: &GrantSpec) -> Result<Grant, String> {
     let access = Access::parse(&g.access).ok_or_else(|| {
         format!("access {:?} is not one of read, write, readwrite, admin", g.access)
@@ -253,6 +264,18 @@ mod tests {
         let router = p.by_certificate("ringkv-router").unwrap();
         assert!(router.delegate && router.grants.is_empty());
         assert!(p.by_certificate("someone").is_none());
+    }
+
+    #[test]
+    fn a_token_entry_reads_back_as_its_subject_and_roles() {
+        let text = "[[role]]\nname = \"r\"\ngrants = [{ keys = \"a/\", access = \"read\" }]\n"
+            .to_string()
+            + &token_entry("someone", "secret", &["r"]);
+        let p = Policy::parse(&text).unwrap();
+        let id = p.by_token("secret").unwrap();
+        assert_eq!(id.subject, "someone");
+        assert!(id.allows(&Need::Key(b"a/1", Access::READ)));
+        assert!(!text.contains("secret\""), "only the hash is written");
     }
 
     #[test]

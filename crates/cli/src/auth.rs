@@ -30,13 +30,10 @@ pub fn run(command: &AuthCommand) -> Result<u8> {
             }
             let token = ringkv_auth::generate_token()
                 .map_err(|_| anyhow::anyhow!("the system's random generator failed"))?;
-            let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
             println!("# The token (give it to {subject}; it is not stored anywhere):");
             println!("# {}", token.expose());
-            println!("[[token]]");
-            println!("subject = {subject:?}");
-            println!("sha256 = \"{}\"", ringkv_auth::hash_token(token.expose()));
-            println!("roles = [{}]", roles.join(", "));
+            print!("{}", ringkv_auth::policy::token_entry(subject, token.expose(), &roles));
         }
         AuthCommand::Hash => {
             let mut token = String::new();

@@ -231,18 +231,14 @@ fn write_policy(data_dir: &Path) -> Result<(PathBuf, ringkv_auth::Token)> {
 name = "operator"
 grants = [{{ cluster = true, access = "admin" }}]
 
-[[token]]
-subject = "dev-operator"
-sha256 = "{}"
-roles = ["operator"]
-
+{}
 # The router: known (it reads shard maps) and may name the callers it forwards.
 [[certificate]]
 subject = "{DEV_ROUTER_SUBJECT}"
 roles = []
 delegate = true
 "#,
-        ringkv_auth::hash_token(token.expose())
+        ringkv_auth::policy::token_entry("dev-operator", token.expose(), &["operator"])
     );
     std::fs::write(&path, policy)?;
     Ok((path, token))

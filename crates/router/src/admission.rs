@@ -360,15 +360,13 @@ mod tests {
 
     #[test]
     fn callers_the_policy_knows_have_buckets_of_their_own() {
-        use ringkv_auth::hash_token;
+        use ringkv_auth::policy::token_entry;
         let dir = tempfile::TempDir::new().unwrap();
         let ca = ringkv_tls::DevCa::generate("test").unwrap();
         let paths = ca.write_identity(dir.path(), &["127.0.0.1"], ringkv_tls::Usage::Peer).unwrap();
         let policy = dir.path().join("policy.toml");
-        let entry = |s: &str, t: &str| {
-            format!("[[token]]\nsubject = \"{s}\"\nsha256 = \"{}\"\n", hash_token(t))
-        };
-        std::fs::write(&policy, entry("a", "token-a") + &entry("b", "token-b")).unwrap();
+        let policy_text = token_entry("a", "token-a", &[]) + &token_entry("b", "token-b", &[]);
+        std::fs::write(&policy, policy_text).unwrap();
         let tls = ringkv_tls::Tls::load(paths).unwrap();
         let auth = ringkv_auth::Auth::load(&policy, Some(tls), ringkv_auth::Side::Router).unwrap();
         let one_per_sec = RateLimit { rate_per_sec: nz(1), burst: nz(1) };
