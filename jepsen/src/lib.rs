@@ -8,6 +8,7 @@
 //! invalid, a counterexample small enough to read.
 
 pub mod checker;
+pub mod clients;
 pub mod edn;
 pub mod history;
 pub mod nemesis;

@@ -3,18 +3,14 @@
 //! final reads, check the history, write the results folder.
 
 use crate::checker::{Outcome, Verdict, append, events, linearizable, stale};
-use crate::history::{Event, Kind, Op};
+use crate::clients::Clients;
+use crate::history::Event;
 use crate::nemesis::{self, Fault, FaultWindow};
-use crate::workload::{
-    ClientCtx, ReadMode, Recorder, Workload, client_loop, generation, key_name, perform,
-};
+use crate::workload::{ReadMode, Workload};
 use crate::{edn, report};
 use anyhow::{Context, Result};
-use ringkv_client::Client;
 use ringkv_tests::{Cluster, NetLab, RouterProc, Tuning};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -110,10 +106,7 @@ pub struct Campaign {
     o: RunOptions,
     pub cluster: Cluster,
     router: RouterProc,
-    rec: Recorder,
-    stop: Arc<AtomicBool>,
-    paused: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    clients: Clients,
     faults: Vec<FaultWindow>,
     nemeses: Vec<Fault>,
     notes: Vec<String>,
@@ -125,7 +118,6 @@ impl Campaign {
     /// Starts the cluster, the router and the clients.
     pub async fn start(o: &RunOptions, tuning: Tuning) -> Result<Campaign> {
         anyhow::ensure!(!o.workloads.is_empty(), "no workload given");
-        anyhow::ensure!(o.clients >= o.workloads.len(), "need at least one client per workload");
         std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
         let mut notes = Vec::new();
         let (lab, nemeses) = plan_network(o, &mut notes);
@@ -136,42 +128,12 @@ impl Campaign {
         let cluster = Cluster::start_with(o.nodes, o.shards, o.rf, tuning, lab, o.tls).await?;
         cluster.wait_for_leaders(Duration::from_secs(30)).await?;
         let router = cluster.start_router("round-robin").await?;
-        anyhow::ensure!(u32::try_from(o.keys).is_ok(), "too many keys for event partitions");
-        let rec = Recorder::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let paused = Arc::new(AtomicBool::new(false));
-        let next_value = Arc::new(AtomicI64::new(1));
-        let mut tasks = Vec::new();
-        for i in 0..o.clients {
-            let client = Client::builder()
-                .router(router.addr.clone())
-                .timeout(o.op_timeout)
-                .dialer(cluster.dialer())
-                .connect()
-                .await?;
-            tasks.push(tokio::spawn(client_loop(ClientCtx {
-                client,
-                rec: rec.clone(),
-                workload: o.workloads[i % o.workloads.len()],
-                first_process: i as u64,
-                process_stride: o.clients as u64,
-                keys: o.keys,
-                next_value: next_value.clone(),
-                stop: stop.clone(),
-                paused: paused.clone(),
-                reads: o.reads,
-                op_timeout: o.op_timeout,
-                key_lifetime: o.key_lifetime,
-            })));
-        }
+        let clients = Clients::start(o, &router.addr, cluster.dialer()).await?;
         Ok(Campaign {
             o: o.clone(),
             cluster,
             router,
-            rec,
-            stop,
-            paused,
-            tasks,
+            clients,
             faults: Vec::new(),
             nemeses,
             notes,
@@ -187,13 +149,13 @@ impl Campaign {
 
     /// Injects one fault, recording its window in the history's report.
     pub async fn inject(&mut self, fault: Fault) -> Result<String> {
-        let start_ns = self.rec.elapsed_ns();
+        let start_ns = self.clients.now_ns();
         let what = nemesis::inject(&mut self.cluster, fault, self.o.hold).await?;
         println!("nemesis: {what}");
         self.faults.push(FaultWindow {
             fault: what.clone(),
             start_ns,
-            end_ns: self.rec.elapsed_ns(),
+            end_ns: self.clients.now_ns(),
         });
         Ok(what)
     }
@@ -202,28 +164,27 @@ impl Campaign {
     pub fn record(&mut self, what: impl Into<String>, start_ns: u64) {
         let what = what.into();
         println!("step: {what}");
-        self.faults.push(FaultWindow { fault: what, start_ns, end_ns: self.rec.elapsed_ns() });
+        self.faults.push(FaultWindow { fault: what, start_ns, end_ns: self.clients.now_ns() });
     }
 
     /// Now, on the history's clock.
     pub fn now_ns(&self) -> u64 {
-        self.rec.elapsed_ns()
+        self.clients.now_ns()
     }
 
     /// Operations recorded so far (all kinds).
     pub async fn events(&self) -> usize {
-        self.rec.events().await.len()
+        self.clients.events().await
     }
 
     /// Stops the clients from starting operations and waits until none can be in flight (an
     /// operation, retries included, ends within the operation timeout).
     pub async fn pause_clients(&self) {
-        self.paused.store(true, Ordering::Relaxed);
-        tokio::time::sleep(self.o.op_timeout + Duration::from_millis(500)).await;
+        self.clients.pause().await;
     }
 
     pub fn resume_clients(&self) {
-        self.paused.store(false, Ordering::Relaxed);
+        self.clients.resume();
     }
 
     /// Runs the workload for the rest of `o.time`, injecting the nemeses every interval.
@@ -245,7 +206,7 @@ impl Campaign {
             if let Err(e) = self.inject(fault).await {
                 let what = format!("{} failed: {e:#}", fault.name());
                 println!("nemesis: {what}");
-                let now = self.rec.elapsed_ns();
+                let now = self.clients.now_ns();
                 self.faults.push(FaultWindow { fault: what, start_ns: now, end_ns: now });
             }
         }
@@ -256,52 +217,15 @@ impl Campaign {
     /// Stops the clients, heals, takes the final reads, writes and checks the history.
     pub async fn finish(mut self) -> Result<RunReport> {
         let o = self.o.clone();
-        self.stop.store(true, Ordering::Relaxed);
-        self.paused.store(false, Ordering::Relaxed);
-        for t in std::mem::take(&mut self.tasks) {
-            t.await?;
-        }
-        // Final reads on a healed cluster, each retried until it succeeds.
+        // Final reads on a healed cluster.
         nemesis::heal(&mut self.cluster).await?;
         self.cluster.wait_for_leaders(Duration::from_secs(60)).await?;
-        let client = Client::builder()
-            .router(self.router.addr.clone())
-            .timeout(o.op_timeout)
-            .dialer(self.cluster.dialer())
-            .connect()
-            .await?;
-        let rec = &self.rec;
-        let mut process = 1_000_000;
-        let generations = generation(rec.elapsed_ns(), o.key_lifetime);
-        let keys = (0..=generations).flat_map(|g| (0..o.keys).map(move |k| (g, k)));
-        for w in &o.workloads {
-            let names: Vec<String> = keys.clone().map(|(g, k)| key_name(*w, g, k)).collect();
-            for key in names {
-                let until = Instant::now() + Duration::from_secs(60);
-                let read = || match w {
-                    Workload::Register => Op::Read { key: key.clone(), value: None },
-                    Workload::Append => Op::ReadList { key: key.clone(), value: None },
-                    Workload::Events => Op::ReadPartition { key: key.clone(), value: None },
-                };
-                while perform(&client, None, rec, process, read(), o.reads, o.op_timeout).await.0
-                    != Kind::Ok
-                {
-                    process += 1;
-                    anyhow::ensure!(
-                        Instant::now() < until,
-                        "final read of {:?} kept failing on the healed cluster",
-                        read()
-                    );
-                }
-                process += 1;
-            }
-        }
-        let Campaign { cluster, router, rec, faults, notes, namespaces, .. } = self;
+        let Campaign { cluster, router, clients, faults, notes, namespaces, .. } = self;
+        let events = clients.finish().await?;
         drop(router);
         cluster.copy_logs(&o.out.join("logs"))?;
         drop(cluster);
 
-        let events = rec.events().await;
         // The history first: if checking fails or is interrupted, it can be checked again with
         // `ringkv-jepsen check`.
         write_history(&o, &events, &faults)?;
@@ -326,7 +250,8 @@ pub async fn run(o: &RunOptions) -> Result<RunReport> {
     campaign.finish().await
 }
 
-fn check(events: &[Event], o: &RunOptions) -> Result<Vec<Verdict>> {
+/// The verdicts of the checkers that `o`'s workloads call for.
+pub fn check(events: &[Event], o: &RunOptions) -> Result<Vec<Verdict>> {
     let mut verdicts = Vec::new();
     for w in &o.workloads {
         match w {
@@ -343,7 +268,8 @@ fn check(events: &[Event], o: &RunOptions) -> Result<Vec<Verdict>> {
     Ok(verdicts)
 }
 
-fn write_history(o: &RunOptions, events: &[Event], faults: &[FaultWindow]) -> Result<()> {
+/// Writes the history (JSON lines and EDN) and the fault windows into `o.out`.
+pub fn write_history(o: &RunOptions, events: &[Event], faults: &[FaultWindow]) -> Result<()> {
     let history: String = events
         .iter()
         .map(|e| serde_json::to_string(e).map(|l| l + "\n"))

@@ -29,7 +29,9 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
+pub mod k8s;
 pub mod netns;
+pub mod pods;
 pub use netns::NetLab;
 
 /// Raft timing for tests: short, so failover tests finish quickly, but well above loopback
@@ -725,20 +727,7 @@ impl Cluster {
     pub async fn wait_settled(&self, timeout: Duration) -> Result<ListNodesResponse> {
         let r = wait_for(timeout, "the placement to settle", || async {
             let l = self.list_nodes().await.ok()?;
-            // Heard from by this meta leader: right after a leader change every node counts
-            // as live for a moment, which says nothing.
-            let heard = l
-                .nodes
-                .iter()
-                .filter(|n| n.state == "up")
-                .all(|n| n.last_seen_ms.is_some_and(|ms| ms < 3_000));
-            let joining = l.nodes.iter().any(|n| n.state == "joining");
-            (heard
-                && !joining
-                && l.moves.is_empty()
-                && l.shards_off_target == 0
-                && l.under_replicated_shards == 0)
-                .then_some(l)
+            settled(&l).then_some(l)
         })
         .await;
         match r {
@@ -1351,6 +1340,40 @@ pub async fn http_status(addr: &str, path: &str) -> Result<(u16, String)> {
         .and_then(|c| c.parse::<u16>().ok())
         .with_context(|| format!("GET {path} from {addr}: no status line in {text:?}"))?;
     Ok((code, text.split_once("\r\n\r\n").map_or(text.clone(), |(_, body)| body.to_string())))
+}
+
+/// Whether a membership (as the meta leader lists it) has settled: every up node heard from
+/// recently by this meta leader (right after a leader change every node counts as live for a
+/// moment, which says nothing), none joining, no moves, every shard (meta group included) on
+/// its target placement with all its replicas live.
+pub fn settled(l: &ListNodesResponse) -> bool {
+    let heard = l
+        .nodes
+        .iter()
+        .filter(|n| n.state == "up")
+        .all(|n| n.last_seen_ms.is_some_and(|ms| ms < 3_000));
+    let joining = l.nodes.iter().any(|n| n.state == "joining");
+    heard
+        && !joining
+        && l.moves.is_empty()
+        && l.shards_off_target == 0
+        && l.under_replicated_shards == 0
+}
+
+/// The membership as the meta leader sees it, asked through the first of `addrs` (plaintext
+/// nodes) that answers.
+pub async fn list_nodes_at(addrs: &[String]) -> Result<ListNodesResponse> {
+    let mut last = anyhow!("no address given");
+    for addr in addrs {
+        match admin(addr).await {
+            Ok(mut a) => match a.list_nodes(ListNodesRequest {}).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(e) => last = anyhow!("{addr}: {}", e.message()),
+            },
+            Err(e) => last = e.context(addr.clone()),
+        }
+    }
+    Err(last)
 }
 
 /// The host part of `host:port`.

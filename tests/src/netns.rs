@@ -153,6 +153,13 @@ impl NetLab {
                 let _ = ip(&["netns", "del", name]);
             }
         }
+        for entry in std::fs::read_dir("/etc/netns").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix("ringkv-").and_then(|r| r.split('-').next());
+            if pid.and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| !pid_alive(p)) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         let Ok(links) = ip(&["-o", "link", "show", "type", "bridge"]) else { return };
         for name in links.lines().filter_map(|l| l.split(':').nth(1)).map(str::trim) {
             let Some(hex) = name.strip_prefix("rk").and_then(|s| s.strip_suffix('b')) else {
@@ -200,6 +207,21 @@ impl NetLab {
             w.current_dir(dir);
         }
         w
+    }
+
+    /// Gives node `id`'s namespace its own `/etc/hosts` (for names a test wants resolvable
+    /// there, as a cluster's DNS would): `ip netns exec` mounts `/etc/netns/<ns>/hosts` over
+    /// `/etc/hosts` for the programs it starts. Written in place, so programs already running
+    /// see later versions too.
+    pub fn set_hosts(&self, id: u64, text: &str) -> Result<()> {
+        let dir = self.etc_dir(id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("hosts");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn etc_dir(&self, id: u64) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(self.netns(id))
     }
 
     fn in_ns(&self, id: u64, program: &str, args: &[&str]) -> Result<String> {
@@ -300,6 +322,7 @@ impl NetLab {
     fn teardown(&self) {
         for &n in &self.nodes {
             let _ = ip(&["netns", "del", &self.netns(n)]);
+            let _ = std::fs::remove_dir_all(self.etc_dir(n));
         }
         let _ = ip(&["link", "del", &self.bridge]);
         if self.forward_rule {

@@ -1,0 +1,526 @@
+//! The rendered Kubernetes manifests, read the way the StatefulSet controller and the kubelet
+//! read them, so a test can run what `deploy/k8s` says instead of what a test thinks it says.
+//!
+//! [`Manifests::render`] runs kustomize on an overlay (the same command as
+//! `deploy/k8s/validate.sh`), parses every document, and hands out the parts a rehearsal
+//! needs: a StatefulSet's replicas, pod management policy, service name and claim templates;
+//! a Deployment's replicas; and a pod template's first container (command, environment,
+//! named ports, probes, volume mounts) with the pod's security context and grace period.
+//!
+//! Only what the rehearsal acts on is read, and anything it cannot honour is an error, not a
+//! silent default: an environment variable from a source other than a literal or the pod's
+//! own name or namespace, a probe that is not an HTTP GET on a named or numbered port, a
+//! volume that is neither an emptyDir nor a claim template. A manifest change that the
+//! rehearsal would misread therefore fails the test that uses it, with the field named.
+//!
+//! Environment values are expanded as the kubelet does: `$(NAME)` becomes the value of a
+//! variable defined earlier in the list, `$$` is a literal `$`, and a reference to anything
+//! else is left as written.
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The Kubernetes default when a pod spec sets no grace period.
+const GRACE_PERIOD_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Every document of a rendered overlay.
+#[derive(Debug, Clone)]
+pub struct Manifests {
+    docs: Vec<Value>,
+}
+
+/// Where the manifests live: `deploy/k8s` of the workspace.
+pub fn k8s_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s")
+}
+
+impl Manifests {
+    /// Renders `deploy/k8s/overlays/<overlay>` with `kubectl kustomize` (or `kustomize
+    /// build`) and parses it.
+    pub fn render(overlay: &str) -> Result<Self> {
+        let dir = k8s_dir().join("overlays").join(overlay);
+        ensure!(dir.is_dir(), "no overlay {overlay:?} at {}", dir.display());
+        let mut tried = Vec::new();
+        for (program, args) in [("kubectl", ["kustomize"]), ("kustomize", ["build"])] {
+            match Command::new(program).args(args).arg(&dir).output() {
+                Ok(out) if out.status.success() => {
+                    let text = String::from_utf8(out.stdout).context("kustomize output")?;
+                    return Self::parse(&text)
+                        .with_context(|| format!("reading the rendered overlay {overlay}"));
+                }
+                Ok(out) => bail!(
+                    "{program} could not render {}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => tried.push(format!("{program}: {e}")),
+            }
+        }
+        bail!(
+            "rendering the manifests needs kubectl or kustomize on the PATH ({})",
+            tried.join("; ")
+        )
+    }
+
+    /// Parses a multi-document YAML stream.
+    pub fn parse(text: &str) -> Result<Self> {
+        let docs = yaml_rust2::YamlLoader::load_from_str(text).context("parsing YAML")?;
+        let docs = docs.iter().map(to_json).collect::<Result<Vec<_>>>()?;
+        Ok(Manifests { docs: docs.into_iter().filter(|d| !d.is_null()).collect() })
+    }
+
+    /// The object of `kind` named `name`.
+    pub fn get(&self, kind: &str, name: &str) -> Result<&Value> {
+        self.docs
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .with_context(|| format!("no {kind} named {name} in the manifests"))
+    }
+
+    pub fn stateful_set(&self, name: &str) -> Result<StatefulSet> {
+        let o = self.get("StatefulSet", name)?;
+        let spec = &o["spec"];
+        let what = format!("StatefulSet {name}");
+        let claims = spec["volumeClaimTemplates"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| str_at(c, "/metadata/name", &what).map(str::to_string))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let policy = spec["podManagementPolicy"].as_str().unwrap_or("OrderedReady");
+        ensure!(
+            matches!(policy, "OrderedReady" | "Parallel"),
+            "{what}: unknown podManagementPolicy {policy:?}"
+        );
+        Ok(StatefulSet {
+            name: name.to_string(),
+            service_name: str_at(o, "/spec/serviceName", &what)?.to_string(),
+            replicas: u32_at(o, "/spec/replicas", &what).unwrap_or(1),
+            parallel: policy == "Parallel",
+            template: PodTemplate::read(&spec["template"], &claims, &what)?,
+            claims,
+        })
+    }
+
+    pub fn deployment(&self, name: &str) -> Result<Deployment> {
+        let o = self.get("Deployment", name)?;
+        let what = format!("Deployment {name}");
+        Ok(Deployment {
+            name: name.to_string(),
+            replicas: u32_at(o, "/spec/replicas", &what).unwrap_or(1),
+            template: PodTemplate::read(&o["spec"]["template"], &[], &what)?,
+        })
+    }
+}
+
+/// What the StatefulSet controller needs to know.
+#[derive(Debug, Clone)]
+pub struct StatefulSet {
+    pub name: String,
+    /// The headless service that gives pods their names (`<pod>.<service>`).
+    pub service_name: String,
+    pub replicas: u32,
+    /// `podManagementPolicy: Parallel`: pods start and stop without waiting for each other.
+    pub parallel: bool,
+    pub template: PodTemplate,
+    /// Names of the volume claim templates (one PersistentVolumeClaim per pod each).
+    pub claims: Vec<String>,
+}
+
+impl StatefulSet {
+    /// The name of the pod with `ordinal`.
+    pub fn pod_name(&self, ordinal: u32) -> String {
+        format!("{}-{ordinal}", self.name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub name: String,
+    pub replicas: u32,
+    pub template: PodTemplate,
+}
+
+/// A pod template: its first container and the pod-level settings the rehearsal honours.
+#[derive(Debug, Clone)]
+pub struct PodTemplate {
+    pub container: Container,
+    pub grace_period: Duration,
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub fs_group: Option<u32>,
+    /// Volumes by name.
+    pub volumes: BTreeMap<String, Volume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Volume {
+    /// A fresh, empty directory for each start of the pod, at most this many bytes.
+    EmptyDir { size_limit_bytes: Option<u64> },
+    /// The pod's own PersistentVolumeClaim from the template of this name: it outlives the
+    /// pod.
+    Claim,
+}
+
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub name: String,
+    /// `command` followed by `args`.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, EnvValue)>,
+    /// Container ports by name.
+    pub ports: BTreeMap<String, u16>,
+    pub startup: Option<HttpProbe>,
+    pub liveness: Option<HttpProbe>,
+    pub readiness: Option<HttpProbe>,
+    /// (volume name, mount path), in the order of the manifest.
+    pub mounts: Vec<(String, String)>,
+    pub read_only_root: bool,
+    /// The capabilities the container keeps (`drop: [ALL]` keeps none).
+    pub drops_all_capabilities: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Literal(String),
+    PodName,
+    PodNamespace,
+}
+
+/// An HTTP GET probe.
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    pub path: String,
+    pub port: u16,
+    pub period: Duration,
+    pub failure_threshold: u32,
+}
+
+impl HttpProbe {
+    /// How long the probe lets a container fail before it acts (period × threshold).
+    pub fn patience(&self) -> Duration {
+        self.period * self.failure_threshold
+    }
+}
+
+impl PodTemplate {
+    fn read(t: &Value, claims: &[String], what: &str) -> Result<Self> {
+        let spec = &t["spec"];
+        let containers = spec["containers"].as_array().filter(|c| !c.is_empty());
+        let c =
+            containers.and_then(|c| c.first()).with_context(|| format!("{what}: no container"))?;
+        let sc = &spec["securityContext"];
+        let mut volumes = BTreeMap::new();
+        for v in spec["volumes"].as_array().into_iter().flatten() {
+            let name = str_at(v, "/name", what)?.to_string();
+            let vol = if let Some(e) = v.get("emptyDir") {
+                let size_limit_bytes = match e.get("sizeLimit") {
+                    None => None,
+                    Some(q) => Some(quantity_bytes(
+                        q.as_str().with_context(|| format!("{what}: volume {name}: sizeLimit"))?,
+                    )?),
+                };
+                Volume::EmptyDir { size_limit_bytes }
+            } else {
+                bail!("{what}: volume {name} is neither an emptyDir nor a claim template")
+            };
+            volumes.insert(name, vol);
+        }
+        for claim in claims {
+            volumes.insert(claim.clone(), Volume::Claim);
+        }
+        let grace_period = spec["terminationGracePeriodSeconds"]
+            .as_u64()
+            .map_or(GRACE_PERIOD_DEFAULT, Duration::from_secs);
+        Ok(PodTemplate {
+            container: Container::read(c, &volumes, what)?,
+            grace_period,
+            run_as_user: id_at(sc, "runAsUser", what)?,
+            run_as_group: id_at(sc, "runAsGroup", what)?,
+            fs_group: id_at(sc, "fsGroup", what)?,
+            volumes,
+        })
+    }
+}
+
+impl Container {
+    fn read(c: &Value, volumes: &BTreeMap<String, Volume>, what: &str) -> Result<Self> {
+        let name = str_at(c, "/name", what)?.to_string();
+        let what = format!("{what}, container {name}");
+        let strings = |field: &str| -> Result<Vec<String>> {
+            c[field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| s.as_str().map(str::to_string).with_context(|| format!("{what}: {field}")))
+                .collect()
+        };
+        let mut argv = strings("command")?;
+        ensure!(!argv.is_empty(), "{what}: no command (the image's default is not known here)");
+        argv.extend(strings("args")?);
+        let mut env = Vec::new();
+        for e in c["env"].as_array().into_iter().flatten() {
+            let var = str_at(e, "/name", &what)?.to_string();
+            let value = if let Some(v) = e.get("value") {
+                EnvValue::Literal(v.as_str().with_context(|| format!("{what}: env {var}"))?.into())
+            } else {
+                match e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+                    Some("metadata.name") => EnvValue::PodName,
+                    Some("metadata.namespace") => EnvValue::PodNamespace,
+                    _ => bail!(
+                        "{what}: env {var}: only literal values and the pod's name or namespace are known here"
+                    ),
+                }
+            };
+            env.push((var, value));
+        }
+        let mut ports = BTreeMap::new();
+        for p in c["ports"].as_array().into_iter().flatten() {
+            let port = u16::try_from(p["containerPort"].as_u64().unwrap_or(0))
+                .ok()
+                .filter(|&p| p > 0)
+                .with_context(|| format!("{what}: a containerPort"))?;
+            if let Some(n) = p["name"].as_str() {
+                ports.insert(n.to_string(), port);
+            }
+        }
+        let probe = |field: &str| -> Result<Option<HttpProbe>> {
+            let Some(p) = c.get(field) else { return Ok(None) };
+            let get =
+                p.get("httpGet").with_context(|| format!("{what}: {field} is not an httpGet"))?;
+            let port = match &get["port"] {
+                Value::String(n) => {
+                    *ports.get(n).with_context(|| format!("{what}: {field}: no port named {n}"))?
+                }
+                Value::Number(n) => n
+                    .as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .with_context(|| format!("{what}: {field}: port {n}"))?,
+                other => bail!("{what}: {field}: port {other}"),
+            };
+            Ok(Some(HttpProbe {
+                path: get["path"].as_str().unwrap_or("/").to_string(),
+                port,
+                period: Duration::from_secs(p["periodSeconds"].as_u64().unwrap_or(10)),
+                failure_threshold: u32::try_from(p["failureThreshold"].as_u64().unwrap_or(3))
+                    .with_context(|| format!("{what}: {field}: failureThreshold"))?,
+            }))
+        };
+        let mut mounts = Vec::new();
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let vol = str_at(m, "/name", &what)?.to_string();
+            let path = str_at(m, "/mountPath", &what)?.to_string();
+            ensure!(volumes.contains_key(&vol), "{what}: mounts unknown volume {vol}");
+            ensure!(path.starts_with('/'), "{what}: mount path {path} is not absolute");
+            mounts.push((vol, path));
+        }
+        let sc = &c["securityContext"];
+        let drops = sc.pointer("/capabilities/drop").and_then(Value::as_array);
+        Ok(Container {
+            name,
+            argv,
+            env,
+            startup: probe("startupProbe")?,
+            liveness: probe("livenessProbe")?,
+            readiness: probe("readinessProbe")?,
+            ports,
+            mounts,
+            read_only_root: sc["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
+            drops_all_capabilities: drops.is_some_and(|d| d.iter().any(|c| c == "ALL")),
+        })
+    }
+
+    /// The container's environment in pod `pod` of `namespace`, expanded as the kubelet
+    /// expands it.
+    pub fn env_for(&self, pod: &str, namespace: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (name, v) in &self.env {
+            let value = match v {
+                EnvValue::Literal(s) => expand(s, &out),
+                EnvValue::PodName => pod.to_string(),
+                EnvValue::PodNamespace => namespace.to_string(),
+            };
+            out.retain(|(n, _)| n != name);
+            out.push((name.clone(), value));
+        }
+        out
+    }
+
+    /// The port named `name`.
+    pub fn port(&self, name: &str) -> Result<u16> {
+        self.ports
+            .get(name)
+            .copied()
+            .with_context(|| format!("container {} has no port {name}", self.name))
+    }
+}
+
+/// `$(NAME)` → the value of an earlier variable; `$$` → `$`; anything else as written.
+fn expand(s: &str, defined: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+            && let Some((_, v)) = defined.iter().rev().find(|(n, _)| n == &body[..end])
+        {
+            out.push_str(v);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A Kubernetes quantity of bytes: `64Mi`, `1Gi`, `500M`, `1024`.
+pub fn quantity_bytes(q: &str) -> Result<u64> {
+    const UNITS: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (digits, unit) =
+        UNITS.iter().find_map(|(u, m)| q.strip_suffix(u).map(|d| (d, *m))).unwrap_or((q, 1));
+    let n: u64 =
+        digits.parse().with_context(|| format!("quantity {q:?}: not a whole number of bytes"))?;
+    n.checked_mul(unit).with_context(|| format!("quantity {q:?} overflows"))
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str, what: &str) -> Result<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str).with_context(|| format!("{what}: no {pointer}"))
+}
+
+fn u32_at(v: &Value, pointer: &str, what: &str) -> Result<u32> {
+    let n = v
+        .pointer(pointer)
+        .and_then(Value::as_u64)
+        .with_context(|| format!("{what}: no {pointer}"))?;
+    u32::try_from(n).with_context(|| format!("{what}: {pointer} = {n}"))
+}
+
+fn id_at(sc: &Value, field: &str, what: &str) -> Result<Option<u32>> {
+    sc.get(field)
+        .map(|v| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .with_context(|| format!("{what}: securityContext.{field}"))
+        })
+        .transpose()
+}
+
+/// A YAML node as JSON (the manifests use nothing JSON cannot hold).
+fn to_json(y: &yaml_rust2::Yaml) -> Result<Value> {
+    use yaml_rust2::Yaml;
+    Ok(match y {
+        Yaml::Null | Yaml::BadValue => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(r) => {
+            let f: f64 = r.parse().with_context(|| format!("YAML number {r}"))?;
+            serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+        }
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(a) => Value::Array(a.iter().map(to_json).collect::<Result<_>>()?),
+        Yaml::Hash(h) => {
+            let mut m = serde_json::Map::new();
+            for (k, v) in h {
+                let k = match k {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Integer(i) => i.to_string(),
+                    Yaml::Boolean(b) => b.to_string(),
+                    other => bail!("a YAML mapping key that is not a scalar: {other:?}"),
+                };
+                m.insert(k, to_json(v)?);
+            }
+            Value::Object(m)
+        }
+        Yaml::Alias(_) => bail!("YAML aliases are not used in the manifests"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expands_earlier_variables_only() {
+        let defined = vec![("POD_NAME".to_string(), "ringkv-2".to_string())];
+        assert_eq!(expand("$(POD_NAME).ringkv:7001", &defined), "ringkv-2.ringkv:7001");
+        assert_eq!(expand("$(LATER)x", &defined), "$(LATER)x");
+        assert_eq!(expand("$$(POD_NAME)", &defined), "$(POD_NAME)");
+        assert_eq!(expand("a$b$(", &defined), "a$b$(");
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_bytes("64Mi").unwrap(), 64 << 20);
+        assert_eq!(quantity_bytes("1G").unwrap(), 1_000_000_000);
+        assert_eq!(quantity_bytes("4096").unwrap(), 4096);
+        assert!(quantity_bytes("1.5Gi").is_err());
+        assert!(quantity_bytes("99999999999Ti").is_err());
+    }
+
+    #[test]
+    fn a_template_with_an_unknown_env_source_is_refused() {
+        let text = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: x }
+spec:
+  template:
+    spec:
+      containers:
+        - name: c
+          command: [/bin/x]
+          env:
+            - name: NODE
+              valueFrom: { fieldRef: { fieldPath: spec.nodeName } }
+"#;
+        let m = Manifests::parse(text).unwrap();
+        let e = m.deployment("x").unwrap_err();
+        assert!(format!("{e:#}").contains("env NODE"), "{e:#}");
+    }
+
+    /// The dev overlay as the rehearsal reads it: if this drifts, the rehearsal reads
+    /// something else than what is deployed.
+    #[test]
+    fn the_dev_overlay_reads_as_the_rehearsal_needs() {
+        let m = match Manifests::render("dev") {
+            Ok(m) => m,
+            // kubectl is installed by the test command's environment; say so when absent.
+            Err(e) => panic!("{e:#}"),
+        };
+        let sts = m.stateful_set("ringkv").unwrap();
+        assert_eq!(sts.service_name, "ringkv");
+        assert_eq!(sts.claims, vec!["data".to_string()]);
+        let c = &sts.template.container;
+        let env: BTreeMap<_, _> = c.env_for("ringkv-4", "default").into_iter().collect();
+        assert_eq!(env["RINGKV_NODE_ID"], "ringkv-4");
+        assert_eq!(env["RINGKV_ADVERTISE_ADDR"], "ringkv-4.ringkv:7001");
+        assert!(c.readiness.as_ref().is_some_and(|p| p.path == "/readyz"));
+        assert!(c.mounts.iter().any(|(v, _)| v == "data"));
+        assert_eq!(sts.template.volumes["data"], Volume::Claim);
+        let router = m.deployment("ringkv-router").unwrap();
+        assert!(router.template.container.port("grpc").is_ok());
+    }
+}

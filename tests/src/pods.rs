@@ -1,0 +1,403 @@
+//! Pods without Kubernetes: a rendered pod template's container started the way a kubelet
+//! would start it, on this machine, so a test can rehearse what a StatefulSet does without a
+//! cluster.
+//!
+//! Each pod gets:
+//! - its own network namespace and IP address (a [`NetLab`] slot), and an `/etc/hosts` there
+//!   that resolves every pod of the rehearsal as the cluster DNS of a headless service would:
+//!   `ringkv-3`, `ringkv-3.ringkv` and `ringkv-3.ringkv.<namespace>.svc.cluster.local`;
+//! - its own mount namespace holding the image's layout: the workspace's built binaries
+//!   bind-mounted at `/usr/local/bin` (where `deploy/Dockerfile` puts them), each volume mount
+//!   of the template at its `mountPath` (a claim is a directory that outlives the pod, an
+//!   emptyDir a fresh tmpfs of its `sizeLimit` on every start), and, with
+//!   `readOnlyRootFilesystem`, everything else read-only;
+//! - the security context's user and group (`setpriv`), the fsGroup as a supplementary group
+//!   and as the group owner of each claim (`fsGroupChangePolicy: OnRootMismatch`, as the
+//!   kubelet applies it), no capabilities when the container drops `ALL`, and no new
+//!   privileges;
+//! - exactly the container's environment, expanded (`$(POD_NAME)`), plus `PATH` and
+//!   `HOSTNAME`; nothing leaks in from the test's own environment but `RUST_LOG` and
+//!   `RUST_BACKTRACE`, when set, for debugging.
+//!
+//! A mount path the host lacks (the image creates `/var/lib/ringkv`; this machine need not
+//! have it) is made by mounting a private tmpfs over its parent inside the pod's mount
+//! namespace, so the rehearsal never changes the host's filesystem.
+//!
+//! What it does not do: CPU and memory limits (no cgroups), image pulls, or restarts by the
+//! liveness probe; the caller probes and acts, as the test of what an operator does.
+//!
+//! Stopping follows the kubelet: SIGTERM, then SIGKILL after the template's
+//! `terminationGracePeriodSeconds`; [`Pod::terminate`] says which one ended it.
+//! `kubectl exec` is [`PodLab::exec`]: the command runs in the pod's namespaces as its user.
+
+use crate::k8s::{HttpProbe, PodTemplate, Volume};
+use crate::{NetLab, binary, http_status, wait_for};
+use anyhow::{Context, Result, bail, ensure};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the image keeps its binaries (deploy/Dockerfile).
+const IMAGE_BIN_DIR: &str = "/usr/local/bin";
+
+/// The binaries of the image.
+const IMAGE_BINARIES: [&str; 3] = ["ringkv-node", "ringkv-router", "ringkv"];
+
+/// How often a stopping pod is checked for having exited.
+const EXIT_POLL: Duration = Duration::from_millis(50);
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The network and the volumes of a rehearsal's pods.
+pub struct PodLab {
+    lab: NetLab,
+    /// Pod name → lab slot.
+    slots: BTreeMap<String, u64>,
+    dir: PathBuf,
+    namespace: String,
+    /// Binary name → the built file.
+    binaries: BTreeMap<String, PathBuf>,
+}
+
+/// A running (or stopped) pod.
+pub struct Pod {
+    pub name: String,
+    template: PodTemplate,
+    child: Child,
+    pid: u32,
+}
+
+/// How a pod stopped.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    /// From SIGTERM to exit.
+    pub took: Duration,
+    /// Whether the grace period ran out and SIGKILL ended it.
+    pub killed: bool,
+}
+
+impl PodLab {
+    /// A lab for the pods named `pods`, each `(name, subdomain)`: a pod with a subdomain (a
+    /// StatefulSet's service name) is also known as `name.subdomain` and by its FQDN in
+    /// `namespace`. `dir` holds the volumes and the logs.
+    pub fn create(pods: &[(String, Option<String>)], namespace: &str, dir: &Path) -> Result<Self> {
+        if let Some(why) = NetLab::unavailable_reason() {
+            bail!("pods need network namespaces, and this machine cannot make them: {why}");
+        }
+        for tool in ["unshare", "nsenter", "setpriv"] {
+            ensure!(
+                Command::new(tool).arg("--version").stdout(Stdio::null()).status().is_ok(),
+                "pods need {tool} (util-linux)"
+            );
+        }
+        let slots: BTreeMap<String, u64> =
+            pods.iter().zip(1u64..).map(|((name, _), slot)| (name.clone(), slot)).collect();
+        let lab = NetLab::create(&slots.values().copied().collect::<Vec<_>>())?;
+        let mut hosts = String::from("127.0.0.1\tlocalhost\n");
+        for (name, sub) in pods {
+            let ip = lab.ip(slots[name]);
+            match sub {
+                Some(sub) => hosts.push_str(&format!(
+                    "{ip}\t{name}.{sub}.{namespace}.svc.cluster.local {name}.{sub} {name}\n"
+                )),
+                None => hosts.push_str(&format!("{ip}\t{name}\n")),
+            }
+        }
+        for &slot in slots.values() {
+            lab.set_hosts(slot, &hosts)?;
+        }
+        let mut binaries = BTreeMap::new();
+        for b in IMAGE_BINARIES {
+            binaries.insert(b.to_string(), binary(b)?);
+        }
+        std::fs::create_dir_all(dir.join("logs"))?;
+        Ok(PodLab { lab, slots, dir: dir.to_path_buf(), namespace: namespace.into(), binaries })
+    }
+
+    fn slot(&self, pod: &str) -> Result<u64> {
+        self.slots.get(pod).copied().with_context(|| format!("no pod {pod} in this lab"))
+    }
+
+    /// `pod`'s address with `port`, as the harness (outside every pod) reaches it.
+    pub fn addr(&self, pod: &str, port: u16) -> Result<String> {
+        Ok(format!("{}:{port}", self.lab.ip(self.slot(pod)?)))
+    }
+
+    /// The directory of `pod`'s claim `claim` (`<claim>-<pod>`, as Kubernetes names the PVC).
+    pub fn claim_dir(&self, claim: &str, pod: &str) -> PathBuf {
+        self.dir.join("claims").join(format!("{claim}-{pod}"))
+    }
+
+    /// Deletes `pod`'s claim `claim` (`kubectl delete pvc`): its next start is empty.
+    pub fn delete_claim(&self, claim: &str, pod: &str) -> Result<()> {
+        let d = self.claim_dir(claim, pod);
+        if d.exists() {
+            std::fs::remove_dir_all(&d).with_context(|| format!("deleting {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// `pod`'s log (every start appends to it).
+    pub fn log_path(&self, pod: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{pod}.log"))
+    }
+
+    /// The last `lines` lines of `pod`'s log.
+    pub fn log_tail(&self, pod: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(pod)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Starts pod `name` from `t`.
+    pub fn start(&self, name: &str, t: &PodTemplate) -> Result<Pod> {
+        let slot = self.slot(name)?;
+        let c = &t.container;
+        let program = c.argv[0].as_str();
+        let in_image = program
+            .strip_prefix(IMAGE_BIN_DIR)
+            .and_then(|p| p.strip_prefix('/'))
+            .is_some_and(|b| self.binaries.contains_key(b));
+        ensure!(in_image, "pod {name}: {program} is not one of the image's binaries");
+
+        let mut script = vec!["set -e".to_string(), format!("hostname {}", quote(name))];
+        script.push(format!("mount -t tmpfs -o size=1m,mode=755 tmpfs {IMAGE_BIN_DIR}"));
+        for (b, host) in &self.binaries {
+            let at = format!("{IMAGE_BIN_DIR}/{b}");
+            script.push(format!(": > {0}; mount --bind {1} {0}", quote(&at), quote_path(host)));
+        }
+        let mut covered: BTreeSet<PathBuf> = BTreeSet::new();
+        for (vol, path) in &c.mounts {
+            let p = Path::new(path);
+            if !p.exists() {
+                let parent = p.parent().filter(|d| *d != Path::new("/") && d.is_dir());
+                let parent = parent.with_context(|| {
+                    format!("pod {name}: mount path {path}: neither it nor its parent exists here")
+                })?;
+                if covered.insert(parent.to_path_buf()) {
+                    script.push(format!("mount -t tmpfs -o mode=755 tmpfs {}", quote_path(parent)));
+                }
+                script.push(format!("mkdir -p {}", quote(path)));
+            }
+            match &t.volumes[vol] {
+                Volume::Claim => {
+                    let dir = self.claim_dir(vol, name);
+                    prepare_claim(&dir, t.fs_group)?;
+                    script.push(format!("mount --bind {} {}", quote_path(&dir), quote(path)));
+                }
+                Volume::EmptyDir { size_limit_bytes } => {
+                    let size = size_limit_bytes.map(|b| format!("size={b},")).unwrap_or_default();
+                    script.push(format!("mount -t tmpfs -o {size}mode=1777 tmpfs {}", quote(path)));
+                }
+            }
+        }
+        if c.read_only_root {
+            script.push("mount -o remount,bind,ro /".into());
+        }
+        let mut exec = vec!["exec".to_string()];
+        exec.extend(setpriv(t));
+        exec.extend(c.argv.iter().map(|a| quote(a)));
+        script.push(exec.join(" "));
+
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .context("opening the pod's log")?;
+        // `ip netns exec` execs unshare, which execs sh, which execs setpriv, which execs the
+        // container's program: the child's pid is the program's, so signals reach it.
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lab.netns(slot)])
+            .args(["unshare", "--mount", "--uts", "--propagation", "private", "--", "sh", "-c"])
+            .arg(script.join("\n"))
+            .env_clear()
+            .envs(container_env(t, name, &self.namespace))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().with_context(|| format!("starting pod {name}"))?;
+        let pid = child.id();
+        Ok(Pod { name: name.to_string(), template: t.clone(), child, pid })
+    }
+
+    /// Runs `argv` in `pod`'s network and mount namespaces as the container's user
+    /// (`kubectl exec <pod> -- argv`); its standard output, or an error with its standard
+    /// error.
+    pub async fn exec(&self, pod: &Pod, argv: &[&str]) -> Result<String> {
+        let mut cmd = tokio::process::Command::new("nsenter");
+        cmd.args(["--target", &pod.pid.to_string(), "--net", "--mount", "--uts", "--"])
+            .args(setpriv(&pod.template))
+            .args(argv)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOSTNAME", &pod.name)
+            .stdin(Stdio::null());
+        let out = cmd.output().await.with_context(|| format!("exec in {}", pod.name))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success(),
+            "`{}` in pod {} failed ({}): {}{}",
+            argv.join(" "),
+            pod.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            stdout.trim()
+        );
+        Ok(stdout)
+    }
+
+    /// One probe of `pod`: the status code and the body.
+    pub async fn probe(&self, pod: &str, probe: &HttpProbe) -> Result<(u16, String)> {
+        http_status(&self.addr(pod, probe.port)?, &probe.path).await
+    }
+
+    /// Waits until `pod` answers its readiness probe with 200 (a pod without one is ready
+    /// once it runs). It probes far more often than the probe's period, so a rehearsal moves
+    /// on as soon as a pod is ready, where a kubelet would notice within one period.
+    pub async fn wait_ready(&self, pod: &Pod, timeout: Duration) -> Result<()> {
+        let Some(probe) = pod.template.container.readiness.clone() else { return Ok(()) };
+        let last = std::sync::Mutex::new(String::new());
+        let r = wait_for(timeout, &format!("pod {} to be ready", pod.name), || async {
+            if pod.exited() {
+                // A kubelet would restart it, crash-looping; a rehearsal stops here.
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = "the container exited".into();
+                return Some(Err(()));
+            }
+            match self.probe(&pod.name, &probe).await {
+                Ok((200, _)) => Some(Ok(())),
+                Ok((code, body)) => {
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = format!("{code} {body}");
+                    None
+                }
+                Err(e) => {
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = format!("{e:#}");
+                    None
+                }
+            }
+        })
+        .await;
+        let why = || {
+            format!(
+                "pod {}: last answer: {}; log tail:\n{}",
+                pod.name,
+                last.lock().unwrap_or_else(|p| p.into_inner()),
+                self.log_tail(&pod.name, 30)
+            )
+        };
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(())) => Err(anyhow::anyhow!(why())),
+            Err(e) => Err(e.context(why())),
+        }
+    }
+}
+
+impl Pod {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the container has exited (a zombie not yet reaped counts as exited).
+    pub fn exited(&self) -> bool {
+        // The state is the field after the parenthesised command name.
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => {
+                stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Stops the pod as the kubelet does: SIGTERM, and SIGKILL once the grace period is over.
+    pub async fn terminate(&mut self) -> Result<Stopped> {
+        use nix::sys::signal::{Signal, kill};
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid)?);
+        let t0 = Instant::now();
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(Stopped { status, took: Duration::ZERO, killed: false });
+        }
+        kill(pid, Signal::SIGTERM).context("SIGTERM")?;
+        while t0.elapsed() < self.template.grace_period {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Stopped { status, took: t0.elapsed(), killed: false });
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        let status = self.child.wait()?;
+        Ok(Stopped { status, took: t0.elapsed(), killed: true })
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The claim's directory, made and owned as the kubelet leaves a volume for an fsGroup: group
+/// `fs_group`, setgid, group-writable (changed only when the root does not match already).
+fn prepare_claim(dir: &Path, fs_group: Option<u32>) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let Some(g) = fs_group else { return Ok(()) };
+    let meta = std::fs::metadata(dir)?;
+    const MODE: u32 = 0o2775;
+    if meta.gid() != g || meta.mode() & MODE != MODE {
+        std::os::unix::fs::chown(dir, None, Some(g))
+            .with_context(|| format!("chown {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(MODE))?;
+    }
+    Ok(())
+}
+
+/// `setpriv` switching to the template's user (numbers and flags only: no quoting needed, in
+/// a script or as arguments).
+fn setpriv(t: &PodTemplate) -> Vec<String> {
+    let mut a = vec!["setpriv".to_string()];
+    if let Some(u) = t.run_as_user {
+        a.push(format!("--reuid={u}"));
+    }
+    let group = t.run_as_group.or(t.run_as_user);
+    if let Some(g) = group {
+        a.push(format!("--regid={g}"));
+    }
+    let groups: BTreeSet<u32> = group.into_iter().chain(t.fs_group).collect();
+    if groups.is_empty() {
+        a.push("--clear-groups".into());
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        a.push(format!("--groups={}", list.join(",")));
+    }
+    if t.container.drops_all_capabilities {
+        a.extend(["--inh-caps=-all".into(), "--bounding-set=-all".into()]);
+    }
+    a.push("--no-new-privs".into());
+    a.push("--".into());
+    a
+}
+
+fn container_env(t: &PodTemplate, pod: &str, namespace: &str) -> Vec<(String, String)> {
+    let mut env = vec![("PATH".to_string(), PATH.to_string()), ("HOSTNAME".into(), pod.into())];
+    for debug in ["RUST_LOG", "RUST_BACKTRACE"] {
+        if let Ok(v) = std::env::var(debug) {
+            env.push((debug.into(), v));
+        }
+    }
+    env.extend(t.container.env_for(pod, namespace));
+    env
+}
+
+/// `s` quoted for `sh`.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn quote_path(p: &Path) -> String {
+    quote(&p.to_string_lossy())
+}
