@@ -28,6 +28,9 @@ pub struct IdlePoint {
     /// CPU time over the window, as a fraction of one core (0.02 = 2% of a core).
     pub cpu_cores: f64,
     pub rss_mib: f64,
+    /// Of the RSS, anonymous transparent huge pages: an allocator that asks for them backs
+    /// every group's few touched kilobytes with 2 MiB pages (docs/performance.md).
+    pub huge_pages_mib: f64,
     pub window_s: f64,
     pub quiesce_after_ms: u64,
     /// One write per shard right after the window (each shard idle, asleep if quiescence is
@@ -69,6 +72,19 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Anonymous transparent huge pages of a process, in bytes (`AnonHugePages` in
+/// `/proc/<pid>/smaps_rollup`); 0 on a kernel without the line.
+pub fn huge_pages_bytes(pid: u32) -> Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
+    Ok(rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024))
+}
+
 /// Measures `nodes` idle nodes holding `shards` shards at `rf`, over `window` after `settle`,
 /// then the first write to every shard.
 pub async fn measure(
@@ -93,7 +109,7 @@ pub async fn measure(
     let window_s = start.elapsed().as_secs_f64();
     let mut samples = Vec::new();
     for (id, pid, cpu0) in before {
-        samples.push((id, cpu_seconds(pid)? - cpu0, rss_bytes(pid)?));
+        samples.push((id, cpu_seconds(pid)? - cpu0, rss_bytes(pid)?, huge_pages_bytes(pid)?));
     }
     // One at a time, so each write meets its shard as the window left it.
     let mut wake_ms = Vec::new();
@@ -110,13 +126,14 @@ pub async fn measure(
     let p50 = wake_ms.get(wake_ms.len() / 2).copied().unwrap_or(0.0);
     let max = wake_ms.last().copied().unwrap_or(0.0);
     let mut points = Vec::new();
-    for (id, cpu, rss) in samples {
+    for (id, cpu, rss, huge) in samples {
         points.push(IdlePoint {
             shards,
             rf,
             node: id,
             cpu_cores: cpu / window_s,
             rss_mib: rss as f64 / (1024.0 * 1024.0),
+            huge_pages_mib: huge as f64 / (1024.0 * 1024.0),
             window_s,
             quiesce_after_ms,
             wake_write_p50_ms: p50,
@@ -129,7 +146,7 @@ pub async fn measure(
 /// A markdown table of the points, one row per shard count (mean and worst node).
 pub fn table(points: &[IdlePoint]) -> String {
     let mut out = String::from(
-        "| shards | RF | nodes | quiesce after, ms | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| shards | RF | nodes | quiesce after, ms | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | of which huge pages, MiB (max) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut counts: Vec<u32> = points.iter().map(|p| p.shards).collect();
     counts.dedup();
@@ -138,9 +155,10 @@ pub fn table(points: &[IdlePoint]) -> String {
         let n = at.len() as f64;
         let cpu: Vec<f64> = at.iter().map(|p| p.cpu_cores * 100.0).collect();
         let rss: Vec<f64> = at.iter().map(|p| p.rss_mib).collect();
+        let huge: Vec<f64> = at.iter().map(|p| p.huge_pages_mib).collect();
         let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         out.push_str(&format!(
-            "| {shards} | {} | {} | {} | {:.1} / {:.1} | {:.0} / {:.0} | {:.1} / {:.1} |\n",
+            "| {shards} | {} | {} | {} | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {:.1} / {:.1} |\n",
             at[0].rf,
             at.len(),
             at[0].quiesce_after_ms,
@@ -148,6 +166,7 @@ pub fn table(points: &[IdlePoint]) -> String {
             max(&cpu),
             rss.iter().sum::<f64>() / n,
             max(&rss),
+            max(&huge),
             at[0].wake_write_p50_ms,
             at[0].wake_write_max_ms,
         ));
@@ -172,6 +191,7 @@ mod tests {
     fn this_process_has_memory_and_cpu_time() {
         let me = std::process::id();
         assert!(rss_bytes(me).expect("rss") > 1024 * 1024);
+        assert!(huge_pages_bytes(me).expect("huge pages") <= rss_bytes(me).expect("rss"));
         assert!(cpu_seconds(me).expect("cpu") >= 0.0);
     }
 }

@@ -36,15 +36,19 @@ async fn balance_once(registry: &ShardRegistry, liveness: Duration) {
     for shard in registry.shards() {
         // A quiesced leader's acknowledgements are as old as its sleep: wake it when its
         // leadership belongs elsewhere, and decide on fresh ones next round.
+        // Metrics read in place: every shard is looked at each interval, and a clone copies
+        // the membership's maps.
         if shard.quiet.is_quiet_leader() {
-            let m = shard.metrics();
-            if m.state == ServerState::Leader && off_preferred(registry, &shard, &m).is_some() {
+            let off = shard.with_metrics(|m| {
+                m.state == ServerState::Leader && off_preferred(registry, &shard, m).is_some()
+            });
+            if off {
                 shard.wake_leader().await;
             }
             continue;
         }
-        let m = shard.metrics();
-        if let Some(preferred) = transfer_target(registry, &shard, &m, liveness) {
+        let target = shard.with_metrics(|m| transfer_target(registry, &shard, m, liveness));
+        if let Some(preferred) = target {
             tracing::info!(
                 shard = shard.id,
                 to = preferred,

@@ -273,23 +273,31 @@ impl NodeMetrics {
             *reported = now;
         }
         for shard in shards {
-            let m = shard.metrics();
+            // Read in place and only the numbers: a clone copies the membership's maps, once
+            // per shard every refresh.
+            let (role, term, last, committed, applied) = shard.with_metrics(|m| {
+                let role = match m.state {
+                    ServerState::Follower => 0,
+                    ServerState::Leader => 1,
+                    ServerState::Candidate => 2,
+                    ServerState::Learner => 3,
+                    ServerState::Shutdown => 4,
+                };
+                (
+                    role,
+                    m.current_term,
+                    m.last_log_index.unwrap_or(0),
+                    m.local_committed.map_or(0, |c| c.index),
+                    m.last_applied.map_or(0, |c| c.index),
+                )
+            });
             let l = ShardLabel { shard: shard.id };
-            let role = match m.state {
-                ServerState::Follower => 0,
-                ServerState::Leader => 1,
-                ServerState::Candidate => 2,
-                ServerState::Learner => 3,
-                ServerState::Shutdown => 4,
-            };
             let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             self.role.get_or_create(&l).set(role);
-            self.term.get_or_create(&l).set(as_i64(m.current_term));
-            self.last_log_index.get_or_create(&l).set(as_i64(m.last_log_index.unwrap_or(0)));
-            self.committed_index
-                .get_or_create(&l)
-                .set(as_i64(m.local_committed.map_or(0, |c| c.index)));
-            self.applied_index.get_or_create(&l).set(as_i64(m.last_applied.map_or(0, |c| c.index)));
+            self.term.get_or_create(&l).set(as_i64(term));
+            self.last_log_index.get_or_create(&l).set(as_i64(last));
+            self.committed_index.get_or_create(&l).set(as_i64(committed));
+            self.applied_index.get_or_create(&l).set(as_i64(applied));
         }
     }
 

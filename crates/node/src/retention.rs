@@ -11,14 +11,22 @@
 //! The same loop compacts the KV change history that watchers read: once a shard has applied
 //! more than `watch_history_revisions` entries beyond its oldest kept change, the leader
 //! proposes `CompactChanges` so that about that many revisions stay available.
+//!
+//! A shard whose state has not changed since its last look (same applied index) and holds no
+//! partition with an age limit is skipped: limits by count and bytes, and the compaction,
+//! depend only on the state, so the same state gives the same answer. Without this every
+//! leader read its partitions from RocksDB, off the runtime, every second, idle or not: at
+//! 1,024 shards, about 340 blocking reads a second per node for nothing.
 
 use crate::error::storage;
 use crate::metrics::NodeMetrics;
 use crate::registry::ShardRegistry;
 use crate::shard::Shard;
+use ringkv_placement::ShardId;
 use ringkv_storage::stream_reader::PartitionEntry;
 use ringkv_storage::streams::StreamCommand;
 use ringkv_storage::{Command, Proposal, ShardReader};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -35,14 +43,36 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Shard → the applied index at which a look found nothing time could change.
+        let mut settled: HashMap<ShardId, u64> = HashMap::new();
         loop {
             tick.tick().await;
-            for shard in registry.shards() {
+            let shards = registry.shards();
+            // Forget shards that moved away (the same index means the same state, so a stale
+            // entry is never wrong, only kept too long).
+            if settled.len() > shards.len() {
+                let ids: HashSet<ShardId> = shards.iter().map(|s| s.id).collect();
+                settled.retain(|id, _| ids.contains(id));
+            }
+            for shard in shards {
                 if !shard.is_leader() {
                     continue;
                 }
-                if let Err(e) = enforce(&shard, &metrics, history_revisions).await {
-                    tracing::warn!(shard = shard.id, error = %e, "retention round failed");
+                let applied = shard.applied_index();
+                if settled.get(&shard.id) == Some(&applied) {
+                    continue;
+                }
+                match enforce(&shard, &metrics, history_revisions).await {
+                    Ok(Outcome { age_limited: false }) => {
+                        settled.insert(shard.id, applied);
+                    }
+                    Ok(Outcome { age_limited: true }) => {
+                        settled.remove(&shard.id);
+                    }
+                    Err(e) => {
+                        settled.remove(&shard.id);
+                        tracing::warn!(shard = shard.id, error = %e, "retention round failed");
+                    }
                 }
             }
         }
@@ -55,11 +85,17 @@ async fn propose(shard: &Shard, metrics: &NodeMetrics, cmd: StreamCommand) -> Re
     shard.write(proposal, PROPOSE_TIMEOUT).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// What one look at a shard found.
+struct Outcome {
+    /// Some partition has an age limit: the next look may trim even if nothing changed.
+    age_limited: bool,
+}
+
 async fn enforce(
     shard: &Shard,
     metrics: &NodeMetrics,
     history_revisions: u64,
-) -> Result<(), String> {
+) -> Result<Outcome, String> {
     let now_ms = crate::network::unix_ms();
     // The reads (every partition's record, a binary search by bytes, up to 10,000 events by
     // age) run off the async runtime, in one go; the proposals follow.
@@ -75,6 +111,7 @@ async fn enforce(
         })
         .await
         .map_err(|e| e.to_string())?;
+    let age_limited = trims.iter().any(|(p, _)| p.record.config.retention.max_age_ms > 0);
     for (p, before) in trims {
         if before > p.record.start_offset {
             tracing::debug!(shard = shard.id, topic = %p.topic, partition = p.partition, before, "trimming");
@@ -100,7 +137,7 @@ async fn enforce(
         )
         .await?;
     }
-    Ok(())
+    Ok(Outcome { age_limited })
 }
 
 /// The first offset the partition must keep under its retention limits.

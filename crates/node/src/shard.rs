@@ -169,7 +169,7 @@ impl Shard {
 
     /// Runs `f` on the current metrics without cloning them (they hold maps; reads call this
     /// on every request).
-    fn with_metrics<R>(&self, f: impl FnOnce(&RaftMetrics<TypeConfig>) -> R) -> R {
+    pub fn with_metrics<R>(&self, f: impl FnOnce(&RaftMetrics<TypeConfig>) -> R) -> R {
         f(&self.raft.metrics().borrow_watched())
     }
 

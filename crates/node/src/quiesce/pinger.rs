@@ -110,7 +110,7 @@ impl PeerLiveness {
         }
     }
 
-    fn retain(&self, watched: &HashMap<NodeId, (String, Vec<Arc<Shard>>)>) {
+    fn retain(&self, watched: &HashMap<NodeId, String>) {
         self.lock().retain(|p, _| watched.contains_key(p));
     }
 }
@@ -149,15 +149,22 @@ impl Pinger {
         Pinger { registry, rpc_timeout }
     }
 
-    /// The peers quiesced groups here depend on, with an address, and the groups per peer.
-    fn watched(&self) -> HashMap<NodeId, (String, Vec<Arc<Shard>>)> {
-        let mut out: HashMap<NodeId, (String, Vec<Arc<Shard>>)> = HashMap::new();
+    /// The peers quiesced groups here depend on, with an address. Runs every heartbeat
+    /// interval over every group, so it copies nothing per group: the groups sleeping on a
+    /// peer are only looked up when that peer is lost ([`Pinger::sleeping_on`]).
+    fn watched(&self) -> HashMap<NodeId, String> {
+        let mut out: HashMap<NodeId, String> = HashMap::new();
         for shard in self.registry.shards() {
-            for (peer, addr) in shard.quiet.sleeping_with() {
-                out.entry(peer).or_insert_with(|| (addr, Vec::new())).1.push(shard.clone());
-            }
+            shard.quiet.each_peer(|peer, addr| {
+                out.entry(peer).or_insert_with(|| addr.to_string());
+            });
         }
         out
+    }
+
+    /// The groups here that sleep depending on `peer`.
+    fn sleeping_on(&self, peer: NodeId) -> Vec<Arc<Shard>> {
+        self.registry.shards().into_iter().filter(|s| s.quiet.sleeps_on(peer)).collect()
     }
 
     async fn ping(&self, peer: NodeId, addr: &str) -> Result<u64, String> {
@@ -171,17 +178,16 @@ impl Pinger {
         let liveness = self.registry.peers();
         liveness.retain(&watched);
         let this = &*self;
-        let pings = watched
-            .iter()
-            .map(|(&peer, (addr, _))| async move { (peer, this.ping(peer, addr).await) });
+        let pings =
+            watched.iter().map(|(&peer, addr)| async move { (peer, this.ping(peer, addr).await) });
         let results = futures::future::join_all(pings).await;
         let mut woken = 0;
         for (peer, result) in results {
             if !liveness.record(peer, result) {
                 continue;
             }
-            let groups = &watched[&peer].1;
-            for shard in groups {
+            let groups = self.sleeping_on(peer);
+            for shard in &groups {
                 if shard.quiet.wake(&shard.raft) {
                     let _ = shard.raft.trigger().heartbeat().await;
                 }

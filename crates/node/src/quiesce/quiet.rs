@@ -106,12 +106,22 @@ impl Quiet {
         self.wake(raft);
     }
 
-    /// The peers this replica's sleep depends on (empty when awake).
-    pub fn sleeping_with(&self) -> Vec<(NodeId, String)> {
+    /// Calls `f` with each peer (id, address) this replica's sleep depends on, without
+    /// copying them: the pinger asks every replica this many times a second.
+    pub fn each_peer(&self, mut f: impl FnMut(NodeId, &str)) {
         if !self.is_quiet() {
-            return Vec::new();
+            return;
         }
-        self.lock().clone()
+        for (peer, addr) in self.lock().iter() {
+            f(*peer, addr);
+        }
+    }
+
+    /// Whether this replica sleeps depending on `peer`.
+    pub fn sleeps_on(&self, peer: NodeId) -> bool {
+        let mut found = false;
+        self.each_peer(|p, _| found |= p == peer);
+        found
     }
 
     /// Whether the group is quiesced on this replica.
