@@ -73,10 +73,13 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
 }
 
 /// Anonymous transparent huge pages of a process, in bytes (`AnonHugePages` in
-/// `/proc/<pid>/smaps_rollup`); 0 on a kernel without the line.
+/// `/proc/<pid>/smaps_rollup`); 0 on a kernel without the file (before 4.14) or the line.
 pub fn huge_pages_bytes(pid: u32) -> Result<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
+    let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        // The process must exist: its status is readable.
+        rss_bytes(pid)?;
+        return Ok(0);
+    };
     Ok(rollup
         .lines()
         .find_map(|l| l.strip_prefix("AnonHugePages:"))

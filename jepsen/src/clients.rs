@@ -110,15 +110,21 @@ impl Clients {
         self.paused.store(false, Ordering::Relaxed);
     }
 
-    /// Stops the clients, waits for them, and reads every key once more (each read retried
-    /// until it succeeds, for at most [`FINAL_READ_TIMEOUT`]). The cluster must be healed
-    /// first. Returns the whole history.
-    pub async fn finish(mut self) -> Result<Vec<Event>> {
+    /// Stops the clients and waits until none has an operation in flight.
+    pub async fn stop(&mut self) -> Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         self.paused.store(false, Ordering::Relaxed);
         for t in std::mem::take(&mut self.tasks) {
             t.await?;
         }
+        Ok(())
+    }
+
+    /// Stops the clients (if [`Clients::stop`] did not already) and reads every key once
+    /// more (each read retried until it succeeds, for at most [`FINAL_READ_TIMEOUT`]). Heal
+    /// the cluster between the two. Returns the whole history.
+    pub async fn finish(mut self) -> Result<Vec<Event>> {
+        self.stop().await?;
         let o = &self.o;
         let client = Self::connect(o, &self.router, &self.dialer).await?;
         let rec = &self.rec;

@@ -217,7 +217,9 @@ impl Campaign {
     /// Stops the clients, heals, takes the final reads, writes and checks the history.
     pub async fn finish(mut self) -> Result<RunReport> {
         let o = self.o.clone();
-        // Final reads on a healed cluster.
+        // The clients stop first: what they do while the cluster heals would fall outside
+        // every recorded fault window. Then the final reads, on the healed cluster.
+        self.clients.stop().await?;
         nemesis::heal(&mut self.cluster).await?;
         self.cluster.wait_for_leaders(Duration::from_secs(60)).await?;
         let Campaign { cluster, router, clients, faults, notes, namespaces, .. } = self;

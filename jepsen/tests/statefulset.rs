@@ -281,6 +281,16 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
         let owners = owners(&data)?;
         ensure!(owners == [uid], "files in {} owned by {owners:?}, not {uid}", data.display());
     }
+    if sts.template.container.read_only_root {
+        // /var/tmp is writable by anyone on the host: only a read-only root refuses it.
+        let pod0 = pods.get(&0).context("ringkv-0 is not running")?;
+        let denied = lab.exec(pod0, &["touch", "/var/tmp/ringkv-rehearsal-ro-check"]).await;
+        ensure!(
+            denied.as_ref().is_err_and(|e| format!("{e:#}").contains("Read-only file system")),
+            "a write outside the volumes was not refused as read-only: {denied:?}"
+        );
+        lab.exec(pod0, &["touch", "/tmp/emptydir-is-writable"]).await?;
+    }
     let mut r = Rehearsal {
         sts,
         lab,

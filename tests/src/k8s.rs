@@ -7,11 +7,13 @@
 //! a Deployment's replicas; and a pod template's first container (command, environment,
 //! named ports, probes, volume mounts) with the pod's security context and grace period.
 //!
-//! Only what the rehearsal acts on is read, and anything it cannot honour is an error, not a
-//! silent default: an environment variable from a source other than a literal or the pod's
-//! own name or namespace, a probe that is not an HTTP GET on a named or numbered port, a
-//! volume that is neither an emptyDir nor a claim template. A manifest change that the
-//! rehearsal would misread therefore fails the test that uses it, with the field named.
+//! Only what the rehearsal acts on is read, and what it knows it cannot honour is an error,
+//! not a silent default: an environment variable from a source other than a literal or the
+//! pod's own name or namespace, `$(VAR)` in the command or its arguments, a probe that is not
+//! a plain-HTTP GET on a named or numbered port, a volume that is neither an emptyDir nor a
+//! claim template, a read-only or `subPath` mount. A manifest change that the rehearsal would
+//! misread therefore fails the test that uses it, with the field named. Fields it never looks
+//! at (resources, affinity, tolerations, the image) have no effect on a rehearsal.
 //!
 //! Environment values are expanded as the kubelet does: `$(NAME)` becomes the value of a
 //! variable defined earlier in the list, `$$` is a literal `$`, and a reference to anything
@@ -239,11 +241,13 @@ impl PodTemplate {
         let grace_period = spec["terminationGracePeriodSeconds"]
             .as_u64()
             .map_or(GRACE_PERIOD_DEFAULT, Duration::from_secs);
+        // The container's own settings override the pod's.
+        let csc = &c["securityContext"];
         Ok(PodTemplate {
             container: Container::read(c, &volumes, what)?,
             grace_period,
-            run_as_user: id_at(sc, "runAsUser", what)?,
-            run_as_group: id_at(sc, "runAsGroup", what)?,
+            run_as_user: id_at(csc, "runAsUser", what)?.or(id_at(sc, "runAsUser", what)?),
+            run_as_group: id_at(csc, "runAsGroup", what)?.or(id_at(sc, "runAsGroup", what)?),
             fs_group: id_at(sc, "fsGroup", what)?,
             volumes,
         })
@@ -265,6 +269,10 @@ impl Container {
         let mut argv = strings("command")?;
         ensure!(!argv.is_empty(), "{what}: no command (the image's default is not known here)");
         argv.extend(strings("args")?);
+        ensure!(
+            !argv.iter().any(|a| a.contains("$(")),
+            "{what}: $(VAR) in the command or its arguments is not expanded here"
+        );
         let mut env = Vec::new();
         for e in c["env"].as_array().into_iter().flatten() {
             let var = str_at(e, "/name", &what)?.to_string();
@@ -295,6 +303,8 @@ impl Container {
             let Some(p) = c.get(field) else { return Ok(None) };
             let get =
                 p.get("httpGet").with_context(|| format!("{what}: {field} is not an httpGet"))?;
+            let scheme = get["scheme"].as_str().unwrap_or("HTTP");
+            ensure!(scheme == "HTTP", "{what}: {field}: scheme {scheme} is not probed here");
             let port = match &get["port"] {
                 Value::String(n) => {
                     *ports.get(n).with_context(|| format!("{what}: {field}: no port named {n}"))?
@@ -319,6 +329,10 @@ impl Container {
             let path = str_at(m, "/mountPath", &what)?.to_string();
             ensure!(volumes.contains_key(&vol), "{what}: mounts unknown volume {vol}");
             ensure!(path.starts_with('/'), "{what}: mount path {path} is not absolute");
+            ensure!(
+                m.get("subPath").is_none() && m["readOnly"].as_bool() != Some(true),
+                "{what}: mount {vol} at {path}: subPath and readOnly mounts are not made here"
+            );
             mounts.push((vol, path));
         }
         let sc = &c["securityContext"];

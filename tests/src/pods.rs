@@ -5,12 +5,14 @@
 //! Each pod gets:
 //! - its own network namespace and IP address (a [`NetLab`] slot), and an `/etc/hosts` there
 //!   that resolves every pod of the rehearsal as the cluster DNS of a headless service would:
-//!   `ringkv-3`, `ringkv-3.ringkv` and `ringkv-3.ringkv.<namespace>.svc.cluster.local`;
+//!   `ringkv-3.ringkv` and `ringkv-3.ringkv.<namespace>.svc.cluster.local`, and the bare
+//!   `ringkv-3` only inside `ringkv-3` itself (its hostname), as in Kubernetes;
 //! - its own mount namespace holding the image's layout: the workspace's built binaries
 //!   bind-mounted at `/usr/local/bin` (where `deploy/Dockerfile` puts them), each volume mount
 //!   of the template at its `mountPath` (a claim is a directory that outlives the pod, an
 //!   emptyDir a fresh tmpfs of its `sizeLimit` on every start), and, with
-//!   `readOnlyRootFilesystem`, everything else read-only;
+//!   `readOnlyRootFilesystem`, the root mount read-only (host mounts below it, such as
+//!   `/dev/shm`, stay as the host has them);
 //! - the security context's user and group (`setpriv`), the fsGroup as a supplementary group
 //!   and as the group owner of each claim (`fsGroupChangePolicy: OnRootMismatch`, as the
 //!   kubelet applies it), no capabilities when the container drops `ALL`, and no new
@@ -44,6 +46,10 @@ const IMAGE_BIN_DIR: &str = "/usr/local/bin";
 
 /// The binaries of the image.
 const IMAGE_BINARIES: [&str; 3] = ["ringkv-node", "ringkv-router", "ringkv"];
+
+/// How long a command run in a pod may take (`ringkv node drain` answers at once; the drain
+/// itself runs in the cluster).
+const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often a stopping pod is checked for having exited.
 const EXIT_POLL: Duration = Duration::from_millis(50);
@@ -96,18 +102,23 @@ impl PodLab {
         let slots: BTreeMap<String, u64> =
             pods.iter().zip(1u64..).map(|((name, _), slot)| (name.clone(), slot)).collect();
         let lab = NetLab::create(&slots.values().copied().collect::<Vec<_>>())?;
-        let mut hosts = String::from("127.0.0.1\tlocalhost\n");
-        for (name, sub) in pods {
-            let ip = lab.ip(slots[name]);
-            match sub {
-                Some(sub) => hosts.push_str(&format!(
-                    "{ip}\t{name}.{sub}.{namespace}.svc.cluster.local {name}.{sub} {name}\n"
-                )),
-                None => hosts.push_str(&format!("{ip}\t{name}\n")),
+        for (me, &my_slot) in &slots {
+            let mut hosts = String::from("127.0.0.1\tlocalhost\n");
+            for (name, sub) in pods {
+                let ip = lab.ip(slots[name]);
+                // A pod's bare name is its own hostname; other pods are reached through
+                // their service (a pod without one only by its own name, as the test's
+                // stand-in for a Service in front of it).
+                let bare = if name == me || sub.is_none() { name.as_str() } else { "" };
+                let names = match sub {
+                    Some(sub) => {
+                        format!("{name}.{sub}.{namespace}.svc.cluster.local {name}.{sub} {bare}")
+                    }
+                    None => bare.to_string(),
+                };
+                hosts.push_str(&format!("{ip}\t{}\n", names.trim_end()));
             }
-        }
-        for &slot in slots.values() {
-            lab.set_hosts(slot, &hosts)?;
+            lab.set_hosts(my_slot, &hosts)?;
         }
         let mut binaries = BTreeMap::new();
         for b in IMAGE_BINARIES {
@@ -235,7 +246,13 @@ impl PodLab {
             .env("PATH", PATH)
             .env("HOSTNAME", &pod.name)
             .stdin(Stdio::null());
-        let out = cmd.output().await.with_context(|| format!("exec in {}", pod.name))?;
+        cmd.kill_on_drop(true);
+        let out = tokio::time::timeout(EXEC_TIMEOUT, cmd.output())
+            .await
+            .with_context(|| {
+                format!("`{}` in pod {} took over {EXEC_TIMEOUT:?}", argv.join(" "), pod.name)
+            })?
+            .with_context(|| format!("exec in {}", pod.name))?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         ensure!(
             out.status.success(),

@@ -168,7 +168,9 @@ impl Shard {
     }
 
     /// Runs `f` on the current metrics without cloning them (they hold maps; reads call this
-    /// on every request).
+    /// on every request). `f` runs holding the metrics channel's read lock, which openraft
+    /// needs to publish new metrics: it must not await, must not read this shard's metrics
+    /// again, and must not take a lock whose holder could be waiting on openraft.
     pub fn with_metrics<R>(&self, f: impl FnOnce(&RaftMetrics<TypeConfig>) -> R) -> R {
         f(&self.raft.metrics().borrow_watched())
     }

@@ -109,10 +109,12 @@ impl Quiet {
     /// Calls `f` with each peer (id, address) this replica's sleep depends on, without
     /// copying them: the pinger asks every replica this many times a second.
     pub fn each_peer(&self, mut f: impl FnMut(NodeId, &str)) {
+        // Under the lock: transitions change the mode and the peers together under it.
+        let peers = self.lock();
         if !self.is_quiet() {
             return;
         }
-        for (peer, addr) in self.lock().iter() {
+        for (peer, addr) in peers.iter() {
             f(*peer, addr);
         }
     }
