@@ -16,6 +16,12 @@ impl Drop for Dev {
     /// Stops `ringkv dev` the way a person does (Ctrl-C), so it stops its nodes; SIGKILL would
     /// leave them running.
     fn drop(&mut self) {
+        // A test that already waited for `ringkv dev` has reaped it: its pid may belong to
+        // another process by now (a node of a test running in parallel was killed at birth
+        // this way: an empty log and "timed out waiting for node 3 to serve").
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         if let Ok(pid) = i32::try_from(self.child.id()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),

@@ -155,7 +155,12 @@ struct Nodes {
 
 impl Nodes {
     fn stop(&mut self) {
-        for (_, c) in &self.children {
+        for (_, c) in &mut self.children {
+            // Only a child not yet reaped: the pid of one that `exited` already waited for
+            // may now belong to any other process.
+            if !matches!(c.try_wait(), Ok(None)) {
+                continue;
+            }
             if let Ok(pid) = i32::try_from(c.id()) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),

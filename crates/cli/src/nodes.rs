@@ -333,6 +333,8 @@ async fn add(cli: &Cli, args: &AddArgs) -> Result<u8> {
     // Ctrl-C (or SIGTERM) stops the node cleanly and then this command; a node that exits on
     // its own ends it with the node's status.
     let status = tokio::select! {
+        // A node that already exited wins: its pid, reaped, may be another process's now.
+        biased;
         status = &mut waiter => status??,
         _ = tokio::signal::ctrl_c() => stop(pid, waiter).await?,
         _ = term.recv() => stop(pid, waiter).await?,
