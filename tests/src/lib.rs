@@ -659,7 +659,26 @@ impl Cluster {
             }
         })
         .await
-        .map_err(|e| anyhow!("{e}\n{}", self.log_tail(id)))
+        .map_err(|e| anyhow!("{e}\n{}\n{}", self.process_state(id), self.log_tail(id)))
+    }
+
+    /// What the kernel says of slot `id`'s process (`/proc/<pid>/stat` state: R running,
+    /// S sleeping, D in I/O, T stopped by a signal, Z exited), for timeouts: a node that never
+    /// logged a line was seen twice in CI, and whether it ran, slept or was stopped tells why.
+    pub fn process_state(&self, id: u64) -> String {
+        let Some(pid) = self.pid(id) else { return format!("node {id}: no process") };
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+                let wchan =
+                    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+                format!(
+                    "node {id}: pid {pid}, state {}, waiting in {wchan:?}",
+                    state.unwrap_or("?")
+                )
+            }
+            Err(e) => format!("node {id}: pid {pid}: {e}"),
+        }
     }
 
     /// The slot whose meta replica leads, if a running one does.
@@ -969,7 +988,7 @@ impl Cluster {
                 }
             })
             .await
-            .map_err(|e| anyhow!("{e}\n{}", self.log_tail(n.id)))?;
+            .map_err(|e| anyhow!("{e}\n{}\n{}", self.process_state(n.id), self.log_tail(n.id)))?;
         }
         Ok(())
     }
