@@ -63,13 +63,15 @@ fn parse_cpu_seconds(stat: &str) -> Result<f64> {
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+    Ok(kib_field(&status, "VmRSS:").context("no VmRSS line")? * 1024)
+}
+
+/// The value of a `Key: N kB` line of a `/proc` file, in KiB.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .context("no VmRSS line")?;
-    Ok(kib * 1024)
 }
 
 /// Anonymous transparent huge pages of a process, in bytes (`AnonHugePages` in
@@ -80,12 +82,7 @@ pub fn huge_pages_bytes(pid: u32) -> Result<u64> {
         rss_bytes(pid)?;
         return Ok(0);
     };
-    Ok(rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024))
+    Ok(kib_field(&rollup, "AnonHugePages:").map_or(0, |kib| kib * 1024))
 }
 
 /// Measures `nodes` idle nodes holding `shards` shards at `rf`, over `window` after `settle`,

@@ -79,16 +79,23 @@ impl Rehearsal {
         let names: Vec<String> = self.pods.values().map(|p| p.name.clone()).collect();
         let r = wait_for(SETTLE, &format!("{what}: the placement to settle"), || async {
             let l = self.list_nodes().await.ok()?;
-            let mut up: Vec<String> =
-                l.nodes.iter().filter(|n| n.state == "up").map(|n| n.name.clone()).collect();
-            up.sort();
-            (settled(&l) && up == names).then_some(l)
+            (settled(&l) && up_names(&l) == names).then_some(l)
         })
         .await;
         match r {
             Ok(l) => Ok(l),
             Err(e) => Err(e.context(format!("last membership: {:?}", self.list_nodes().await))),
         }
+    }
+
+    /// `kubectl exec ringkv-0 -- ringkv --endpoint 127.0.0.1:<grpc> <args>`, as
+    /// docs/kubernetes.md tells an operator.
+    async fn ringkv_in_pod0(&self, args: &[&str]) -> Result<String> {
+        let pod0 = self.pods.get(&0).context("ringkv-0 is not running")?;
+        let endpoint = format!("127.0.0.1:{}", self.sts.template.container.port("grpc")?);
+        let mut argv = vec!["ringkv", "--endpoint", &endpoint];
+        argv.extend_from_slice(args);
+        self.lab.exec(pod0, &argv).await
     }
 
     fn start_pod(&mut self, ordinal: u32) -> Result<()> {
@@ -139,6 +146,14 @@ impl Rehearsal {
             .map(|n| n.id)
             .with_context(|| format!("{name} is not a member: {l:?}"))
     }
+}
+
+/// The names of the members that are up, sorted.
+fn up_names(l: &ListNodesResponse) -> Vec<String> {
+    let mut up: Vec<String> =
+        l.nodes.iter().filter(|n| n.state == "up").map(|n| n.name.clone()).collect();
+    up.sort();
+    up
 }
 
 /// The owners of the files below `dir` (not `dir` itself).
@@ -329,13 +344,7 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
     let mut drained = Vec::new();
     for i in (r.sts.replicas..ORDINALS_MAX).rev() {
         let id = r.id_of(&r.sts.pod_name(i)).await?;
-        let pod0 = r.pods.get(&0).context("ringkv-0 is not running")?;
-        r.lab
-            .exec(
-                pod0,
-                &["ringkv", "--endpoint", "127.0.0.1:7001", "node", "drain", &id.to_string()],
-            )
-            .await?;
+        r.ringkv_in_pod0(&["node", "drain", &id.to_string()]).await?;
         drained.push((i, id));
     }
     // The drained pods still run until the placement settles without them.
@@ -344,10 +353,7 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
         let l = r.list_nodes().await.ok()?;
         let empty =
             drained.iter().all(|(_, id)| l.nodes.iter().any(|n| n.id == *id && n.replicas == 0));
-        let mut up: Vec<String> =
-            l.nodes.iter().filter(|n| n.state == "up").map(|n| n.name.clone()).collect();
-        up.sort();
-        (empty && settled(&l) && up == names_left).then_some(l)
+        (empty && settled(&l) && up_names(&l) == names_left).then_some(l)
     })
     .await
     .with_context(|| "scale 5 → 3: draining")?;
@@ -356,13 +362,7 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
         ensure!(n.state == "draining", "drained node {id} is {}", n.state);
     }
     for (i, id) in &drained {
-        let pod0 = r.pods.get(&0).context("ringkv-0 is not running")?;
-        r.lab
-            .exec(
-                pod0,
-                &["ringkv", "--endpoint", "127.0.0.1:7001", "node", "remove", &id.to_string()],
-            )
-            .await?;
+        r.ringkv_in_pod0(&["node", "remove", &id.to_string()]).await?;
         // kubectl scale --replicas 3, then kubectl delete pvc: safe once removed.
         r.stop_pod(*i).await?;
         r.lab.delete_claim(&claim, &r.sts.pod_name(*i))?;
