@@ -65,6 +65,11 @@ pub struct Tuning {
     pub ready_staleness_max_ms: u64,
     /// Client requests a node serves at once before it sheds load (`OVERLOADED`).
     pub inflight_requests_max: u32,
+    /// `RUST_LOG` for the nodes and routers (`None`: `RINGKV_TEST_LOG`, else
+    /// `info,openraft=warn`).
+    pub log_filter: Option<&'static str>,
+    /// Logs as JSON lines (`RINGKV_LOG_FORMAT=json`), for tests that read fields.
+    pub log_json: bool,
 }
 
 impl Default for Tuning {
@@ -87,6 +92,8 @@ impl Default for Tuning {
             quiesce_after_ms: 2_000,
             ready_staleness_max_ms: 3_000,
             inflight_requests_max: 1024,
+            log_filter: None,
+            log_json: false,
         }
     }
 }
@@ -283,6 +290,8 @@ pub fn free_port_range(n: u16) -> Result<u16> {
 /// A `ringkv-router` process.
 pub struct RouterProc {
     pub addr: String,
+    /// Where its stdout and stderr go.
+    pub log_path: PathBuf,
     child: Child,
 }
 
@@ -574,12 +583,22 @@ impl Cluster {
                 None => Vec::new(),
             })
             .args(self.auth_args())
-            .env(
-                "RUST_LOG",
-                std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
+            .env("RUST_LOG", self.log_filter())
+            .env("RINGKV_LOG_FORMAT", self.log_format())
             .stdin(Stdio::null());
         Ok(cmd)
+    }
+
+    /// The `RINGKV_LOG_FORMAT` of this cluster's processes ([`Tuning::log_json`]).
+    fn log_format(&self) -> &'static str {
+        if self.tuning.log_json { "json" } else { "text" }
+    }
+
+    /// The `RUST_LOG` of this cluster's processes ([`Tuning::log_filter`]).
+    fn log_filter(&self) -> String {
+        self.tuning.log_filter.map(str::to_string).unwrap_or_else(|| {
+            std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into())
+        })
     }
 
     pub fn spawn(&mut self, id: u64) -> Result<()> {
@@ -884,8 +903,8 @@ impl Cluster {
     pub async fn start_router_with(&self, extra: &[&str]) -> Result<RouterProc> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let seeds = self.seeds();
-        let log =
-            std::fs::File::create(self.dir.path().join(format!("router-{}.log", free_port()?)))?;
+        let log_path = self.dir.path().join(format!("router-{}.log", free_port()?));
+        let log = std::fs::File::create(&log_path)?;
         let tls_args = match &self.tls {
             Some(tls) => vec![
                 "--tls-dir".into(),
@@ -900,11 +919,13 @@ impl Cluster {
             .args(tls_args)
             .args(self.auth_args())
             .args(extra)
+            .env("RUST_LOG", self.log_filter())
+            .env("RINGKV_LOG_FORMAT", self.log_format())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let router = RouterProc { addr: addr.clone(), child };
+        let router = RouterProc { addr: addr.clone(), log_path, child };
         // Serving starts before the router has found the cluster; ready means it has.
         wait_for(Duration::from_secs(30), "the router to be ready", || {
             let addr = addr.clone();
@@ -1017,6 +1038,11 @@ impl Cluster {
     }
 
     /// A node's whole log so far.
+    /// Where node `id`'s stdout and stderr go.
+    pub fn log_path(&self, id: u64) -> &Path {
+        &self.node(id).log_path
+    }
+
     pub fn log_text(&self, id: u64) -> String {
         std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
     }

@@ -5,6 +5,9 @@
 //! test reads every `ringkv_*` name those files use and finds each one on the `/metrics` of a
 //! live cluster's nodes and router, after a little traffic and one node failure (a labelled
 //! family shows nothing, not even its `# TYPE` line, until it is used).
+//!
+//! And a request can be followed through the processes it passes: the router and the node
+//! log it under the caller's W3C trace id, each hop naming the one before as its parent.
 
 use anyhow::{Context, Result, ensure};
 use ringkv_tests::{Cluster, Tuning, free_port, http_get, router_client};
@@ -149,4 +152,74 @@ async fn scrape(c: &Cluster, router_metrics: &str) -> Option<(BTreeSet<String>, 
         samples.extend(s);
     }
     Some((families, samples))
+}
+
+/// The `rpc` span (the trace hop) of each JSON log line of `path` written under `trace_id`.
+fn hops_in(path: &Path, trace_id: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        // The log file also holds the line a node prints on stdout when it listens.
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| {
+            let spans = l["spans"].as_array()?;
+            spans.iter().find(|s| s["name"] == "rpc" && s["trace_id"] == trace_id).cloned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_is_one_trace_through_router_and_node() -> Result<()> {
+    use ringkv_proto::v1::{PutRequest, kv_client::KvClient};
+    // Spans on (they are off by default); each request logs its outcome at debug level,
+    // inside its spans.
+    let tuning = Tuning {
+        log_filter: Some(
+            "info,openraft=warn,ringkv_trace=debug,ringkv_node::metrics=debug,ringkv_router::metrics=debug",
+        ),
+        log_json: true,
+        ..Tuning::default()
+    };
+    let c = Cluster::start(3, 2, 3, tuning).await?;
+    c.wait_for_leaders(Duration::from_secs(30)).await?;
+    let router = c.start_router("round-robin").await?;
+    let mut kv = KvClient::new(c.dial(&router.addr).await?);
+
+    // The W3C specification's example: trace 4bf9…, the caller's span 00f0….
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut req = tonic::Request::new(PutRequest {
+        key: "traced".into(),
+        value: "v".into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{caller_span}-01").parse()?);
+    kv.put(req).await?;
+
+    let router_hop = ringkv_tests::wait_for(
+        Duration::from_secs(10),
+        "the router to log the put in the caller's trace",
+        || async { hops_in(&router.log_path, trace_id).into_iter().next() },
+    )
+    .await?;
+    ensure!(router_hop["method"] == "/ringkv.v1.KV/Put", "{router_hop}");
+    ensure!(
+        router_hop["parent_id"] == caller_span,
+        "the router's parent is the caller: {router_hop}"
+    );
+    let router_span = router_hop["span_id"].as_str().context("no span id")?.to_string();
+    ensure!(router_span != caller_span, "the router is a hop of its own: {router_hop}");
+
+    // The node that served it continues the trace as the router's child.
+    let node_hop = ringkv_tests::wait_for(
+        Duration::from_secs(10),
+        "a node to log the put as a child of the router's span",
+        || async {
+            let logs: Vec<_> = c.nodes.iter().map(|n| c.log_path(n.id)).collect();
+            logs.iter().flat_map(|p| hops_in(p, trace_id)).find(|h| h["parent_id"] == router_span)
+        },
+    )
+    .await?;
+    ensure!(node_hop["method"] == "/ringkv.v1.KV/Put", "{node_hop}");
+    ensure!(node_hop["span_id"] != router_span, "{node_hop}");
+    Ok(())
 }

@@ -12,6 +12,9 @@
 //!
 //! A task-local does not follow `tokio::spawn`; [`propagate`] wraps a future so a spawned
 //! task (a followed subscription) keeps the credential of the call that started it.
+//!
+//! The request's trace context (`ringkv_trace`) leaves through the same channel: an
+//! [`AuthChannel`] is the one way the router and the client library call a node.
 
 use http::HeaderValue;
 use std::future::Future;
@@ -44,10 +47,11 @@ pub async fn scope<F: Future>(forward: Forward, fut: F) -> F::Output {
     FORWARD.scope(forward, fut).await
 }
 
-/// `fut` with the credential of the current scope (if any), for `tokio::spawn`.
+/// `fut` with the credential of the current scope (if any), for `tokio::spawn`; it keeps
+/// the request's trace too ([`ringkv_trace::propagate`]), the other thing a call carries.
 pub fn propagate<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     let forward = current();
-    FORWARD.scope(forward, fut)
+    FORWARD.scope(forward, ringkv_trace::propagate(fut))
 }
 
 /// The credential of the current scope ([`Forward::Own`] outside any).
@@ -118,8 +122,10 @@ impl tower_service::Service<http::Request<Body>> for AuthChannel {
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        // Called by tonic's client in the calling task, where the scope is visible.
+        // Called by tonic's client in the calling task, where the scope is visible. The
+        // request's trace goes along the same way (`ringkv_trace`).
         apply(&current(), self.own.as_ref(), req.headers_mut());
+        ringkv_trace::inject(req.headers_mut());
         tower_service::Service::call(&mut self.inner, req)
     }
 }

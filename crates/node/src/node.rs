@@ -310,6 +310,9 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
     metrics.with_registry(|r| admission.register(r));
     let clients = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Every client RPC a hop of its caller's trace (the peer services are not traced:
+        // Raft's messages are many and belong to no one request).
+        .layer(ringkv_trace::TraceLayer)
         .add_service(health_service)
         .add_service(InterceptedService::new(
             KvServer::new(KvService::new(registry.clone(), metrics.clone(), admission.clone()))

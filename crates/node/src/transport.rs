@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::transport::server::Router;
 
 #[derive(Debug, Clone, Default)]
@@ -55,14 +56,27 @@ impl Transport {
         &self.dialer
     }
 
-    /// Serves `router` on `listener` until `shutdown`.
-    pub fn serve(
+    /// Serves `router` (with whatever layers `L` its server has) on `listener` until
+    /// `shutdown`.
+    pub fn serve<L>(
         &self,
-        router: Router,
+        router: Router<L>,
         listener: Arc<TcpListener>,
         auth: ClientAuth,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static {
+    ) -> impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static
+    where
+        L: tower_layer::Layer<Routes> + Send + 'static,
+        L::Service: tower_service::Service<
+                ::http::Request<tonic::body::Body>,
+                Response = ::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        <L::Service as tower_service::Service<::http::Request<tonic::body::Body>>>::Future:
+            Send + 'static,
+    {
         let tls = self.tls.clone();
         async move {
             let tcp = crate::incoming::incoming(listener);

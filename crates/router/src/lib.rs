@@ -179,6 +179,8 @@ pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, RouterError> {
     let (tx, rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Outermost, so a request refused by admission is still logged in its trace.
+        .layer(ringkv_trace::TraceLayer)
         .layer(admission::AdmissionLayer(admission))
         .add_service(health_service)
         .add_service(reflection)
