@@ -240,51 +240,76 @@ pub fn node_binary() -> Result<PathBuf> {
     }
 }
 
-/// A loopback port that is free now, below the kernel's ephemeral range when there is room.
-///
-/// Tests restart nodes on the ports they had. A port from the ephemeral range can be taken,
-/// between a node's stop and its restart, by an outgoing connection of any test running in
-/// parallel (the restarted node then fails with "address in use"); ports below the range are
-/// only ever taken by an explicit bind.
+/// A free port for a test's listener (see [`free_port_range`]).
 pub fn free_port() -> Result<u16> {
-    use std::hash::{BuildHasher, RandomState};
-    // How far below the ephemeral range to look, and how often to try.
-    const SPAN: u16 = 12_000;
-    const TRIES: usize = 200;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
-    if let Some(low) = ephemeral_low.filter(|&low| low > SPAN + 1024) {
-        let random = RandomState::new();
-        for attempt in 0..TRIES {
-            let offset = u16::try_from(random.hash_one(attempt) % u64::from(SPAN))?;
-            let port = low - SPAN + offset;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
-        }
-    }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    free_port_range(1)
 }
 
 /// Test nodes serve Raft and membership on a port of their own, the client port + 1, as the
 /// Kubernetes manifests do (with their own offset): every multi-process test runs that way.
 pub const RAFT_PORT_OFFSET: u16 = 1;
 
-/// `n` consecutive free ports (checked by binding each).
+/// `n` consecutive free ports, for listeners a test process starts later.
+///
+/// A port found free must stay free until the node binds it, a second later, and between a
+/// node's stop and its restart on the same port. Two things took such ports in between: outgoing connections, which the kernel gives ports of the
+/// ephemeral range (so ports are taken below it), and other test processes picking the same
+/// port at random (nextest runs each test in a process of its own; with hundreds of
+/// multi-process tests a full run hit that about once in three, a node exiting at once with
+/// "address in use"). So ports are handed out in turn, through a counter in a file that every
+/// test process on the machine locks: none is handed out twice until the 12,000 below the
+/// ephemeral range have gone round. Each is still checked by binding it.
 pub fn free_port_range(n: u16) -> Result<u16> {
-    for _ in 0..100 {
-        let base = free_port()?;
-        if base.checked_add(n).is_none() {
-            continue;
+    use std::io::{Read, Seek, Write};
+    const SPAN: u16 = 12_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+    let Some(low) = ephemeral_low.filter(|&low| low > SPAN + 1024) else {
+        // No room below the ephemeral range: the kernel's choice, checked for the range.
+        for _ in 0..100 {
+            let base = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            if base.checked_add(n).is_some() && bindable(base, n) {
+                return Ok(base);
+            }
         }
-        let held: Result<Vec<_>, _> =
-            (0..n).map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i))).collect();
-        if held.is_ok() {
+        bail!("no range of {n} free ports found");
+    };
+    let first = low - SPAN;
+    let path = std::env::temp_dir().join("ringkv-test-ports");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    // Released when `file` is dropped.
+    file.lock()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let mut next =
+        text.trim().parse::<u16>().ok().filter(|p| (first..low).contains(p)).unwrap_or(first);
+    for _ in 0..SPAN {
+        if next + n > low {
+            next = first;
+        }
+        let base = next;
+        next += n;
+        if bindable(base, n) {
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "{next}")?;
             return Ok(base);
         }
     }
-    bail!("no range of {n} free ports found")
+    bail!("no range of {n} free ports found below {low}")
+}
+
+/// Whether ports `base..base + n` can all be bound on loopback now.
+fn bindable(base: u16, n: u16) -> bool {
+    let held: Result<Vec<_>, _> =
+        (0..n).map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i))).collect();
+    held.is_ok()
 }
 
 /// A `ringkv-router` process.
@@ -434,9 +459,44 @@ impl Cluster {
         Self::start_opts(nodes, shards, rf, tuning, net, tls.then_some(false), None).await
     }
 
+    /// Founds a cluster of `nodes` initial members of which `missing` is never started (a
+    /// member down at founding); start it later with [`Cluster::spawn`].
+    pub async fn start_missing(
+        nodes: u64,
+        shards: u32,
+        rf: u32,
+        tuning: Tuning,
+        missing: u64,
+    ) -> Result<Self> {
+        let mut c = Self::prepare(nodes, shards, rf, tuning, None, None, None)?;
+        for id in (1..=nodes).filter(|&id| id != missing) {
+            c.spawn(id)?;
+        }
+        c.wait_serving().await?;
+        Ok(c)
+    }
+
     /// `tls`: `None` plaintext, `Some(peer_ca)` TLS, the nodes with a CA of their own when
     /// `peer_ca`.
     async fn start_opts(
+        nodes: u64,
+        shards: u32,
+        rf: u32,
+        tuning: Tuning,
+        net: Option<NetLab>,
+        tls: Option<bool>,
+        policy: Option<&str>,
+    ) -> Result<Self> {
+        let mut c = Self::prepare(nodes, shards, rf, tuning, net, tls, policy)?;
+        for id in 1..=nodes {
+            c.spawn(id)?;
+        }
+        c.wait_serving().await?;
+        Ok(c)
+    }
+
+    /// The cluster's directories, addresses and options, before any node starts.
+    fn prepare(
         nodes: u64,
         shards: u32,
         rf: u32,
@@ -480,7 +540,7 @@ impl Cluster {
             specs.iter().map(|s| format!("{}={}", s.id, s.addr)).collect::<Vec<_>>().join(",");
         let layout = Layout { shard_count: shards, replication_factor: rf, vnodes_per_shard: 256 };
         let map = ShardMap::new(layout, specs, 1)?;
-        let mut c = Cluster {
+        Ok(Cluster {
             dir,
             nodes: procs,
             map,
@@ -492,12 +552,7 @@ impl Cluster {
             net,
             tls,
             auth_policy,
-        };
-        for id in 1..=nodes {
-            c.spawn(id)?;
-        }
-        c.wait_serving().await?;
-        Ok(c)
+        })
     }
 
     fn node(&self, id: u64) -> &NodeProc {
@@ -992,7 +1047,7 @@ impl Cluster {
     /// Waits until every node serves and has the cluster's records (a map from the meta
     /// group, epoch >= 1), so tests start on a cluster that knows itself.
     async fn wait_serving(&self) -> Result<()> {
-        for n in self.nodes.iter().filter(|n| !n.retired) {
+        for n in self.nodes.iter().filter(|n| !n.retired && n.child.is_some()) {
             let addr = n.addr.clone();
             wait_for(Duration::from_secs(30), &format!("node {} to serve", n.id), || {
                 let addr = addr.clone();
@@ -1063,7 +1118,14 @@ impl Cluster {
     /// The last lines of a node's log, for failure messages.
     pub fn log_tail(&self, id: u64) -> String {
         let text = std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        // A node that exits with an error ends its log with a backtrace (RUST_BACKTRACE), whose
+        // frames would fill the tail and hide the error above them.
+        let frame = |l: &&str| {
+            let t = l.trim_start();
+            t.starts_with("at ")
+                || t.split_once(": ").is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !frame(l)).collect();
         format!(
             "--- node {id} log (tail) ---\n{}",
             lines[lines.len().saturating_sub(30)..].join("\n")

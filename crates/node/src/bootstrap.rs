@@ -10,8 +10,30 @@
 //! accepts identical initialization on several nodes and refuses it on a node that already
 //! has a log or a vote. So a fresh cluster forms whatever order its nodes start in.
 //!
-//! Initializing also starts an election at once, at term 1. A replica that starts after its
-//! peers have already elected a term-1 leader, but before that leader's first heartbeat reached
+//! **But only one replica of each shard forms it**: its preferred leader (the shard map's,
+//! which spreads leaders evenly; for the meta group its lowest member), and a node forms its
+//! preferred shards in batches ([`FORM_BATCH`]), the next when the previous sleeps. When every
+//! replica of every shard initialized at once, 1,024 shards on 2 cores started as 3,072 awake
+//! groups: more heartbeats than the cores could deliver, so they came late, followers
+//! campaigned, terms rose to 21 and it took ~70 s until every shard had a settled leader
+//! (docs/performance.md). Now at most a batch per node is awake and forming.
+//!
+//! The other replicas *defer*: they stay uninitialized (no membership, so no election timer)
+//! and receive the membership from the preferred one once it leads. For that it needs their
+//! votes, and an uninitialized replica normally refuses to vote (`raft_service.rs`: a replica
+//! re-created empty for a move may once have acknowledged entries it no longer has). A
+//! deferred founding replica may vote while it holds no log: it has never acknowledged an
+//! entry (a replica that receives one holds a log; one whose disk was wiped comes back as a
+//! new node, never as a founding member), so its vote is as safe as any new voter's. A
+//! deferred replica initializes itself only when its preferred peer does not answer for
+//! [`ABSENT_CHECKS`] checks (down, or not started: the shard would otherwise wait for it), or
+//! after [`DEFER_MAX`] in any case. Left open: if the preferred leader wins its election and
+//! its node is lost for good before it sends anything, the replicas that voted for it can
+//! neither initialize (openraft refuses once a vote is cast) nor be reached; the shard waits
+//! for that node.
+//!
+//! A node campaigns for its shards at once after initializing them. A replica that starts
+//! after its peers have already elected a term-1 leader, but before that leader's first heartbeat reached
 //! it, would campaign at term 1 with a higher node id, which openraft orders above the sitting
 //! leader's vote: the leader steps down when it hears of it, and the shard has no leader until
 //! an election timeout passes (clients saw ~1.5 s of NOT_LEADER right after a fresh cluster
@@ -25,18 +47,70 @@
 use crate::identity::Identity;
 use crate::node::StartError;
 use crate::registry::ShardRegistry;
+use crate::shard::Shard;
 use openraft::BasicNode;
 use ringkv_placement::cluster::{META_SHARD, initial_meta_replicas};
 use ringkv_placement::{NodeId, ShardId, ShardMap};
 use ringkv_proto::v1::NodeStatusRequest;
 use ringkv_proto::v1::admin_client::AdminClient;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a peer has to answer the question (connect included). A peer that is down refuses
 /// the connection at once; this bounds a peer that is unreachable, so a node starting inside a
 /// partition is not held back for long.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// How often a deferring replica checks whether its shards formed, and asks after the peers
+/// that should have formed them.
+const DEFER_CHECK_INTERVAL: Duration = Duration::from_millis(1_000);
+
+/// A preferred peer that has not answered this many checks in a row is taken for absent, and
+/// its shards are formed without it. Generous: a peer still discovering its cluster does not
+/// answer yet either, and forming its shards here would bring back the contested elections.
+const ABSENT_CHECKS: u32 = 10;
+
+/// However alive the preferred peers answer, a shard still unformed after this long is
+/// initialized here (at the cost of one contested election): a peer that answers but never
+/// forms the shard must not keep it without a leader.
+const DEFER_MAX: Duration = Duration::from_secs(120);
+
+/// How many of its preferred shards a node forms at once. The groups of a batch are awake
+/// (heartbeating every interval) until they have been idle long enough to sleep; 128 per
+/// node keeps a 3-node cluster near 8,000 heartbeats a second at worst, which two cores
+/// carry, where 1,024 shards at once wanted ~20,000 (docs/performance.md).
+const FORM_BATCH: usize = 128;
+
+/// The longest a batch is waited for before the next one starts: a batch that cannot settle
+/// (a follower down, quiescence refused) must not hold back the rest.
+const BATCH_SETTLE_MAX: Duration = Duration::from_secs(10);
+
+/// How often a forming batch is looked at.
+const BATCH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A founding replica left for its preferred peer to form.
+struct Deferred {
+    shard: Arc<Shard>,
+    voters: Vec<NodeId>,
+    preferred: NodeId,
+}
+
+/// What is left to form of a founding member's replicas ([`form_groups`]).
+pub struct Founding {
+    /// Replicas this node is the preferred leader of: it forms them, in batches.
+    own: Vec<(Arc<Shard>, Vec<NodeId>)>,
+    /// The others: formed by their preferred peers, unless those are absent.
+    deferred: Vec<Deferred>,
+}
+
+/// The replica that campaigns first for `shard` at founding.
+fn preferred_of(map: &ShardMap, shard: ShardId, voters: &[NodeId]) -> Option<NodeId> {
+    if shard == META_SHARD {
+        return voters.iter().copied().min();
+    }
+    map.preferred_leader(shard).filter(|p| voters.contains(p))
+}
 
 /// The founding placement and meta membership, as (shard -> voters).
 fn founding_groups(identity: &Identity) -> Result<BTreeMap<ShardId, Vec<NodeId>>, StartError> {
@@ -57,14 +131,17 @@ pub fn initial_replicas(identity: &Identity) -> Result<Vec<ShardId>, StartError>
         .collect())
 }
 
-/// Initializes every founding replica that has never been initialized, unless a peer already
-/// knows a leader for it.
-pub async fn form_groups(registry: &ShardRegistry, identity: &Identity) -> Result<(), StartError> {
+/// This member's founding replicas that have never been initialized, split into those it
+/// forms and those it leaves to their preferred peers (which may vote from now on: see the
+/// module docs). Nothing is initialized yet: [`Founding::run`] does that.
+pub async fn form_groups(
+    registry: &ShardRegistry,
+    identity: &Identity,
+) -> Result<Founding, StartError> {
     let groups = founding_groups(identity)?;
-    let addr_of: BTreeMap<NodeId, String> =
-        identity.founders.iter().map(|m| (m.id, m.addr.clone())).collect();
+    let map = ShardMap::new(identity.layout, identity.founders.clone(), 0)?;
     let me = identity.node_id;
-    let mut fresh = Vec::new();
+    let mut founding = Founding { own: Vec::new(), deferred: Vec::new() };
     for (&shard_id, voters) in groups.iter().filter(|(_, v)| v.contains(&me)) {
         let shard = registry
             .replica(shard_id)
@@ -74,13 +151,159 @@ pub async fn form_groups(registry: &ShardRegistry, identity: &Identity) -> Resul
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft { shard: shard_id, reason: e.to_string() })?;
-        if !initialized {
-            fresh.push((shard, voters.clone()));
+        if initialized {
+            continue;
+        }
+        match preferred_of(&map, shard_id, voters) {
+            Some(preferred) if preferred != me => {
+                shard.allow_founding_vote(true);
+                founding.deferred.push(Deferred { shard, voters: voters.clone(), preferred });
+            }
+            _ => founding.own.push((shard, voters.clone())),
         }
     }
-    if fresh.is_empty() {
-        return Ok(());
+    // The meta group first: nodes sync with its leader, and it never sleeps.
+    founding.own.sort_by_key(|(s, _)| s.id != META_SHARD);
+    Ok(founding)
+}
+
+impl Founding {
+    /// Whether everything has formed already.
+    pub fn is_empty(&self) -> bool {
+        self.own.is_empty() && self.deferred.is_empty()
     }
+
+    /// Forms this member's own shards batch by batch and waits for the deferred ones (forming
+    /// those whose preferred peer is absent); returns when all have formed. `quiesce`: whether
+    /// groups sleep when idle (a batch is settled when its groups sleep; without quiescence,
+    /// when they have leaders).
+    pub async fn run(
+        self,
+        registry: &ShardRegistry,
+        identity: &Identity,
+        quiesce: bool,
+    ) -> Result<(), StartError> {
+        let own = form_own(registry, identity, self.own, quiesce);
+        let deferred = form_deferred(registry, identity, self.deferred);
+        tokio::try_join!(own, deferred).map(|_| ())
+    }
+}
+
+/// Forms `own` in batches of [`FORM_BATCH`], each campaigning at once, the next once the
+/// previous has settled (or [`BATCH_SETTLE_MAX`] passed).
+async fn form_own(
+    registry: &ShardRegistry,
+    identity: &Identity,
+    own: Vec<(Arc<Shard>, Vec<NodeId>)>,
+    quiesce: bool,
+) -> Result<(), StartError> {
+    let mut rest = own.into_iter().peekable();
+    while rest.peek().is_some() {
+        let batch: Vec<_> = rest.by_ref().take(FORM_BATCH).collect();
+        let shards: Vec<Arc<Shard>> = batch.iter().map(|(s, _)| s.clone()).collect();
+        let formed = initialize(registry, identity, batch).await?;
+        tracing::info!(shards = formed.len(), "forming a batch of founding shards");
+        for shard in formed {
+            // No need to wait for an election timeout, nor for a pre-vote: the other replicas
+            // wait for this one.
+            if let Err(e) = shard.raft.trigger().elect(false).await {
+                tracing::warn!(shard = shard.id, error = %e, "could not start the first election");
+            }
+        }
+        let settled = |s: &Shard| {
+            s.with_metrics(|m| m.current_leader.is_some())
+                && (!quiesce || s.id == META_SHARD || s.quiet.is_quiet())
+        };
+        let deadline = tokio::time::Instant::now() + BATCH_SETTLE_MAX;
+        while !shards.iter().all(|s| settled(s)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(BATCH_CHECK_INTERVAL).await;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the deferred replicas to be formed by their preferred peers, and initializes
+/// those whose preferred peer is absent (see the module docs). Returns when every one holds
+/// its membership.
+async fn form_deferred(
+    registry: &ShardRegistry,
+    identity: &Identity,
+    mut deferred: Vec<Deferred>,
+) -> Result<(), StartError> {
+    let addr_of = addresses(identity);
+    let started = tokio::time::Instant::now();
+    let mut silent: HashMap<NodeId, u32> = HashMap::new();
+    loop {
+        let mut waiting = Vec::new();
+        for d in deferred {
+            // Formed once it holds a log (its first entry is the membership). A replica that
+            // only voted is not: its leader may have died before sending it anything. One
+            // removed meanwhile (its shard moved) is no longer this node's to form.
+            let gone = registry.replica(d.shard.id).is_err();
+            if gone || d.shard.with_metrics(|m| m.last_log_index.is_some()) {
+                d.shard.allow_founding_vote(false);
+            } else {
+                waiting.push(d);
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let preferred: BTreeSet<NodeId> = waiting.iter().map(|d| d.preferred).collect();
+        let answers = futures::future::join_all(preferred.iter().map(|&p| {
+            let addr = addr_of.get(&p).cloned();
+            async move {
+                let answered = match addr {
+                    Some(a) => node_status(registry.pool().dialer(), &a).await.is_some(),
+                    None => false,
+                };
+                (p, answered)
+            }
+        }))
+        .await;
+        for (p, answered) in answers {
+            let count = silent.entry(p).or_default();
+            *count = if answered { 0 } else { count.saturating_add(1) };
+        }
+        let overdue = started.elapsed() >= DEFER_MAX;
+        let (now, later): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|d| {
+            overdue || silent.get(&d.preferred).is_some_and(|&n| n >= ABSENT_CHECKS)
+        });
+        if !now.is_empty() {
+            // A replica that has voted cannot initialize (openraft refuses, and
+            // `initialize` takes that as formed elsewhere): it keeps waiting for its leader.
+            let batch: Vec<_> = now.iter().map(|d| (d.shard.clone(), d.voters.clone())).collect();
+            let formed = initialize(registry, identity, batch).await?;
+            if !formed.is_empty() {
+                tracing::info!(
+                    shards = formed.len(),
+                    overdue,
+                    "formed founding shards whose preferred replica did not"
+                );
+            }
+        }
+        deferred = now.into_iter().chain(later).collect();
+        tokio::time::sleep(DEFER_CHECK_INTERVAL).await;
+    }
+}
+
+fn addresses(identity: &Identity) -> BTreeMap<NodeId, String> {
+    identity.founders.iter().map(|m| (m.id, m.addr.clone())).collect()
+}
+
+/// Initializes `fresh` replicas with their founding membership, except those for which a
+/// peer already knows a leader; returns those it initialized.
+async fn initialize(
+    registry: &ShardRegistry,
+    identity: &Identity,
+    fresh: Vec<(Arc<Shard>, Vec<NodeId>)>,
+) -> Result<Vec<Arc<Shard>>, StartError> {
+    let mut initialized = Vec::new();
+    if fresh.is_empty() {
+        return Ok(initialized);
+    }
+    let addr_of = addresses(identity);
+    let me = identity.node_id;
     let peers: BTreeSet<NodeId> =
         fresh.iter().flat_map(|(_, v)| v.iter().copied()).filter(|&id| id != me).collect();
     let led = shards_with_a_known_leader(registry.pool().dialer(), &addr_of, &peers).await;
@@ -98,7 +321,10 @@ pub async fn form_groups(registry: &ShardRegistry, identity: &Identity) -> Resul
             .filter_map(|id| addr_of.get(id).map(|a| (*id, BasicNode { addr: a.clone() })))
             .collect();
         match shard.raft.initialize(voters).await {
-            Ok(()) => tracing::info!(shard = shard.id, "initialized shard group"),
+            Ok(()) => {
+                tracing::debug!(shard = shard.id, "initialized shard group");
+                initialized.push(shard);
+            }
             // A peer's message arrived in the meantime: nothing to do.
             Err(openraft::errors::RaftError::APIError(
                 openraft::errors::InitializeError::NotAllowed(_),
@@ -106,7 +332,24 @@ pub async fn form_groups(registry: &ShardRegistry, identity: &Identity) -> Resul
             Err(e) => return Err(StartError::Raft { shard: shard.id, reason: e.to_string() }),
         }
     }
-    Ok(())
+    Ok(initialized)
+}
+
+/// A peer's status, or `None` when it does not answer within [`PEER_STATUS_TIMEOUT`].
+async fn node_status(
+    dialer: &ringkv_tls::Dialer,
+    addr: &str,
+) -> Option<ringkv_proto::v1::NodeStatusResponse> {
+    let ask = async {
+        let endpoint = dialer.endpoint(addr).ok()?.connect_timeout(PEER_STATUS_TIMEOUT);
+        let channel = dialer.connect(&endpoint).await.ok()?;
+        AdminClient::new(channel).node_status(NodeStatusRequest {}).await.ok()
+    };
+    tokio::time::timeout(PEER_STATUS_TIMEOUT, ask)
+        .await
+        .ok()
+        .flatten()
+        .map(tonic::Response::into_inner)
 }
 
 /// Of the shards the `peers` replicate, those for which one of them reports a leader, with
@@ -118,15 +361,7 @@ async fn shards_with_a_known_leader(
 ) -> HashMap<ShardId, NodeId> {
     let asks = peers.iter().filter_map(|&id| {
         let addr = addr_of.get(&id)?.clone();
-        Some(async move {
-            let ask = async {
-                let endpoint = dialer.endpoint(&addr).ok()?.connect_timeout(PEER_STATUS_TIMEOUT);
-                let channel = dialer.connect(&endpoint).await.ok()?;
-                AdminClient::new(channel).node_status(NodeStatusRequest {}).await.ok()
-            };
-            let status = tokio::time::timeout(PEER_STATUS_TIMEOUT, ask).await.ok().flatten();
-            (id, status.map(tonic::Response::into_inner))
-        })
+        Some(async move { (id, node_status(dialer, &addr).await) })
     });
     let mut led = HashMap::new();
     for (peer, status) in futures::future::join_all(asks).await {

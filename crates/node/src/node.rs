@@ -433,9 +433,28 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
                 .await?;
     }
     if !identity.formed && !identity.founders.is_empty() {
-        crate::bootstrap::form_groups(&registry, &identity).await?;
-        identity.formed = true;
-        identity::store(&storage, &identity).await.map_err(storage_err)?;
+        let founding = crate::bootstrap::form_groups(&registry, &identity).await?;
+        if founding.is_empty() {
+            identity.formed = true;
+            identity::store(&storage, &identity).await.map_err(storage_err)?;
+        } else {
+            // The groups form in the background, batch by batch; the node serves meanwhile (it
+            // must: that is how its peers reach its replicas). Until all have formed,
+            // `formed` stays false, so a restart looks at them again.
+            let (registry, storage, mut formed) =
+                (registry.clone(), storage.clone(), identity.clone());
+            let quiesce = cfg.raft.quiesce_after_ms > 0;
+            background.push(tokio::spawn(async move {
+                if let Err(e) = founding.run(&registry, &formed, quiesce).await {
+                    tracing::warn!(error = %e, "forming the founding shards failed; a restart retries");
+                    return;
+                }
+                formed.formed = true;
+                if let Err(e) = identity::store(&storage, &formed).await {
+                    tracing::warn!(error = %e, "recording that the founding shards formed failed");
+                }
+            }));
+        }
     }
     let mut seeds: Vec<String> = cfg.members.iter().map(|m| m.addr.clone()).collect();
     seeds.extend(cfg.join.iter().cloned());

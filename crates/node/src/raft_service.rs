@@ -75,10 +75,11 @@ impl RaftService {
     /// deleted before, when it was removed) would otherwise grant any candidate its vote on
     /// an empty log, and a candidate with an old configuration that still counts it could win
     /// without the entries this replica once held. Once the leader has sent it a membership
-    /// that makes it a voter, its log is newer than any such candidate's.
+    /// that makes it a voter, its log is newer than any such candidate's. (A founding replica
+    /// that has never held a log may vote: see `crate::bootstrap`.)
     fn voter(&self, req: &RaftRequest) -> Result<Arc<Shard>, String> {
         let shard = self.target(req)?;
-        if !shard.is_voter() {
+        if !shard.may_vote() {
             return Err(format!(
                 "node {} is not a voter of shard {} in its own membership",
                 self.registry.node_id(),

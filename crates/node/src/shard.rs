@@ -56,6 +56,9 @@ pub struct Shard {
     reads: ReadBarrier,
     /// Whether the group sleeps on this replica (see `crate::quiesce`).
     pub quiet: Quiet,
+    /// A founding replica left for its preferred peer to form: it may vote while it holds no
+    /// log (see `crate::bootstrap`).
+    founding_vote: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shard {
@@ -84,6 +87,7 @@ impl Shard {
             read_pool,
             freshness: Mutex::new(Freshness::default()),
             quiet: Quiet::new(leader_wakes),
+            founding_vote: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -154,6 +158,21 @@ impl Shard {
     /// Whether this replica's own membership names it a voter (see `RaftService::voter`).
     pub fn is_voter(&self) -> bool {
         self.with_metrics(|m| m.membership_config.voter_ids().any(|v| v == self.node_id))
+    }
+
+    /// Whether this replica may grant votes: a voter of its own membership, or a founding
+    /// replica left for its preferred peer to form that holds no log yet (`crate::bootstrap`).
+    pub fn may_vote(&self) -> bool {
+        self.with_metrics(|m| {
+            m.membership_config.voter_ids().any(|v| v == self.node_id)
+                || (self.founding_vote.load(std::sync::atomic::Ordering::Acquire)
+                    && m.last_log_index.is_none())
+        })
+    }
+
+    /// Lets this founding replica vote before it holds a membership (or no longer).
+    pub fn allow_founding_vote(&self, allow: bool) {
+        self.founding_vote.store(allow, std::sync::atomic::Ordering::Release);
     }
 
     /// How old this replica's state may be now (what a STALE read here would report), or

@@ -1,0 +1,39 @@
+//! Founding a cluster while one of its initial members is down.
+//!
+//! At founding each shard is formed by its preferred leader only; the other replicas wait
+//! for it, and form the shard themselves only when that node stays silent
+//! (`crates/node/src/bootstrap.rs`). So a member missing at founding must not leave the shards
+//! it prefers without a leader: the other two form them, serve reads and writes, and the
+//! missing member takes its replicas when it starts.
+
+use anyhow::{Result, ensure};
+use ringkv_proto::v1::Consistency;
+use ringkv_tests::{Cluster, Tuning};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_founded_with_a_member_down_forms_every_shard() -> Result<()> {
+    // 6 shards over 3 nodes: node 3 is the preferred leader of two of them.
+    let mut c = Cluster::start_missing(3, 6, 3, Tuning::default(), 3).await?;
+    let preferred_by_3 = (0..6).filter(|&s| c.map.preferred_leader(s) == Some(3)).count();
+    ensure!(preferred_by_3 > 0, "the test needs shards that node 3 prefers");
+    // Node 3's shards wait for ~10 s of its silence before nodes 1 and 2 form them.
+    c.wait_for_leaders(Duration::from_secs(60)).await?;
+    for i in 0..60 {
+        let key = format!("k{i}");
+        c.put(key.as_bytes(), b"v", Duration::from_secs(20)).await?;
+    }
+
+    c.spawn(3)?;
+    c.wait_node_serving(3, Duration::from_secs(30)).await?;
+    // Every shard's leader is then named by all three replicas, node 3's included.
+    c.wait_for_leaders(Duration::from_secs(60)).await?;
+    c.wait_for_rf(Duration::from_secs(60)).await?;
+    for i in 0..60 {
+        let key = format!("k{i}");
+        let got = c.get(key.as_bytes(), Consistency::Linearizable, Duration::from_secs(20)).await?;
+        ensure!(got.kv.is_some(), "key {key} lost");
+    }
+    c.assert_checksums_equal(Duration::from_secs(60)).await?;
+    Ok(())
+}
