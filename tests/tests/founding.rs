@@ -1,10 +1,11 @@
-//! Founding a cluster while one of its initial members is down.
+//! Founding a cluster when not everything goes to plan.
 //!
 //! At founding each shard is formed by its preferred leader only; the other replicas wait
-//! for it, and form the shard themselves only when that node stays silent
+//! for it, and a stand-in forms the shard only when that node stays silent
 //! (`crates/node/src/bootstrap.rs`). So a member missing at founding must not leave the shards
 //! it prefers without a leader: the other two form them, serve reads and writes, and the
-//! missing member takes its replicas when it starts.
+//! missing member takes its replicas when it starts. And a cluster killed while it forms its
+//! shards forms them when it starts again.
 
 use anyhow::{Result, ensure};
 use ringkv_proto::v1::Consistency;
@@ -35,5 +36,29 @@ async fn a_cluster_founded_with_a_member_down_forms_every_shard() -> Result<()> 
         ensure!(got.kv.is_some(), "key {key} lost");
     }
     c.assert_checksums_equal(Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+/// Every node killed as soon as the cluster serves, while its shards may still be forming,
+/// then started again: every shard forms. A replica that voted for its preferred leader but
+/// had not yet received the membership must still vote after the restart (it holds no log),
+/// or that shard would wait for an election nobody can win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_killed_while_forming_its_shards_forms_them_after_a_restart() -> Result<()> {
+    let mut c = Cluster::start(3, 64, 3, Tuning::default()).await?;
+    c.kill_all()?;
+    for id in 1..=3 {
+        c.spawn(id)?;
+    }
+    for id in 1..=3 {
+        c.wait_node_serving(id, Duration::from_secs(30)).await?;
+    }
+    c.wait_for_leaders(Duration::from_secs(60)).await?;
+    for i in 0..64 {
+        let key = format!("k{i}");
+        c.put(key.as_bytes(), b"v", Duration::from_secs(20)).await?;
+        let got = c.get(key.as_bytes(), Consistency::Linearizable, Duration::from_secs(20)).await?;
+        ensure!(got.kv.is_some(), "key {key} not read back");
+    }
     Ok(())
 }

@@ -22,15 +22,19 @@
 //! and receive the membership from the preferred one once it leads. For that it needs their
 //! votes, and an uninitialized replica normally refuses to vote (`raft_service.rs`: a replica
 //! re-created empty for a move may once have acknowledged entries it no longer has). A
-//! deferred founding replica may vote while it holds no log: it has never acknowledged an
-//! entry (a replica that receives one holds a log; one whose disk was wiped comes back as a
-//! new node, never as a founding member), so its vote is as safe as any new voter's. A
-//! deferred replica initializes itself only when its preferred peer does not answer for
-//! [`ABSENT_CHECKS`] checks (down, or not started: the shard would otherwise wait for it), or
-//! after [`DEFER_MAX`] in any case. Left open: if the preferred leader wins its election and
-//! its node is lost for good before it sends anything, the replicas that voted for it can
-//! neither initialize (openraft refuses once a vote is cast) nor be reached; the shard waits
-//! for that node.
+//! deferred founding replica may vote while it holds no log and its node has never destroyed
+//! it (no tombstone): it has never acknowledged an entry (a replica that receives one holds a
+//! log; one whose disk was wiped comes back as a new node, never as a founding member), so its
+//! vote is as safe as any new voter's. That holds across restarts: what makes a founding
+//! replica deferred is its empty log, not openraft's "initialized", which a cast vote
+//! already sets. When a shard's preferred peer does not answer as itself for
+//! [`ABSENT_CHECKS`] checks (down, or not started), a *stand-in* forms it: the lowest-id
+//! other replica that answers, so the shard still starts with one candidate; after
+//! [`DEFER_MAX`] the stand-in forms it even if the preferred peer answers, and after twice
+//! that every replica may. Left open: if the preferred leader wins its first election and its
+//! node is lost for good before it sends anything, the replicas that voted for it can neither
+//! initialize (openraft refuses once a vote is cast) nor campaign; the shard waits for that
+//! node.
 //!
 //! A node campaigns for its shards at once after initializing them. A replica that starts
 //! after its peers have already elected a term-1 leader, but before that leader's first heartbeat reached
@@ -71,9 +75,11 @@ const DEFER_CHECK_INTERVAL: Duration = Duration::from_millis(1_000);
 /// answer yet either, and forming its shards here would bring back the contested elections.
 const ABSENT_CHECKS: u32 = 10;
 
-/// However alive the preferred peers answer, a shard still unformed after this long is
-/// initialized here (at the cost of one contested election): a peer that answers but never
-/// forms the shard must not keep it without a leader.
+/// However alive its preferred peer answers, a shard still unformed after this long is formed
+/// by its stand-in (at the cost of a contested election if the preferred one was merely
+/// slow), and after twice this long by any replica: a peer that answers but never forms the
+/// shard must not keep it without a leader. Far above the founding of thousands of shards in
+/// batches of at most [`BATCH_SETTLE_MAX`].
 const DEFER_MAX: Duration = Duration::from_secs(120);
 
 /// How many of its preferred shards a node forms at once. The groups of a batch are awake
@@ -146,12 +152,18 @@ pub async fn form_groups(
         let shard = registry
             .replica(shard_id)
             .map_err(|e| StartError::Raft { shard: shard_id, reason: e.to_string() })?;
-        let initialized = shard
-            .raft
-            .is_initialized()
-            .await
+        // Formed once it holds a log: the first entry is the membership. A replica that has
+        // only voted (openraft calls it initialized) is not: it restarted, or its leader
+        // failed, before the membership came, and must still be able to vote.
+        if shard.with_metrics(|m| m.last_log_index.is_some()) {
+            continue;
+        }
+        // One destroyed here before (moved away, perhaps back since) may have acknowledged
+        // entries it no longer has: never a founding voter again, and never initialized.
+        let destroyed = registry
+            .tombstone(shard_id)
             .map_err(|e| StartError::Raft { shard: shard_id, reason: e.to_string() })?;
-        if initialized {
+        if destroyed.is_some() {
             continue;
         }
         match preferred_of(&map, shard_id, voters) {
@@ -177,15 +189,10 @@ impl Founding {
     /// those whose preferred peer is absent); returns when all have formed. `quiesce`: whether
     /// groups sleep when idle (a batch is settled when its groups sleep; without quiescence,
     /// when they have leaders).
-    pub async fn run(
-        self,
-        registry: &ShardRegistry,
-        identity: &Identity,
-        quiesce: bool,
-    ) -> Result<(), StartError> {
+    pub async fn run(self, registry: &ShardRegistry, identity: &Identity, quiesce: bool) {
         let own = form_own(registry, identity, self.own, quiesce);
         let deferred = form_deferred(registry, identity, self.deferred);
-        tokio::try_join!(own, deferred).map(|_| ())
+        tokio::join!(own, deferred);
     }
 }
 
@@ -196,12 +203,12 @@ async fn form_own(
     identity: &Identity,
     own: Vec<(Arc<Shard>, Vec<NodeId>)>,
     quiesce: bool,
-) -> Result<(), StartError> {
+) {
     let mut rest = own.into_iter().peekable();
     while rest.peek().is_some() {
         let batch: Vec<_> = rest.by_ref().take(FORM_BATCH).collect();
         let shards: Vec<Arc<Shard>> = batch.iter().map(|(s, _)| s.clone()).collect();
-        let formed = initialize(registry, identity, batch).await?;
+        let formed = initialize(registry, identity, batch).await;
         tracing::info!(shards = formed.len(), "forming a batch of founding shards");
         for shard in formed {
             // No need to wait for an election timeout, nor for a pre-vote: the other replicas
@@ -219,42 +226,43 @@ async fn form_own(
             tokio::time::sleep(BATCH_CHECK_INTERVAL).await;
         }
     }
-    Ok(())
 }
 
-/// Waits for the deferred replicas to be formed by their preferred peers, and initializes
-/// those whose preferred peer is absent (see the module docs). Returns when every one holds
-/// its membership.
-async fn form_deferred(
-    registry: &ShardRegistry,
-    identity: &Identity,
-    mut deferred: Vec<Deferred>,
-) -> Result<(), StartError> {
+/// Waits for the deferred replicas to be formed by their preferred peers; a shard whose
+/// preferred peer is absent is formed by a *stand-in*, the lowest-id other replica that is
+/// present, so that it too starts with one candidate. Returns when every one holds its
+/// membership (or is no longer this node's).
+async fn form_deferred(registry: &ShardRegistry, identity: &Identity, mut deferred: Vec<Deferred>) {
     let addr_of = addresses(identity);
+    let me = identity.node_id;
     let started = tokio::time::Instant::now();
+    // Consecutive checks each peer has not answered as itself.
     let mut silent: HashMap<NodeId, u32> = HashMap::new();
     loop {
-        let mut waiting = Vec::new();
-        for d in deferred {
-            // Formed once it holds a log (its first entry is the membership). A replica that
-            // only voted is not: its leader may have died before sending it anything. One
-            // removed meanwhile (its shard moved) is no longer this node's to form.
-            let gone = registry.replica(d.shard.id).is_err();
-            if gone || d.shard.with_metrics(|m| m.last_log_index.is_some()) {
+        deferred.retain(|d| {
+            // Formed once it holds a log (its first entry is the membership); no longer ours
+            // if its replica here was destroyed (moved away), even if created again since.
+            let current = registry.replica(d.shard.id).is_ok_and(|s| Arc::ptr_eq(&s, &d.shard));
+            let formed = d.shard.with_metrics(|m| m.last_log_index.is_some());
+            if formed || !current {
                 d.shard.allow_founding_vote(false);
-            } else {
-                waiting.push(d);
             }
+            current && !formed
+        });
+        if deferred.is_empty() {
+            return;
         }
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let preferred: BTreeSet<NodeId> = waiting.iter().map(|d| d.preferred).collect();
-        let answers = futures::future::join_all(preferred.iter().map(|&p| {
+        let peers: BTreeSet<NodeId> =
+            deferred.iter().flat_map(|d| d.voters.iter().copied()).filter(|&v| v != me).collect();
+        let answers = futures::future::join_all(peers.iter().map(|&p| {
             let addr = addr_of.get(&p).cloned();
             async move {
+                // Another node at that address (one that joined under a new identity) is not
+                // the peer: only its own answer counts.
                 let answered = match addr {
-                    Some(a) => node_status(registry.pool().dialer(), &a).await.is_some(),
+                    Some(a) => node_status(registry.pool().dialer(), &a)
+                        .await
+                        .is_some_and(|s| s.node.is_some_and(|n| n.id == p)),
                     None => false,
                 };
                 (p, answered)
@@ -265,24 +273,41 @@ async fn form_deferred(
             let count = silent.entry(p).or_default();
             *count = if answered { 0 } else { count.saturating_add(1) };
         }
-        let overdue = started.elapsed() >= DEFER_MAX;
-        let (now, later): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|d| {
-            overdue || silent.get(&d.preferred).is_some_and(|&n| n >= ABSENT_CHECKS)
-        });
-        if !now.is_empty() {
-            // A replica that has voted cannot initialize (openraft refuses, and
-            // `initialize` takes that as formed elsewhere): it keeps waiting for its leader.
-            let batch: Vec<_> = now.iter().map(|d| (d.shard.clone(), d.voters.clone())).collect();
-            let formed = initialize(registry, identity, batch).await?;
+        let absent = |n: NodeId| n != me && silent.get(&n).is_some_and(|&c| c >= ABSENT_CHECKS);
+        let waited = started.elapsed();
+        let mine: Vec<(Arc<Shard>, Vec<NodeId>)> = deferred
+            .iter()
+            .filter(|d| {
+                if waited >= DEFER_MAX * 2 {
+                    // Last resort: whatever holds it up, every replica may form it.
+                    return true;
+                }
+                if !absent(d.preferred) && waited < DEFER_MAX {
+                    return false;
+                }
+                let stand_in =
+                    d.voters.iter().copied().filter(|&v| v != d.preferred && !absent(v)).min();
+                stand_in == Some(me)
+            })
+            .map(|d| (d.shard.clone(), d.voters.clone()))
+            .collect();
+        if !mine.is_empty() {
+            // A replica that has voted cannot initialize (openraft refuses it): it keeps
+            // waiting for the leader it voted for.
+            let formed = initialize(registry, identity, mine).await;
+            for shard in &formed {
+                if let Err(e) = shard.raft.trigger().elect(false).await {
+                    tracing::warn!(shard = shard.id, error = %e, "could not start the first election");
+                }
+            }
             if !formed.is_empty() {
                 tracing::info!(
                     shards = formed.len(),
-                    overdue,
-                    "formed founding shards whose preferred replica did not"
+                    waited_ms = waited.as_millis() as u64,
+                    "formed founding shards in place of their preferred replica"
                 );
             }
         }
-        deferred = now.into_iter().chain(later).collect();
         tokio::time::sleep(DEFER_CHECK_INTERVAL).await;
     }
 }
@@ -297,10 +322,10 @@ async fn initialize(
     registry: &ShardRegistry,
     identity: &Identity,
     fresh: Vec<(Arc<Shard>, Vec<NodeId>)>,
-) -> Result<Vec<Arc<Shard>>, StartError> {
+) -> Vec<Arc<Shard>> {
     let mut initialized = Vec::new();
     if fresh.is_empty() {
-        return Ok(initialized);
+        return initialized;
     }
     let addr_of = addresses(identity);
     let me = identity.node_id;
@@ -329,10 +354,14 @@ async fn initialize(
             Err(openraft::errors::RaftError::APIError(
                 openraft::errors::InitializeError::NotAllowed(_),
             )) => {}
-            Err(e) => return Err(StartError::Raft { shard: shard.id, reason: e.to_string() }),
+            // Stopped (the node is shutting down, or the replica was destroyed): the
+            // others still form; a restart looks at this one again.
+            Err(e) => {
+                tracing::warn!(shard = shard.id, error = %e, "could not initialize a founding shard")
+            }
         }
     }
-    Ok(initialized)
+    initialized
 }
 
 /// A peer's status, or `None` when it does not answer within [`PEER_STATUS_TIMEOUT`].

@@ -445,10 +445,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
                 (registry.clone(), storage.clone(), identity.clone());
             let quiesce = cfg.raft.quiesce_after_ms > 0;
             background.push(tokio::spawn(async move {
-                if let Err(e) = founding.run(&registry, &formed, quiesce).await {
-                    tracing::warn!(error = %e, "forming the founding shards failed; a restart retries");
-                    return;
-                }
+                founding.run(&registry, &formed, quiesce).await;
                 formed.formed = true;
                 if let Err(e) = identity::store(&storage, &formed).await {
                     tracing::warn!(error = %e, "recording that the founding shards formed failed");
