@@ -468,12 +468,7 @@ impl Cluster {
         tuning: Tuning,
         missing: u64,
     ) -> Result<Self> {
-        let mut c = Self::prepare(nodes, shards, rf, tuning, None, None, None)?;
-        for id in (1..=nodes).filter(|&id| id != missing) {
-            c.spawn(id)?;
-        }
-        c.wait_serving().await?;
-        Ok(c)
+        Self::prepare(nodes, shards, rf, tuning, None, None, None)?.launch(Some(missing)).await
     }
 
     /// `tls`: `None` plaintext, `Some(peer_ca)` TLS, the nodes with a CA of their own when
@@ -487,12 +482,16 @@ impl Cluster {
         tls: Option<bool>,
         policy: Option<&str>,
     ) -> Result<Self> {
-        let mut c = Self::prepare(nodes, shards, rf, tuning, net, tls, policy)?;
-        for id in 1..=nodes {
-            c.spawn(id)?;
+        Self::prepare(nodes, shards, rf, tuning, net, tls, policy)?.launch(None).await
+    }
+
+    /// Starts every node (but `missing`) of a prepared cluster and waits until they serve.
+    async fn launch(mut self, missing: Option<u64>) -> Result<Self> {
+        for id in (1..=self.nodes.len() as u64).filter(|&id| Some(id) != missing) {
+            self.spawn(id)?;
         }
-        c.wait_serving().await?;
-        Ok(c)
+        self.wait_serving().await?;
+        Ok(self)
     }
 
     /// The cluster's directories, addresses and options, before any node starts.

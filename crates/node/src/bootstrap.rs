@@ -210,13 +210,6 @@ async fn form_own(
         let shards: Vec<Arc<Shard>> = batch.iter().map(|(s, _)| s.clone()).collect();
         let formed = initialize(registry, identity, batch).await;
         tracing::info!(shards = formed.len(), "forming a batch of founding shards");
-        for shard in formed {
-            // No need to wait for an election timeout, nor for a pre-vote: the other replicas
-            // wait for this one.
-            if let Err(e) = shard.raft.trigger().elect(false).await {
-                tracing::warn!(shard = shard.id, error = %e, "could not start the first election");
-            }
-        }
         let settled = |s: &Shard| {
             s.with_metrics(|m| m.current_leader.is_some())
                 && (!quiesce || s.id == META_SHARD || s.quiet.is_quiet())
@@ -295,11 +288,6 @@ async fn form_deferred(registry: &ShardRegistry, identity: &Identity, mut deferr
             // A replica that has voted cannot initialize (openraft refuses it): it keeps
             // waiting for the leader it voted for.
             let formed = initialize(registry, identity, mine).await;
-            for shard in &formed {
-                if let Err(e) = shard.raft.trigger().elect(false).await {
-                    tracing::warn!(shard = shard.id, error = %e, "could not start the first election");
-                }
-            }
             if !formed.is_empty() {
                 tracing::info!(
                     shards = formed.len(),
@@ -317,7 +305,9 @@ fn addresses(identity: &Identity) -> BTreeMap<NodeId, String> {
 }
 
 /// Initializes `fresh` replicas with their founding membership, except those for which a
-/// peer already knows a leader; returns those it initialized.
+/// peer already knows a leader, and has each campaign at once (no need to wait for an
+/// election timeout, nor for a pre-vote: the other replicas wait for this one); returns those
+/// it initialized.
 async fn initialize(
     registry: &ShardRegistry,
     identity: &Identity,
@@ -348,6 +338,9 @@ async fn initialize(
         match shard.raft.initialize(voters).await {
             Ok(()) => {
                 tracing::debug!(shard = shard.id, "initialized shard group");
+                if let Err(e) = shard.raft.trigger().elect(false).await {
+                    tracing::warn!(shard = shard.id, error = %e, "could not start the first election");
+                }
                 initialized.push(shard);
             }
             // A peer's message arrived in the meantime: nothing to do.
