@@ -6,7 +6,7 @@
 //! cannot catch up and is not ready until they resume; a drained node is not ready. The gRPC
 //! health service of the client API says the same as `/readyz`.
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use nix::sys::signal::Signal;
 use ringkv_proto::v1::NodeRequest;
 use ringkv_tests::{Cluster, Tuning, health, wait_for};
@@ -15,13 +15,26 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 const T: Duration = Duration::from_secs(60);
 
-async fn wait_ready(c: &Cluster, id: u64, ready: bool, why: &str) -> Result<String> {
-    let what = format!("node {id} to be {} ({why})", if ready { "ready" } else { "not ready" });
+/// Waits until `/readyz` and gRPC health agree that node `id` is (not) ready. `because`, when
+/// given, must be among the reasons: a node may also be briefly not ready for another reason
+/// (a replica a moment behind on a loaded machine), and that is not what the step checks.
+async fn wait_ready(
+    c: &Cluster,
+    id: u64,
+    ready: bool,
+    because: &[&str],
+    why: &str,
+) -> Result<String> {
+    let what = format!(
+        "node {id} to be {} ({why}) with a reason among {because:?}",
+        if ready { "ready" } else { "not ready" }
+    );
     wait_for(T, &what, || async move {
         let (code, body) = c.readyz(id).await.ok()?;
         let grpc = health(&c.addr(id), "ringkv.v1.KV").await.ok()?;
         let want = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-        ((code == 200) == ready && grpc == want).then_some(body)
+        let reason = because.is_empty() || because.iter().any(|r| body.contains(r));
+        ((code == 200) == ready && grpc == want && reason).then_some(body)
     })
     .await
 }
@@ -32,7 +45,7 @@ async fn ready_only_while_up_and_current() -> Result<()> {
     let mut c = Cluster::start(4, 4, 3, tuning).await?;
     c.wait_for_leaders(T).await?;
     for id in 1..=4 {
-        wait_ready(&c, id, true, "a healthy cluster").await?;
+        wait_ready(&c, id, true, &[], "a healthy cluster").await?;
     }
     let others = [2, 3, 4];
 
@@ -40,12 +53,11 @@ async fn ready_only_while_up_and_current() -> Result<()> {
     for &o in &others {
         c.signal(o, Signal::SIGSTOP)?;
     }
-    let body = wait_ready(&c, 1, false, "its peers are frozen").await?;
-    ensure!(body.contains("ms old") || body.contains("since start"), "reasons: {body}");
+    wait_ready(&c, 1, false, &["ms old", "since start"], "its peers are frozen").await?;
     for &o in &others {
         c.signal(o, Signal::SIGCONT)?;
     }
-    wait_ready(&c, 1, true, "its peers resumed").await?;
+    wait_ready(&c, 1, true, &[], "its peers resumed").await?;
 
     // Restarted while nobody can bring it up to date: it serves, but is not ready.
     c.kill(1)?;
@@ -53,27 +65,23 @@ async fn ready_only_while_up_and_current() -> Result<()> {
         c.signal(o, Signal::SIGSTOP)?;
     }
     c.restart(1).await?;
-    let body = wait_ready(&c, 1, false, "restarted with its peers frozen").await?;
-    ensure!(
-        body.contains("since start"),
-        "a restarted replica should say it never caught up: {body}"
-    );
+    // A restarted replica says it never caught up.
+    wait_ready(&c, 1, false, &["since start"], "restarted with its peers frozen").await?;
     for &o in &others {
         c.signal(o, Signal::SIGCONT)?;
     }
-    wait_ready(&c, 1, true, "caught up after its peers resumed").await?;
+    wait_ready(&c, 1, true, &[], "caught up after its peers resumed").await?;
 
     // Drained: its replicas are leaving, it is not to be counted on.
     let id = c.identity_of(4).await?;
     let mut admin = c.admin(1).await?;
     admin.drain_node(NodeRequest { node_id: id }).await?;
-    let body = wait_ready(&c, 4, false, "drained").await?;
-    ensure!(body.contains("draining"), "reasons: {body}");
+    wait_ready(&c, 4, false, &["draining"], "drained").await?;
     // The others are ready while it drains. Not necessarily at every instant: a replica
     // moving onto one of them is briefly behind right after it becomes a voter (the meta
     // group's, once, in CI), and readiness says so honestly.
     for id in 1..=3 {
-        wait_ready(&c, id, true, "another node drains").await?;
+        wait_ready(&c, id, true, &[], "another node drains").await?;
     }
     Ok(())
 }
