@@ -9,6 +9,11 @@
 //! then reads each node process's CPU time and resident memory from `/proc` at the start and
 //! the end of a quiet window. The figures are per node: CPU as a fraction of one core over
 //! the window, RSS at its end.
+//!
+//! With `down`, that many nodes are killed (-9) after the settling period, and the survivors
+//! are measured after a second one: what a cluster with a node lost costs at rest. Every
+//! group that had a replica on the lost node has a follower that answers nothing, and the
+//! groups it led elect elsewhere; with quiescence they go back to sleep without it.
 
 use crate::lab;
 use anyhow::{Context, Result};
@@ -33,6 +38,8 @@ pub struct IdlePoint {
     pub huge_pages_mib: f64,
     pub window_s: f64,
     pub quiesce_after_ms: u64,
+    /// Nodes killed before the window (not measured).
+    pub nodes_down: u64,
     /// One write per shard right after the window (each shard idle, asleep if quiescence is
     /// on, for the whole window): the median and the slowest, ms. The same on every node's row.
     pub wake_write_p50_ms: f64,
@@ -86,7 +93,8 @@ pub fn huge_pages_bytes(pid: u32) -> Result<u64> {
 }
 
 /// Measures `nodes` idle nodes holding `shards` shards at `rf`, over `window` after `settle`,
-/// then the first write to every shard.
+/// then the first write to every shard. With `down`, the last `down` nodes are killed after
+/// `settle` and the others measured after another `settle`.
 pub async fn measure(
     nodes: u64,
     shards: u32,
@@ -94,10 +102,24 @@ pub async fn measure(
     settle: Duration,
     window: Duration,
     quiesce_after_ms: u64,
+    down: u64,
 ) -> Result<Vec<IdlePoint>> {
+    // Every shard must keep a quorum, or the writes after the window cannot succeed.
+    anyhow::ensure!(
+        down * 2 < u64::from(rf) && down < nodes,
+        "--down {down} with RF {rf} on {nodes} nodes leaves shards without a quorum: at most {} \
+         nodes may be down",
+        (u64::from(rf) - 1) / 2
+    );
     let tuning = ringkv_tests::Tuning { quiesce_after_ms, ..ringkv_tests::Tuning::default() };
-    let cluster = lab::start_cluster_tuned(nodes, shards, rf, None, tuning).await?;
+    let mut cluster = lab::start_cluster_tuned(nodes, shards, rf, None, tuning).await?;
     tokio::time::sleep(settle).await;
+    if down > 0 {
+        for id in (nodes - down + 1)..=nodes {
+            cluster.kill(id)?;
+        }
+        tokio::time::sleep(settle).await;
+    }
     let ids = cluster.running();
     let mut before = Vec::new();
     for &id in &ids {
@@ -136,6 +158,7 @@ pub async fn measure(
             huge_pages_mib: huge as f64 / (1024.0 * 1024.0),
             window_s,
             quiesce_after_ms,
+            nodes_down: down,
             wake_write_p50_ms: p50,
             wake_write_max_ms: max,
         });
@@ -146,7 +169,7 @@ pub async fn measure(
 /// A markdown table of the points, one row per shard count (mean and worst node).
 pub fn table(points: &[IdlePoint]) -> String {
     let mut out = String::from(
-        "| shards | RF | nodes | quiesce after, ms | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | of which huge pages, MiB (max) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| shards | RF | nodes (+ down) | quiesce after, ms | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | of which huge pages, MiB (max) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut counts: Vec<u32> = points.iter().map(|p| p.shards).collect();
     counts.dedup();
@@ -158,9 +181,13 @@ pub fn table(points: &[IdlePoint]) -> String {
         let huge: Vec<f64> = at.iter().map(|p| p.huge_pages_mib).collect();
         let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         out.push_str(&format!(
-            "| {shards} | {} | {} | {} | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {:.1} / {:.1} |\n",
+            "| {shards} | {} | {}{} | {} | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {:.1} / {:.1} |\n",
             at[0].rf,
             at.len(),
+            match at[0].nodes_down {
+                0 => String::new(),
+                d => format!(" (+ {d} down)"),
+            },
             at[0].quiesce_after_ms,
             cpu.iter().sum::<f64>() / n,
             max(&cpu),

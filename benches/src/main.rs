@@ -204,6 +204,9 @@ enum Sweep {
         /// The nodes' `--quiesce-after-ms` (0: idle shards stay awake, for a before/after).
         #[arg(long, default_value_t = 2_000)]
         quiesce_after_ms: u64,
+        /// Nodes killed (-9) after settling; the others are measured after settling again.
+        #[arg(long, default_value_t = 0)]
+        down: u64,
         /// Results folder (`idle/idle.json` and `idle/idle.md` in it).
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
@@ -551,11 +554,11 @@ async fn main() -> Result<()> {
                 finish(&dir, title, &runs, &cols)?;
                 ringkv_bench::scale::plot(&dir.join("scale.svg"), title, &phases)
             }
-            Sweep::Idle { nodes, shards, rf, settle, window, quiesce_after_ms, out } => {
+            Sweep::Idle { nodes, shards, rf, settle, window, quiesce_after_ms, down, out } => {
                 let mut points = Vec::new();
                 for &n in &shards {
                     println!(
-                        "idle: {nodes} nodes, {n} shards, RF {rf}, quiesce after {quiesce_after_ms} ms: settling {settle} s, measuring {window} s"
+                        "idle: {nodes} nodes ({down} to be killed), {n} shards, RF {rf}, quiesce after {quiesce_after_ms} ms: settling {settle} s, measuring {window} s"
                     );
                     let at = ringkv_bench::idle::measure(
                         nodes,
@@ -564,6 +567,7 @@ async fn main() -> Result<()> {
                         Duration::from_secs(settle),
                         Duration::from_secs(window),
                         quiesce_after_ms,
+                        down,
                     )
                     .await?;
                     points.extend(at);

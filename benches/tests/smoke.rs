@@ -77,9 +77,16 @@ async fn open_loop_offers_the_scheduled_rate() -> anyhow::Result<()> {
 /// The idle measurement's plumbing: real node processes, their CPU time and RSS from /proc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_measurement_reads_every_nodes_cpu_and_memory() -> anyhow::Result<()> {
-    let points =
-        ringkv_bench::idle::measure(3, 4, 3, Duration::from_secs(1), Duration::from_secs(2), 500)
-            .await?;
+    let points = ringkv_bench::idle::measure(
+        3,
+        4,
+        3,
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+        500,
+        0,
+    )
+    .await?;
     anyhow::ensure!(points.len() == 3, "one point per node: {points:?}");
     let cores = std::thread::available_parallelism()?.get() as f64;
     for p in &points {
@@ -134,5 +141,26 @@ fn scaleout_pins_node_and_router_and_measures() -> anyhow::Result<()> {
         anyhow::ensure!(r["extra"]["pinned"].as_f64() == Some(1.0), "not pinned: {r}");
         anyhow::ensure!(r["extra"]["nodes"].as_f64() == Some(1.0), "wrong size: {r}");
     }
+    Ok(())
+}
+
+/// With a node killed before the window: the survivors are measured, every shard still
+/// takes a write, and a down count that would leave shards without a quorum is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_measurement_with_a_node_down_measures_the_survivors() -> anyhow::Result<()> {
+    let settle = Duration::from_secs(1);
+    let refused = ringkv_bench::idle::measure(3, 4, 3, settle, settle, 500, 2).await;
+    let Err(e) = refused else { anyhow::bail!("2 of RF 3 down was accepted") };
+    anyhow::ensure!(e.to_string().contains("without a quorum"), "unclear refusal: {e}");
+
+    let points =
+        ringkv_bench::idle::measure(3, 4, 3, settle, Duration::from_secs(2), 500, 1).await?;
+    anyhow::ensure!(points.len() == 2, "one point per surviving node: {points:?}");
+    for p in &points {
+        anyhow::ensure!(p.node != 3 && p.nodes_down == 1, "the killed node is not measured: {p:?}");
+        anyhow::ensure!(p.wake_write_max_ms >= p.wake_write_p50_ms, "writes after: {p:?}");
+    }
+    let table = ringkv_bench::idle::table(&points);
+    anyhow::ensure!(table.contains("2 (+ 1 down)"), "the table says a node was down: {table}");
     Ok(())
 }

@@ -4,12 +4,13 @@
 //! for it, and a stand-in forms the shard only when that node stays silent
 //! (`crates/node/src/bootstrap.rs`). So a member missing at founding must not leave the shards
 //! it prefers without a leader: the other two form them, serve reads and writes, and the
-//! missing member takes its replicas when it starts. And a cluster killed while it forms its
+//! missing member takes its replicas when it starts, even after its shards went to sleep
+//! without it. And a cluster killed while it forms its
 //! shards forms them when it starts again.
 
 use anyhow::{Result, ensure};
 use ringkv_proto::v1::Consistency;
-use ringkv_tests::{Cluster, Tuning};
+use ringkv_tests::{Cluster, Tuning, wait_for};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -25,6 +26,20 @@ async fn a_cluster_founded_with_a_member_down_forms_every_shard() -> Result<()> 
         c.put(key.as_bytes(), b"v", Duration::from_secs(20)).await?;
     }
 
+    // Every shard goes to sleep past the missing member (a quorum is enough). Its replicas,
+    // created empty when it starts, have no election timer that could wake their leaders:
+    // the leaders' replication, which keeps retrying what a follower lacks while they
+    // sleep, must bring it up to date.
+    wait_for(Duration::from_secs(60), "every shard asleep without node 3", || async {
+        for id in [1, 2] {
+            let st = c.status(id).await.ok()?;
+            let mut data = st.shards.iter().filter(|s| s.shard_id < c.shard_count()).peekable();
+            data.peek()?;
+            data.all(|s| s.quiesced).then_some(())?;
+        }
+        Some(())
+    })
+    .await?;
     c.spawn(3)?;
     c.wait_node_serving(3, Duration::from_secs(30)).await?;
     // Every shard's leader is then named by all three replicas, node 3's included.

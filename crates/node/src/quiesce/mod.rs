@@ -19,6 +19,15 @@
 //! leader meanwhile, the leader turns off its heartbeats and ticker. A follower that agreed
 //! while the leader did not finish is woken by the leader's next heartbeat.
 //!
+//! **Past a gone follower.** A follower that has acknowledged nothing for a long while (its
+//! node down or cut off) is neither asked nor waited for, as long as the leader and the
+//! followers that agree are a majority; otherwise the group stays awake and keeps trying.
+//! With a node down, every group it was part of would otherwise stay awake and heartbeat it
+//! (at 1,024 shards that kept both survivors' cores busy). When it comes back, the leader's
+//! replication, which retries what a follower lacks (with backoff) asleep or not, catches it
+//! up; one that lacks nothing pre-votes when its election timer fires, and the sleeping
+//! leader wakes on that, refuses, and heartbeats it.
+//!
 //! **Waking.** A Raft message handled by a quiesced replica wakes it, *after* the message was
 //! handled: a follower's election timer counts from the last leader contact, which was long
 //! ago; turned on first, it would start an election at once instead of taking the leader's

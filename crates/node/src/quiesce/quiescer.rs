@@ -75,7 +75,7 @@ struct Candidate {
     shard: Arc<Shard>,
     term: u64,
     last_index: u64,
-    /// (node, address) of every follower.
+    /// (node, address) of every follower asked.
     followers: Vec<(NodeId, String)>,
     active_at_ms: u64,
     /// The leader's wake count as it asks.
@@ -88,6 +88,8 @@ pub struct Quiescer {
     quiesce_after: Duration,
     /// How recent every follower's last acknowledgement must be.
     ack_within: Duration,
+    /// A follower silent for this long is absent: the group may sleep without it.
+    absent_after: Duration,
     rpc_timeout: Duration,
 }
 
@@ -98,7 +100,10 @@ impl Quiescer {
         ack_within: Duration,
         rpc_timeout: Duration,
     ) -> Self {
-        Quiescer { registry, quiesce_after, ack_within, rpc_timeout }
+        // As long as the group must be idle, and several acknowledgement windows, so that a
+        // follower only slowed down (a pause, a loaded machine) is not taken for gone.
+        let absent_after = quiesce_after.max(ack_within * 4);
+        Quiescer { registry, quiesce_after, ack_within, absent_after, rpc_timeout }
     }
 
     fn candidate(&self, shard: &Arc<Shard>) -> Option<Candidate> {
@@ -126,14 +131,35 @@ impl Quiescer {
         }
         let heartbeat = m.heartbeat.as_ref()?;
         let replication = m.replication.as_ref()?;
+        let leading_for = shard.quiet.leading_for(m.current_term);
         let mut followers = Vec::new();
-        for id in membership.voter_ids().filter(|&v| v != me) {
-            let acked = heartbeat.get(&id).cloned().flatten()?;
-            let matched = replication.get(&id).cloned().flatten()?;
-            if acked.elapsed() >= self.ack_within || matched.index != last_index {
+        let mut voters = 0;
+        for id in membership.voter_ids() {
+            voters += 1;
+            if id == me {
+                continue;
+            }
+            let silent_for = heartbeat.get(&id).cloned().flatten().map(|a| a.elapsed());
+            let matched = replication.get(&id).cloned().flatten().map(|l| l.index);
+            if silent_for.is_some_and(|s| s < self.ack_within) && matched == Some(last_index) {
+                followers.push((id, membership.get_node(&id)?.addr.clone()));
+                continue;
+            }
+            // A follower silent for long (its node down or cut off) need not keep the group
+            // awake: heartbeats to it only cost, and Raft needs only a quorum (CockroachDB
+            // quiesces past dead replicas too). It is neither asked nor watched. When it comes
+            // back, it is caught up either by replication (the leader keeps retrying the
+            // entries it lacks, with backoff, asleep or not) or, if it lacks nothing, after
+            // its election timer makes it pre-vote, which wakes this leader (see
+            // `RaftService::sleeping_refusal`).
+            if silent_for.unwrap_or(leading_for) < self.absent_after {
                 return None;
             }
-            followers.push((id, membership.get_node(&id)?.addr.clone()));
+        }
+        // With the leader, the followers that agree must be a majority: a group cut off from
+        // its quorum stays awake and keeps trying.
+        if (followers.len() + 1) * 2 <= voters {
+            return None;
         }
         // The balancer would hand this leadership to its preferred replica: let it first.
         if crate::balancer::transfer_target(&self.registry, shard, &m, self.ack_within).is_some() {

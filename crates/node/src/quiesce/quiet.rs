@@ -35,6 +35,8 @@ pub struct Quiet {
     /// leader for a follower, the followers for a leader (the pinger watches them without
     /// reading the group's metrics).
     transitions: Mutex<Vec<(NodeId, String)>>,
+    /// The term this replica was last seen leading and since when (see `leading_for`).
+    leading: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Quiet {
@@ -49,6 +51,21 @@ impl Quiet {
             leader_wakes: AtomicU64::new(0),
             epoch: Instant::now(),
             transitions: Mutex::new(Vec::new()),
+            leading: Mutex::new(None),
+        }
+    }
+
+    /// How long this replica has been seen leading in `term`: since the first call for that
+    /// term (the quiescer asks every round, so this is within a round of the election). A
+    /// follower that has not acknowledged a leadership this old is taken as gone.
+    pub(super) fn leading_for(&self, term: u64) -> Duration {
+        let mut leading = self.leading.lock().unwrap_or_else(|p| p.into_inner());
+        match *leading {
+            Some((t, since)) if t == term => since.elapsed(),
+            _ => {
+                *leading = Some((term, Instant::now()));
+                Duration::ZERO
+            }
         }
     }
 
