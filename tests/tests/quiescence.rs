@@ -159,16 +159,39 @@ async fn node_pings_replace_heartbeats_for_quiesced_shards() -> Result<()> {
         Some(())
     })
     .await?;
-    // It resumes behind (it missed the writes): its election timer makes it pre-vote, which
-    // wakes the sleeping leaders; they catch it up, and every replica sleeps again.
-    c.signal(paused, nix::sys::signal::Signal::SIGCONT)?;
-    wait_all_quiet(&c, Duration::from_secs(60)).await?;
-    for s in 0..c.shard_count() {
-        let key = c.key_in_shard(s, "while-paused");
-        let req = GetRequest { key: key.clone().into(), consistency: Consistency::Stale as i32 };
-        let got = c.kv(paused).await?.get(req).await?.into_inner();
-        ensure!(got.kv.is_some_and(|kv| kv.value.as_ref() == b"v"), "node {paused} missed a write");
+    // And they stay asleep: nothing (such as the leader balancer, for the shards that prefer
+    // the paused node) keeps waking them. Sampled every 100 ms over three balancer intervals,
+    // an observation window, not a synchronisation.
+    let samples = 3 * tuning().leader_balance_ms / 100;
+    for _ in 0..samples {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for id in [1, 2] {
+            let st = c.status(id).await?;
+            let awake: Vec<u64> = st
+                .shards
+                .iter()
+                .filter(|s| s.shard_id < c.shard_count() && !s.quiesced)
+                .map(|s| s.shard_id)
+                .collect();
+            ensure!(awake.is_empty(), "node {id} woke {awake:?} while node {paused} is paused");
+        }
     }
+    // It resumes behind (it missed the writes). The leaders' replication, retried while they
+    // sleep, brings its replicas up to date (right after it resumes they may still sleep
+    // on their old state, which STALE reads may return: it is within their stated
+    // staleness); then every replica sleeps again.
+    c.signal(paused, nix::sys::signal::Signal::SIGCONT)?;
+    wait_for(Duration::from_secs(60), "the resumed node to catch up", || async {
+        for s in 0..c.shard_count() {
+            let key = c.key_in_shard(s, "while-paused");
+            let req = GetRequest { key: key.into(), consistency: Consistency::Stale as i32 };
+            let got = c.kv(paused).await.ok()?.get(req).await.ok()?.into_inner();
+            got.kv.is_some_and(|kv| kv.value.as_ref() == b"v").then_some(())?;
+        }
+        Some(())
+    })
+    .await?;
+    wait_all_quiet(&c, Duration::from_secs(60)).await?;
 
     // Two nodes stop answering: the third holds no quorum for anything, and none of its
     // groups may sleep (they keep trying); after they resume, everything sleeps again.
