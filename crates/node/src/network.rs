@@ -325,8 +325,8 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
             // The first request is pulled before dialling, because openraft waits out its
             // backoff (after Unreachable errors) inside the request stream, when a request is
             // pulled. A transport that dials first and fails without pulling never backs off:
-            // with a peer killed, its survivors redialled it in a tight loop (~30,000 failed
-            // sessions and two warnings each per second per node at 8 shards, half a core).
+            // with a peer killed, its survivors redialled it in a tight loop (~20,000 failed
+            // sessions a second per node at 8 shards, with two warnings each: a whole core).
             let mut input = input;
             let Some(first) = input.next().await else {
                 let nothing: BoxStream<'s, _> = Box::pin(futures::stream::empty());
