@@ -479,15 +479,8 @@ mod tests {
     use ringkv_storage::type_config::Vote;
     use std::sync::atomic::AtomicBool;
 
-    /// A peer that refuses connections must still have its first request pulled: openraft
-    /// applies its backoff when a request is pulled, so a transport that fails before pulling
-    /// makes the leader redial a dead peer without pause.
-    #[tokio::test]
-    async fn a_refused_stream_pulls_the_first_request_before_failing() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+    /// Shard 1's client, on node 1, to node 2 at `addr`.
+    async fn peer_at(addr: &str) -> ShardPeer {
         let (_tx, applied) = tokio::sync::watch::channel(0);
         let mut network = ShardNetwork {
             shard: 1,
@@ -497,8 +490,19 @@ mod tests {
             leader_wakes: Arc::default(),
             clock: Arc::new(LeaderClock::new(applied)),
         };
-        let node = BasicNode { addr: format!("127.0.0.1:{port}") };
-        let mut peer = network.new_client(2, &node).await;
+        network.new_client(2, &BasicNode { addr: addr.into() }).await
+    }
+
+    /// A peer that refuses connections must still have its first request pulled: openraft
+    /// applies its backoff when a request is pulled, so a transport that fails before pulling
+    /// makes the leader redial a dead peer without pause.
+    #[tokio::test]
+    async fn a_refused_stream_pulls_the_first_request_before_failing() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut peer = peer_at(&format!("127.0.0.1:{port}")).await;
         let pulled = Arc::new(AtomicBool::new(false));
         let seen = pulled.clone();
         let input = futures::stream::once(async move {
@@ -523,18 +527,8 @@ mod tests {
     /// With nothing to send, no connection is made and the reply stream is empty.
     #[tokio::test]
     async fn an_empty_session_dials_nothing() {
-        let (_tx, applied) = tokio::sync::watch::channel(0);
-        let mut network = ShardNetwork {
-            shard: 1,
-            from: 1,
-            cluster_id: 7,
-            pool: PeerPool::new(0, 0, ringkv_tls::Dialer::plaintext()),
-            leader_wakes: Arc::default(),
-            clock: Arc::new(LeaderClock::new(applied)),
-        };
         // Port 1 refuses: a dial would fail the call.
-        let node = BasicNode { addr: "127.0.0.1:1".into() };
-        let mut peer = network.new_client(2, &node).await;
+        let mut peer = peer_at("127.0.0.1:1").await;
         let input = futures::stream::empty::<AppendEntriesRequest<TypeConfig>>().boxed();
         let Ok(replies) =
             peer.stream_append(input, RPCOption::new(Duration::from_millis(500))).await
