@@ -90,8 +90,8 @@ async fn idle_measurement_reads_every_nodes_cpu_and_memory() -> anyhow::Result<(
     anyhow::ensure!(points.len() == 3, "one point per node: {points:?}");
     let cores = std::thread::available_parallelism()?.get() as f64;
     for p in &points {
-        // The meta group never sleeps and the node syncs with it, so some CPU is used; a node
-        // cannot use more than the machine has.
+        // Every node pings its peers and syncs with the meta leader, so some CPU is used; a
+        // node cannot use more than the machine has.
         anyhow::ensure!(p.cpu_cores > 0.0 && p.cpu_cores <= cores, "CPU: {p:?}");
         anyhow::ensure!(p.rss_mib > 8.0, "a node with RocksDB open holds more than 8 MiB: {p:?}");
         anyhow::ensure!(p.window_s >= 2.0, "window: {p:?}");

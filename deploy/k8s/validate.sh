@@ -26,6 +26,7 @@ trap 'rm -rf "$out"' EXIT
 for overlay in dev production; do
   "${render[@]}" "$here/overlays/$overlay" > "$out/$overlay.yaml"
 done
+"${render[@]}" "$here/examples/access-policy" > "$out/access-policy.yaml"
 cp "$here"/examples/*.yaml "$out/"
 for v in "${versions[@]}"; do
   for f in "$out"/*.yaml; do

@@ -44,11 +44,16 @@ impl Manifests {
     /// Renders `deploy/k8s/overlays/<overlay>` with `kubectl kustomize` (or `kustomize
     /// build`) and parses it.
     pub fn render(overlay: &str) -> Result<Self> {
-        let dir = k8s_dir().join("overlays").join(overlay);
-        ensure!(dir.is_dir(), "no overlay {overlay:?} at {}", dir.display());
+        Self::render_dir(&k8s_dir().join("overlays").join(overlay))
+    }
+
+    /// Renders the kustomization in `dir` and parses it.
+    pub fn render_dir(dir: &Path) -> Result<Self> {
+        let overlay = dir.display();
+        ensure!(dir.is_dir(), "no kustomization at {overlay}");
         let mut tried = Vec::new();
         for (program, args) in [("kubectl", ["kustomize"]), ("kustomize", ["build"])] {
-            match Command::new(program).args(args).arg(&dir).output() {
+            match Command::new(program).args(args).arg(dir).output() {
                 Ok(out) if out.status.success() => {
                     let text = String::from_utf8(out.stdout).context("kustomize output")?;
                     return Self::parse(&text)
@@ -536,5 +541,44 @@ spec:
         assert_eq!(sts.template.volumes["data"], Volume::Claim);
         let router = m.deployment("ringkv-router").unwrap();
         assert!(router.template.container.port("grpc").is_ok());
+    }
+
+    /// The access-policy example: nodes and routers read the policy from the mounted Secret
+    /// (as a directory, so updates reach them), with TLS on (a policy without TLS is refused
+    /// at start), and the router's pod can read its Secret files (root-owned, mode 0400:
+    /// readable through the fsGroup only).
+    #[test]
+    fn the_access_policy_example_mounts_the_policy_everywhere_with_tls() {
+        let dir = k8s_dir().join("examples/access-policy");
+        let m = Manifests::render_dir(&dir).unwrap_or_else(|e| panic!("{e:#}"));
+        for (kind, name, policy_env, tls_env) in [
+            ("StatefulSet", "ringkv", "RINGKV_AUTH_POLICY", "RINGKV_TLS_DIR"),
+            ("Deployment", "ringkv-router", "RINGKV_ROUTER_AUTH_POLICY", "RINGKV_ROUTER_TLS_DIR"),
+        ] {
+            let pod = &m.get(kind, name).unwrap()["spec"]["template"]["spec"];
+            let c = &pod["containers"][0];
+            let env = |n: &str| {
+                c["env"].as_array().unwrap().iter().find(|e| e["name"] == n).map(|e| &e["value"])
+            };
+            let path = env(policy_env).and_then(|v| v.as_str()).expect(policy_env);
+            assert!(env(tls_env).is_some(), "{name}: the policy needs {tls_env}");
+            let mount = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| path.starts_with(v["mountPath"].as_str().unwrap_or("-")))
+                .unwrap_or_else(|| panic!("{name}: nothing mounted at {path}"));
+            assert!(mount.get("subPath").is_none(), "{name}: a subPath mount is never updated");
+            let volume = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("{name}: no volume {}", mount["name"]));
+            assert_eq!(volume["secret"]["secretName"], "ringkv-access-policy", "{name}");
+            let file = &path[mount["mountPath"].as_str().unwrap().len()..];
+            assert_eq!(file, "/policy.toml", "{name}: the Secret's key is policy.toml");
+            assert_eq!(pod["securityContext"]["fsGroup"], 10001, "{name}: Secret unreadable");
+        }
     }
 }

@@ -3,10 +3,11 @@
 //! served; a quiesced leader's death (or pause) is noticed by node-pair pings and the
 //! followers elect; a shard sleeps past a follower that is gone, never without a quorum, and
 //! the follower is caught up when it returns; a quiesced follower that restarts does not
-//! depose the healthy leaders it follows.
+//! depose the healthy leaders it follows; the meta group sleeps too and wakes for membership
+//! changes, and elects a new leader when its leader's node dies while it sleeps.
 
-use anyhow::{Result, ensure};
-use ringkv_proto::v1::{Consistency, GetRequest, RaftRole};
+use anyhow::{Context, Result, ensure};
+use ringkv_proto::v1::{Consistency, GetRequest, NodeRequest, RaftRole};
 use ringkv_tests::{Cluster, Tuning, wait_for};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,19 +33,23 @@ async fn leaders_and_terms(c: &Cluster) -> HashMap<u64, (u64, u64)> {
     out
 }
 
-/// Waits until every data replica on every running node is quiesced; on timeout says which
-/// are awake (node, shard, role, term).
+/// Waits until every replica (the meta group's too) on every running node is quiesced; on
+/// timeout says which are awake (node, shard, role, term).
 async fn wait_all_quiet(c: &Cluster, timeout: Duration) -> Result<()> {
+    wait_quiet_on(c, &c.running(), timeout).await
+}
+
+/// [`wait_all_quiet`] on `nodes` only.
+async fn wait_quiet_on(c: &Cluster, nodes: &[u64], timeout: Duration) -> Result<()> {
     let awake = std::sync::Mutex::new(Vec::new());
-    let waited = wait_for(timeout, "every data replica quiesced", || async {
+    let waited = wait_for(timeout, "every replica quiesced", || async {
         let mut now = Vec::new();
-        for id in c.running() {
+        for &id in nodes {
             let st = c.status(id).await.ok()?;
-            let data: Vec<_> = st.shards.iter().filter(|s| s.shard_id < c.shard_count()).collect();
-            if data.is_empty() {
+            if !st.shards.iter().any(|s| s.shard_id < c.shard_count()) {
                 return None;
             }
-            now.extend(data.iter().filter(|s| !s.quiesced).map(|s| {
+            now.extend(st.shards.iter().filter(|s| !s.quiesced).map(|s| {
                 format!("node {id} shard {} role {} term {}", s.shard_id, s.role, s.term)
             }));
         }
@@ -257,5 +262,53 @@ async fn node_pings_replace_heartbeats_for_quiesced_shards() -> Result<()> {
             "shard {s} has no new leader: {now:?}"
         );
     }
+    Ok(())
+}
+
+/// The meta group sleeps like a data shard: every node's sync reads its leader's records,
+/// which is no Raft traffic. It wakes for what changes the records (a drain, carried out by
+/// the placement driver's writes), and when its leader's node dies while it sleeps, the pings
+/// wake its followers, which elect a leader that takes the next membership change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meta_group_sleeps_and_wakes_for_membership_changes() -> Result<()> {
+    let mut c = Cluster::start(4, 8, 3, tuning()).await?;
+    let result = meta_sleeps_and_wakes(&mut c).await;
+    result.map_err(|e| e.context(c.keep_logs("quiescence-meta")))
+}
+
+async fn meta_sleeps_and_wakes(c: &mut Cluster) -> Result<()> {
+    c.wait_for_rf(Duration::from_secs(60)).await?;
+    c.wait_for_leaders(Duration::from_secs(30)).await?;
+    wait_all_quiet(c, Duration::from_secs(60)).await?;
+
+    // A drain is written to the sleeping meta group (through any node), and carried out.
+    let leader = c.meta_leader().await;
+    let drained = c.running().into_iter().rev().find(|&n| Some(n) != leader).unwrap_or(4);
+    let drained_id = c.identity_of(drained).await?;
+    let mut admin = c.admin(1).await?;
+    admin.drain_node(NodeRequest { node_id: drained_id }).await?;
+    c.wait_settled(Duration::from_secs(90)).await?;
+    let others: Vec<u64> = c.running().into_iter().filter(|&n| n != drained).collect();
+    wait_quiet_on(c, &others, Duration::from_secs(60)).await?;
+
+    // Its leader's node dies while it sleeps: the others elect a new leader, which takes the
+    // next membership change (removing the drained node).
+    let leader = c.meta_leader().await.context("no meta leader")?;
+    ensure!(leader != drained, "the drained node {drained} leads the meta group");
+    c.kill(leader)?;
+    let new_leader = wait_for(Duration::from_secs(30), "a new meta leader", || async {
+        c.meta_leader().await.filter(|&l| l != leader)
+    })
+    .await?;
+    let remaining: Vec<u64> = others.iter().copied().filter(|&n| n != leader).collect();
+    ensure!(remaining.contains(&new_leader), "meta leader {new_leader} is not among {remaining:?}");
+    wait_for(Duration::from_secs(30), "the drained node removed", || async {
+        let mut admin = c.admin(new_leader).await.ok()?;
+        admin.remove_node(NodeRequest { node_id: drained_id }).await.ok()
+    })
+    .await?;
+    let nodes = c.list_nodes().await?;
+    let record = nodes.nodes.iter().find(|n| n.id == drained_id).context("no record")?;
+    ensure!(record.state == "removed", "node {drained_id} is {:?} after its removal", record.state);
     Ok(())
 }

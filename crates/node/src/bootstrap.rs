@@ -174,7 +174,7 @@ pub async fn form_groups(
             _ => founding.own.push((shard, voters.clone())),
         }
     }
-    // The meta group first: nodes sync with its leader, and it never sleeps.
+    // The meta group first: nodes sync with its leader.
     founding.own.sort_by_key(|(s, _)| s.id != META_SHARD);
     Ok(founding)
 }
@@ -212,6 +212,8 @@ async fn form_own(
         tracing::info!(shards = formed.len(), "forming a batch of founding shards");
         let settled = |s: &Shard| {
             s.with_metrics(|m| m.current_leader.is_some())
+                // The meta group is not waited for: the placement driver writes the founding
+                // records to it as soon as it has a leader, which keeps it awake a while.
                 && (!quiesce || s.id == META_SHARD || s.quiet.is_quiet())
         };
         let deadline = tokio::time::Instant::now() + BATCH_SETTLE_MAX;

@@ -45,7 +45,7 @@ use ringkv_proto::internal::{
 };
 use ringkv_proto::v1::TransferLeaderRequest;
 use ringkv_proto::v1::admin_client::AdminClient;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -132,6 +132,8 @@ pub struct Driver {
     admin: tokio::sync::Mutex<()>,
     /// shard -> the node last seen leading it.
     leaders: Mutex<HashMap<ShardId, NodeId>>,
+    /// The inputs (meta applied index, live nodes) of the last round, if it planned nothing.
+    settled: Mutex<Option<(u64, BTreeSet<NodeId>)>>,
     pub metrics: DriverMetrics,
 }
 
@@ -156,6 +158,7 @@ impl Driver {
             liveness: Mutex::default(),
             admin: tokio::sync::Mutex::new(()),
             leaders: Mutex::default(),
+            settled: Mutex::default(),
             metrics,
         }
     }
@@ -224,12 +227,19 @@ impl Driver {
 
     /// Whether `node` synced within the live window (every node counts as live for the first
     /// window of a new leadership: it has not had the chance to hear from them).
-    pub fn live(&self, node: NodeId) -> bool {
-        let l = self.lock_liveness();
+    fn live_in(&self, l: &Liveness, node: NodeId) -> bool {
         match l.seen.get(&node) {
             Some(t) => t.elapsed() < self.cfg.live_window,
             None => l.leader_since.is_some_and(|s| s.elapsed() < self.cfg.live_window),
         }
+    }
+
+    /// The nodes of `state` that are live now, read under one lock. The planner and the
+    /// health count ask about every replica of every shard (3,072 questions a round at 1,024
+    /// shards); asked one by one, each took the lock and copied the meta replica's metrics.
+    fn live_nodes(&self, state: &ClusterState) -> BTreeSet<NodeId> {
+        let l = self.lock_liveness();
+        state.nodes.keys().copied().filter(|&n| self.live_in(&l, n)).collect()
     }
 
     /// How long ago this leader heard from `node` (`None`: not since it became leader).
@@ -307,8 +317,18 @@ impl Driver {
             }
         });
         futures::future::join_all(steps).await;
-        let live = |n: NodeId| self.live(n);
-        for (shard, mv) in planner::plan(&state, &live, self.cfg.limits, now_unix_ms()) {
+        let live_nodes = self.live_nodes(&state);
+        // Planning and the health count walk every replica of every shard; what they decide
+        // depends only on the records and on who is live. A round with the same records and
+        // live nodes as a round that planned nothing would plan nothing again.
+        let inputs = (view.applied_index, live_nodes);
+        if self.settled.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&inputs) {
+            return Ok(());
+        }
+        let live = |n: NodeId| inputs.1.contains(&n);
+        let planned = planner::plan(&state, &live, self.cfg.limits, now_unix_ms());
+        let nothing_planned = planned.is_empty();
+        for (shard, mv) in planned {
             if meta::cas(&meta, MetaKey::Move(shard), None, Some(&mv)).await? {
                 tracing::info!(
                     shard = %shard_name(shard),
@@ -319,7 +339,8 @@ impl Driver {
                 self.metrics.moves_started.inc();
             }
         }
-        self.observe(&state);
+        self.observe(&state, &inputs.1);
+        *self.settled.lock().unwrap_or_else(|p| p.into_inner()) = nothing_planned.then_some(inputs);
         Ok(())
     }
 
@@ -439,7 +460,8 @@ impl Driver {
             }
         }
         let (leader, view) = self.group_view(state, shard, rec, mv).await?;
-        let live = |n: NodeId| self.live(n);
+        let live_nodes = self.live_nodes(state);
+        let live = |n: NodeId| live_nodes.contains(&n);
         let step = planner::next_step(&rec.replicas, mv, &view, self.cfg.caught_up_lag, &live);
         tracing::debug!(shard = %shard_name(shard), ?step, "move step");
         let cluster_id = self.registry.cluster_id();
@@ -597,11 +619,15 @@ impl Driver {
 
     /// Replication health of every shard as this leader sees it (liveness from syncs).
     pub fn health(&self, state: &ClusterState) -> Health {
+        self.health_with(state, &self.live_nodes(state))
+    }
+
+    fn health_with(&self, state: &ClusterState, live_nodes: &BTreeSet<NodeId>) -> Health {
         let targets = planner::Targets::new(state);
         let mut h = Health::default();
         for shard in state.shard_ids_with_meta() {
             let replicas = state.replicas(shard);
-            let live = replicas.iter().filter(|&&n| self.live(n)).count();
+            let live = replicas.iter().filter(|&n| live_nodes.contains(n)).count();
             if live < replicas.len() / 2 + 1 {
                 h.without_quorum += 1;
             }
@@ -626,8 +652,8 @@ impl Driver {
         h
     }
 
-    fn observe(&self, state: &ClusterState) {
-        let h = self.health(state);
+    fn observe(&self, state: &ClusterState, live_nodes: &BTreeSet<NodeId>) {
+        let h = self.health_with(state, live_nodes);
         self.metrics.moves_running.set(state.moves.len() as i64);
         self.metrics.moves_pending.set(i64::from(h.pending));
         self.metrics.under_replicated.set(i64::from(h.under_replicated));

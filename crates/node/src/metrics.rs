@@ -87,6 +87,9 @@ impl DriverMetrics {
     }
 }
 
+/// A shard's gauges: role, term, last log index, committed index, applied index.
+type ShardNumbers = [i64; 5];
+
 /// Shared handles to every node metric, plus the registry they are in.
 #[derive(Clone, Debug)]
 pub struct NodeMetrics {
@@ -111,8 +114,10 @@ pub struct NodeMetrics {
     pub ready: Gauge,
     /// Voter replicas here whose state is older than the readiness bound.
     pub lagging_replicas: Gauge,
-    /// The shards whose gauges are set, so a replica that moved away stops being reported.
-    reported: Arc<Mutex<std::collections::BTreeSet<u64>>>,
+    /// The shards whose gauges are set, with the numbers last set (role, term, last log,
+    /// committed, applied), so a replica that moved away stops being reported and one whose
+    /// numbers did not change (every sleeping one) costs no gauge lookups.
+    reported: Arc<Mutex<std::collections::BTreeMap<u64, ShardNumbers>>>,
 }
 
 impl Default for NodeMetrics {
@@ -253,13 +258,14 @@ impl NodeMetrics {
     pub fn refresh(&self, registry: &ShardRegistry) {
         let shards = registry.shards();
         self.replicas.set(i64::try_from(registry.replica_ids().len()).unwrap_or(i64::MAX));
-        let quiesced = shards.iter().filter(|s| s.quiet.is_quiet()).count();
+        let quiesced = registry.replicas().iter().filter(|s| s.quiet.is_quiet()).count();
         self.quiesced.set(i64::try_from(quiesced).unwrap_or(i64::MAX));
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         let now: std::collections::BTreeSet<u64> = shards.iter().map(|s| s.id).collect();
-        {
-            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-            for gone in reported.difference(&now) {
-                let l = ShardLabel { shard: *gone };
+        reported.retain(|shard, _| {
+            let keep = now.contains(shard);
+            if !keep {
+                let l = ShardLabel { shard: *shard };
                 for f in [
                     &self.role,
                     &self.term,
@@ -270,12 +276,12 @@ impl NodeMetrics {
                     f.remove(&l);
                 }
             }
-            *reported = now;
-        }
+            keep
+        });
         for shard in shards {
             // Read in place and only the numbers: a clone copies the membership's maps, once
             // per shard every refresh.
-            let (role, term, last, committed, applied) = shard.with_metrics(|m| {
+            let numbers = shard.with_metrics(|m| {
                 let role = match m.state {
                     ServerState::Follower => 0,
                     ServerState::Leader => 1,
@@ -283,21 +289,30 @@ impl NodeMetrics {
                     ServerState::Learner => 3,
                     ServerState::Shutdown => 4,
                 };
-                (
+                let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                [
                     role,
-                    m.current_term,
-                    m.last_log_index.unwrap_or(0),
-                    m.local_committed.map_or(0, |c| c.index),
-                    m.last_applied.map_or(0, |c| c.index),
-                )
+                    as_i64(m.current_term),
+                    as_i64(m.last_log_index.unwrap_or(0)),
+                    as_i64(m.local_committed.map_or(0, |c| c.index)),
+                    as_i64(m.last_applied.map_or(0, |c| c.index)),
+                ]
             });
+            if reported.get(&shard.id) == Some(&numbers) {
+                continue;
+            }
             let l = ShardLabel { shard: shard.id };
-            let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            self.role.get_or_create(&l).set(role);
-            self.term.get_or_create(&l).set(as_i64(term));
-            self.last_log_index.get_or_create(&l).set(as_i64(last));
-            self.committed_index.get_or_create(&l).set(as_i64(committed));
-            self.applied_index.get_or_create(&l).set(as_i64(applied));
+            let gauges = [
+                &self.role,
+                &self.term,
+                &self.last_log_index,
+                &self.committed_index,
+                &self.applied_index,
+            ];
+            for (gauge, value) in gauges.into_iter().zip(numbers) {
+                gauge.get_or_create(&l).set(value);
+            }
+            reported.insert(shard.id, numbers);
         }
     }
 

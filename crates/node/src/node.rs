@@ -408,7 +408,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         let election_min = Duration::from_millis(t.election_timeout_min_ms);
         background.push(crate::quiesce::spawn(
             // Each ping may take half the silence after which a peer is taken for dead.
-            crate::quiesce::Pinger::new(registry.clone(), election_min / 2),
+            crate::quiesce::Pinger::new(registry.clone(), election_min / 2, heartbeat),
             crate::quiesce::Quiescer::new(
                 registry.clone(),
                 Duration::from_millis(t.quiesce_after_ms),

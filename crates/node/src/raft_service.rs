@@ -333,6 +333,11 @@ impl RaftRpc for RaftService {
         let req = req.into_inner();
         self.addressed_here(req.cluster_id, req.to_node_id).map_err(Status::failed_precondition)?;
         self.registry.peers().mark_stopping(req.from_node_id, req.stopping);
+        if req.boot_id != 0 && self.registry.peers().pinged_by(req.from_node_id, req.boot_id) {
+            // The sender restarted: what sleeps on it must wake, as when an answer says so.
+            let (registry, peer) = (self.registry.clone(), req.from_node_id);
+            tokio::spawn(async move { crate::quiesce::wake_sleeping_on(&registry, peer).await });
+        }
         Ok(Response::new(PingReply { boot_id: self.registry.boot_id() }))
     }
 }

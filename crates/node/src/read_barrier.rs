@@ -43,16 +43,27 @@ pub enum ReadFailure {
 pub type ReadOutcome = Result<(), ReadFailure>;
 
 /// LINEARIZABLE reads of a shard share ReadIndex rounds.
-#[derive(Debug, Clone)]
+///
+/// The task that runs the rounds starts with the shard's first LINEARIZABLE read: most shards
+/// of a node with thousands never serve one, and a task and its queue per shard are memory
+/// held for nothing (~4 KiB each).
+#[derive(Debug)]
 pub struct ReadBarrier {
-    tx: mpsc::Sender<oneshot::Sender<ReadOutcome>>,
+    raft: ShardRaft,
+    tx: std::sync::OnceLock<mpsc::Sender<oneshot::Sender<ReadOutcome>>>,
 }
 
 impl ReadBarrier {
-    pub fn start(raft: ShardRaft) -> Self {
-        let (tx, rx) = mpsc::channel(READ_QUEUE_MAX);
-        tokio::spawn(read_loop(raft, rx));
-        ReadBarrier { tx }
+    pub fn new(raft: ShardRaft) -> Self {
+        ReadBarrier { raft, tx: std::sync::OnceLock::new() }
+    }
+
+    fn queue(&self) -> &mpsc::Sender<oneshot::Sender<ReadOutcome>> {
+        self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(READ_QUEUE_MAX);
+            tokio::spawn(read_loop(self.raft.clone(), rx));
+            tx
+        })
     }
 
     /// Returns once a ReadIndex round that started after this call has completed and the
@@ -60,7 +71,7 @@ impl ReadBarrier {
     pub async fn wait(&self) -> ReadOutcome {
         let (tx, rx) = oneshot::channel();
         let stopped = || Err(ReadFailure::Raft(RaftError::Fatal(Fatal::Stopped)));
-        if self.tx.send(tx).await.is_err() {
+        if self.queue().send(tx).await.is_err() {
             return stopped();
         }
         rx.await.unwrap_or_else(|_| stopped())

@@ -51,6 +51,9 @@ struct Inner {
     /// Random per process start (see `crate::quiesce`).
     boot_id: u64,
     peers: crate::quiesce::PeerLiveness,
+    /// Sleeps begun by any replica here: the pinger recomputes the peers it watches only when
+    /// this moved (see `Pinger::watched`).
+    sleeps_begun: Arc<std::sync::atomic::AtomicU64>,
     /// Set once the node is shutting down (see `crate::handoff`): not ready, and it refuses
     /// leaderships offered to it.
     stopping: std::sync::atomic::AtomicBool,
@@ -85,6 +88,7 @@ impl ShardRegistry {
                 // A peer silent for the longest election timeout is taken for dead: a sleeping
                 // group's failover then takes about as long as an awake group's.
                 peers: crate::quiesce::PeerLiveness::new(dead_after),
+                sleeps_begun: Arc::default(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 stopped: tokio::sync::watch::Sender::new(false),
             }),
@@ -94,6 +98,11 @@ impl ShardRegistry {
     /// What this node's pings know of its peers (see `crate::quiesce`).
     pub fn peers(&self) -> &crate::quiesce::PeerLiveness {
         &self.inner.peers
+    }
+
+    /// How many sleeps replicas here have begun (see `Pinger::watched`).
+    pub fn sleeps_begun(&self) -> u64 {
+        self.inner.sleeps_begun.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn raft_config(&self) -> &openraft::Config {
@@ -317,7 +326,7 @@ impl ShardRegistry {
             sm,
             storage.reader(shard),
             self.inner.read_pool.clone(),
-            leader_wakes,
+            crate::quiesce::Quiet::new(leader_wakes, self.inner.sleeps_begun.clone()),
         ));
         self.inner.shards.write().unwrap_or_else(|p| p.into_inner()).insert(shard, replica.clone());
         Ok(replica)

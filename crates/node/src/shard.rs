@@ -75,18 +75,18 @@ impl Shard {
         state_machine: ShardStateMachine,
         reader: ShardReader,
         read_pool: ReadPool,
-        leader_wakes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        quiet: Quiet,
     ) -> Self {
         Shard {
             id,
             node_id,
-            reads: ReadBarrier::start(raft.clone()),
+            reads: ReadBarrier::new(raft.clone()),
             raft,
             state_machine,
             reader,
             read_pool,
             freshness: Mutex::new(Freshness::default()),
-            quiet: Quiet::new(leader_wakes),
+            quiet,
             founding_vote: std::sync::atomic::AtomicBool::new(false),
         }
     }

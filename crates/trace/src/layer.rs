@@ -5,7 +5,8 @@
 //! messages streamed after that are sent by tasks the handler spawned, which carry the trace
 //! when spawned through [`crate::propagate`].
 
-use crate::{TRACEPARENT_HEADER, TraceParent};
+use crate::scope::Hop;
+use crate::{TRACEPARENT_HEADER, TraceParent, TraceState};
 use std::task::{Context, Poll};
 use tokio::task::futures::TaskLocalFuture;
 use tracing::instrument::Instrumented;
@@ -35,7 +36,7 @@ where
     type Response = S::Response;
     type Error = S::Error;
     // Named, not boxed: no allocation per request beyond the span's own.
-    type Future = Instrumented<TaskLocalFuture<TraceParent, S::Future>>;
+    type Future = Instrumented<TaskLocalFuture<Hop, S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -47,6 +48,8 @@ where
             .get(TRACEPARENT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
+        // A `tracestate` belongs to its `traceparent`: without a valid one it is not read.
+        let state = parent.and_then(|_| TraceState::from_headers(req.headers()));
         let (hop, span) = match parent {
             Some(parent) => {
                 let hop = parent.child();
@@ -71,6 +74,7 @@ where
             }
         };
         // Entered while calling in: interceptors and the handler's synchronous start log in it.
+        let hop = Hop { context: hop, state };
         let fut = span.in_scope(|| crate::scope::scoped(hop, || self.inner.call(req)));
         tracing::Instrument::instrument(fut, span)
     }
@@ -88,23 +92,50 @@ mod tests {
     struct Echo;
 
     impl Service<http::Request<()>> for Echo {
-        type Response = Option<TraceParent>;
+        type Response = Option<Hop>;
         type Error = Infallible;
-        type Future = std::future::Ready<Result<Option<TraceParent>, Infallible>>;
+        type Future = std::future::Ready<Result<Option<Hop>, Infallible>>;
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
             Poll::Ready(Ok(()))
         }
         fn call(&mut self, _: http::Request<()>) -> Self::Future {
-            std::future::ready(Ok(crate::current()))
+            std::future::ready(Ok(crate::scope::current_hop()))
         }
     }
 
-    async fn hop_for(header: Option<&'static str>) -> TraceParent {
+    async fn full_hop_for(parent: Option<&'static str>, state: Option<&'static str>) -> Hop {
         let mut req = http::Request::new(());
-        if let Some(h) = header {
+        if let Some(h) = parent {
             req.headers_mut().insert(TRACEPARENT_HEADER, http::HeaderValue::from_static(h));
         }
+        if let Some(s) = state {
+            req.headers_mut().insert(crate::TRACESTATE_HEADER, http::HeaderValue::from_static(s));
+        }
         TraceLayer.layer(Echo).call(req).await.unwrap().expect("the handler runs inside a hop")
+    }
+
+    async fn hop_for(header: Option<&'static str>) -> TraceParent {
+        full_hop_for(header, None).await.context
+    }
+
+    #[tokio::test]
+    async fn tracestate_is_passed_on_only_with_a_valid_traceparent() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+        let hop = full_hop_for(Some(caller), Some(state)).await;
+        assert_eq!(hop.state.map(|s| s.to_string()).as_deref(), Some(state));
+        let hop = full_hop_for(Some(caller), Some(state)).await;
+        let onward = crate::scope::scoped(hop, || async {
+            let mut h = http::HeaderMap::new();
+            crate::inject(&mut h);
+            h
+        })
+        .await;
+        assert_eq!(onward[crate::TRACESTATE_HEADER], state, "sent on unchanged");
+        let orphan = full_hop_for(Some("00-broken"), Some(state)).await;
+        assert_eq!(orphan.state, None, "a new trace does not inherit another's state");
+        let invalid = full_hop_for(Some(caller), Some("Rojo=1")).await;
+        assert_eq!(invalid.state, None);
     }
 
     #[tokio::test]

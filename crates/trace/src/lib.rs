@@ -14,6 +14,9 @@
 //! `trace_id`, `span_id` and `parent_id`. Every log line the handler writes carries them
 //! (`RINGKV_LOG_FORMAT=json` puts them in each line's `spans`).
 //!
+//! The caller's `tracestate` (vendor data of the trace, [`TraceState`]) is passed on unchanged
+//! with it, when it and the `traceparent` are valid.
+//!
 //! **Onward**, the layer also sets the hop's context as a task-local ([`current`]); a channel
 //! that makes calls for the request (`ringkv_auth::AuthChannel`, through which the router and
 //! the client library send everything) adds [`inject`]'s header, naming this hop's span as
@@ -32,10 +35,14 @@
 mod context;
 mod layer;
 mod scope;
+mod state;
 
 pub use context::{SpanId, TraceId, TraceParent};
 pub use layer::{TraceLayer, TraceService};
-pub use scope::{current, inject, propagate, scope};
+pub use scope::{Hop, current, current_hop, inject, propagate, scope};
+pub use state::{TRACESTATE_BYTES_MAX, TraceState};
 
 /// The header that carries the trace context (W3C Trace Context, lower case as HTTP/2 sends it).
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// The header that carries the trace's vendor data (W3C Trace Context).
+pub const TRACESTATE_HEADER: &str = "tracestate";

@@ -6,7 +6,6 @@ use crate::shard::Shard;
 use futures::StreamExt;
 use openraft::{Instant as _, ServerState};
 use ringkv_placement::NodeId;
-use ringkv_placement::cluster::META_SHARD;
 use ringkv_proto::internal::QuiesceRequest;
 use ringkv_proto::internal::raft_client::RaftClient;
 use std::sync::Arc;
@@ -107,7 +106,7 @@ impl Quiescer {
     }
 
     fn candidate(&self, shard: &Arc<Shard>) -> Option<Candidate> {
-        if shard.id == META_SHARD || shard.quiet.is_quiet() {
+        if shard.quiet.is_quiet() {
             return None;
         }
         let active_at_ms = shard.quiet.active_at_ms();
@@ -219,7 +218,7 @@ impl Quiescer {
     /// One pass over the groups this node leads; returns how many quiesced.
     pub async fn round(&self) -> usize {
         let candidates: Vec<Candidate> =
-            self.registry.shards().iter().filter_map(|s| self.candidate(s)).collect();
+            self.registry.replicas().iter().filter_map(|s| self.candidate(s)).collect();
         futures::stream::iter(candidates)
             .map(|c| self.try_quiesce(c))
             .buffer_unordered(QUIESCE_IN_FLIGHT_MAX)

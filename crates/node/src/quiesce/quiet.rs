@@ -24,6 +24,8 @@ pub struct Quiet {
     /// How many times this replica went to sleep: a vote or snapshot wakes it only if it
     /// arrived after the sleep began (see `Shard::after_raft_message`).
     sleeps: AtomicU64,
+    /// The node-wide count of sleeps begun, shared by every replica of the node.
+    sleeps_begun: Arc<AtomicU64>,
     /// How many times this replica woke as a sleeping leader (or gave up going to sleep after
     /// its followers agreed); stamped on its messages (`RaftRequest.leader_wakes`).
     wakes: Arc<AtomicU64>,
@@ -40,13 +42,15 @@ pub struct Quiet {
 }
 
 impl Quiet {
-    /// `wakes` is shared with the replica's Raft network, which stamps it on every message.
-    pub fn new(wakes: Arc<AtomicU64>) -> Self {
+    /// `wakes` is shared with the replica's Raft network, which stamps it on every message;
+    /// `sleeps_begun` with every replica of the node, which counts each sleep it begins.
+    pub fn new(wakes: Arc<AtomicU64>, sleeps_begun: Arc<AtomicU64>) -> Self {
         Quiet {
             mode: AtomicU8::new(AWAKE),
             leader: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
+            sleeps_begun,
             wakes,
             leader_wakes: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -232,6 +236,7 @@ impl Quiet {
         let (leader, addr) = leader;
         *peers = vec![(leader, addr)];
         self.sleeps.fetch_add(1, Ordering::SeqCst);
+        self.sleeps_begun.fetch_add(1, Ordering::SeqCst);
         self.leader.store(leader, Ordering::SeqCst);
         self.leader_wakes.store(leader_wakes, Ordering::SeqCst);
         self.mode.store(FOLLOWING, Ordering::SeqCst);
@@ -259,6 +264,7 @@ impl Quiet {
             return false;
         }
         self.sleeps.fetch_add(1, Ordering::SeqCst);
+        self.sleeps_begun.fetch_add(1, Ordering::SeqCst);
         *peers = followers.to_vec();
         let rc = raft.runtime_config();
         rc.heartbeat(false);
