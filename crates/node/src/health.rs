@@ -129,22 +129,15 @@ impl Health {
             state.as_ref().and_then(|s| s.node(self.registry.node_id())).map(|n| n.state);
         // A sleeping replica counts as current (see the module notes); its metrics are not
         // read at all, since this runs every second over every replica.
-        let views = self.registry.replicas().into_iter().map(|shard| {
-            if shard.quiet.is_quiet() {
-                return ReplicaView {
+        let views =
+            self.registry.replicas().into_iter().filter(|s| !s.quiet.is_quiet()).map(|shard| {
+                ReplicaView {
                     shard: shard.id,
-                    voter: false,
-                    quiet: true,
-                    staleness_ms: None,
-                };
-            }
-            ReplicaView {
-                shard: shard.id,
-                voter: shard.is_voter(),
-                quiet: false,
-                staleness_ms: shard.staleness_now_ms(),
-            }
-        });
+                    voter: shard.is_voter(),
+                    quiet: false,
+                    staleness_ms: shard.staleness_now_ms(),
+                }
+            });
         evaluate(self.registry.is_stopping(), node_state, views, self.staleness_max_ms)
     }
 

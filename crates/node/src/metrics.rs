@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use ringkv_placement::cluster::META_SHARD;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -256,10 +257,12 @@ impl NodeMetrics {
     /// Copies every shard's Raft metrics into the gauges (and drops the gauges of replicas
     /// that moved away).
     pub fn refresh(&self, registry: &ShardRegistry) {
-        let shards = registry.shards();
-        self.replicas.set(i64::try_from(registry.replica_ids().len()).unwrap_or(i64::MAX));
-        let quiesced = registry.replicas().iter().filter(|s| s.quiet.is_quiet()).count();
+        // One look at the registry: the meta group counts as a replica, not as a shard.
+        let replicas = registry.replicas();
+        self.replicas.set(i64::try_from(replicas.len()).unwrap_or(i64::MAX));
+        let quiesced = replicas.iter().filter(|s| s.quiet.is_quiet()).count();
         self.quiesced.set(i64::try_from(quiesced).unwrap_or(i64::MAX));
+        let shards: Vec<_> = replicas.into_iter().filter(|s| s.id != META_SHARD).collect();
         let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         let now: std::collections::BTreeSet<u64> = shards.iter().map(|s| s.id).collect();
         reported.retain(|shard, _| {

@@ -52,7 +52,7 @@ struct Inner {
     boot_id: u64,
     peers: crate::quiesce::PeerLiveness,
     /// Sleeps begun by any replica here: the pinger recomputes the peers it watches only when
-    /// this moved (see `Pinger::watched`).
+    /// this moved (see `Pinger::refresh_watched`).
     sleeps_begun: Arc<std::sync::atomic::AtomicU64>,
     /// Set once the node is shutting down (see `crate::handoff`): not ready, and it refuses
     /// leaderships offered to it.
@@ -100,7 +100,7 @@ impl ShardRegistry {
         &self.inner.peers
     }
 
-    /// How many sleeps replicas here have begun (see `Pinger::watched`).
+    /// How many sleeps replicas here have begun (see `Pinger::refresh_watched`).
     pub fn sleeps_begun(&self) -> u64 {
         self.inner.sleeps_begun.load(std::sync::atomic::Ordering::SeqCst)
     }

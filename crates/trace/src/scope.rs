@@ -64,8 +64,8 @@ pub fn inject(headers: &mut http::HeaderMap) {
     if headers.contains_key(TRACEPARENT_HEADER) {
         return;
     }
-    if let Some(hop) = current_hop() {
-        if let Some(state) = hop.state {
+    let _ = CURRENT.try_with(|hop| {
+        if let Some(state) = &hop.state {
             headers.insert(TRACESTATE_HEADER, state.header_value().clone());
         }
         // Always ASCII (hex and dashes): the conversion cannot fail.
@@ -76,7 +76,7 @@ pub fn inject(headers: &mut http::HeaderMap) {
             v.set_sensitive(true);
             headers.insert(TRACEPARENT_HEADER, v);
         }
-    }
+    });
 }
 
 #[cfg(test)]

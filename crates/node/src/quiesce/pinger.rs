@@ -200,7 +200,7 @@ impl Pinger {
     /// The count is read before the walk, and bumped under the lock that `each_peer` takes,
     /// before the replica's mode says it sleeps: a sleep the walk missed moves the count
     /// past what is cached, and the next round walks again.
-    fn watched(&mut self) -> &HashMap<NodeId, String> {
+    fn refresh_watched(&mut self) {
         let begun = self.registry.sleeps_begun();
         self.watched_age += 1;
         if self.watched_at != Some(begun) || self.watched_age >= WATCHED_REFRESH_ROUNDS {
@@ -214,7 +214,6 @@ impl Pinger {
             self.watched_at = Some(begun);
             self.watched_age = 0;
         }
-        &self.watched
     }
 
     async fn ping(&self, peer: NodeId, addr: &str) -> Result<u64, String> {
@@ -224,9 +223,10 @@ impl Pinger {
     /// Pings every watched peer once; wakes the groups of peers that restarted or are silent.
     /// Returns how many groups it woke.
     pub async fn round(&mut self) -> usize {
-        let watched = self.watched().clone();
+        self.refresh_watched();
+        let watched = &self.watched;
         let liveness = self.registry.peers();
-        liveness.retain(&watched);
+        liveness.retain(watched);
         let this = &*self;
         let pings = watched
             .iter()
