@@ -10,6 +10,11 @@
 //! the end of a quiet window. The figures are per node: CPU as a fraction of one core over
 //! the window, RSS at its end.
 //!
+//! With `busy`, every shard first takes writes for that long (64 clients, uniform keys), and
+//! the window starts after the settling period that follows: what a cluster that went quiet
+//! after traffic costs, which may differ from one that never had any (queues that grew or
+//! were walked through stay resident).
+//!
 //! With `down`, that many nodes are killed (-9) after the settling period, and the survivors
 //! are measured after a second one: what a cluster with a node lost costs at rest. Every
 //! group that had a replica on the lost node has a follower that answers nothing, and the
@@ -40,6 +45,11 @@ pub struct IdlePoint {
     pub quiesce_after_ms: u64,
     /// Nodes killed before the window (not measured).
     pub nodes_down: u64,
+    /// Seconds of writes to every shard before settling, and the writes acknowledged in them.
+    pub busy_s: f64,
+    pub busy_writes: u64,
+    /// Writes of the busy phase that failed (deadlines missed on a saturated machine).
+    pub busy_errors: u64,
     /// One write per shard right after the window (each shard idle, asleep if quiescence is
     /// on, for the whole window): the median and the slowest, ms. The same on every node's row.
     pub wake_write_p50_ms: f64,
@@ -92,18 +102,37 @@ pub fn huge_pages_bytes(pid: u32) -> Result<u64> {
     Ok(kib_field(&rollup, "AnonHugePages:").map_or(0, |kib| kib * 1024))
 }
 
-/// Measures `nodes` idle nodes holding `shards` shards at `rf`, over `window` after `settle`,
-/// then the first write to every shard. With `down`, the last `down` nodes are killed after
-/// `settle` and the others measured after another `settle`.
-pub async fn measure(
-    nodes: u64,
-    shards: u32,
-    rf: u32,
-    settle: Duration,
-    window: Duration,
-    quiesce_after_ms: u64,
-    down: u64,
-) -> Result<Vec<IdlePoint>> {
+/// What [`measure`] measures.
+#[derive(Debug, Clone)]
+pub struct IdleSpec {
+    pub nodes: u64,
+    pub shards: u32,
+    pub rf: u32,
+    /// Waited after every shard has a leader (and after the busy phase, and after a kill).
+    pub settle: Duration,
+    /// Measured.
+    pub window: Duration,
+    /// The nodes' `--quiesce-after-ms`.
+    pub quiesce_after_ms: u64,
+    /// The last `down` nodes are killed (-9) after settling; the others are measured.
+    pub down: u64,
+    /// Writes to every shard for this long before settling (zero: none). A group that was busy
+    /// once may keep more memory than one that never was (queues grown or walked through):
+    /// the figure for a cluster that went quiet after a day of traffic, not one that never
+    /// had any.
+    pub busy: Duration,
+}
+
+/// Clients and connections of the busy phase: enough for every node to be saturated.
+const BUSY_CLIENTS: usize = 64;
+const BUSY_CONNECTIONS: usize = 8;
+/// Keys written in the busy phase, spread uniformly over every shard.
+const BUSY_RECORDS: u64 = 100_000;
+
+/// Measures the idle nodes of `spec`: over its window after settling (after a busy phase,
+/// and with nodes killed, when asked), then the first write to every shard.
+pub async fn measure(spec: &IdleSpec) -> Result<Vec<IdlePoint>> {
+    let IdleSpec { nodes, shards, rf, settle, window, quiesce_after_ms, down, busy } = *spec;
     // Every shard must keep a quorum, or the writes after the window cannot succeed.
     anyhow::ensure!(
         down * 2 < u64::from(rf) && down < nodes,
@@ -113,6 +142,8 @@ pub async fn measure(
     );
     let tuning = ringkv_tests::Tuning { quiesce_after_ms, ..ringkv_tests::Tuning::default() };
     let mut cluster = lab::start_cluster_tuned(nodes, shards, rf, None, tuning).await?;
+    let (busy_writes, busy_errors) =
+        if busy.is_zero() { (0, 0) } else { busy_phase(&cluster, busy).await? };
     tokio::time::sleep(settle).await;
     if down > 0 {
         for id in (nodes - down + 1)..=nodes {
@@ -159,6 +190,9 @@ pub async fn measure(
             window_s,
             quiesce_after_ms,
             nodes_down: down,
+            busy_s: busy.as_secs_f64(),
+            busy_writes,
+            busy_errors,
             wake_write_p50_ms: p50,
             wake_write_max_ms: max,
         });
@@ -166,10 +200,40 @@ pub async fn measure(
     Ok(points)
 }
 
+/// Writes uniformly spread keys (so every shard) with [`BUSY_CLIENTS`] clients for `busy`,
+/// in direct mode; returns the writes acknowledged and those that failed (a saturated
+/// machine misses some client deadlines; that is the load's tail, not the figure's concern,
+/// and it is reported beside it).
+async fn busy_phase(cluster: &ringkv_tests::Cluster, busy: Duration) -> Result<(u64, u64)> {
+    let conns = lab::connect(
+        crate::target::TargetKind::Direct,
+        cluster,
+        None,
+        BUSY_CONNECTIONS,
+        ringkv_client::Consistency::Linearizable,
+    )
+    .await?;
+    let spec = crate::driver::LoadSpec {
+        workload: crate::workload::Workload::W,
+        keys: std::sync::Arc::new(crate::keys::KeyChooser::new(
+            crate::keys::Distribution::Uniform,
+            BUSY_RECORDS,
+        )?),
+        value_bytes: 256,
+        clients: BUSY_CLIENTS,
+        duration: busy,
+        rate: None,
+        consistency: ringkv_client::Consistency::Linearizable,
+    };
+    let r = crate::driver::run("busy", &conns, &spec).await?;
+    anyhow::ensure!(r.ops > 0, "no write succeeded in the busy phase: {:?}", r.errors);
+    Ok((r.ops, r.errors.values().sum()))
+}
+
 /// A markdown table of the points, one row per shard count (mean and worst node).
 pub fn table(points: &[IdlePoint]) -> String {
     let mut out = String::from(
-        "| shards | RF | nodes (+ down) | quiesce after, ms | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | of which huge pages, MiB (max) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| shards | RF | nodes (+ down) | quiesce after, ms | busy before, s (writes, failed) | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | of which huge pages, MiB (max) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut counts: Vec<u32> = points.iter().map(|p| p.shards).collect();
     counts.dedup();
@@ -181,7 +245,7 @@ pub fn table(points: &[IdlePoint]) -> String {
         let huge: Vec<f64> = at.iter().map(|p| p.huge_pages_mib).collect();
         let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         out.push_str(&format!(
-            "| {shards} | {} | {}{} | {} | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {:.1} / {:.1} |\n",
+            "| {shards} | {} | {}{} | {} | {:.0} ({}, {}) | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {:.1} / {:.1} |\n",
             at[0].rf,
             at.len(),
             match at[0].nodes_down {
@@ -189,6 +253,9 @@ pub fn table(points: &[IdlePoint]) -> String {
                 d => format!(" (+ {d} down)"),
             },
             at[0].quiesce_after_ms,
+            at[0].busy_s,
+            at[0].busy_writes,
+            at[0].busy_errors,
             cpu.iter().sum::<f64>() / n,
             max(&cpu),
             rss.iter().sum::<f64>() / n,

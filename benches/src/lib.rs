@@ -10,6 +10,7 @@
 //!   measured from each operation's *intended* start so coordinated omission cannot hide
 //!   queueing), with HdrHistograms per operation and throughput per second;
 //! - [`idle`]: what shards cost at rest (CPU and RSS per node of an idle cluster);
+//! - [`server_cpu`]: the servers' CPU seconds per 1,000 operations (nodes and router, or etcd);
 //! - [`results`]: JSON, a markdown table and SVG plots per results folder;
 //! - [`lab`]: sweeps over fresh clusters (replication × consistency, shards × balancing,
 //!   failures) and [`simulate`], the same questions at scale answered with the real placement
@@ -23,6 +24,7 @@ pub mod lab;
 pub mod results;
 pub mod scale;
 pub mod scaleout;
+pub mod server_cpu;
 pub mod simulate;
 pub mod target;
 pub mod workload;

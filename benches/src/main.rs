@@ -8,6 +8,7 @@ use ringkv_bench::etcd::EtcdCluster;
 use ringkv_bench::keys::{Distribution, KeyChooser};
 use ringkv_bench::lab::{self, LabOptions};
 use ringkv_bench::results::{self, RunResult};
+use ringkv_bench::server_cpu::{self, CpuWindow, Role};
 use ringkv_bench::simulate::simulate;
 use ringkv_bench::target::{Conn, TargetKind};
 use ringkv_bench::workload::Workload;
@@ -201,12 +202,17 @@ enum Sweep {
         /// Seconds measured.
         #[arg(long, default_value_t = 30)]
         window: u64,
-        /// The nodes' `--quiesce-after-ms` (0: idle shards stay awake, for a before/after).
-        #[arg(long, default_value_t = 2_000)]
+        /// The nodes' `--quiesce-after-ms` (their default; 0: idle shards stay awake, for a
+        /// before/after).
+        #[arg(long, default_value_t = 500)]
         quiesce_after_ms: u64,
         /// Nodes killed (-9) after settling; the others are measured after settling again.
         #[arg(long, default_value_t = 0)]
         down: u64,
+        /// Seconds of writes to every shard (64 clients, uniform keys) before settling: the
+        /// idle cost of a cluster that was busy, not one that never was.
+        #[arg(long, default_value_t = 0)]
+        busy: u64,
         /// Results folder (`idle/idle.json` and `idle/idle.md` in it).
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
@@ -226,6 +232,10 @@ enum Sweep {
         trials: u32,
     },
 }
+
+/// The columns `run` and `suite` add: server CPU seconds per 1,000 operations, in all and by
+/// role (the generator excluded; see `server_cpu`).
+const CPU_COLS: &[&str] = &[server_cpu::SERVER, server_cpu::NODES, server_cpu::ROUTER];
 
 /// A point of the suite: name, target, workload, consistency, clients, (nodes, shards, RF).
 type SuitePoint = (String, TargetKind, Workload, Consistency, usize, (u64, u32, u32));
@@ -291,7 +301,10 @@ async fn run_target(
             conns.push(Arc::new(Conn::open(kind, addr, consistency).await?));
         }
         driver::load(&conns, load.records, load.value_bytes, 64).await?;
-        driver::run(name, &conns, &spec).await?
+        let cpu = CpuWindow::start(etcd.pids().into_iter().map(|pid| (Role::Node, pid)))?;
+        let mut r = driver::run(name, &conns, &spec).await?;
+        r.extra.extend(cpu.finish(r.ops)?);
+        r
     } else {
         let cluster = if auth {
             let policy = lab::bench_policy();
@@ -316,7 +329,18 @@ async fn run_target(
         let conns =
             lab::connect(kind, &cluster, Some(&router), load.connections, consistency).await?;
         driver::load(&conns, load.records, load.value_bytes, 64).await?;
-        driver::run(name, &conns, &spec).await?
+        let mut servers = Vec::new();
+        for slot in cluster.running() {
+            servers.push((Role::Node, cluster.pid(slot).context("node not running")?));
+        }
+        // In direct mode the router is started but idle: not one of this run's servers.
+        if kind == TargetKind::Router {
+            servers.push((Role::Router, router.pid()));
+        }
+        let cpu = CpuWindow::start(servers)?;
+        let mut r = driver::run(name, &conns, &spec).await?;
+        r.extra.extend(cpu.finish(r.ops)?);
+        r
     };
     r.distribution = Some(format!("{distribution:?}").to_lowercase());
     Ok(r)
@@ -370,7 +394,7 @@ async fn main() -> Result<()> {
                     .with_context(|| format!("running against {t:?}"))?,
                 );
             }
-            finish(&load.out, &format!("workload {workload:?}, {dist:?} keys"), &runs, &[])
+            finish(&load.out, &format!("workload {workload:?}, {dist:?} keys"), &runs, CPU_COLS)
         }
         Command::Suite { load, no_etcd } => {
             let c = load.clients;
@@ -464,7 +488,7 @@ async fn main() -> Result<()> {
             let checkpoint = lab::Checkpoint {
                 dir: load.out.clone(),
                 title: "ringkv and etcd side by side".into(),
-                extra_cols: vec![],
+                extra_cols: CPU_COLS.to_vec(),
             };
             let mut runs = Vec::new();
             for (name, kind, w, cons, clients, shape) in points {
@@ -486,7 +510,7 @@ async fn main() -> Result<()> {
                 );
                 checkpoint.save(&runs)?;
             }
-            finish(&load.out, "ringkv and etcd side by side", &runs, &[])
+            finish(&load.out, "ringkv and etcd side by side", &runs, CPU_COLS)
         }
         Command::Lab { sweep } => match sweep {
             Sweep::Rf(PerRf { load, rf, shards, net_delay }) => {
@@ -554,22 +578,33 @@ async fn main() -> Result<()> {
                 finish(&dir, title, &runs, &cols)?;
                 ringkv_bench::scale::plot(&dir.join("scale.svg"), title, &phases)
             }
-            Sweep::Idle { nodes, shards, rf, settle, window, quiesce_after_ms, down, out } => {
+            Sweep::Idle {
+                nodes,
+                shards,
+                rf,
+                settle,
+                window,
+                quiesce_after_ms,
+                down,
+                busy,
+                out,
+            } => {
                 let mut points = Vec::new();
                 for &n in &shards {
                     println!(
-                        "idle: {nodes} nodes ({down} to be killed), {n} shards, RF {rf}, quiesce after {quiesce_after_ms} ms: settling {settle} s, measuring {window} s"
+                        "idle: {nodes} nodes ({down} to be killed), {n} shards, RF {rf}, quiesce after {quiesce_after_ms} ms: {busy} s of writes, settling {settle} s, measuring {window} s"
                     );
-                    let at = ringkv_bench::idle::measure(
+                    let spec = ringkv_bench::idle::IdleSpec {
                         nodes,
-                        n,
+                        shards: n,
                         rf,
-                        Duration::from_secs(settle),
-                        Duration::from_secs(window),
+                        settle: Duration::from_secs(settle),
+                        window: Duration::from_secs(window),
                         quiesce_after_ms,
                         down,
-                    )
-                    .await?;
+                        busy: Duration::from_secs(busy),
+                    };
+                    let at = ringkv_bench::idle::measure(&spec).await?;
                     points.extend(at);
                 }
                 let dir = out.join("idle");

@@ -87,8 +87,13 @@ pub fn markdown(runs: &[RunResult], extra_cols: &[&str]) -> String {
         );
         for c in extra_cols {
             match r.extra.get(*c) {
+                // Counts as counts; ratios and CPU seconds per 1,000 operations (often below
+                // 0.1) with three decimals.
+                Some(v) if v.fract() == 0.0 => {
+                    let _ = write!(t, " {v:.0} |");
+                }
                 Some(v) => {
-                    let _ = write!(t, " {v:.2} |");
+                    let _ = write!(t, " {v:.3} |");
                 }
                 None => t.push_str(" - |"),
             }

@@ -1,11 +1,13 @@
 //! The bench smoke CI runs so the harness cannot rot: the `ringkv-bench` binary runs a few
 //! seconds of workload A against a fresh ringkv cluster (router and direct) and etcd, and
-//! writes its results folder; the driver's open loop keeps its schedule; the idle measurement
-//! reads real nodes' CPU and memory.
+//! writes its results folder with the servers' CPU per operation; the driver's open loop keeps
+//! its schedule; the idle measurement reads real nodes' CPU and memory.
 
 use ringkv_bench::driver::{self, LoadSpec};
+use ringkv_bench::idle::IdleSpec;
 use ringkv_bench::keys::{Distribution, KeyChooser};
 use ringkv_bench::lab;
+use ringkv_bench::server_cpu;
 use ringkv_bench::target::TargetKind;
 use ringkv_bench::workload::Workload;
 use ringkv_client::Consistency;
@@ -44,7 +46,20 @@ fn bench_binary_runs_router_direct_and_etcd_side_by_side() -> anyhow::Result<()>
     for r in &runs {
         anyhow::ensure!(r["ops"].as_u64().unwrap_or(0) > 10, "too few operations: {r}");
         anyhow::ensure!(r["all"]["p99_ms"].as_f64().unwrap_or(0.0) > 0.0, "no latency: {r}");
+        // The servers' CPU per 1,000 operations: always the nodes' (or etcd members') share,
+        // the router's only when the run went through it.
+        let cpu = |k: &str| r["extra"][k].as_f64();
+        let server = cpu(server_cpu::SERVER).filter(|s| *s > 0.0);
+        anyhow::ensure!(server.is_some(), "no server CPU figure: {r}");
+        anyhow::ensure!(cpu(server_cpu::NODES).is_some_and(|n| n > 0.0), "no node share: {r}");
+        let through_router = r["name"].as_str().is_some_and(|n| n.starts_with("router"));
+        anyhow::ensure!(
+            cpu(server_cpu::ROUTER).is_some() == through_router,
+            "the router's share belongs to router runs only: {r}"
+        );
     }
+    let table = std::fs::read_to_string(out.path().join("results.md"))?;
+    anyhow::ensure!(table.contains(server_cpu::SERVER), "no CPU column in the table: {table}");
     for f in ["results.md", "throughput.svg", "timeline.svg"] {
         anyhow::ensure!(out.path().join(f).exists(), "{f} missing");
     }
@@ -74,19 +89,27 @@ async fn open_loop_offers_the_scheduled_rate() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The idle measurement's plumbing: real node processes, their CPU time and RSS from /proc.
+/// 3 nodes, 4 shards, RF 3, 1 s to settle, quiescence after 500 ms, no busy phase.
+fn idle_spec(window: Duration, down: u64) -> IdleSpec {
+    IdleSpec {
+        nodes: 3,
+        shards: 4,
+        rf: 3,
+        settle: Duration::from_secs(1),
+        window,
+        quiesce_after_ms: 500,
+        down,
+        busy: Duration::ZERO,
+    }
+}
+
+/// The idle measurement's plumbing: real node processes, their CPU time and RSS from /proc,
+/// after a busy phase that wrote to them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_measurement_reads_every_nodes_cpu_and_memory() -> anyhow::Result<()> {
-    let points = ringkv_bench::idle::measure(
-        3,
-        4,
-        3,
-        Duration::from_secs(1),
-        Duration::from_secs(2),
-        500,
-        0,
-    )
-    .await?;
+    // With a busy phase first: its writes reach every shard and are counted.
+    let spec = IdleSpec { busy: Duration::from_secs(2), ..idle_spec(Duration::from_secs(2), 0) };
+    let points = ringkv_bench::idle::measure(&spec).await?;
     anyhow::ensure!(points.len() == 3, "one point per node: {points:?}");
     let cores = std::thread::available_parallelism()?.get() as f64;
     for p in &points {
@@ -95,6 +118,7 @@ async fn idle_measurement_reads_every_nodes_cpu_and_memory() -> anyhow::Result<(
         anyhow::ensure!(p.cpu_cores > 0.0 && p.cpu_cores <= cores, "CPU: {p:?}");
         anyhow::ensure!(p.rss_mib > 8.0, "a node with RocksDB open holds more than 8 MiB: {p:?}");
         anyhow::ensure!(p.window_s >= 2.0, "window: {p:?}");
+        anyhow::ensure!(p.busy_s == 2.0 && p.busy_writes > 0, "the busy phase wrote: {p:?}");
         anyhow::ensure!(
             p.wake_write_p50_ms > 0.0 && p.wake_write_max_ms >= p.wake_write_p50_ms,
             "every shard took a write after the window: {p:?}"
@@ -148,13 +172,11 @@ fn scaleout_pins_node_and_router_and_measures() -> anyhow::Result<()> {
 /// takes a write, and a down count that would leave shards without a quorum is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_measurement_with_a_node_down_measures_the_survivors() -> anyhow::Result<()> {
-    let settle = Duration::from_secs(1);
-    let refused = ringkv_bench::idle::measure(3, 4, 3, settle, settle, 500, 2).await;
+    let refused = ringkv_bench::idle::measure(&idle_spec(Duration::from_secs(1), 2)).await;
     let Err(e) = refused else { anyhow::bail!("2 of RF 3 down was accepted") };
     anyhow::ensure!(e.to_string().contains("without a quorum"), "unclear refusal: {e}");
 
-    let points =
-        ringkv_bench::idle::measure(3, 4, 3, settle, Duration::from_secs(2), 500, 1).await?;
+    let points = ringkv_bench::idle::measure(&idle_spec(Duration::from_secs(2), 1)).await?;
     anyhow::ensure!(points.len() == 2, "one point per surviving node: {points:?}");
     for p in &points {
         anyhow::ensure!(p.node != 3 && p.nodes_down == 1, "the killed node is not measured: {p:?}");

@@ -89,7 +89,8 @@ impl Default for Tuning {
             moves_max: 8,
             moves_per_node_max: 2,
             snapshot_send_bytes_per_sec: 0,
-            quiesce_after_ms: 2_000,
+            // The node's default (`RaftTuning`).
+            quiesce_after_ms: 500,
             ready_staleness_max_ms: 3_000,
             inflight_requests_max: 1024,
             log_filter: None,
