@@ -312,3 +312,37 @@ async fn meta_sleeps_and_wakes(c: &mut Cluster) -> Result<()> {
     ensure!(record.state == "removed", "node {drained_id} is {:?} after its removal", record.state);
     Ok(())
 }
+
+/// A shard whose only voter is its leader (RF 1) is its own quorum: woken by a write, it takes
+/// it at once. It used to wait for a quorum acknowledgement that no follower would ever send,
+/// until the request's deadline ran out (found when quiescence after 500 ms made the router
+/// tests' RF 1 shards sleep between their writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sole_voter_wakes_and_takes_writes_at_once() -> Result<()> {
+    let c = Cluster::start(1, 2, 1, tuning()).await?;
+    keeping_logs(&c, sole_voter_writes(&c)).await
+}
+
+async fn sole_voter_writes(c: &Cluster) -> Result<()> {
+    c.wait_for_leaders(Duration::from_secs(30)).await?;
+    let router = c.start_router_with(&[]).await?;
+    // A deadline far below the 10 s a stuck wake used to take, far above a loaded write.
+    let client = ringkv_client::Client::builder()
+        .router(router.addr.clone())
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    for round in 0..2 {
+        wait_all_quiet(c, Duration::from_secs(60)).await?;
+        for s in 0..c.shard_count() {
+            let key = c.key_in_shard(s, &format!("sole-{round}"));
+            client
+                .put(&key, b"v")
+                .await
+                .with_context(|| format!("write to sleeping shard {s}, round {round}"))?;
+            let got = client.get(&key).await?;
+            ensure!(got.is_some_and(|kv| &kv.value[..] == b"v"), "read back in shard {s}");
+        }
+    }
+    Ok(())
+}

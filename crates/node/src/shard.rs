@@ -45,6 +45,12 @@ pub fn request_deadline<T>(req: &tonic::Request<T>) -> Duration {
     ringkv_proto::grpc_timeout(req.metadata()).unwrap_or(REQUEST_TIMEOUT_DEFAULT)
 }
 
+/// Whether this replica is its group's only voter (RF 1): its own quorum.
+fn sole_voter(m: &RaftMetrics<TypeConfig>) -> bool {
+    let mut voters = m.membership_config.membership().voter_ids();
+    voters.next() == Some(m.id) && voters.next().is_none()
+}
+
 pub struct Shard {
     pub id: ShardId,
     pub node_id: NodeId,
@@ -103,7 +109,9 @@ impl Shard {
     /// A request for this replica: keeps the group awake and wakes it if it slept. With
     /// `lease`, a woken leader waits (within `timeout`) until a quorum acknowledged it again,
     /// since openraft refuses writes while its lease is expired; on timeout the request goes
-    /// on and fails the way it would have.
+    /// on and fails the way it would have. A leader that is the group's only voter is its own
+    /// quorum: openraft holds its lease valid without any acknowledgement, and its
+    /// `last_quorum_acked` never moves (no follower answers), so it must not wait for that.
     pub async fn on_request(&self, lease: bool, timeout: Duration) {
         if !self.quiet.activity(&self.raft) {
             return;
@@ -115,7 +123,12 @@ impl Shard {
                 .raft
                 .wait(Some(timeout))
                 .metrics(
-                    |m| m.last_quorum_acked.as_ref().is_some_and(|acked| acked.elapsed() < lease),
+                    |m| {
+                        sole_voter(m)
+                            || m.last_quorum_acked
+                                .as_ref()
+                                .is_some_and(|acked| acked.elapsed() < lease)
+                    },
                     "a quorum acknowledged the woken leader",
                 )
                 .await;
