@@ -281,7 +281,7 @@ impl Default for RaftTuning {
             // half a second. A shard with two or more requests a second never sleeps; one with
             // fewer would sleep between them at 2 s too. At 1,024 shards under uniform writes,
             // 2 s kept ~half the groups awake and idle, and gave 0.35x the writes of 500 ms
-            // (docs/performance.md, "Quiescing sooner"). The quiescer looks every four
+            // (docs/performance.md, "Writes over many shards"). The quiescer looks every four
             // heartbeats, so a group sleeps 0.5-0.9 s after its last request.
             quiesce_after_ms: 500,
             // Ten election timeouts: an election or a burst of load never makes a node

@@ -33,7 +33,7 @@ use crate::network::unix_ms;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::AppendEntriesRequest;
 use openraft::type_config::alias::WatchReceiverOf;
-use openraft::{Instant as _, RaftMetrics, ServerState};
+use openraft::{RaftMetrics, ServerState};
 use ringkv_storage::TypeConfig;
 use std::collections::VecDeque;
 use std::sync::{Mutex, OnceLock};
@@ -86,10 +86,10 @@ impl LeaderClock {
             if m.state != ServerState::Leader || m.current_term != term {
                 return 0;
             }
-            let Some(acked) = m.last_quorum_acked.as_ref() else {
+            let Some(age) = crate::shard::quorum_acked_age(&m) else {
                 return 0;
             };
-            let age_ms = u64::try_from(acked.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
             now.saturating_sub(age_ms)
         };
         let applied = *self.applied.borrow();

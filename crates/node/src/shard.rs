@@ -45,10 +45,16 @@ pub fn request_deadline<T>(req: &tonic::Request<T>) -> Duration {
     ringkv_proto::grpc_timeout(req.metadata()).unwrap_or(REQUEST_TIMEOUT_DEFAULT)
 }
 
-/// Whether this replica is its group's only voter (RF 1): its own quorum.
-fn sole_voter(m: &RaftMetrics<TypeConfig>) -> bool {
+/// How long ago a quorum last acknowledged this leader, by its metrics; `None` if none has
+/// yet. A leader that is its group's only voter (RF 1) is its own quorum, acknowledged now:
+/// openraft holds its lease valid without acknowledgements, and its `last_quorum_acked` never
+/// moves (no follower answers; it may even hold a time from before the group shrank to one).
+pub(crate) fn quorum_acked_age(m: &RaftMetrics<TypeConfig>) -> Option<Duration> {
     let mut voters = m.membership_config.membership().voter_ids();
-    voters.next() == Some(m.id) && voters.next().is_none()
+    if voters.next() == Some(m.id) && voters.next().is_none() {
+        return Some(Duration::ZERO);
+    }
+    m.last_quorum_acked.as_ref().map(|acked| acked.elapsed())
 }
 
 pub struct Shard {
@@ -110,8 +116,7 @@ impl Shard {
     /// `lease`, a woken leader waits (within `timeout`) until a quorum acknowledged it again,
     /// since openraft refuses writes while its lease is expired; on timeout the request goes
     /// on and fails the way it would have. A leader that is the group's only voter is its own
-    /// quorum: openraft holds its lease valid without any acknowledgement, and its
-    /// `last_quorum_acked` never moves (no follower answers), so it must not wait for that.
+    /// quorum and waits for nothing (see [`quorum_acked_age`]).
     pub async fn on_request(&self, lease: bool, timeout: Duration) {
         if !self.quiet.activity(&self.raft) {
             return;
@@ -123,12 +128,7 @@ impl Shard {
                 .raft
                 .wait(Some(timeout))
                 .metrics(
-                    |m| {
-                        sole_voter(m)
-                            || m.last_quorum_acked
-                                .as_ref()
-                                .is_some_and(|acked| acked.elapsed() < lease)
-                    },
+                    |m| quorum_acked_age(m).is_some_and(|age| age < lease),
                     "a quorum acknowledged the woken leader",
                 )
                 .await;
@@ -242,10 +242,11 @@ impl Shard {
             if m.last_applied.as_ref().map(|l| l.leader_id.term) != Some(m.current_term) {
                 return None;
             }
-            // No quorum acknowledgement yet: a leader elected a moment ago, or the only voter.
-            return Some(m.last_quorum_acked.as_ref().map_or(0, |acked| {
-                u64::try_from(acked.elapsed().as_millis()).unwrap_or(u64::MAX)
-            }));
+            // No quorum acknowledgement yet: a leader elected a moment ago.
+            return Some(
+                quorum_acked_age(m)
+                    .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            );
         }
         let applied = m.last_applied.map_or(0, |l| l.index);
         self.freshness
