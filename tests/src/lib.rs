@@ -70,6 +70,9 @@ pub struct Tuning {
     pub log_filter: Option<&'static str>,
     /// Logs as JSON lines (`RINGKV_LOG_FORMAT=json`), for tests that read fields.
     pub log_json: bool,
+    /// Nodes started with `--packed-replication false`: they neither send nor accept packed
+    /// replication, as nodes of the version before it (a mixed cluster mid-upgrade).
+    pub unpacked_nodes: &'static [u64],
 }
 
 impl Default for Tuning {
@@ -95,6 +98,7 @@ impl Default for Tuning {
             inflight_requests_max: 1024,
             log_filter: None,
             log_json: false,
+            unpacked_nodes: &[],
         }
     }
 }
@@ -638,6 +642,11 @@ impl Cluster {
                 None => Vec::new(),
             })
             .args(self.auth_args())
+            .args(if t.unpacked_nodes.contains(&id) {
+                &["--packed-replication", "false"][..]
+            } else {
+                &[]
+            })
             .env("RUST_LOG", self.log_filter())
             .env("RINGKV_LOG_FORMAT", self.log_format())
             .stdin(Stdio::null());

@@ -107,6 +107,11 @@ pub struct Args {
     /// every replica until a request or a Raft message wakes it; 0 keeps every group awake.
     #[arg(long, env = "RINGKV_QUIESCE_AFTER_MS")]
     pub quiesce_after_ms: Option<u64>,
+    /// Send every shard's AppendEntries to a peer over one stream, packed into shared frames
+    /// (the default); `false` gives each shard its own stream, and refuses packed streams
+    /// from peers, as versions before packing did (for comparisons).
+    #[arg(long, env = "RINGKV_PACKED_REPLICATION")]
+    pub packed_replication: Option<bool>,
     /// A replica whose state may be older than this (its STALE-read staleness) makes the
     /// node not ready (`/readyz`, gRPC health): it is catching up or cut off from a quorum.
     #[arg(long, env = "RINGKV_READY_STALENESS_MAX_MS")]
@@ -260,6 +265,7 @@ pub struct RaftTuning {
     pub log_entries_kept: u64,
     pub leader_balance_interval_ms: u64,
     pub quiesce_after_ms: u64,
+    pub packed_replication: bool,
     pub ready_staleness_max_ms: u64,
     pub shutdown_handoff_ms: u64,
     pub retention_interval_ms: u64,
@@ -284,6 +290,9 @@ impl Default for RaftTuning {
             // (docs/performance.md, "Writes over many shards"). The quiescer looks every four
             // heartbeats, so a group sleeps 0.5-0.9 s after its last request.
             quiesce_after_ms: 500,
+            // One stream per peer, whatever is ready packed into one frame: the per-message
+            // cost of many shards' small rounds (docs/performance.md, "Packed replication").
+            packed_replication: true,
             // Ten election timeouts: an election or a burst of load never makes a node
             // unready, a replica that fell behind (a restart, a partition) does.
             ready_staleness_max_ms: 10_000,
@@ -579,6 +588,9 @@ impl NodeConfig {
             if let Some(v) = flag {
                 *slot = v;
             }
+        }
+        if let Some(v) = args.packed_replication {
+            raft.packed_replication = v;
         }
         if raft.heartbeat_interval_ms == 0
             || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms * 2

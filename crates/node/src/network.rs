@@ -4,14 +4,17 @@
 //! group ([`PeerPool`]); openraft asks for a client per (shard, target) often, so making one
 //! only clones a channel handle. Every message carries the shard id.
 //!
-//! Replication is pipelined: `stream_append` opens one bidirectional gRPC stream per
-//! replication session, sends AppendEntries requests as openraft produces them, and yields the
-//! replies in order, so the leader does not wait a round trip between batches.
+//! Replication is pipelined: a session sends AppendEntries requests as openraft produces them
+//! and yields the replies in order, so the leader does not wait a round trip between batches.
+//! Sessions and heartbeats travel packed: every shard's, on one stream per peer
+//! ([`crate::packer`]). A peer without packed replication gets one `StreamAppend` stream per
+//! session and unary `AppendEntries` for heartbeats instead.
 //!
 //! Snapshots stream as chunks of at most [`SNAPSHOT_CHUNK_BYTES`] with a CRC32 each, read from
 //! the snapshot file as they are sent (bounded memory on both sides).
 
 use crate::leader_clock::LeaderClock;
+use crate::packer::Down;
 use crate::wire;
 use futures::{StreamExt, TryStreamExt};
 use openraft::base::{BoxFuture, BoxStream};
@@ -57,6 +60,9 @@ pub struct PeerPool {
     raft_port_offset: u16,
     /// Plaintext, or mutual TLS with this node's certificate.
     dialer: ringkv_tls::Dialer,
+    /// Whether AppendEntries travel packed, one stream per peer (see [`crate::packer`]).
+    packed: bool,
+    pub packers: Arc<crate::packer::Packers>,
 }
 
 /// Paces snapshot sends to `bytes_per_sec` for the whole node, so moving replicas (many
@@ -100,17 +106,37 @@ impl std::fmt::Debug for PeerPool {
 impl PeerPool {
     /// A pool whose snapshot sends are paced to `snapshot_bytes_per_sec` (0: unpaced), and
     /// which reaches peers `raft_port_offset` ports above their advertised port.
+    /// `packed`: AppendEntries travel packed, one stream per peer (see [`crate::packer`]).
     pub fn new(
         snapshot_bytes_per_sec: u64,
         raft_port_offset: u16,
         dialer: ringkv_tls::Dialer,
+        packed: bool,
     ) -> Self {
         PeerPool {
             snapshots: Arc::new(Throttle::new(snapshot_bytes_per_sec)),
             raft_port_offset,
             dialer,
+            packed,
             ..Default::default()
         }
+    }
+
+    /// Whether this node sends and accepts packed replication.
+    pub fn packed(&self) -> bool {
+        self.packed
+    }
+
+    /// The packed stream to `node` at `addr`; `None` when packing is off or the peer lacks it.
+    pub fn packer(
+        &self,
+        node: NodeId,
+        addr: &str,
+    ) -> Result<Option<Arc<crate::packer::Packer>>, String> {
+        if !self.packed {
+            return Ok(None);
+        }
+        self.packers.get(node, addr, || Ok(raft_client(self.channel(node, addr)?)))
     }
 
     /// The channel to `node` at `addr`, created lazily (it connects on first use and
@@ -172,6 +198,8 @@ pub struct ShardPeer {
     from: NodeId,
     cluster_id: u64,
     target: NodeId,
+    /// The target's advertised address.
+    addr: String,
     pool: PeerPool,
     client: Result<RaftClient<Channel>, String>,
     leader_wakes: Arc<AtomicU64>,
@@ -182,22 +210,26 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
     type Network = ShardPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> ShardPeer {
-        let client = self.pool.channel(target, &node.addr).map(|ch| {
-            RaftClient::new(ch)
-                .max_decoding_message_size(wire::PAYLOAD_BYTES_MAX)
-                .max_encoding_message_size(wire::PAYLOAD_BYTES_MAX)
-        });
+        let client = self.pool.channel(target, &node.addr).map(raft_client);
         ShardPeer {
             shard: self.shard,
             from: self.from,
             cluster_id: self.cluster_id,
             target,
+            addr: node.addr.clone(),
             pool: self.pool.clone(),
             client,
             leader_wakes: self.leader_wakes.clone(),
             clock: self.clock.clone(),
         }
     }
+}
+
+/// A Raft client over `ch` that takes messages as big as a peer may send.
+fn raft_client(ch: Channel) -> RaftClient<Channel> {
+    RaftClient::new(ch)
+        .max_decoding_message_size(wire::PAYLOAD_BYTES_MAX)
+        .max_encoding_message_size(wire::PAYLOAD_BYTES_MAX)
 }
 
 /// This node's wall clock, Unix milliseconds (0 if the clock is before 1970).
@@ -294,6 +326,34 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let sent_at = self.clock.stamp(&rpc);
+        let packer = self
+            .pool
+            .packer(self.target, &self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        if let Some(packer) = packer {
+            let ttl = option.hard_ttl();
+            let request = self.request(&rpc, sent_at)?;
+            let call = async {
+                match packer.ready().await {
+                    Ok(()) => {}
+                    Err(Down::Unimplemented) => return None,
+                    Err(down) => return Some(Err(status_to_rpc(down.status()))),
+                }
+                let mut replies = packer.single(request).await;
+                Some(match replies.next().await {
+                    Some(Ok(reply)) => decode_reply(reply),
+                    Some(Err(s)) => Err(status_to_rpc(s)),
+                    None => Err(RPCError::Network(NetworkError::from_string(
+                        "the peer ended a heartbeat without replying",
+                    ))),
+                })
+            };
+            match tokio::time::timeout(ttl, call).await {
+                Err(_) => return Err(self.timeout(RPCTypes::AppendEntries, ttl)),
+                Ok(Some(result)) => return result,
+                Ok(None) => self.pool.packers.mark_legacy(self.target, &self.addr),
+            }
+        }
         self.unary(RPCTypes::AppendEntries, &rpc, sent_at, &option, |mut c, r| async move {
             c.append_entries(r).await
         })
@@ -321,6 +381,7 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         let client = self.client();
         let wakes = self.leader_wakes.clone();
         let clock = self.clock.clone();
+        let (pool, addr) = (self.pool.clone(), self.addr.clone());
         Box::pin(async move {
             // The first request is pulled before dialling, because openraft waits out its
             // backoff (after Unreachable errors) inside the request stream, when a request is
@@ -332,10 +393,9 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                 let nothing: BoxStream<'s, _> = Box::pin(futures::stream::empty());
                 return Ok(nothing);
             };
-            let mut client = client?;
             // An entry that cannot be encoded ends the outbound stream; openraft then sees the
             // reply stream end early and starts a new session.
-            let outbound = futures::stream::once(futures::future::ready(first))
+            let requests = futures::stream::once(futures::future::ready(first))
                 .chain(input)
                 .map(move |req| {
                     wire::encode(&req).map(|p| RaftRequest {
@@ -350,7 +410,27 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
                 })
                 .take_while(|r| futures::future::ready(r.is_ok()))
                 .filter_map(|r| futures::future::ready(r.ok()));
-            let replies = client.stream_append(outbound).await.map_err(status_to_rpc)?.into_inner();
+            let packer = pool
+                .packer(to, &addr)
+                .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+            if let Some(packer) = packer {
+                match packer.ready().await {
+                    Ok(()) => {
+                        let replies = packer.open(requests.boxed()).await;
+                        let results = replies.map_err(status_to_rpc).and_then(|reply| {
+                            futures::future::ready(decode_reply::<StreamAppendResult<TypeConfig>>(
+                                reply,
+                            ))
+                        });
+                        let boxed: BoxStream<'s, _> = Box::pin(results);
+                        return Ok(boxed);
+                    }
+                    Err(Down::Unimplemented) => pool.packers.mark_legacy(to, &addr),
+                    Err(down) => return Err(status_to_rpc(down.status())),
+                }
+            }
+            let mut client = client?;
+            let replies = client.stream_append(requests).await.map_err(status_to_rpc)?.into_inner();
             let results = replies.map_err(status_to_rpc).and_then(|reply| {
                 futures::future::ready(decode_reply::<StreamAppendResult<TypeConfig>>(reply))
             });
@@ -486,7 +566,7 @@ mod tests {
             shard: 1,
             from: 1,
             cluster_id: 7,
-            pool: PeerPool::new(0, 0, ringkv_tls::Dialer::plaintext()),
+            pool: PeerPool::new(0, 0, ringkv_tls::Dialer::plaintext(), true),
             leader_wakes: Arc::default(),
             clock: Arc::new(LeaderClock::new(applied)),
         };

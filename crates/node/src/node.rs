@@ -236,6 +236,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
         cfg.membership.snapshot_send_bytes_per_sec,
         cfg.raft_port_offset,
         transport.dialer().clone(),
+        cfg.raft.packed_replication,
     );
     let registry = ShardRegistry::new(
         identity.clone(),
@@ -277,6 +278,11 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             "snapshot_bytes_sent",
             "Snapshot bytes sent to peers (replica moves and lagging followers)",
             pool.snapshot_bytes_sent.clone(),
+        );
+        r.sub_registry_with_prefix("ringkv").register(
+            "raft_frame_messages",
+            "Raft messages per packed frame sent to a peer (how many shards' messages share one)",
+            pool.packers.metrics.frame_messages.clone(),
         );
         ringkv_tls::register_metrics(r.sub_registry_with_prefix("ringkv"), transport.tls());
         auth.register(r.sub_registry_with_prefix("ringkv"));

@@ -16,8 +16,8 @@ use futures::StreamExt;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use ringkv_proto::internal::raft_server::Raft as RaftRpc;
 use ringkv_proto::internal::{
-    PingReply, PingRequest, QuiesceReply, QuiesceRequest, RaftReply, RaftRequest, SnapshotChunk,
-    raft_reply,
+    PackedFrame, PingReply, PingRequest, QuiesceReply, QuiesceRequest, RaftReply, RaftRequest,
+    SnapshotChunk, raft_reply,
 };
 use ringkv_storage::type_config::{SnapshotMeta, Vote};
 use ringkv_storage::{SnapshotFile, TypeConfig};
@@ -42,6 +42,11 @@ pub struct RaftService {
 impl RaftService {
     pub fn new(registry: ShardRegistry) -> Self {
         RaftService { registry }
+    }
+
+    /// Resolves when the node stops.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.registry.stopped()
     }
 
     /// A message of another cluster, or for an identity this node does not have, is refused:
@@ -107,6 +112,82 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// Handles one AppendEntries request (a heartbeat, or a unary call).
+    pub(crate) async fn append_one(&self, req: RaftRequest) -> RaftReply {
+        match (self.target(&req), wire::decode::<AppendEntriesRequest<TypeConfig>>(&req.payload)) {
+            (Ok(shard), Ok(rpc)) => {
+                shard.note_leader_contact(req.sent_at_unix_ms, &rpc);
+                let handled = shard.raft.append_entries(rpc).await;
+                shard.after_append(req.from_node_id, req.leader_wakes);
+                reply(handled)
+            }
+            (Err(e), _) | (_, Err(e)) => err(e),
+        }
+    }
+
+    /// One replication session of the shard `first` is for: `first` and `rest` in order, the
+    /// replies in the same order. It ends at the first request of another shard or that does
+    /// not decode, when the group stops, or when the node stops; the leader then opens a new
+    /// one. `Err` when the first request is not for a shard here.
+    pub(crate) fn append_session(
+        &self,
+        first: RaftRequest,
+        rest: impl futures::Stream<Item = RaftRequest> + Send + 'static,
+    ) -> Result<futures::stream::BoxStream<'static, RaftReply>, String> {
+        let shard = self.target(&first)?;
+        let shard_id = first.shard_id;
+        let contact = shard.clone();
+        // Each request's sender and wake stamp, consumed by its reply (replies come in request
+        // order): see `Shard::after_append`. Bounded in case a session ends without replying
+        // to everything.
+        let arrivals = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let arrived = arrivals.clone();
+        let requests = futures::stream::once(futures::future::ready(first))
+            .chain(rest)
+            .take_while(move |m| futures::future::ready(m.shard_id == shard_id))
+            .map(move |m| {
+                let rpc = wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok()?;
+                contact.note_leader_contact(m.sent_at_unix_ms, &rpc);
+                let mut q = arrived.lock().unwrap_or_else(|p| p.into_inner());
+                if q.len() >= STREAM_ARRIVALS_MAX {
+                    q.pop_front();
+                }
+                q.push_back((m.from_node_id, m.leader_wakes));
+                Some(rpc)
+            })
+            // Skipping an undecodable request would leave the leader waiting for its reply.
+            .take_while(|rpc| futures::future::ready(rpc.is_some()))
+            .filter_map(futures::future::ready);
+        let woken = shard.clone();
+        let mut stopped = false;
+        let replies = shard
+            .raft
+            .stream_append(requests)
+            .map(move |r| {
+                // A reply means its request was handled.
+                let arrival = arrivals.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                if let Some((from, wakes)) = arrival {
+                    woken.after_append(from, wakes);
+                }
+                r
+            })
+            // A stopped group answers nothing more: end the stream after saying so, or the
+            // leader would keep it open and hold up this node's shutdown.
+            .take_while(move |r| {
+                let go_on = !stopped;
+                stopped |= r.is_err();
+                futures::future::ready(go_on)
+            })
+            .map(|r| match r {
+                Ok(result) => ok(&result),
+                Err(fatal) => err(fatal),
+            })
+            .take_until(self.registry.stopped());
+        Ok(replies.boxed())
+    }
+}
+
 fn ok<T: Serialize>(value: &T) -> RaftReply {
     match wire::encode(value) {
         Ok(p) => RaftReply { result: Some(raft_reply::Result::Payload(p.into())) },
@@ -134,24 +215,7 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let req = req.into_inner();
-        let reply = match (
-            self.target(&req),
-            wire::decode::<AppendEntriesRequest<TypeConfig>>(&req.payload),
-        ) {
-            (Ok(shard), Ok(rpc)) => {
-                shard.note_leader_contact(req.sent_at_unix_ms, &rpc);
-                let handled = shard.raft.append_entries(rpc).await;
-                shard.after_append(req.from_node_id, req.leader_wakes);
-                match handled {
-                    Ok(resp) => ok(&resp),
-                    Err(e) => err(e),
-                }
-            }
-            (Err(e), _) => err(e),
-            (_, Err(e)) => err(e),
-        };
-        Ok(Response::new(reply))
+        Ok(Response::new(self.append_one(req.into_inner()).await))
     }
 
     type StreamAppendStream = ReplyStream;
@@ -170,64 +234,26 @@ impl RaftRpc for RaftService {
         let Some(first) = first else {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         };
-        let shard = self.target(&first).map_err(Status::failed_precondition)?;
-        let shard_id = first.shard_id;
-        let contact = shard.clone();
-        // Each request's sender and wake stamp, consumed by its reply (replies come in request
-        // order): see `Shard::after_append`. Bounded in case a session ends without replying
-        // to everything.
-        let arrivals = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
-        let arrived = arrivals.clone();
-        // Decode errors or a message for another shard end the inbound stream; the leader sees
-        // the replies stop and opens a new session.
-        let requests = futures::stream::once(futures::future::ready(Ok(first)))
-            .chain(inbound)
-            .take_while(move |m| {
-                futures::future::ready(matches!(m, Ok(m) if m.shard_id == shard_id))
-            })
-            .map(move |m| {
-                m.ok().and_then(|m| {
-                    let rpc = wire::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload).ok()?;
-                    contact.note_leader_contact(m.sent_at_unix_ms, &rpc);
-                    let mut q = arrived.lock().unwrap_or_else(|p| p.into_inner());
-                    if q.len() >= STREAM_ARRIVALS_MAX {
-                        q.pop_front();
-                    }
-                    q.push_back((m.from_node_id, m.leader_wakes));
-                    Some(rpc)
-                })
-            })
-            // Skipping an undecodable request would leave the leader waiting for its reply.
-            .take_while(|rpc| futures::future::ready(rpc.is_some()))
-            .filter_map(futures::future::ready);
-        let woken = shard.clone();
-        let mut stopped = false;
-        let replies = shard
-            .raft
-            .stream_append(requests)
-            .map(move |r| {
-                // A reply means its request was handled.
-                let arrival = arrivals.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-                if let Some((from, wakes)) = arrival {
-                    woken.after_append(from, wakes);
-                }
-                r
-            })
-            // A stopped group answers nothing more: end the stream after saying so, or the
-            // leader would keep it open and hold up this node's shutdown.
-            .take_while(move |r| {
-                let go_on = !stopped;
-                stopped |= r.is_err();
-                futures::future::ready(go_on)
-            })
-            .map(|r| {
-                Ok(match r {
-                    Ok(result) => ok(&result),
-                    Err(fatal) => err(fatal),
-                })
-            })
-            .take_until(self.registry.stopped());
-        Ok(Response::new(Box::pin(replies)))
+        // A transport error ends the session's input like its end.
+        let rest = inbound
+            .take_while(|m| futures::future::ready(m.is_ok()))
+            .filter_map(|m| futures::future::ready(m.ok()));
+        let replies = self.append_session(first, rest).map_err(Status::failed_precondition)?;
+        Ok(Response::new(Box::pin(replies.map(Ok))))
+    }
+
+    type PackedStream = crate::packed_server::PackedStream;
+
+    async fn packed(
+        &self,
+        req: Request<Streaming<PackedFrame>>,
+    ) -> Result<Response<Self::PackedStream>, Status> {
+        // A node with packing off behaves as one from before it: senders fall back to the
+        // per-shard streams (and a mixed cluster is tested that way).
+        if !self.registry.pool().packed() {
+            return Err(Status::unimplemented("packed replication is off on this node"));
+        }
+        Ok(Response::new(crate::packed_server::serve(self.clone(), req.into_inner())))
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
