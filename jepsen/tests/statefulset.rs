@@ -19,7 +19,8 @@
 //!    them, `ringkv node remove`, then stop the pods (SIGTERM, grace period) and delete their
 //!    claims;
 //! 4. a rolling restart: from the highest ordinal down, stop a pod, start it on the same
-//!    claim, and wait for its readiness probe before the next;
+//!    claim with a new IP address (as a recreated pod gets one; its old address goes dark),
+//!    and wait for its readiness probe before the next;
 //! 5. a pod comes back with an empty volume (its claim deleted): it joins as a new identity,
 //!    the old one is retired and its replicas re-created, the placement settles at RF.
 //!
@@ -375,12 +376,14 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
     let mut stops = Vec::new();
     for i in (0..r.sts.replicas).rev() {
         stops.push(r.stop_pod(i).await?);
+        let (old_ip, new_ip) = r.lab.new_address(&r.sts.pod_name(i))?;
+        println!("{}: {old_ip} → {new_ip}", r.sts.pod_name(i));
         r.start_pod(i)?;
         r.wait_ready(i)
             .await
             .with_context(|| format!("rolling restart of {}", r.sts.pod_name(i)))?;
     }
-    r.step(format!("rolling restart (stops took {stops:.1?})"), t);
+    r.step(format!("rolling restart, every pod at a new address (stops took {stops:.1?})"), t);
 
     // 5. A pod whose claim is lost comes back empty, as a new identity.
     let t = r.clients.now_ns();

@@ -209,6 +209,14 @@ impl NetLab {
         w
     }
 
+    /// Takes node `id`'s interface down or up. Down, its address answers nothing (no ARP
+    /// reply: connections to it time out rather than being refused), as the address of a pod
+    /// that Kubernetes deleted.
+    pub fn set_link(&self, id: u64, up: bool) -> Result<()> {
+        ip(&["-n", &self.netns(id), "link", "set", "eth0", if up { "up" } else { "down" }])
+            .map(|_| ())
+    }
+
     /// Gives node `id`'s namespace its own `/etc/hosts` (for names a test wants resolvable
     /// there, as a cluster's DNS would): `ip netns exec` mounts `/etc/netns/<ns>/hosts` over
     /// `/etc/hosts` for the programs it starts. Written in place, so programs already running

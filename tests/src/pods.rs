@@ -25,6 +25,11 @@
 //! have it) is made by mounting a private tmpfs over its parent inside the pod's mount
 //! namespace, so the rehearsal never changes the host's filesystem.
 //!
+//! A pod that is started again may get a new IP address ([`PodLab::new_address`]), as pods
+//! recreated by a StatefulSet do: every pod's `/etc/hosts` then names the new one, and the
+//! old one stops answering (its interface down: connections to it time out, as to a deleted
+//! pod's address, rather than being refused).
+//!
 //! What it does not do: CPU and memory limits (no cgroups), image pulls, or restarts by the
 //! liveness probe; the caller probes and acts, as the test of what an operator does.
 //!
@@ -39,6 +44,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Where the image keeps its binaries (deploy/Dockerfile).
@@ -59,12 +65,20 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 /// The network and the volumes of a rehearsal's pods.
 pub struct PodLab {
     lab: NetLab,
-    /// Pod name → lab slot.
-    slots: BTreeMap<String, u64>,
+    /// Pod name → lab slot (its address), and the slots no pod uses, oldest first.
+    slots: Mutex<Slots>,
+    /// Pod name → its subdomain (the StatefulSet's service), for the hosts files.
+    subdomains: Vec<(String, Option<String>)>,
     dir: PathBuf,
     namespace: String,
     /// Binary name → the built file.
     binaries: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Default)]
+struct Slots {
+    by_pod: BTreeMap<String, u64>,
+    free: std::collections::VecDeque<u64>,
 }
 
 /// A running (or stopped) pod.
@@ -99,13 +113,37 @@ impl PodLab {
                 "pods need {tool} (util-linux)"
             );
         }
-        let slots: BTreeMap<String, u64> =
+        // Twice the slots: each pod can move to a new address while its old one stays dark.
+        let by_pod: BTreeMap<String, u64> =
             pods.iter().zip(1u64..).map(|((name, _), slot)| (name.clone(), slot)).collect();
-        let lab = NetLab::create(&slots.values().copied().collect::<Vec<_>>())?;
-        for (me, &my_slot) in &slots {
+        let all: Vec<u64> = (1..=2 * pods.len() as u64).collect();
+        let free = all[pods.len()..].iter().copied().collect();
+        let lab = NetLab::create(&all)?;
+        let mut binaries = BTreeMap::new();
+        for b in IMAGE_BINARIES {
+            binaries.insert(b.to_string(), binary(b)?);
+        }
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let pods = PodLab {
+            lab,
+            slots: Mutex::new(Slots { by_pod, free }),
+            subdomains: pods.to_vec(),
+            dir: dir.to_path_buf(),
+            namespace: namespace.into(),
+            binaries,
+        };
+        pods.write_hosts()?;
+        Ok(pods)
+    }
+
+    /// Every pod's `/etc/hosts`, naming every pod at its current address.
+    fn write_hosts(&self) -> Result<()> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let namespace = &self.namespace;
+        for (me, &my_slot) in &slots.by_pod {
             let mut hosts = String::from("127.0.0.1\tlocalhost\n");
-            for (name, sub) in pods {
-                let ip = lab.ip(slots[name]);
+            for (name, sub) in &self.subdomains {
+                let ip = self.lab.ip(slots.by_pod[name]);
                 // A pod's bare name is its own hostname; other pods are reached through
                 // their service (a pod without one only by its own name, as the test's
                 // stand-in for a Service in front of it).
@@ -118,18 +156,32 @@ impl PodLab {
                 };
                 hosts.push_str(&format!("{ip}\t{}\n", names.trim_end()));
             }
-            lab.set_hosts(my_slot, &hosts)?;
+            self.lab.set_hosts(my_slot, &hosts)?;
         }
-        let mut binaries = BTreeMap::new();
-        for b in IMAGE_BINARIES {
-            binaries.insert(b.to_string(), binary(b)?);
-        }
-        std::fs::create_dir_all(dir.join("logs"))?;
-        Ok(PodLab { lab, slots, dir: dir.to_path_buf(), namespace: namespace.into(), binaries })
+        Ok(())
+    }
+
+    /// Gives stopped pod `name` a new IP address for its next start, as a recreated pod
+    /// gets: its old address goes dark and every pod's hosts file names the new one.
+    /// Returns (old, new).
+    pub fn new_address(&self, name: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+        let (old, new) = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let old = *slots.by_pod.get(name).with_context(|| format!("no pod {name}"))?;
+            let new = slots.free.pop_front().context("no free address in the lab")?;
+            slots.by_pod.insert(name.to_string(), new);
+            slots.free.push_back(old);
+            (old, new)
+        };
+        self.lab.set_link(old, false)?;
+        self.lab.set_link(new, true)?;
+        self.write_hosts()?;
+        Ok((self.lab.ip(old), self.lab.ip(new)))
     }
 
     fn slot(&self, pod: &str) -> Result<u64> {
-        self.slots.get(pod).copied().with_context(|| format!("no pod {pod} in this lab"))
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.by_pod.get(pod).copied().with_context(|| format!("no pod {pod} in this lab"))
     }
 
     /// `pod`'s address with `port`, as the harness (outside every pod) reaches it.
