@@ -22,7 +22,10 @@
 //!    claim with a new IP address (as a recreated pod gets one; its old address goes dark),
 //!    and wait for its readiness probe before the next;
 //! 5. a pod comes back with an empty volume (its claim deleted): it joins as a new identity,
-//!    the old one is retired and its replicas re-created, the placement settles at RF.
+//!    the old one is retired and its replicas re-created, the placement settles at RF;
+//! 6. a pod hangs (SIGSTOP): its liveness probe fails on the kubelet's schedule while every
+//!    other pod's passes, the kubelet kills it after the grace period and starts it again,
+//!    and it becomes ready on its claim.
 //!
 //! Every stop must end within the grace period by the node's own hand-off (never SIGKILL) and
 //! exit cleanly. At the end the register history (linearizable reads, writes and CAS,
@@ -404,6 +407,61 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
     r.wait_settled("empty volume").await?;
     r.wait_ready(1).await?;
     r.step(format!("{victim} with an empty volume: node {old} replaced by {new:?}"), t);
+
+    // 6. A hung container (SIGSTOP: it answers nothing, as a deadlocked process). The
+    //    kubelet's liveness probe, on its own schedule, fails `failureThreshold` times in a
+    //    row; the kubelet then stops the container (SIGTERM, then SIGKILL when the grace
+    //    period runs out: a hung process handles nothing) and starts it again on its claim,
+    //    where it must become ready. The other pods' liveness probes must pass all along:
+    //    a peer that hangs is no reason to restart the rest.
+    let t = r.clients.now_ns();
+    let hung = 2;
+    let name = r.sts.pod_name(hung);
+    let liveness = r.sts.template.container.liveness.clone().context("no liveness probe")?;
+    let pid = r.pods.get(&hung).context("no such pod")?.pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGSTOP,
+    )?;
+    let hung_at = Instant::now();
+    // The kubelet's schedule: one probe per period, however long the last one took.
+    let mut schedule =
+        tokio::time::interval_at(tokio::time::Instant::now() + liveness.period, liveness.period);
+    let mut failed_in_a_row = 0;
+    while failed_in_a_row < liveness.failure_threshold {
+        schedule.tick().await;
+        if r.lab.probe_passes(&name, &liveness).await {
+            failed_in_a_row = 0;
+        } else {
+            failed_in_a_row += 1;
+        }
+        for other in r.pods.values().filter(|p| p.name != name) {
+            ensure!(
+                r.lab.probe_passes(&other.name, &liveness).await,
+                "{}'s liveness probe failed while {name} hung",
+                other.name
+            );
+        }
+        ensure!(
+            hung_at.elapsed() <= liveness.patience() + liveness.period + liveness.timeout,
+            "{name} hung for {:?} and its liveness probe still passed",
+            hung_at.elapsed()
+        );
+    }
+    let detected = hung_at.elapsed();
+    let mut pod = r.pods.remove(&hung).context("no such pod")?;
+    let stopped = pod.terminate().await?;
+    ensure!(stopped.killed, "a stopped process ended on SIGTERM: {stopped:?}");
+    r.start_pod(hung)?;
+    r.wait_ready(hung).await.with_context(|| format!("{name} after its liveness restart"))?;
+    r.wait_settled("liveness restart").await?;
+    r.step(
+        format!(
+            "{name} hung: liveness failed after {:.0?}, killed after the {:?} grace period, ready again",
+            detected, r.sts.template.grace_period
+        ),
+        t,
+    );
 
     // The end: final reads of every key, then the checkers.
     let Rehearsal { clients, steps, .. } = r;

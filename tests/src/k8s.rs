@@ -207,6 +207,8 @@ pub struct HttpProbe {
     pub path: String,
     pub port: u16,
     pub period: Duration,
+    /// An answer later than this is a failure (`timeoutSeconds`, 1 s by default).
+    pub timeout: Duration,
     pub failure_threshold: u32,
 }
 
@@ -324,6 +326,7 @@ impl Container {
                 path: get["path"].as_str().unwrap_or("/").to_string(),
                 port,
                 period: Duration::from_secs(p["periodSeconds"].as_u64().unwrap_or(10)),
+                timeout: Duration::from_secs(p["timeoutSeconds"].as_u64().unwrap_or(1)),
                 failure_threshold: u32::try_from(p["failureThreshold"].as_u64().unwrap_or(3))
                     .with_context(|| format!("{what}: {field}: failureThreshold"))?,
             }))

@@ -323,6 +323,15 @@ impl PodLab {
         http_status(&self.addr(pod, probe.port)?, &probe.path).await
     }
 
+    /// One probe of `pod` as the kubelet judges it: passed when it answers 200 within the
+    /// probe's timeout.
+    pub async fn probe_passes(&self, pod: &str, probe: &HttpProbe) -> bool {
+        matches!(
+            tokio::time::timeout(probe.timeout, self.probe(pod, probe)).await,
+            Ok(Ok((200, _)))
+        )
+    }
+
     /// Waits until `pod` answers its readiness probe with 200 (a pod without one is ready
     /// once it runs). It probes far more often than the probe's period, so a rehearsal moves
     /// on as soon as a pod is ready, where a kubelet would notice within one period.
