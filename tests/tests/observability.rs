@@ -221,5 +221,42 @@ async fn a_request_is_one_trace_through_router_and_node() -> Result<()> {
     .await?;
     ensure!(node_hop["method"] == "/ringkv.v1.KV/Put", "{node_hop}");
     ensure!(node_hop["span_id"] != router_span, "{node_hop}");
+
+    // The CLI starts a trace of its own with --trace and says which: the router and the node
+    // log the command under it.
+    let out = std::process::Command::new(ringkv_tests::binary("ringkv")?)
+        .args(["--endpoint", &router.addr, "--trace", "put", "cli-traced", "v"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "ringkv --trace put failed: {stderr}");
+    let cli_trace = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("trace "))
+        .context("ringkv --trace printed no trace id")?
+        .trim()
+        .to_string();
+    ensure!(
+        cli_trace.len() == 32 && cli_trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "not a W3C trace id: {cli_trace:?}"
+    );
+    let cli_router_hop = ringkv_tests::wait_for(
+        Duration::from_secs(10),
+        "the router to log the CLI's put in the CLI's trace",
+        || async { hops_in(&router.log_path, &cli_trace).into_iter().next() },
+    )
+    .await?;
+    ensure!(cli_router_hop["method"] == "/ringkv.v1.KV/Put", "{cli_router_hop}");
+    let cli_router_span = cli_router_hop["span_id"].as_str().context("no span id")?.to_string();
+    ringkv_tests::wait_for(
+        Duration::from_secs(10),
+        "a node to log the CLI's put as a child of the router's span",
+        || async {
+            let logs: Vec<_> = c.nodes.iter().map(|n| c.log_path(n.id)).collect();
+            logs.iter()
+                .flat_map(|p| hops_in(p, &cli_trace))
+                .find(|h| h["parent_id"] == cli_router_span)
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -5,6 +5,9 @@
 //! `ringkv node drain` / `remove` shrink it. The other commands talk to a router, by default the one
 //! `ringkv dev` starts (`127.0.0.1:6000`; `--endpoint` or `RINGKV_ENDPOINT` to change).
 //!
+//! `--trace` sends a command's calls in one new trace and prints its id, to find the command
+//! in the routers' and nodes' logs.
+//!
 //! Output is a human table or line by default and JSON with `--json`. Exit codes: 0 success,
 //! 1 error (message on stderr), 2 bad usage, 3 key not found, 4 compare-and-swap condition
 //! not met.
@@ -54,6 +57,11 @@ pub struct Cli {
     /// environment variable: arguments are visible to other users in `ps`).
     #[arg(long, global = true, env = "RINGKV_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Send every call of this command in one new trace, and print its id on stderr first
+    /// (`trace <id>`): the routers and nodes it reaches log their spans under it (with
+    /// `RUST_LOG=info,ringkv_trace=debug`), so `grep <id>` over their logs finds the command.
+    #[arg(long, global = true)]
+    pub trace: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -173,7 +181,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    let result = ringkv_auth::forward::scope(forward, run).await;
+    let run = ringkv_auth::forward::scope(forward, run);
+    let result = if cli.trace {
+        let root = ringkv_trace::TraceParent::root();
+        eprintln!("trace {}", root.trace_id);
+        ringkv_trace::scope(root, run).await
+    } else {
+        run.await
+    };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
