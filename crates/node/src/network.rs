@@ -413,24 +413,29 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
             let packer = pool
                 .packer(to, &addr)
                 .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
-            if let Some(packer) = packer {
-                match packer.ready().await {
-                    Ok(()) => {
-                        let replies = packer.open(requests.boxed()).await;
-                        let results = replies.map_err(status_to_rpc).and_then(|reply| {
-                            futures::future::ready(decode_reply::<StreamAppendResult<TypeConfig>>(
-                                reply,
-                            ))
-                        });
-                        let boxed: BoxStream<'s, _> = Box::pin(results);
-                        return Ok(boxed);
+            let packer = match packer {
+                Some(packer) => match packer.ready().await {
+                    Ok(()) => Some(packer),
+                    Err(Down::Unimplemented) => {
+                        pool.packers.mark_legacy(to, &addr);
+                        None
                     }
-                    Err(Down::Unimplemented) => pool.packers.mark_legacy(to, &addr),
                     Err(down) => return Err(status_to_rpc(down.status())),
+                },
+                None => None,
+            };
+            let replies: BoxStream<'static, Result<RaftReply, tonic::Status>> = match packer {
+                Some(packer) => packer.open(requests.boxed()).await.boxed(),
+                None => {
+                    let mut client = client?;
+                    client
+                        .stream_append(requests)
+                        .await
+                        .map_err(status_to_rpc)?
+                        .into_inner()
+                        .boxed()
                 }
-            }
-            let mut client = client?;
-            let replies = client.stream_append(requests).await.map_err(status_to_rpc)?.into_inner();
+            };
             let results = replies.map_err(status_to_rpc).and_then(|reply| {
                 futures::future::ready(decode_reply::<StreamAppendResult<TypeConfig>>(reply))
             });
