@@ -68,7 +68,9 @@ fn read(meta: &Shard, applied_index: u64) -> Result<MetaView, NodeError> {
         records.iter().map(|r| (r.key.as_ref(), r.value.as_ref(), r.version)),
     )
     .map_err(|e| NodeError::Internal(e.to_string()))?
-    .map(Arc::new);
+    // Read at the applied index: a record deleted since the newest remaining one was written
+    // still makes this state newer (see `ClusterState::version`).
+    .map(|s| Arc::new(s.at_version(applied_index)));
     Ok(MetaView { applied_index, state, records: Arc::new(records) })
 }
 

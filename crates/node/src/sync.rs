@@ -184,6 +184,9 @@ impl Syncer {
                     }
                     return match crate::meta::state_from_records(&reply.records) {
                         Ok(Some(state)) => {
+                            // At the version the meta leader read them at, which counts
+                            // deletions; the records alone may say less.
+                            let state = state.at_version(reply.version);
                             self.registry.install_state(state, &reply.records).await;
                             Ok(())
                         }

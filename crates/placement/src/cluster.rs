@@ -209,7 +209,12 @@ fn decode_record<T: DeserializeOwned>(key: MetaKey, raw: &[u8]) -> Result<T, Sta
 /// The whole cluster state at one meta revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterState {
-    /// The highest version of any record: changes whenever anything changes.
+    /// Orders states: a state with a higher version is newer. Built from records alone it is
+    /// the highest version of any record, which is not enough on its own: deleting a record
+    /// (a finished move) writes none, so when the deleted record was the newest the highest
+    /// version goes *down*, and a node that had the state with the move kept it for good
+    /// (its shard "moving" for ever: never quiesced, never balanced). Whoever reads the
+    /// records at a meta log index raises it to that index ([`ClusterState::at_version`]).
     pub version: u64,
     /// The map epoch clients see: the highest version of any node or shard record.
     pub epoch: u64,
@@ -222,6 +227,14 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// This state as read at meta log index `version` (the meta replica's applied index, or
+    /// the version a syncing node was told), which covers deletions too.
+    #[must_use]
+    pub fn at_version(mut self, version: u64) -> Self {
+        self.version = self.version.max(version);
+        self
+    }
+
     /// Rebuilds the state from the meta group's key-value pairs `(key, value, version)`.
     /// `Ok(None)` when there is no cluster record yet (a meta group not yet seeded).
     pub fn from_records<'a>(
@@ -458,10 +471,12 @@ mod tests {
         assert_eq!(initial_state(3).meta_replicas().len(), 3);
     }
 
-    #[test]
-    fn epoch_ignores_moves_but_version_does_not() {
-        let s = initial_state(3);
-        let mut raw: Vec<(Vec<u8>, Vec<u8>, u64)> = Vec::new();
+    type Raw = Vec<(Vec<u8>, Vec<u8>, u64)>;
+
+    /// `s`'s records as the meta group holds them, plus a move of shard 0 at version
+    /// `move_at` when given.
+    fn records_of(s: &ClusterState, move_at: Option<u64>) -> Raw {
+        let mut raw = Raw::new();
         for (k, rev) in &s.revisions {
             let v = match k {
                 MetaKey::Cluster => encode_record(&s.cluster),
@@ -471,22 +486,48 @@ mod tests {
             };
             raw.push((k.encode(), v, *rev));
         }
-        let mv = MoveRecord {
-            add: Some(2),
-            remove: Some(1),
-            from_epoch: 1,
-            started_unix_ms: 0,
-            aborting: false,
-        };
-        raw.push((MetaKey::Move(0).encode(), encode_record(&mv), 1_000));
-        let s2 = ClusterState::from_records(
-            raw.iter().map(|(k, v, r)| (k.as_slice(), v.as_slice(), *r)),
-        )
-        .unwrap()
-        .unwrap();
+        if let Some(rev) = move_at {
+            let mv = MoveRecord {
+                add: Some(2),
+                remove: Some(1),
+                from_epoch: 1,
+                started_unix_ms: 0,
+                aborting: false,
+            };
+            raw.push((MetaKey::Move(0).encode(), encode_record(&mv), rev));
+        }
+        raw
+    }
+
+    fn state_of(raw: &Raw) -> ClusterState {
+        ClusterState::from_records(raw.iter().map(|(k, v, r)| (k.as_slice(), v.as_slice(), *r)))
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn epoch_ignores_moves_but_version_does_not() {
+        let s = initial_state(3);
+        let s2 = state_of(&records_of(&s, Some(1_000)));
         assert_eq!(s2.version, 1_000);
         assert_eq!(s2.epoch, s.epoch);
         assert!(s2.hosted_by(2).contains(&0));
+    }
+
+    #[test]
+    fn a_deleted_move_is_newer_once_read_at_its_index() {
+        // The records with a move written last, then without it (the move deleted at 1,001).
+        let s = initial_state(3);
+        let moving = state_of(&records_of(&s, Some(1_000)));
+        let done = state_of(&records_of(&s, None));
+        assert!(!moving.moves.is_empty() && done.moves.is_empty());
+        // From the records alone the later state looks older: it would never replace the one
+        // with the move.
+        assert!(done.version < moving.version);
+        let moving = moving.at_version(1_000);
+        let done = done.at_version(1_001);
+        assert!(done.version > moving.version, "read at its index, the deletion is newer");
+        assert_eq!(done.clone().at_version(3).version, 1_001, "never lowered");
     }
 
     #[test]
