@@ -21,6 +21,9 @@ pub struct Quiet {
     leader: AtomicU64,
     /// When this replica last served a request, in ms since `epoch`.
     last_active_ms: AtomicU64,
+    /// When this replica last woke as a sleeping leader, in ms since `epoch` (see
+    /// `awake_for`).
+    woke_ms: AtomicU64,
     /// How many times this replica went to sleep: a vote or snapshot wakes it only if it
     /// arrived after the sleep began (see `Shard::after_raft_message`).
     sleeps: AtomicU64,
@@ -49,6 +52,7 @@ impl Quiet {
             mode: AtomicU8::new(AWAKE),
             leader: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(0),
+            woke_ms: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
             sleeps_begun,
             wakes,
@@ -167,6 +171,13 @@ impl Quiet {
         self.last_active_ms.load(Ordering::SeqCst)
     }
 
+    /// How long this replica has been awake since it last woke as a sleeping leader (or since
+    /// it was created). A sleeping leader sends nothing, so its followers' acknowledgements
+    /// are as old as its sleep: only silence while awake says a follower is gone.
+    pub(super) fn awake_for(&self) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(self.woke_ms.load(Ordering::SeqCst)))
+    }
+
     pub(super) fn idle_for(&self) -> Duration {
         Duration::from_millis(
             self.now_ms().saturating_sub(self.last_active_ms.load(Ordering::SeqCst)),
@@ -195,6 +206,7 @@ impl Quiet {
             return false;
         }
         self.mode.store(AWAKE, Ordering::SeqCst);
+        self.woke_ms.store(self.now_ms(), Ordering::SeqCst);
         self.bump_wakes();
         let rc = raft.runtime_config();
         rc.heartbeat(true);
@@ -210,6 +222,7 @@ impl Quiet {
         let rc = raft.runtime_config();
         match was {
             LEADING => {
+                self.woke_ms.store(self.now_ms(), Ordering::SeqCst);
                 self.bump_wakes();
                 rc.heartbeat(true);
                 rc.tick(true);
