@@ -151,6 +151,10 @@ async fn note_failure(
             skip.failed(node);
         }
         Next::RefreshMap => {
+            // As for unary calls (`Cluster::call`): the node holds no replica, whatever the
+            // refreshed map says.
+            topology.forget_leader(shard, node);
+            skip.refused(node);
             let _ = cluster.refresh_map().await;
         }
         Next::Backoff { node_failed: false } | Next::RetryAfter(_) | Next::Fail => {}
