@@ -27,8 +27,16 @@
 //!    other pod's passes, the kubelet kills it after the grace period and starts it again,
 //!    and it becomes ready on its claim.
 //!
+//! Throughout, every pod runs in a cgroup with its container's CPU and memory requests and
+//! limits, and the manifests' NetworkPolicies are enforced between the pods: the cluster must
+//! work through every step under them, and at the start the test checks that they bite (the
+//! router reaches the nodes' client port but not their Raft or metrics ports, nodes reach each
+//! other's Raft port, and an address no pod holds reaches nothing). At the end no pod may have
+//! been killed for its memory limit.
+//!
 //! Every stop must end within the grace period by the node's own hand-off (never SIGKILL) and
-//! exit cleanly. At the end the register history (linearizable reads, writes and CAS,
+//! exit cleanly, and clients must see no error during the rolling restart and while a pod
+//! comes back empty. At the end the register history (linearizable reads, writes and CAS,
 //! including the final reads of every key) must be valid: nothing acknowledged was lost
 //! through any step. The figures of each step (how long it took, operations ok / failed /
 //! unknown meanwhile) are printed; docs/kubernetes.md quotes them.
@@ -41,7 +49,8 @@ use ringkv_jepsen::runner::{RunOptions, check, write_history};
 use ringkv_jepsen::workload::{ReadMode, Workload};
 use ringkv_proto::v1::ListNodesResponse;
 use ringkv_tests::k8s::{Manifests, StatefulSet};
-use ringkv_tests::pods::{Pod, PodLab};
+use ringkv_tests::netpol::{Ingress, NetworkPolicy};
+use ringkv_tests::pods::{Pod, PodLab, Reach};
 use ringkv_tests::{list_nodes_at, settled, wait_for};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -152,6 +161,38 @@ impl Rehearsal {
     }
 }
 
+/// The NetworkPolicies bite: each connection below gets through or is dropped as the
+/// manifests say (the rest of the rehearsal shows that they let the cluster work).
+async fn check_policies(
+    lab: &PodLab,
+    sts: &StatefulSet,
+    router: &ringkv_tests::k8s::Deployment,
+    router_pod: &str,
+) -> Result<()> {
+    let node = &sts.template.container;
+    let (grpc, raft, http) = (node.port("grpc")?, node.port("raft")?, node.port("http")?);
+    let router_grpc = router.template.container.port("grpc")?;
+    let (n0, n1) = (sts.pod_name(0), sts.pod_name(1));
+    let expected = [
+        (Some(router_pod), n0.as_str(), grpc, Reach::Connected, "router → node client port"),
+        (Some(router_pod), &n0, raft, Reach::Dropped, "router → node Raft port"),
+        (Some(router_pod), &n0, http, Reach::Dropped, "router → node metrics port"),
+        (Some(&n1), &n0, raft, Reach::Connected, "node → node Raft port"),
+        (Some(&n1), &n0, grpc, Reach::Connected, "node → node client port"),
+        (Some(&n1), &n0, http, Reach::Dropped, "node → node metrics port"),
+        (Some(&n0), router_pod, router_grpc, Reach::Dropped, "node → router (not a client)"),
+        (None, &n0, grpc, Reach::Dropped, "unlabelled pod → node client port"),
+        (None, &n0, raft, Reach::Dropped, "unlabelled pod → node Raft port"),
+        (None, router_pod, router_grpc, Reach::Dropped, "unlabelled pod → router"),
+    ];
+    for (from, to, port, want, what) in expected {
+        let got = lab.reach(from, to, port).await?;
+        println!("policy: {what} ({} → {to}:{port}): {got:?}", from.unwrap_or("unlabelled"));
+        ensure!(got == want, "{what}: {got:?}, the NetworkPolicies say {want:?}");
+    }
+    Ok(())
+}
+
 /// The names of the members that are up, sorted.
 fn up_names(l: &ListNodesResponse) -> Vec<String> {
     let mut up: Vec<String> =
@@ -236,6 +277,19 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
         (0..router.replicas).map(|i| format!("{}-{i}", router.name)).collect();
     names.extend(router_pods.iter().map(|r| (r.clone(), None)));
     let lab = PodLab::create(&names, NAMESPACE, dir)?;
+    let mut labels = BTreeMap::new();
+    for (name, _) in &names {
+        let t = if router_pods.contains(name) { &router.template } else { &sts.template };
+        labels.insert(name.clone(), t.labels.clone());
+    }
+    lab.enforce(NetworkPolicy::all(&m)?, labels)?;
+    for pod in [sts.pod_name(0), router_pods[0].clone()] {
+        ensure!(
+            matches!(lab.ingress(&pod), Some(Ingress::Only(_))),
+            "no NetworkPolicy isolates {pod}: {:?}",
+            lab.ingress(&pod)
+        );
+    }
 
     // 1. Start: the router Deployment and the StatefulSet together, as `kubectl apply` does.
     let t0 = Instant::now();
@@ -268,6 +322,7 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
         routers.len(),
         t0.elapsed().as_secs_f64()
     );
+    check_policies(&lab, &sts, &router, &router_pods[0]).await?;
 
     let opts = RunOptions {
         time: Duration::from_secs(600),
@@ -463,9 +518,29 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
         t,
     );
 
+    // Every pod lived within its memory limit: none was killed for it (a kill would also have
+    // failed a step, but as a crash, not named as what it was).
+    for name in (0..ORDINALS_MAX).map(|i| r.sts.pod_name(i)).chain(router_pods.iter().cloned()) {
+        let group = r.lab.cgroup(&name).with_context(|| format!("{name} never started"))?;
+        let limit = group.memory_limit_bytes()?;
+        ensure!(
+            limit == group.resources.memory_limit_bytes,
+            "{name}: memory limit {limit:?} in force, the manifest says {:?}",
+            group.resources.memory_limit_bytes
+        );
+        let kills = group.oom_kills()?;
+        println!(
+            "{name}: memory peak {} MiB of a {} MiB limit, {kills} OOM kills",
+            group.memory_peak_bytes()?.map_or("?".into(), |b| (b >> 20).to_string()),
+            limit.map_or("unlimited".into(), |b| (b >> 20).to_string()),
+        );
+        ensure!(kills == 0, "{name} was killed {kills} times for its memory limit");
+    }
+
     // The end: final reads of every key, then the checkers.
     let Rehearsal { clients, steps, .. } = r;
     let restart = steps.iter().find(|s| s.0.starts_with("rolling restart")).map(|s| (s.1, s.2));
+    let emptied = steps.iter().find(|s| s.0.contains("empty volume")).map(|s| (s.1, s.2));
     let events = clients.finish().await?;
     write_history(&opts, &events, &[])?;
     let verdicts = check(&events, &opts)?;
@@ -485,6 +560,11 @@ async fn rehearse(dir: &std::path::Path) -> Result<()> {
     // Each stopping node hands its leaderships off first: clients see retries at most.
     let t = tally(&events, restart.context("no rolling restart step")?);
     ensure!(t.errors == 0, "clients saw errors during the rolling restart: {t:?}");
+    // The pod stopped by its hand-off before it came back empty: its new identity answers at
+    // the old address while the map still lists the old one, and clients must steer around
+    // it (`tests/tests/replaced_node.rs`), not fail.
+    let t = tally(&events, emptied.context("no empty-volume step")?);
+    ensure!(t.errors == 0, "clients saw errors while a pod came back empty: {t:?}");
     ensure!(
         Outcome::of(&verdicts) == Outcome::Valid,
         "the history through the rehearsal is not valid"

@@ -13,7 +13,11 @@
 //! a plain-HTTP GET on a named or numbered port, a volume that is neither an emptyDir nor a
 //! claim template, a read-only or `subPath` mount. A manifest change that the rehearsal would
 //! misread therefore fails the test that uses it, with the field named. Fields it never looks
-//! at (resources, affinity, tolerations, the image) have no effect on a rehearsal.
+//! at (affinity, tolerations, the image) have no effect on a rehearsal.
+//!
+//! A template's labels and its container's CPU and memory requests and limits are read too
+//! (the rehearsal gives each pod a cgroup with them, `crate::cgroup`), and so are the
+//! NetworkPolicies (`crate::netpol`), which the rehearsal enforces between its pods.
 //!
 //! Environment values are expanded as the kubelet does: `$(NAME)` becomes the value of a
 //! variable defined earlier in the list, `$$` is a literal `$`, and a reference to anything
@@ -86,6 +90,11 @@ impl Manifests {
             .iter()
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
             .with_context(|| format!("no {kind} named {name} in the manifests"))
+    }
+
+    /// Every object of `kind`.
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.docs.iter().filter(move |d| d["kind"] == kind)
     }
 
     pub fn stateful_set(&self, name: &str) -> Result<StatefulSet> {
@@ -165,6 +174,20 @@ pub struct PodTemplate {
     pub fs_group: Option<u32>,
     /// Volumes by name.
     pub volumes: BTreeMap<String, Volume>,
+    /// The pod's labels (`metadata.labels` of the template), which NetworkPolicies select.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A container's `resources`, as the kubelet turns them into cgroup settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// `requests.cpu` in thousandths of a core: the container's share of contended CPU.
+    pub cpu_request_millis: Option<u64>,
+    /// `limits.cpu` in thousandths of a core: a hard quota per period.
+    pub cpu_limit_millis: Option<u64>,
+    pub memory_request_bytes: Option<u64>,
+    /// `limits.memory`: above it, the kernel's OOM killer ends the container.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +215,7 @@ pub struct Container {
     pub read_only_root: bool,
     /// The capabilities the container keeps (`drop: [ALL]` keeps none).
     pub drops_all_capabilities: bool,
+    pub resources: Resources,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +272,12 @@ impl PodTemplate {
         let grace_period = spec["terminationGracePeriodSeconds"]
             .as_u64()
             .map_or(GRACE_PERIOD_DEFAULT, Duration::from_secs);
+        let mut labels = BTreeMap::new();
+        for (k, v) in t.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten()
+        {
+            let v = v.as_str().with_context(|| format!("{what}: label {k} is not a string"))?;
+            labels.insert(k.clone(), v.to_string());
+        }
         // The container's own settings override the pod's.
         let csc = &c["securityContext"];
         Ok(PodTemplate {
@@ -257,6 +287,7 @@ impl PodTemplate {
             run_as_group: id_at(csc, "runAsGroup", what)?.or(id_at(sc, "runAsGroup", what)?),
             fs_group: id_at(sc, "fsGroup", what)?,
             volumes,
+            labels,
         })
     }
 }
@@ -343,6 +374,7 @@ impl Container {
             );
             mounts.push((vol, path));
         }
+        let resources = Resources::read(&c["resources"], &what)?;
         let sc = &c["securityContext"];
         let drops = sc.pointer("/capabilities/drop").and_then(Value::as_array);
         Ok(Container {
@@ -356,6 +388,7 @@ impl Container {
             mounts,
             read_only_root: sc["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
             drops_all_capabilities: drops.is_some_and(|d| d.iter().any(|c| c == "ALL")),
+            resources,
         })
     }
 
@@ -382,6 +415,60 @@ impl Container {
             .copied()
             .with_context(|| format!("container {} has no port {name}", self.name))
     }
+}
+
+impl Resources {
+    fn read(r: &Value, what: &str) -> Result<Self> {
+        for section in ["requests", "limits"] {
+            for key in r[section].as_object().into_iter().flatten().map(|(k, _)| k) {
+                ensure!(
+                    key == "cpu" || key == "memory",
+                    "{what}: resources.{section}.{key} is not applied here (only cpu and memory)"
+                );
+            }
+        }
+        let text = |section: &str, key: &str| -> Result<Option<String>> {
+            match &r[section][key] {
+                Value::Null => Ok(None),
+                Value::String(s) => Ok(Some(s.clone())),
+                Value::Number(n) => Ok(Some(n.to_string())),
+                other => bail!("{what}: resources.{section}.{key} = {other}"),
+            }
+        };
+        let cpu = |section: &str| -> Result<Option<u64>> {
+            text(section, "cpu")?
+                .map(|q| cpu_millis(&q).with_context(|| format!("{what}: resources.{section}.cpu")))
+                .transpose()
+        };
+        let memory = |section: &str| -> Result<Option<u64>> {
+            text(section, "memory")?
+                .map(|q| {
+                    quantity_bytes(&q)
+                        .with_context(|| format!("{what}: resources.{section}.memory"))
+                })
+                .transpose()
+        };
+        Ok(Resources {
+            cpu_request_millis: cpu("requests")?,
+            cpu_limit_millis: cpu("limits")?,
+            memory_request_bytes: memory("requests")?,
+            memory_limit_bytes: memory("limits")?,
+        })
+    }
+}
+
+/// A Kubernetes CPU quantity in thousandths of a core: `1` → 1000, `500m` → 500, `0.25` → 250.
+pub fn cpu_millis(q: &str) -> Result<u64> {
+    let bad = || format!("CPU quantity {q:?}: cores (`2`, `0.5`) or millicores (`500m`)");
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse().with_context(bad);
+    }
+    let (whole, frac) = q.split_once('.').unwrap_or((q, ""));
+    ensure!(frac.len() <= 3 && frac.bytes().all(|b| b.is_ascii_digit()), "{}", bad());
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().with_context(bad)? };
+    let frac: u64 =
+        if frac.is_empty() { 0 } else { format!("{frac:0<3}").parse().with_context(bad)? };
+    whole.checked_mul(1000).and_then(|w| w.checked_add(frac)).with_context(bad)
 }
 
 /// `$(NAME)` → the value of an earlier variable; `$$` → `$`; anything else as written.
@@ -503,6 +590,49 @@ mod tests {
     }
 
     #[test]
+    fn cpu_quantities() {
+        assert_eq!(cpu_millis("1").unwrap(), 1000);
+        assert_eq!(cpu_millis("500m").unwrap(), 500);
+        assert_eq!(cpu_millis("0.25").unwrap(), 250);
+        assert_eq!(cpu_millis("2.5").unwrap(), 2500);
+        assert!(cpu_millis("0.0001").is_err(), "finer than a millicore");
+        assert!(cpu_millis("one").is_err());
+    }
+
+    #[test]
+    fn a_template_with_a_resource_it_cannot_apply_is_refused() {
+        let text = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: x }
+spec:
+  template:
+    metadata: { labels: { app: x } }
+    spec:
+      containers:
+        - name: c
+          command: [/bin/x]
+          resources:
+            requests: { cpu: 250m, memory: 64Mi }
+            limits: { cpu: "1", memory: 128Mi, nvidia.com/gpu: 1 }
+"#;
+        let e = Manifests::parse(text).unwrap().deployment("x").unwrap_err();
+        assert!(format!("{e:#}").contains("nvidia.com/gpu"), "{e:#}");
+        let m = Manifests::parse(&text.replace(", nvidia.com/gpu: 1", "")).unwrap();
+        let t = m.deployment("x").unwrap().template;
+        assert_eq!(
+            t.container.resources,
+            Resources {
+                cpu_request_millis: Some(250),
+                cpu_limit_millis: Some(1000),
+                memory_request_bytes: Some(64 << 20),
+                memory_limit_bytes: Some(128 << 20),
+            }
+        );
+        assert_eq!(t.labels["app"], "x");
+    }
+
+    #[test]
     fn a_template_with_an_unknown_env_source_is_refused() {
         let text = r#"
 apiVersion: apps/v1
@@ -541,6 +671,8 @@ spec:
         assert_eq!(env["RINGKV_ADVERTISE_ADDR"], "ringkv-4.ringkv:7001");
         assert!(c.readiness.as_ref().is_some_and(|p| p.path == "/readyz"));
         assert!(c.mounts.iter().any(|(v, _)| v == "data"));
+        assert!(c.resources.memory_limit_bytes.is_some(), "the dev overlay limits memory");
+        assert_eq!(sts.template.labels["app.kubernetes.io/name"], "ringkv-node");
         assert_eq!(sts.template.volumes["data"], Volume::Claim);
         let router = m.deployment("ringkv-router").unwrap();
         assert!(router.template.container.port("grpc").is_ok());

@@ -29,8 +29,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
+pub mod cgroup;
 pub mod k8s;
 pub mod netns;
+pub mod netpol;
 pub mod pods;
 pub use netns::NetLab;
 

@@ -30,21 +30,35 @@
 //! old one stops answering (its interface down: connections to it time out, as to a deleted
 //! pod's address, rather than being refused).
 //!
-//! What it does not do: CPU and memory limits (no cgroups), image pulls, or restarts by the
-//! liveness probe; the caller probes and acts, as the test of what an operator does.
+//! - the container's CPU and memory requests and limits, in a cgroup of its own
+//!   ([`crate::cgroup`]), which it joins before its first instruction;
+//! - once [`PodLab::enforce`] is called, the NetworkPolicies of the manifests
+//!   ([`crate::netpol`]) as iptables rules in its network namespace: an isolated pod accepts
+//!   connections only on the ports and from the pods a policy allows (by their current
+//!   addresses, rewritten when one changes), besides its own loopback, replies to its own
+//!   connections, and this machine's address on the lab's bridge, which stands for the pod's
+//!   node (the kubelet's probes come from there, and CNIs let them through). The test's own
+//!   clients also connect from there, so they pass as the node would; what the policies say
+//!   about other pods is what is enforced. [`PodLab::reach`] tells whether a connection from
+//!   one pod (or from an address no pod holds) to another's port gets through.
+//!
+//! What it does not do: image pulls, or restarts by the liveness probe; the caller probes
+//! and acts, as the test of what an operator does.
 //!
 //! Stopping follows the kubelet: SIGTERM, then SIGKILL after the template's
 //! `terminationGracePeriodSeconds`; [`Pod::terminate`] says which one ended it.
 //! `kubectl exec` is [`PodLab::exec`]: the command runs in the pod's namespaces as its user.
 
+use crate::cgroup::PodCgroup;
 use crate::k8s::{HttpProbe, PodTemplate, Volume};
+use crate::netpol::{Endpoint, Ingress, Labels, NetworkPolicy};
 use crate::{NetLab, binary, http_status, wait_for};
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where the image keeps its binaries (deploy/Dockerfile).
@@ -62,6 +76,30 @@ const EXIT_POLL: Duration = Duration::from_millis(50);
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The iptables chain, in each pod's namespace, that holds the NetworkPolicies' rules.
+const POLICY_CHAIN: &str = "RINGKV-NETPOL";
+
+/// How long a connection attempt may take before [`PodLab::reach`] calls it dropped: far
+/// more than a handshake between namespaces of one machine takes.
+const REACH_TIMEOUT_S: u32 = 2;
+
+/// Whether a connection got through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    Connected,
+    /// Refused: nothing listens there (the policies let it through).
+    Refused,
+    /// No answer: dropped on the way, as a NetworkPolicy drops what it does not allow.
+    Dropped,
+}
+
+/// The NetworkPolicies a lab enforces, and the pods they are evaluated against.
+struct Policies {
+    policies: Vec<NetworkPolicy>,
+    /// Pod name → labels.
+    labels: BTreeMap<String, Labels>,
+}
+
 /// The network and the volumes of a rehearsal's pods.
 pub struct PodLab {
     lab: NetLab,
@@ -73,6 +111,9 @@ pub struct PodLab {
     namespace: String,
     /// Binary name → the built file.
     binaries: BTreeMap<String, PathBuf>,
+    /// Pod name → its cgroup, made at its first start and kept across restarts.
+    cgroups: Mutex<BTreeMap<String, Arc<PodCgroup>>>,
+    policies: Mutex<Option<Policies>>,
 }
 
 #[derive(Default)]
@@ -107,7 +148,8 @@ impl PodLab {
         if let Some(why) = NetLab::unavailable_reason() {
             bail!("pods need network namespaces, and this machine cannot make them: {why}");
         }
-        for tool in ["unshare", "nsenter", "setpriv"] {
+        crate::cgroup::require()?;
+        for tool in ["unshare", "nsenter", "setpriv", "iptables-restore", "timeout", "bash"] {
             ensure!(
                 Command::new(tool).arg("--version").stdout(Stdio::null()).status().is_ok(),
                 "pods need {tool} (util-linux)"
@@ -131,6 +173,8 @@ impl PodLab {
             dir: dir.to_path_buf(),
             namespace: namespace.into(),
             binaries,
+            cgroups: Mutex::new(BTreeMap::new()),
+            policies: Mutex::new(None),
         };
         pods.write_hosts()?;
         Ok(pods)
@@ -176,7 +220,154 @@ impl PodLab {
         self.lab.set_link(old, false)?;
         self.lab.set_link(new, true)?;
         self.write_hosts()?;
+        // The policies name sources by address: every pod's rules change with this one's.
+        self.write_policies()?;
         Ok((self.lab.ip(old), self.lab.ip(new)))
+    }
+
+    /// Enforces `policies` on every pod of the lab from now on; `labels` gives each pod's
+    /// labels (a pod without an entry has none). All pods live in the lab's namespace, whose
+    /// only label is the one Kubernetes sets (`kubernetes.io/metadata.name`).
+    pub fn enforce(
+        &self,
+        policies: Vec<NetworkPolicy>,
+        labels: BTreeMap<String, Labels>,
+    ) -> Result<()> {
+        *self.policies.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Policies { policies, labels });
+        self.write_policies()
+    }
+
+    /// What `pod` accepts under the enforced policies (`None`: none are).
+    pub fn ingress(&self, pod: &str) -> Option<Ingress> {
+        let policies = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        let p = policies.as_ref()?;
+        let endpoints = self.endpoints(p);
+        let target = endpoints.iter().find(|e| e.name == pod)?;
+        Some(crate::netpol::ingress(&p.policies, target, &endpoints))
+    }
+
+    fn endpoints(&self, p: &Policies) -> Vec<Endpoint> {
+        let ns_labels: Labels =
+            [("kubernetes.io/metadata.name".to_string(), self.namespace.clone())].into();
+        self.subdomains
+            .iter()
+            .map(|(name, _)| Endpoint {
+                name: name.clone(),
+                namespace: self.namespace.clone(),
+                labels: p.labels.get(name).cloned().unwrap_or_default(),
+                namespace_labels: ns_labels.clone(),
+            })
+            .collect()
+    }
+
+    /// Rewrites every pod's policy chain from the policies and the pods' current addresses
+    /// (one `iptables-restore` per pod: the chain is replaced whole).
+    fn write_policies(&self) -> Result<()> {
+        let policies = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(p) = policies.as_ref() else { return Ok(()) };
+        let endpoints = self.endpoints(p);
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner()).by_pod.clone();
+        let gateway = self.lab.gateway();
+        for target in &endpoints {
+            let slot = slots[&target.name];
+            let mut rules = vec![
+                "*filter".to_string(),
+                format!(":{POLICY_CHAIN} - [0:0]"),
+                format!("-A {POLICY_CHAIN} -i lo -j ACCEPT"),
+                format!("-A {POLICY_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"),
+                // The pod's node: the kubelet's probes (and the test's own clients).
+                format!("-A {POLICY_CHAIN} -s {gateway}/32 -j ACCEPT"),
+            ];
+            if let Ingress::Only(allows) = crate::netpol::ingress(&p.policies, target, &endpoints) {
+                for a in &allows {
+                    let ports: Vec<String> = match &a.ports {
+                        Some(ports) => ports.iter().map(|p| format!(" --dport {p}")).collect(),
+                        None => vec![String::new()],
+                    };
+                    let sources: Vec<String> = match &a.from {
+                        Some(pods) => pods
+                            .iter()
+                            .map(|s| format!(" -s {}/32", self.lab.ip(slots[s])))
+                            .collect(),
+                        None => vec![String::new()],
+                    };
+                    for port in &ports {
+                        for src in &sources {
+                            rules.push(format!("-A {POLICY_CHAIN} -p tcp{port}{src} -j ACCEPT"));
+                        }
+                    }
+                }
+                rules.push(format!("-A {POLICY_CHAIN} -j DROP"));
+            }
+            rules.push("COMMIT\n".into());
+            let ns = self.lab.netns(slot);
+            let mut restore = Command::new("ip");
+            restore
+                .args(["netns", "exec", &ns, "iptables-restore", "--noflush"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = restore.spawn().context("iptables-restore")?;
+            {
+                use std::io::Write;
+                let mut stdin = child.stdin.take().context("iptables-restore's stdin")?;
+                stdin.write_all(rules.join("\n").as_bytes())?;
+            }
+            let out = child.wait_with_output()?;
+            ensure!(
+                out.status.success(),
+                "{}'s NetworkPolicy rules: iptables-restore: {}",
+                target.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            let jump = |op: &str| {
+                Command::new("ip")
+                    .args(["netns", "exec", &ns, "iptables", op, "INPUT"])
+                    .args(if op == "-I" { vec!["1"] } else { vec![] })
+                    .args(["-j", POLICY_CHAIN])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+            };
+            if !jump("-C")?.success() {
+                ensure!(jump("-I")?.success(), "{}: jumping to {POLICY_CHAIN}", target.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a connection from pod `from` (`None`: from an address of the lab's network that
+    /// no pod holds, as an unlabelled pod's) to `to`'s `port` gets through.
+    pub async fn reach(&self, from: Option<&str>, to: &str, port: u16) -> Result<Reach> {
+        let slot = match from {
+            Some(pod) => self.slot(pod)?,
+            None => {
+                let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                *slots.free.front().context("no free address in the lab")?
+            }
+        };
+        let to_ip = self.lab.ip(self.slot(to)?);
+        let status = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &self.lab.netns(slot), "timeout", &REACH_TIMEOUT_S.to_string()])
+            .args(["bash", "-c", &format!("exec 3<>/dev/tcp/{to_ip}/{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .context("bash's /dev/tcp")?;
+        Ok(match status.code() {
+            Some(0) => Reach::Connected,
+            // timeout(1)'s status when the command ran out of time.
+            Some(124) => Reach::Dropped,
+            _ => Reach::Refused,
+        })
+    }
+
+    /// `pod`'s cgroup, once it has started.
+    pub fn cgroup(&self, pod: &str) -> Option<Arc<PodCgroup>> {
+        self.cgroups.lock().unwrap_or_else(|p| p.into_inner()).get(pod).cloned()
     }
 
     fn slot(&self, pod: &str) -> Result<u64> {
@@ -270,17 +461,28 @@ impl PodLab {
             .append(true)
             .open(self.log_path(name))
             .context("opening the pod's log")?;
-        // `ip netns exec` execs unshare, which execs sh, which execs setpriv, which execs the
-        // container's program: the child's pid is the program's, so signals reach it.
+        let cgroup = {
+            let mut groups = self.cgroups.lock().unwrap_or_else(|p| p.into_inner());
+            match groups.get(name) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = Arc::new(PodCgroup::create(name, &c.resources)?);
+                    groups.insert(name.to_string(), g.clone());
+                    g
+                }
+            }
+        };
+        // A shell joins the cgroup and execs `ip netns exec`, which execs unshare, which
+        // execs sh, which execs setpriv, which execs the container's program: the child's pid
+        // is the program's, so signals reach it.
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.lab.netns(slot)])
             .args(["unshare", "--mount", "--uts", "--propagation", "private", "--", "sh", "-c"])
             .arg(script.join("\n"))
             .env_clear()
-            .envs(container_env(t, name, &self.namespace))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .envs(container_env(t, name, &self.namespace));
+        let mut cmd = cgroup.wrap(&cmd);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting pod {name}"))?;
         let pid = child.id();
         Ok(Pod { name: name.to_string(), template: t.clone(), child, pid })
