@@ -152,7 +152,7 @@ impl PodLab {
         for tool in ["unshare", "nsenter", "setpriv", "iptables-restore", "timeout", "bash"] {
             ensure!(
                 Command::new(tool).arg("--version").stdout(Stdio::null()).status().is_ok(),
-                "pods need {tool} (util-linux)"
+                "pods need {tool} (from util-linux, iptables, coreutils or bash)"
             );
         }
         // Twice the slots: each pod can move to a new address while its old one stays dark.
