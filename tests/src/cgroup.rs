@@ -182,16 +182,26 @@ impl PodCgroup {
         }
     }
 
+    /// The memory controller's file named `v1` or `v2` after this machine's hierarchy.
+    fn memory_file(&self, v1: &str, v2: &str) -> PathBuf {
+        let file = match self.groups {
+            Groups::V1 { .. } => v1,
+            Groups::V2 { .. } => v2,
+        };
+        self.memory_dir().join(file)
+    }
+
+    fn read_memory_file(&self, v1: &str, v2: &str) -> Result<(PathBuf, String)> {
+        let path = self.memory_file(v1, v2);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok((path, text))
+    }
+
     /// How many times the kernel's OOM killer killed a process of this pod for its memory
     /// limit, since the groups were made (every start of the pod uses the same groups).
     pub fn oom_kills(&self) -> Result<u64> {
-        let file = match self.groups {
-            Groups::V1 { .. } => "memory.oom_control",
-            Groups::V2 { .. } => "memory.events",
-        };
-        let path = self.memory_dir().join(file);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let (path, text) = self.read_memory_file("memory.oom_control", "memory.events")?;
         let line = text.lines().find_map(|l| l.strip_prefix("oom_kill "));
         line.context("this kernel does not count OOM kills per cgroup")?
             .trim()
@@ -202,27 +212,17 @@ impl PodCgroup {
     /// The most memory the pod's processes used at once (page cache included, as the limit
     /// counts it); `None` where the kernel does not keep it (cgroup v2 before Linux 5.19).
     pub fn memory_peak_bytes(&self) -> Result<Option<u64>> {
-        let file = match self.groups {
-            Groups::V1 { .. } => "memory.max_usage_in_bytes",
-            Groups::V2 { .. } => "memory.peak",
-        };
-        let path = self.memory_dir().join(file);
-        match std::fs::read_to_string(&path) {
-            Ok(t) => Ok(Some(t.trim().parse().with_context(|| format!("{}", path.display()))?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        let path = self.memory_file("memory.max_usage_in_bytes", "memory.peak");
+        if !path.exists() {
+            return Ok(None);
         }
+        let (path, text) = self.read_memory_file("memory.max_usage_in_bytes", "memory.peak")?;
+        Ok(Some(text.trim().parse().with_context(|| format!("{}", path.display()))?))
     }
 
     /// The memory limit the kernel enforces, read back (`None`: unlimited).
     pub fn memory_limit_bytes(&self) -> Result<Option<u64>> {
-        let file = match self.groups {
-            Groups::V1 { .. } => "memory.limit_in_bytes",
-            Groups::V2 { .. } => "memory.max",
-        };
-        let path = self.memory_dir().join(file);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let (path, text) = self.read_memory_file("memory.limit_in_bytes", "memory.max")?;
         let text = text.trim();
         if text == "max" {
             return Ok(None);
@@ -257,7 +257,10 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
 }
 
 /// Kills whatever still runs in the group, then removes it (a group with processes cannot
-/// be removed). Bounded: a process that does not die within a second is left, with its group.
+/// be removed). A killed process leaves the group only once the kernel has torn it down, and
+/// this runs in `Drop` (no runtime to await on), so it polls that condition: the removal
+/// itself, every 50 ms. Bounded: a process that does not die within a second is left, with
+/// its group.
 fn remove_group(d: &Path) {
     for _ in 0..20 {
         let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();

@@ -589,6 +589,24 @@ mod tests {
         assert!(quantity_bytes("99999999999Ti").is_err());
     }
 
+    /// A Deployment `x` (labelled `app: x`) whose one container `c` runs `/bin/x` with
+    /// `container` (more of its fields, indented as a container's) added.
+    fn deployment_x(container: &str) -> String {
+        format!(
+            "
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: x }}
+spec:
+  template:
+    metadata: {{ labels: {{ app: x }} }}
+    spec:
+      containers:
+        - name: c
+          command: [/bin/x]{container}"
+        )
+    }
+
     #[test]
     fn cpu_quantities() {
         assert_eq!(cpu_millis("1").unwrap(), 1000);
@@ -601,21 +619,14 @@ mod tests {
 
     #[test]
     fn a_template_with_a_resource_it_cannot_apply_is_refused() {
-        let text = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: x }
-spec:
-  template:
-    metadata: { labels: { app: x } }
-    spec:
-      containers:
-        - name: c
-          command: [/bin/x]
+        let text = deployment_x(
+            "
           resources:
             requests: { cpu: 250m, memory: 64Mi }
-            limits: { cpu: "1", memory: 128Mi, nvidia.com/gpu: 1 }
-"#;
+            limits: { cpu: \"1\", memory: 128Mi, nvidia.com/gpu: 1 }
+",
+        );
+        let text = text.as_str();
         let e = Manifests::parse(text).unwrap().deployment("x").unwrap_err();
         assert!(format!("{e:#}").contains("nvidia.com/gpu"), "{e:#}");
         let m = Manifests::parse(&text.replace(", nvidia.com/gpu: 1", "")).unwrap();
@@ -634,21 +645,14 @@ spec:
 
     #[test]
     fn a_template_with_an_unknown_env_source_is_refused() {
-        let text = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: x }
-spec:
-  template:
-    spec:
-      containers:
-        - name: c
-          command: [/bin/x]
+        let text = deployment_x(
+            "
           env:
             - name: NODE
               valueFrom: { fieldRef: { fieldPath: spec.nodeName } }
-"#;
-        let m = Manifests::parse(text).unwrap();
+",
+        );
+        let m = Manifests::parse(&text).unwrap();
         let e = m.deployment("x").unwrap_err();
         assert!(format!("{e:#}").contains("env NODE"), "{e:#}");
     }

@@ -74,10 +74,10 @@ pub fn accept(registry: &ShardRegistry, shard: &Shard, req: &QuiesceRequest) -> 
 /// old as the leadership, `leading_for`); `awake_for` is how long the leader has been awake
 /// since it last slept. A sleeping leader sends nothing, so every follower's last
 /// acknowledgement is as old as the sleep: judged on that alone, a follower whose reply to the
-/// wake-up heartbeat was still on its way was taken for gone, the group went back to sleep
-/// without it, and since a follower left out is not watched, a leadership waiting to go to
-/// it stayed put for good (seen in `jepsen::membership` after a replica move: two shards off
-/// their preferred leader for the test's whole 180 s). Only silence while awake counts.
+/// wake-up heartbeat was still on its way would be taken for gone, and the group would go back
+/// to sleep without it, unwatched (found by reading the code, not seen in a run: the
+/// leaderships seen stuck after replica moves were docs/chaos.md's bug 13). Only silence while
+/// awake counts.
 fn absent(
     silent_for: Option<Duration>,
     leading_for: Duration,
