@@ -89,3 +89,40 @@ async fn clients_steer_around_a_node_that_came_back_empty_at_its_address() -> Re
     );
     Ok(())
 }
+
+/// Many calls that run into a stale map at the same moment share one map fetch, instead of
+/// each fetching the whole map from the nodes at the moment they are busiest (every
+/// `WRONG_SHARD` answer asks for one). Fifty refreshes asked together cost at most two fetches:
+/// one may already be under way when they ask (its map may predate what they saw), and one
+/// after it serves them all. The first seed accepts connections and never answers, so every
+/// fetch takes its 2 s timeout there before a node answers: all fifty ask while the first
+/// fetch is under way, however slowly this machine starts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_that_need_a_fresh_map_together_share_one_fetch() -> Result<()> {
+    let c = Cluster::start(3, 8, 3, Tuning::default()).await?;
+    c.wait_for_leaders(Duration::from_secs(30)).await?;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut seeds = vec![silent.local_addr()?.to_string()];
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    seeds.extend(c.seeds().split(',').map(String::from));
+    // Only the refreshes below fetch.
+    let cfg = ringkv_routing::config::RoutingConfig {
+        seeds,
+        refresh_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let routing = ringkv_routing::Cluster::connect(cfg).await?;
+    let before = routing.stats().map_refreshes.get();
+    let burst = (0..50).map(|_| routing.refresh_map());
+    let maps = futures::future::try_join_all(burst).await?;
+    let fetches = routing.stats().map_refreshes.get() - before;
+    ensure!(maps.iter().all(|m| m.nodes().len() == 3), "every caller got the map of 3 nodes");
+    ensure!(fetches <= 2, "50 concurrent refreshes made {fetches} map fetches (at most 2)");
+    println!("50 concurrent refreshes: {fetches} fetch(es)");
+    Ok(())
+}

@@ -15,6 +15,7 @@ use crate::balance;
 use crate::config::RoutingConfig;
 use crate::error::RoutingError;
 use crate::lanes::{LaneGuard, Lanes};
+use crate::map_fetch::MapFetch;
 use crate::nodes::{NodeEntry, Nodes};
 use crate::outcome::WriteOutcome;
 use crate::retry::{self, Next, RetryBudget};
@@ -119,6 +120,8 @@ pub(crate) struct Inner {
     pub(crate) rr: AtomicUsize,
     pub(crate) stats: RoutingStats,
     pub(crate) topics: crate::events::TopicCache,
+    /// Map fetches shared by concurrent callers (see [`crate::map_fetch`]).
+    pub(crate) map_fetch: MapFetch<Result<Arc<ShardMap>, String>>,
 }
 
 /// Which replicas may serve a call.
@@ -165,6 +168,7 @@ impl Cluster {
             rr: AtomicUsize::new(0),
             stats: RoutingStats::default(),
             topics: Default::default(),
+            map_fetch: MapFetch::default(),
             cfg,
         });
         let cluster = Cluster { inner };
@@ -233,8 +237,13 @@ impl Cluster {
         self.inner.nodes.get(node, &spec.addr).ok().map(|n| n.channel())
     }
 
-    /// Pulls the map from any known node (seeds first), keeping the newest epoch.
+    /// Pulls the map from any known node (seeds first), keeping the newest epoch. Callers that
+    /// ask at the same moment share one fetch (see [`crate::map_fetch`]).
     pub async fn refresh_map(&self) -> Result<Arc<ShardMap>, RoutingError> {
+        self.inner.map_fetch.run(|| self.fetch_map()).await.map_err(RoutingError::NoMap)
+    }
+
+    async fn fetch_map(&self) -> Result<Arc<ShardMap>, String> {
         self.inner.stats.map_refreshes.inc();
         let mut addrs: Vec<String> = self.inner.cfg.seeds.clone();
         if let Some(m) = self.map() {
@@ -269,7 +278,7 @@ impl Cluster {
                 Err(s) => errors.push(format!("{addr}: {}", s.message())),
             }
         }
-        Err(RoutingError::NoMap(errors.join("; ")))
+        Err(errors.join("; "))
     }
 
     pub(crate) fn current_map(&self) -> Result<Arc<ShardMap>, RoutingError> {

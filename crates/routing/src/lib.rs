@@ -17,6 +17,7 @@
 //!   attempt was refused before anything was proposed).
 //! - [`lanes`]: session lanes for at-most-once writes: every write carries a client id and a
 //!   sequence number, so a retry after an unknown outcome is never applied twice.
+//! - `map_fetch`: one shard-map fetch shared by the calls that need one at the same moment.
 //! - [`cluster`]: the operations, each one a loop of "pick a node, call, learn from the
 //!   answer" until success, a final error, the budget or the deadline.
 //! - [`events`]: topics, appends, reads and consumer offsets, built from the nodes'
@@ -30,6 +31,7 @@ pub mod error;
 pub mod events;
 pub mod follow;
 pub mod lanes;
+mod map_fetch;
 pub mod nodes;
 pub mod outcome;
 pub mod retry;
