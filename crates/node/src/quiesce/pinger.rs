@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 /// What the pinger knows of one peer node.
 #[derive(Debug)]
 struct Peer {
-    boot_id: Option<u64>,
     /// The last sign of life: an answered ping, a ping from it, or a quiesce request from it.
     last_ok: Instant,
     /// The last ping received from it (see `PeerLiveness::pinged_us_within`).
@@ -32,6 +31,10 @@ const PING_FAILURES_MAX: u32 = 3;
 pub struct PeerLiveness {
     dead_after: Duration,
     peers: Mutex<HashMap<NodeId, Peer>>,
+    /// The boot id each peer last gave, kept while `peers` forgets peers no group sleeps on:
+    /// learning one again each time a peer is watched again would count as a restart (see
+    /// `record`) and wake its groups every time they fell asleep. One per node id ever heard.
+    boot_ids: Mutex<HashMap<NodeId, u64>>,
     /// Peers that said they are shutting down, and when (see `crate::handoff`).
     stopping: Mutex<HashMap<NodeId, Instant>>,
 }
@@ -45,6 +48,7 @@ impl PeerLiveness {
         PeerLiveness {
             dead_after,
             peers: Mutex::new(HashMap::new()),
+            boot_ids: Mutex::new(HashMap::new()),
             stopping: Mutex::new(HashMap::new()),
         }
     }
@@ -74,7 +78,6 @@ impl PeerLiveness {
     pub fn contact(&self, node: NodeId) {
         let mut peers = self.lock();
         let p = peers.entry(node).or_insert(Peer {
-            boot_id: None,
             last_ok: Instant::now(),
             pinged_us: None,
             failures: 0,
@@ -84,8 +87,9 @@ impl PeerLiveness {
     }
 
     /// A ping from `node`, which started as `boot_id`: a sign of life like an answered ping.
-    /// Returns whether it restarted since last heard of (the caller wakes the groups that
-    /// sleep on it, as the pinger does when an answer says so).
+    /// Returns whether it restarted since last heard of, or is heard of for the first time
+    /// (the caller wakes the groups that sleep on it, as the pinger does when an answer says
+    /// so).
     pub fn pinged_by(&self, node: NodeId, boot_id: u64) -> bool {
         let restarted = self.record(node, Ok(boot_id));
         if let Some(p) = self.lock().get_mut(&node) {
@@ -115,16 +119,19 @@ impl PeerLiveness {
     fn record(&self, node: NodeId, result: Result<u64, String>) -> bool {
         let now = Instant::now();
         let mut peers = self.lock();
-        let p = peers.entry(node).or_insert(Peer {
-            boot_id: None,
-            last_ok: now,
-            pinged_us: None,
-            failures: 0,
-        });
+        let p = peers.entry(node).or_insert(Peer { last_ok: now, pinged_us: None, failures: 0 });
         match result {
             Ok(boot) => {
-                let restarted = p.boot_id.is_some_and(|b| b != boot);
-                p.boot_id = Some(boot);
+                // An incarnation learned for the first time counts as a restart too: a group
+                // that fell asleep on this peer before any of its boot ids reached us cannot
+                // tell whether it slept on this incarnation or on one killed and restarted
+                // before a ping got through; it would then sleep for good, refusing every
+                // pre-vote because the peer answers pings, while the restarted peer no longer
+                // leads it. Waking costs one heartbeat, once per peer per start. (Found by
+                // tls.rs, a node killed 0.7 s after founding: a shard without a leader.)
+                let known =
+                    self.boot_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(node, boot);
+                let restarted = known != Some(boot);
                 p.last_ok = now;
                 p.failures = 0;
                 restarted
@@ -253,11 +260,13 @@ pub async fn wake_sleeping_on(registry: &ShardRegistry, peer: NodeId) -> usize {
             let _ = shard.raft.trigger().heartbeat().await;
         }
     }
-    tracing::info!(
-        peer,
-        groups = groups.len(),
-        "peer restarted or silent: woke the groups sleeping on it"
-    );
+    if !groups.is_empty() {
+        tracing::info!(
+            peer,
+            groups = groups.len(),
+            "peer restarted or silent: woke the groups sleeping on it"
+        );
+    }
     groups.len()
 }
 
@@ -279,7 +288,7 @@ mod tests {
     #[test]
     fn a_peer_is_lost_when_it_restarts_or_stays_silent() {
         let l = PeerLiveness::new(Duration::ZERO);
-        assert!(!l.record(1, Ok(7)), "the first answer only learns the boot id");
+        assert!(l.record(1, Ok(7)), "a first boot id may be a restart nobody saw");
         assert!(!l.record(1, Ok(7)));
         assert!(l.record(1, Ok(8)), "a new boot id is a restart");
         // Silence counts only after several failed pings in a row, however long it lasted.
@@ -288,13 +297,17 @@ mod tests {
         assert!(l.record(1, Err("timed out".into())));
         assert!(!l.record(1, Ok(8)), "an answer resets the count");
         assert!(!l.record(1, Err("timed out".into())));
+        // Unwatched (no group sleeps on it) and watched again: the same incarnation.
+        l.retain(&std::collections::HashMap::new());
+        assert!(!l.record(1, Ok(8)), "a peer watched again is no restart");
+        assert!(l.record(1, Ok(9)));
     }
 
     #[test]
     fn a_ping_received_is_a_sign_of_life_and_says_when_its_sender_restarted() {
         let l = PeerLiveness::new(Duration::from_secs(3600));
         assert!(!l.pinged_us_within(2, Duration::from_secs(60)), "never pinged by");
-        assert!(!l.pinged_by(2, 7), "the first ping only learns the boot id");
+        assert!(l.pinged_by(2, 7), "a first boot id may be a restart nobody saw");
         assert!(l.alive(2));
         assert!(l.pinged_us_within(2, Duration::from_secs(60)), "so it need not be pinged");
         assert!(!l.pinged_us_within(2, Duration::ZERO));
