@@ -4,7 +4,8 @@
 #! 1. its user is the manifests' `runAsUser` (10001), and it holds the three binaries and no
 #!    build tools (no cargo, rustc, cc, ld);
 #! 2. a cluster runs from it as the manifests run it: three node containers and a router, each
-#!    with the StatefulSet's (or the router Deployment's) environment, a read-only root
+#!    with the command and environment of the StatefulSet (or the router Deployment), read
+#!    from the rendered dev overlay so they cannot drift from the manifests, a read-only root
 #!    filesystem, every capability dropped, no privilege escalation, a writable `/tmp` and a
 #!    named volume for the data; names `ringkv-N.ringkv` resolve to the nodes, as the headless
 #!    Service makes them resolve;
@@ -12,7 +13,8 @@
 #!    a node stopped with SIGTERM (what the kubelet sends) exits 0 within the grace period
 #!    after handing its leaderships off, and comes back ready on its volume with the data.
 #!
-#! Usage: `deploy/image/check.sh` (root, podman: `apt-get install -y podman mmdebstrap runc`).
+#! Usage: `deploy/image/check.sh` (root, podman: `apt-get install -y podman mmdebstrap runc`;
+#! kubectl, to render the manifests, and python3 with PyYAML, to read them).
 #! Without a reachable container registry, the base images are made locally first
 #! (`deploy/image/bases.sh`); with one, pass `--pull` to use the public ones. The first build
 #! compiles RocksDB in release (~25 minutes on 2 cores); later ones reuse the dependency layer
@@ -24,8 +26,37 @@ IMAGE=${IMAGE:-docker.io/ringkv/ringkv:0.1.0}
 NET=${NET:-podman}
 # Fixed addresses on podman's default bridge (10.88.0.0/16), far from the ones it hands out.
 SUBNET_PREFIX=${SUBNET_PREFIX:-10.88.201}
-# The StatefulSet's terminationGracePeriodSeconds.
-GRACE_S=40
+MANIFESTS=$(mktemp)
+trap 'rm -f "$MANIFESTS"' EXIT
+kubectl kustomize deploy/k8s/overlays/dev >"$MANIFESTS"
+
+# manifest KIND POD WHAT: from the rendered dev overlay, the first container's `command` (one
+# word a line), its `env` (NAME=value a line, `$(VAR)` expanded, the pod's name for
+# metadata.name) or the pod's `grace` period in seconds.
+manifest() {
+    python3 - "$MANIFESTS" "$@" <<'PY'
+import re, sys, yaml
+path, kind, pod, what = sys.argv[1:]
+spec = next(d for d in yaml.safe_load_all(open(path)) if d and d["kind"] == kind)["spec"]["template"]["spec"]
+container = spec["containers"][0]
+if what == "command":
+    print("\n".join(container["command"]))
+elif what == "grace":
+    print(spec.get("terminationGracePeriodSeconds", 30))
+else:
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            value = pod
+        else:
+            sys.exit(f"{kind} env {e['name']}: only values and metadata.name are supported here")
+        env[e["name"]] = value
+        print(f"{e['name']}={value}")
+PY
+}
+GRACE_S=$(manifest StatefulSet ringkv-0 grace)
 
 step() { printf '\n== %s\n' "$*" >&2; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
@@ -60,7 +91,7 @@ cleanup() {
     podman rm -f -t 0 "${names[@]}" >/dev/null 2>&1 || true
     podman volume rm -f data-ringkv-0 data-ringkv-1 data-ringkv-2 >/dev/null 2>&1 || true
 }
-trap cleanup EXIT
+trap 'cleanup; rm -f "$MANIFESTS"' EXIT
 cleanup
 
 hosts=()
@@ -69,18 +100,23 @@ for i in 0 1 2; do hosts+=(--add-host "ringkv-$i.ringkv:$SUBNET_PREFIX.$((10 + i
 locked=(--read-only --cap-drop ALL --security-opt no-new-privileges --user 10001:10001
         --tmpfs /tmp:size=64m,mode=1777)
 
+# Runs pod $2 of the manifests' $1 (StatefulSet or Deployment) as container $2, with its
+# command and environment; the rest of the arguments go to `podman run`.
+run_pod() {
+    local kind=$1 pod=$2 env=() command=() e listed
+    shift 2
+    listed=$(manifest "$kind" "$pod" command) || fail "$kind $pod: no command in the manifests"
+    mapfile -t command <<<"$listed"
+    listed=$(manifest "$kind" "$pod" env) || fail "$kind $pod: its environment"
+    while IFS= read -r e; do env+=(-e "$e"); done <<<"$listed"
+    podman run -d --name "$pod" --network "$NET" "${hosts[@]}" "${locked[@]}" "${env[@]}" "$@" \
+        "$IMAGE" "${command[@]}" >/dev/null
+}
+
 start_node() {
     local i=$1
-    podman run -d --name "ringkv-$i" --hostname "ringkv-$i" --network "$NET" \
-        --ip "$SUBNET_PREFIX.$((10 + i))" "${hosts[@]}" "${locked[@]}" \
-        -v "data-ringkv-$i:/var/lib/ringkv" \
-        -e POD_NAME="ringkv-$i" -e RINGKV_NODE_ID="ringkv-$i" \
-        -e RINGKV_LISTEN=0.0.0.0:7001 -e RINGKV_ADVERTISE_ADDR="ringkv-$i.ringkv:7001" \
-        -e RINGKV_RAFT_PORT_OFFSET=1000 -e RINGKV_METRICS_LISTEN=0.0.0.0:9101 \
-        -e RINGKV_DATA_DIR=/var/lib/ringkv -e RINGKV_SHARDS=8 -e RINGKV_REPLICATION_FACTOR=3 \
-        -e RINGKV_MEMBERS="1=ringkv-0.ringkv:7001,2=ringkv-1.ringkv:7001,3=ringkv-2.ringkv:7001" \
-        -e RINGKV_SHUTDOWN_HANDOFF_MS=10000 -e RINGKV_READY_STALENESS_MAX_MS=10000 \
-        "$IMAGE" /usr/local/bin/ringkv-node >/dev/null
+    run_pod StatefulSet "ringkv-$i" --hostname "ringkv-$i" --ip "$SUBNET_PREFIX.$((10 + i))" \
+        -v "data-ringkv-$i:/var/lib/ringkv"
 }
 
 # Waits until http://$1/readyz answers 200, at most $2 seconds.
@@ -97,12 +133,7 @@ wait_ready() {
 
 step "a cluster from the image: three nodes and a router, locked down as in the manifests"
 for i in 0 1 2; do start_node "$i"; done
-podman run -d --name ringkv-router --network "$NET" --ip "$SUBNET_PREFIX.20" "${hosts[@]}" \
-    "${locked[@]}" \
-    -e RINGKV_ROUTER_LISTEN=0.0.0.0:6000 -e RINGKV_ROUTER_METRICS_LISTEN=0.0.0.0:9100 \
-    -e RINGKV_ROUTER_SEEDS="ringkv-0.ringkv:7001,ringkv-1.ringkv:7001,ringkv-2.ringkv:7001" \
-    -e RINGKV_ROUTER_READ_POLICY=least-outstanding \
-    "$IMAGE" /usr/local/bin/ringkv-router >/dev/null
+run_pod Deployment ringkv-router --ip "$SUBNET_PREFIX.20"
 for i in 0 1 2; do
     wait_ready "$SUBNET_PREFIX.$((10 + i)):9101" 120 || {
         podman logs --tail 30 "ringkv-$i" >&2; fail "ringkv-$i not ready in 120 s"; }
