@@ -41,6 +41,10 @@ pub struct IdlePoint {
     /// Of the RSS, anonymous transparent huge pages: an allocator that asks for them backs
     /// every group's few touched kilobytes with 2 MiB pages (docs/performance.md).
     pub huge_pages_mib: f64,
+    /// Of the RSS, what the node reports for RocksDB (memtables, block cache, table readers)
+    /// and for its shards' entry and session caches, at the end of the window.
+    pub rocksdb_mib: f64,
+    pub caches_mib: f64,
     pub window_s: f64,
     pub quiesce_after_ms: u64,
     /// Nodes killed before the window (not measured).
@@ -162,7 +166,12 @@ pub async fn measure(spec: &IdleSpec) -> Result<Vec<IdlePoint>> {
     let window_s = start.elapsed().as_secs_f64();
     let mut samples = Vec::new();
     for (id, pid, cpu0) in before {
-        samples.push((id, cpu_seconds(pid)? - cpu0, rss_bytes(pid)?, huge_pages_bytes(pid)?));
+        let (cpu, rss, huge) = (cpu_seconds(pid)? - cpu0, rss_bytes(pid)?, huge_pages_bytes(pid)?);
+        let metrics = cluster.metrics(id).await?;
+        let sum = |names: &[&str]| names.iter().map(|n| gauge(&metrics, n)).sum::<Result<f64>>();
+        let rocksdb = sum(&ROCKSDB_GAUGES)?;
+        let caches = sum(&CACHE_GAUGES)?;
+        samples.push((id, cpu, rss, huge, rocksdb, caches));
     }
     // One at a time, so each write meets its shard as the window left it.
     let mut wake_ms = Vec::new();
@@ -179,7 +188,7 @@ pub async fn measure(spec: &IdleSpec) -> Result<Vec<IdlePoint>> {
     let p50 = wake_ms.get(wake_ms.len() / 2).copied().unwrap_or(0.0);
     let max = wake_ms.last().copied().unwrap_or(0.0);
     let mut points = Vec::new();
-    for (id, cpu, rss, huge) in samples {
+    for (id, cpu, rss, huge, rocksdb, caches) in samples {
         points.push(IdlePoint {
             shards,
             rf,
@@ -187,6 +196,8 @@ pub async fn measure(spec: &IdleSpec) -> Result<Vec<IdlePoint>> {
             cpu_cores: cpu / window_s,
             rss_mib: rss as f64 / (1024.0 * 1024.0),
             huge_pages_mib: huge as f64 / (1024.0 * 1024.0),
+            rocksdb_mib: rocksdb / (1024.0 * 1024.0),
+            caches_mib: caches / (1024.0 * 1024.0),
             window_s,
             quiesce_after_ms,
             nodes_down: down,
@@ -198,6 +209,25 @@ pub async fn measure(spec: &IdleSpec) -> Result<Vec<IdlePoint>> {
         });
     }
     Ok(points)
+}
+
+/// The node's gauges of RocksDB's memory, and of its shards' caches (`ringkv_storage`).
+const ROCKSDB_GAUGES: [&str; 3] = [
+    "ringkv_storage_rocksdb_memtable_bytes",
+    "ringkv_storage_rocksdb_block_cache_bytes",
+    "ringkv_storage_rocksdb_table_readers_bytes",
+];
+const CACHE_GAUGES: [&str; 2] =
+    ["ringkv_storage_entry_cache_bytes", "ringkv_storage_session_cache_bytes"];
+
+/// The value of an unlabelled gauge in a Prometheus text exposition.
+fn gauge(exposition: &str, name: &str) -> Result<f64> {
+    let line = exposition
+        .lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')))
+        .with_context(|| format!("the node reports no {name}"))?;
+    let value = line.rsplit(' ').next().unwrap_or_default();
+    value.parse().with_context(|| format!("{name}: not a number: {line:?}"))
 }
 
 /// Writes uniformly spread keys (so every shard) with [`BUSY_CLIENTS`] clients for `busy`,
@@ -233,7 +263,7 @@ async fn busy_phase(cluster: &ringkv_tests::Cluster, busy: Duration) -> Result<(
 /// A markdown table of the points, one row per shard count (mean and worst node).
 pub fn table(points: &[IdlePoint]) -> String {
     let mut out = String::from(
-        "| shards | RF | nodes (+ down) | quiesce after, ms | busy before, s (writes, failed) | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | of which huge pages, MiB (max) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| shards | RF | nodes (+ down) | quiesce after, ms | busy before, s (writes, failed) | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | of which huge pages, MiB (max) | of which RocksDB, MiB (mean) | of which shard caches, MiB (mean) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut counts: Vec<u32> = points.iter().map(|p| p.shards).collect();
     counts.dedup();
@@ -243,9 +273,10 @@ pub fn table(points: &[IdlePoint]) -> String {
         let cpu: Vec<f64> = at.iter().map(|p| p.cpu_cores * 100.0).collect();
         let rss: Vec<f64> = at.iter().map(|p| p.rss_mib).collect();
         let huge: Vec<f64> = at.iter().map(|p| p.huge_pages_mib).collect();
+        let mean = |f: fn(&IdlePoint) -> f64| at.iter().map(|p| f(p)).sum::<f64>() / n;
         let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         out.push_str(&format!(
-            "| {shards} | {} | {}{} | {} | {:.0} ({}, {}) | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {:.1} / {:.1} |\n",
+            "| {shards} | {} | {}{} | {} | {:.0} ({}, {}) | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {:.0} | {:.1} | {:.1} / {:.1} |\n",
             at[0].rf,
             at.len(),
             match at[0].nodes_down {
@@ -261,6 +292,8 @@ pub fn table(points: &[IdlePoint]) -> String {
             rss.iter().sum::<f64>() / n,
             max(&rss),
             max(&huge),
+            mean(|p| p.rocksdb_mib),
+            mean(|p| p.caches_mib),
             at[0].wake_write_p50_ms,
             at[0].wake_write_max_ms,
         ));
@@ -271,6 +304,19 @@ pub fn table(points: &[IdlePoint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauges_are_read_by_their_whole_name() {
+        let text = "# HELP x\nringkv_storage_entry_cache_bytes_total 9\nringkv_storage_entry_cache_bytes 1536\nringkv_storage_session_cache_bytes 0\n";
+        assert_eq!(gauge(text, "ringkv_storage_entry_cache_bytes").unwrap(), 1536.0);
+        assert_eq!(gauge(text, "ringkv_storage_session_cache_bytes").unwrap(), 0.0);
+        let missing = gauge(text, "ringkv_storage_rocksdb_memtable_bytes").unwrap_err();
+        assert!(missing.to_string().contains("reports no"), "{missing}");
+        assert!(
+            gauge("ringkv_storage_entry_cache_bytes x\n", "ringkv_storage_entry_cache_bytes")
+                .is_err()
+        );
+    }
 
     #[test]
     fn cpu_times_are_read_after_the_command_name_whatever_it_holds() {

@@ -118,6 +118,13 @@ async fn idle_measurement_reads_every_nodes_cpu_and_memory() -> anyhow::Result<(
         anyhow::ensure!(p.cpu_cores > 0.0 && p.cpu_cores <= cores, "CPU: {p:?}");
         anyhow::ensure!(p.rss_mib > 8.0, "a node with RocksDB open holds more than 8 MiB: {p:?}");
         anyhow::ensure!(p.window_s >= 2.0, "window: {p:?}");
+        // The busy phase's writes went through the memtables. Both figures come from the
+        // node's /metrics (the caches' may be zero: sleeping shards hold none).
+        anyhow::ensure!(
+            p.rocksdb_mib > 0.0 && p.rocksdb_mib < p.rss_mib,
+            "RocksDB's memory, part of the RSS: {p:?}"
+        );
+        anyhow::ensure!(p.caches_mib >= 0.0 && p.caches_mib < p.rss_mib, "caches: {p:?}");
         anyhow::ensure!(p.busy_s == 2.0 && p.busy_writes > 0, "the busy phase wrote: {p:?}");
         anyhow::ensure!(
             p.wake_write_p50_ms > 0.0 && p.wake_write_max_ms >= p.wake_write_p50_ms,

@@ -4,7 +4,8 @@
 //! followers elect; a shard sleeps past a follower that is gone, never without a quorum, and
 //! the follower is caught up when it returns; a quiesced follower that restarts does not
 //! depose the healthy leaders it follows; the meta group sleeps too and wakes for membership
-//! changes, and elects a new leader when its leader's node dies while it sleeps.
+//! changes, and elects a new leader when its leader's node dies while it sleeps; sleeping
+//! replicas keep no log entries or session records in memory.
 
 use anyhow::{Context, Result, ensure};
 use ringkv_proto::v1::{Consistency, GetRequest, NodeRequest, RaftRole};
@@ -86,6 +87,7 @@ async fn sleep_and_wake(c: &Cluster) -> Result<()> {
         c.put(&key, b"v1", Duration::from_secs(20)).await?;
     }
     wait_all_quiet(c, Duration::from_secs(60)).await?;
+    wait_caches_released(c).await?;
     let asleep = leaders_and_terms(c).await;
     ensure!(asleep.len() as u64 == c.shard_count(), "a shard without a leader: {asleep:?}");
     // The gauge follows within a metrics refresh.
@@ -133,9 +135,38 @@ async fn sleep_and_wake(c: &Cluster) -> Result<()> {
     let now = leaders_and_terms(c).await;
     ensure!(now == asleep, "waking a shard moved its leadership: {asleep:?} became {now:?}");
     c.assert_checksums_equal(Duration::from_secs(30)).await?;
-    // And they sleep again.
+    // And they sleep again, and give their caches back again.
     wait_all_quiet(c, Duration::from_secs(60)).await?;
+    wait_caches_released(c).await?;
     Ok(())
+}
+
+/// Waits until no running node's shards keep log entries or session records in memory (every
+/// replica released its caches when it went to sleep); says what they hold on timeout.
+async fn wait_caches_released(c: &Cluster) -> Result<()> {
+    const GAUGES: [&str; 2] =
+        ["ringkv_storage_entry_cache_bytes ", "ringkv_storage_session_cache_bytes "];
+    let held = std::sync::Mutex::new(Vec::new());
+    let waited = wait_for(Duration::from_secs(10), "sleeping shards' caches released", || async {
+        let mut now = Vec::new();
+        for id in c.running() {
+            let metrics = c.metrics(id).await.ok()?;
+            for gauge in GAUGES {
+                let line = metrics.lines().find(|l| l.starts_with(gauge))?;
+                if !line.ends_with(" 0") {
+                    now.push(format!("node {id}: {line}"));
+                }
+            }
+        }
+        let done = now.is_empty();
+        *held.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        done.then_some(())
+    })
+    .await;
+    waited.map_err(|e| {
+        let held = held.lock().unwrap_or_else(|p| p.into_inner()).join("; ");
+        e.context(format!("held: {held}"))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -398,6 +398,8 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
             loop {
                 tick.tick().await;
                 metrics.refresh(&registry);
+                // In-memory property reads, microseconds: fine on the runtime.
+                registry.storage().refresh_metrics();
             }
         }));
     }

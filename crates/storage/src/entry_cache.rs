@@ -19,12 +19,20 @@
 //! counting an over-estimate of each entry's size in memory, not its encoded size: a follower
 //! far behind reads from RocksDB, as before.
 //!
+//! A per-shard bound alone would let a node with a thousand shards keep a gigabyte of entries
+//! nobody will read again, so the cache is also released whole when its shard goes to sleep
+//! (see the node's `quiesce`): a group may only sleep once every follower holds its last entry
+//! and everything is applied, so no reader needs the cached entries any more, and a woken
+//! group fills its cache again from the entries it appends. What all of a node's caches hold
+//! is one gauge ([`EntryCache::counted_in`]), so the bound can be watched, not assumed.
+//!
 //! One thing the cache gives up: entries it serves are the ones written from memory, so their
 //! CRC is not checked again. Damage to a recent entry on disk is found when it is next read
 //! from disk (after a restart, or by a follower far behind), as with entries the RocksDB block
 //! cache serves.
 
 use crate::type_config::Entry;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::VecDeque;
 
 /// Entries kept per shard at most.
@@ -37,9 +45,41 @@ pub struct EntryCache {
     /// (entry, its encoded size), consecutive indexes.
     entries: VecDeque<(Entry, usize)>,
     bytes: usize,
+    /// What every cache of the node holds, in bytes (this one's share is `bytes`).
+    node_bytes: Gauge,
+}
+
+impl Drop for EntryCache {
+    fn drop(&mut self) {
+        self.node_bytes.dec_by(gauge_bytes(self.bytes));
+    }
+}
+
+/// Bytes as a gauge value (a cache is bounded far below `i64::MAX`).
+pub(crate) fn gauge_bytes(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 impl EntryCache {
+    /// An empty cache whose bytes are counted in `node_bytes` too.
+    pub fn counted_in(node_bytes: Gauge) -> Self {
+        EntryCache { entries: VecDeque::new(), bytes: 0, node_bytes }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn add_bytes(&mut self, n: usize) {
+        self.bytes += n;
+        self.node_bytes.inc_by(gauge_bytes(n));
+    }
+
+    fn sub_bytes(&mut self, n: usize) {
+        self.bytes -= n;
+        self.node_bytes.dec_by(gauge_bytes(n));
+    }
+
     fn first_index(&self) -> Option<u64> {
         self.entries.front().map(|(e, _)| e.log_id.index)
     }
@@ -58,7 +98,7 @@ impl EntryCache {
             self.clear();
         }
         for (entry, size) in written {
-            self.bytes += size;
+            self.add_bytes(size);
             self.entries.push_back((entry, size));
         }
         // An entry larger than the whole budget is not kept at all (the run stays contiguous:
@@ -72,7 +112,7 @@ impl EntryCache {
     pub fn truncate_from(&mut self, from: u64) {
         while self.last_index().is_some_and(|last| last >= from) {
             if let Some((_, size)) = self.entries.pop_back() {
-                self.bytes -= size;
+                self.sub_bytes(size);
             }
         }
     }
@@ -86,12 +126,19 @@ impl EntryCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
-        self.bytes = 0;
+        self.sub_bytes(self.bytes);
+    }
+
+    /// Empties the cache and gives its memory back (its shard went to sleep). `clear` keeps
+    /// the buffer, which after a busy spell holds up to [`ENTRIES_MAX`] slots.
+    pub fn release(&mut self) {
+        self.clear();
+        self.entries = VecDeque::new();
     }
 
     fn pop_front(&mut self) {
         if let Some((_, size)) = self.entries.pop_front() {
-            self.bytes -= size;
+            self.sub_bytes(size);
         }
     }
 
@@ -175,5 +222,29 @@ mod tests {
         assert_eq!(c.bytes, 0);
         c.append(vec![entry(1, 12 + ENTRIES_MAX as u64)]);
         assert_eq!(c.first_index(), Some(12 + ENTRIES_MAX as u64));
+    }
+
+    #[test]
+    fn the_node_gauge_follows_every_cache_and_release_gives_memory_back() {
+        let node = Gauge::default();
+        let mut a = EntryCache::counted_in(node.clone());
+        let mut b = EntryCache::counted_in(node.clone());
+        a.append((1..=10).map(|i| entry(1, i)).collect());
+        b.append((1..=5).map(|i| entry(1, i)).collect());
+        assert_eq!(node.get(), 1500);
+        a.purge_upto(2);
+        a.truncate_from(10);
+        assert_eq!(node.get(), 1200, "7 entries of a, 5 of b");
+        a.append(vec![entry(2, 3)]); // a gap: starts over
+        assert_eq!(node.get(), 600);
+        a.release();
+        assert_eq!((a.bytes(), a.entries.capacity(), node.get()), (0, 0, 500));
+        assert_eq!(indexes(a.get(3, 4)), None, "a released cache answers nothing");
+        a.append(vec![entry(2, 4)]);
+        assert_eq!(indexes(a.get(4, 5)), Some(vec![(2, 4)]), "and fills again");
+        drop(b);
+        assert_eq!(node.get(), 100, "a dropped cache leaves the count");
+        a.clear();
+        assert_eq!(node.get(), 0);
     }
 }

@@ -54,6 +54,18 @@ pub struct LogShared {
     committed: Mutex<CommittedHint>,
 }
 
+impl LogShared {
+    /// With its entry cache counted in the node's total.
+    pub fn new(cache: EntryCache) -> Self {
+        LogShared { cache: Mutex::new(cache), committed: Mutex::default() }
+    }
+
+    /// Empties the entry cache and gives its memory back (see [`EntryCache::release`]).
+    pub fn release_cache(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).release();
+    }
+}
+
 /// The newest committed log id openraft reported, and whether the disk has it yet.
 #[derive(Debug, Default)]
 struct CommittedHint {

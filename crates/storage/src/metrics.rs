@@ -5,6 +5,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
@@ -16,6 +17,14 @@ pub struct StorageMetrics {
     sync_seconds: Histogram,
     /// CRC or decode failures found on read, by shard.
     corruptions: Family<Vec<(String, String)>, Counter>,
+    /// What the shards' entry caches hold, all together (see `entry_cache`).
+    pub(crate) entry_cache_bytes: Gauge,
+    /// What the shards' session caches hold, all together (see `session_cache`).
+    pub(crate) session_cache_bytes: Gauge,
+    /// RocksDB's own memory, node-wide (read by [`crate::NodeStorage::refresh_metrics`]).
+    pub(crate) rocksdb_memtable_bytes: Gauge,
+    pub(crate) rocksdb_block_cache_bytes: Gauge,
+    pub(crate) rocksdb_table_readers_bytes: Gauge,
 }
 
 impl Default for StorageMetrics {
@@ -25,6 +34,11 @@ impl Default for StorageMetrics {
             jobs_per_sync: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             sync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             corruptions: Family::default(),
+            entry_cache_bytes: Gauge::default(),
+            session_cache_bytes: Gauge::default(),
+            rocksdb_memtable_bytes: Gauge::default(),
+            rocksdb_block_cache_bytes: Gauge::default(),
+            rocksdb_table_readers_bytes: Gauge::default(),
         }
     }
 }
@@ -47,6 +61,31 @@ impl StorageMetrics {
             "corruptions",
             "Records that failed their CRC or did not decode",
             self.corruptions.clone(),
+        );
+        r.register(
+            "entry_cache_bytes",
+            "Log entries the shards keep in memory, estimated bytes (sleeping shards keep none)",
+            self.entry_cache_bytes.clone(),
+        );
+        r.register(
+            "session_cache_bytes",
+            "Session records the shards keep in memory, estimated bytes (sleeping shards keep none)",
+            self.session_cache_bytes.clone(),
+        );
+        r.register(
+            "rocksdb_memtable_bytes",
+            "RocksDB memtables, every column family (bounded by the write buffer budget)",
+            self.rocksdb_memtable_bytes.clone(),
+        );
+        r.register(
+            "rocksdb_block_cache_bytes",
+            "RocksDB block cache in use (one cache for the node)",
+            self.rocksdb_block_cache_bytes.clone(),
+        );
+        r.register(
+            "rocksdb_table_readers_bytes",
+            "RocksDB's table readers (indexes and filters outside the block cache), estimated",
+            self.rocksdb_table_readers_bytes.clone(),
         );
     }
 

@@ -2,7 +2,8 @@
 //! and node-wide records such as the cluster configuration the node was bootstrapped with.
 
 use crate::codec;
-use crate::keys::{self, CF_NODE};
+use crate::entry_cache::EntryCache;
+use crate::keys::{self, ALL_CFS, CF_NODE};
 use crate::log_store::{LogShared, cf, rocks_err};
 use crate::session_cache::SessionCache;
 use crate::{ShardId, ShardLogStore, ShardReader, ShardStateMachine, StorageMetrics, WalSyncer};
@@ -52,8 +53,16 @@ impl NodeStorage {
     }
 
     pub fn log_store(&self, shard: ShardId) -> ShardLogStore {
-        let shared =
-            self.logs.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
+        let shared = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(shard)
+            .or_insert_with(|| {
+                let cache = EntryCache::counted_in(self.metrics.entry_cache_bytes.clone());
+                Arc::new(LogShared::new(cache))
+            })
+            .clone();
         ShardLogStore::new(
             shard,
             self.db.clone(),
@@ -61,6 +70,41 @@ impl NodeStorage {
             self.metrics.clone(),
             shared,
         )
+    }
+
+    /// Reads RocksDB's memory use into the metrics (a few property reads: call it with the
+    /// node's metrics refresh, not per request).
+    pub fn refresh_metrics(&self) {
+        let mut memtables = 0;
+        let mut table_readers = 0;
+        for name in ALL_CFS {
+            let Some(cf) = self.db.cf_handle(name) else { continue };
+            let read = |property| self.db.property_int_value_cf(cf, property).ok().flatten();
+            memtables += read("rocksdb.cur-size-all-mem-tables").unwrap_or(0);
+            table_readers += read("rocksdb.estimate-table-readers-mem").unwrap_or(0);
+        }
+        // One block cache serves every family (`db::open`): read it once.
+        let block_cache =
+            self.db.property_int_value("rocksdb.block-cache-usage").ok().flatten().unwrap_or(0);
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.metrics.rocksdb_memtable_bytes.set(gauge(memtables));
+        self.metrics.rocksdb_table_readers_bytes.set(gauge(table_readers));
+        self.metrics.rocksdb_block_cache_bytes.set(gauge(block_cache));
+    }
+
+    /// Empties the shard's entry and session caches and gives their memory back: the shard
+    /// went to sleep, so nobody will read what they hold (see [`crate::entry_cache`]). Only
+    /// caches: a miss reads RocksDB, so this never changes a result.
+    pub fn release_caches(&self, shard: ShardId) {
+        let log = self.logs.lock().unwrap_or_else(|p| p.into_inner()).get(&shard).cloned();
+        if let Some(log) = log {
+            log.release_cache();
+        }
+        let sessions =
+            self.session_caches.lock().unwrap_or_else(|p| p.into_inner()).get(&shard).cloned();
+        if let Some(sessions) = sessions {
+            sessions.lock().unwrap_or_else(|p| p.into_inner()).release();
+        }
     }
 
     pub fn state_machine(&self, shard: ShardId) -> io::Result<ShardStateMachine> {
@@ -74,7 +118,10 @@ impl NodeStorage {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(shard)
-                .or_default()
+                .or_insert_with(|| {
+                    let cache = SessionCache::counted_in(self.metrics.session_cache_bytes.clone());
+                    Arc::new(Mutex::new(cache))
+                })
                 .clone(),
         )
     }

@@ -16,8 +16,14 @@
 //! record larger than [`RECORD_BYTES_MAX`] (a failed CAS keeps the current value as its
 //! result) is not kept. When full it starts over empty: a shard with more writing clients than
 //! the cache holds misses either way.
+//!
+//! Like the entry cache, it is released whole when its shard goes to sleep (a woken shard's
+//! first write per client reads its record once), and what all of a node's session caches hold
+//! is one gauge.
 
+use crate::entry_cache::gauge_bytes;
 use crate::sessions::SessionRecord;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 
 pub const CLIENTS_MAX: usize = 4096;
@@ -34,9 +40,32 @@ pub(crate) type SessionChange = Option<(SessionRecord, usize)>;
 pub struct SessionCache {
     records: HashMap<u64, (SessionRecord, usize)>,
     bytes: usize,
+    /// What every session cache of the node holds, in bytes.
+    node_bytes: Gauge,
+}
+
+impl Drop for SessionCache {
+    fn drop(&mut self) {
+        self.node_bytes.dec_by(gauge_bytes(self.bytes));
+    }
 }
 
 impl SessionCache {
+    /// An empty cache whose bytes are counted in `node_bytes` too.
+    pub fn counted_in(node_bytes: Gauge) -> Self {
+        SessionCache { records: HashMap::new(), bytes: 0, node_bytes }
+    }
+
+    fn add_bytes(&mut self, n: usize) {
+        self.bytes += n;
+        self.node_bytes.inc_by(gauge_bytes(n));
+    }
+
+    fn sub_bytes(&mut self, n: usize) {
+        self.bytes -= n;
+        self.node_bytes.dec_by(gauge_bytes(n));
+    }
+
     /// The client's record, if the cache holds it (a miss says nothing: read RocksDB).
     pub(crate) fn get(&self, client_id: u64) -> Option<SessionRecord> {
         self.records.get(&client_id).map(|(rec, _)| rec.clone())
@@ -46,7 +75,7 @@ impl SessionCache {
     pub(crate) fn absorb(&mut self, changes: impl IntoIterator<Item = (u64, SessionChange)>) {
         for (client, change) in changes {
             if let Some((_, size)) = self.records.remove(&client) {
-                self.bytes -= size + RECORD_OVERHEAD_BYTES;
+                self.sub_bytes(size + RECORD_OVERHEAD_BYTES);
             }
             let Some((rec, size)) = change else { continue };
             if size > RECORD_BYTES_MAX {
@@ -57,7 +86,7 @@ impl SessionCache {
             {
                 self.clear();
             }
-            self.bytes += size + RECORD_OVERHEAD_BYTES;
+            self.add_bytes(size + RECORD_OVERHEAD_BYTES);
             self.records.insert(client, (rec, size));
         }
     }
@@ -65,7 +94,13 @@ impl SessionCache {
     /// Forgets everything (the shard's data was replaced).
     pub(crate) fn clear(&mut self) {
         self.records.clear();
-        self.bytes = 0;
+        self.sub_bytes(self.bytes);
+    }
+
+    /// Empties the cache and gives its memory back (its shard went to sleep).
+    pub(crate) fn release(&mut self) {
+        self.clear();
+        self.records = HashMap::new();
     }
 
     pub fn len(&self) -> usize {
@@ -116,5 +151,20 @@ mod tests {
         }
         let size: usize = c.records.values().map(|(_, s)| s + RECORD_OVERHEAD_BYTES).sum();
         assert_eq!(c.bytes, size, "the byte count matches what is held");
+    }
+
+    #[test]
+    fn the_node_gauge_follows_the_cache_and_release_gives_memory_back() {
+        let node = Gauge::default();
+        let mut c = SessionCache::counted_in(node.clone());
+        c.absorb([(1, Some((rec(1), 10))), (2, Some((rec(2), 20)))]);
+        assert_eq!(node.get(), 30 + 2 * RECORD_OVERHEAD_BYTES as i64);
+        c.absorb([(2, None)]);
+        assert_eq!(node.get(), 10 + RECORD_OVERHEAD_BYTES as i64);
+        c.release();
+        assert_eq!((c.len(), c.records.capacity(), node.get()), (0, 0, 0));
+        c.absorb([(3, Some((rec(3), 10)))]);
+        drop(c);
+        assert_eq!(node.get(), 0, "a dropped cache leaves the count");
     }
 }

@@ -49,6 +49,10 @@
 //! restarted or stopped answering wakes too, so the restarted follower hears a heartbeat
 //! before its own election timer fires and does not depose a healthy leader.
 //!
+//! A replica going to sleep also releases its shard's entry and session caches (see
+//! `ringkv_storage::entry_cache`): up to a mebibyte each per shard, which a node of a thousand
+//! shards could otherwise hold for entries nobody reads again.
+//!
 //! The meta group sleeps like any other. Every node's sync (each half second) asks its leader
 //! for the records, which it serves from its applied state without Raft traffic, so a sync
 //! does not wake it; what changes the records (a join, a drain, a node state, a move step)

@@ -66,6 +66,8 @@ pub fn accept(registry: &ShardRegistry, shard: &Shard, req: &QuiesceRequest) -> 
         .map(|n| n.addr.clone())
         .ok_or_else(|| format!("the leader, node {leader}, is not in this replica's membership"))?;
     shard.quiet.quiesce_follower(&shard.raft, (leader, addr), req.leader_wakes);
+    // Caught up and applied: nobody reads what the caches hold until the group wakes.
+    registry.storage().release_caches(shard.id);
     Ok(())
 }
 
@@ -231,7 +233,14 @@ impl Quiescer {
             c.shard.quiet.bump_wakes();
             return false;
         }
-        c.shard.quiet.quiesce_leader(&c.shard.raft, c.active_at_ms, &c.followers)
+        let slept = c.shard.quiet.quiesce_leader(&c.shard.raft, c.active_at_ms, &c.followers);
+        if slept {
+            // The followers it waited for hold the last entry and all is applied: only a
+            // follower left out as gone could still read those entries, and it reads RocksDB
+            // like any follower far behind.
+            self.registry.storage().release_caches(c.shard.id);
+        }
+        slept
     }
 
     /// One pass over the groups this node leads; returns how many quiesced.
