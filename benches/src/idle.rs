@@ -15,14 +15,23 @@
 //! after traffic costs, which may differ from one that never had any (queues that grew or
 //! were walked through stay resident).
 //!
+//! After the window, one write to every shard in turn through one direct client (the
+//! embedded router: persistent connections, the leaders known), so each shard is met as the
+//! window left it (asleep, with quiescence on); and right after each, a second write to the
+//! same shard, now awake: the pair says what waking costs. The client is opened, and has
+//! written once to every shard, before the settling period, so neither connecting nor finding
+//! leaders is in the figures (and the shards have gone back to sleep since).
+//!
 //! With `down`, that many nodes are killed (-9) after the settling period, and the survivors
 //! are measured after a second one: what a cluster with a node lost costs at rest. Every
 //! group that had a replica on the lost node has a follower that answers nothing, and the
 //! groups it led elect elsewhere; with quiescence they go back to sleep without it.
 
 use crate::lab;
+use crate::target::Conn;
 use anyhow::{Context, Result};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The unit of the CPU times in `/proc/<pid>/stat`: USER_HZ, which the kernel fixes at 100 for
@@ -58,6 +67,8 @@ pub struct IdlePoint {
     /// on, for the whole window): the median and the slowest, ms. The same on every node's row.
     pub wake_write_p50_ms: f64,
     pub wake_write_max_ms: f64,
+    /// The write right after each of those, to the same shard, now awake: the median, ms.
+    pub awake_write_p50_ms: f64,
 }
 
 /// User plus system CPU seconds a process has used so far.
@@ -148,6 +159,7 @@ pub async fn measure(spec: &IdleSpec) -> Result<Vec<IdlePoint>> {
     let mut cluster = lab::start_cluster_tuned(nodes, shards, rf, None, tuning).await?;
     let (busy_writes, busy_errors) =
         if busy.is_zero() { (0, 0) } else { busy_phase(&cluster, busy).await? };
+    let client = wake_client(&cluster, shards).await?;
     tokio::time::sleep(settle).await;
     if down > 0 {
         for id in (nodes - down + 1)..=nodes {
@@ -173,20 +185,26 @@ pub async fn measure(spec: &IdleSpec) -> Result<Vec<IdlePoint>> {
         let caches = sum(&CACHE_GAUGES)?;
         samples.push((id, cpu, rss, huge, rocksdb, caches));
     }
-    // One at a time, so each write meets its shard as the window left it.
-    let mut wake_ms = Vec::new();
+    // One shard at a time, so each write meets its shard as the window left it.
+    let (mut wake_ms, mut awake_ms) = (Vec::new(), Vec::new());
     for shard in 0..u64::from(shards) {
-        let key = cluster.key_in_shard(shard, "idle-wake");
-        let started = Instant::now();
-        cluster
-            .put(&key, b"w", Duration::from_secs(10))
-            .await
-            .map_err(|s| anyhow::anyhow!("first write to shard {shard}: {s}"))?;
-        wake_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        for (prefix, times) in [("idle-wake", &mut wake_ms), ("idle-awake", &mut awake_ms)] {
+            let key = cluster.key_in_shard(shard, prefix);
+            let started = Instant::now();
+            client
+                .write(&key, b"w")
+                .await
+                .map_err(|e| anyhow::anyhow!("{prefix} write to shard {shard}: {e}"))?;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    wake_ms.sort_by(f64::total_cmp);
-    let p50 = wake_ms.get(wake_ms.len() / 2).copied().unwrap_or(0.0);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let p50 = median(&mut wake_ms);
     let max = wake_ms.last().copied().unwrap_or(0.0);
+    let awake_p50 = median(&mut awake_ms);
     let mut points = Vec::new();
     for (id, cpu, rss, huge, rocksdb, caches) in samples {
         points.push(IdlePoint {
@@ -206,9 +224,31 @@ pub async fn measure(spec: &IdleSpec) -> Result<Vec<IdlePoint>> {
             busy_errors,
             wake_write_p50_ms: p50,
             wake_write_max_ms: max,
+            awake_write_p50_ms: awake_p50,
         });
     }
     Ok(points)
+}
+
+/// One direct client that has written to every shard (connections open, leaders known).
+async fn wake_client(cluster: &ringkv_tests::Cluster, shards: u32) -> Result<Arc<Conn>> {
+    let conns = lab::connect(
+        crate::target::TargetKind::Direct,
+        cluster,
+        None,
+        1,
+        ringkv_client::Consistency::Linearizable,
+    )
+    .await?;
+    let client = conns.into_iter().next().context("no connection opened")?;
+    for shard in 0..u64::from(shards) {
+        let key = cluster.key_in_shard(shard, "idle-warm");
+        client
+            .write(&key, b"w")
+            .await
+            .map_err(|e| anyhow::anyhow!("warming write to shard {shard}: {e}"))?;
+    }
+    Ok(client)
 }
 
 /// The node's gauges of RocksDB's memory, and of its shards' caches (`ringkv_storage`).
@@ -263,7 +303,7 @@ async fn busy_phase(cluster: &ringkv_tests::Cluster, busy: Duration) -> Result<(
 /// A markdown table of the points, one row per shard count (mean and worst node).
 pub fn table(points: &[IdlePoint]) -> String {
     let mut out = String::from(
-        "| shards | RF | nodes (+ down) | quiesce after, ms | busy before, s (writes, failed) | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | of which huge pages, MiB (max) | of which RocksDB, MiB (mean) | of which shard caches, MiB (mean) | first write after the window, ms (p50 / max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| shards | RF | nodes (+ down) | quiesce after, ms | busy before, s (writes, failed) | CPU per node, % of a core (mean / max) | RSS per node, MiB (mean / max) | of which huge pages, MiB (max) | of which RocksDB, MiB (mean) | of which shard caches, MiB (mean) | first write after the window, ms (p50 / max) | the write after it, ms (p50) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut counts: Vec<u32> = points.iter().map(|p| p.shards).collect();
     counts.dedup();
@@ -276,7 +316,7 @@ pub fn table(points: &[IdlePoint]) -> String {
         let mean = |f: fn(&IdlePoint) -> f64| at.iter().map(|p| f(p)).sum::<f64>() / n;
         let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         out.push_str(&format!(
-            "| {shards} | {} | {}{} | {} | {:.0} ({}, {}) | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {:.0} | {:.1} | {:.1} / {:.1} |\n",
+            "| {shards} | {} | {}{} | {} | {:.0} ({}, {}) | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {:.0} | {:.1} | {:.1} / {:.1} | {:.1} |\n",
             at[0].rf,
             at.len(),
             match at[0].nodes_down {
@@ -296,6 +336,7 @@ pub fn table(points: &[IdlePoint]) -> String {
             mean(|p| p.caches_mib),
             at[0].wake_write_p50_ms,
             at[0].wake_write_max_ms,
+            at[0].awake_write_p50_ms,
         ));
     }
     out

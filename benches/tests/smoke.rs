@@ -130,6 +130,7 @@ async fn idle_measurement_reads_every_nodes_cpu_and_memory() -> anyhow::Result<(
             p.wake_write_p50_ms > 0.0 && p.wake_write_max_ms >= p.wake_write_p50_ms,
             "every shard took a write after the window: {p:?}"
         );
+        anyhow::ensure!(p.awake_write_p50_ms > 0.0, "and a second one: {p:?}");
     }
     let table = ringkv_bench::idle::table(&points);
     anyhow::ensure!(table.lines().count() == 3, "header, rule, one row: {table}");
