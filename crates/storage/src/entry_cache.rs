@@ -26,6 +26,14 @@
 //! group fills its cache again from the entries it appends. What all of a node's caches hold
 //! is one gauge ([`EntryCache::counted_in`]), so the bound can be watched, not assumed.
 //!
+//! And awake shards share a node-wide budget ([`NODE_BYTES_MAX`]): a thousand busy shards would
+//! otherwise fill a gibibyte. An append that finds the node past it sheds the appending
+//! shard's oldest entries until the node is within the budget again or the shard is down to
+//! [`SHARD_FLOOR_BYTES`] (what its followers and its apply read next, at the rates these
+//! shards see; always its newest entry); the shards that stopped appending give theirs back
+//! when they fall asleep, a second later. No global eviction order is kept: the shards that
+//! write are the ones that pay, which is cheap and needs no lock beyond their own.
+//!
 //! One thing the cache gives up: entries it serves are the ones written from memory, so their
 //! CRC is not checked again. Damage to a recent entry on disk is found when it is next read
 //! from disk (after a restart, or by a follower far behind), as with entries the RocksDB block
@@ -39,14 +47,31 @@ use std::collections::VecDeque;
 pub const ENTRIES_MAX: usize = 1024;
 /// Bytes kept per shard at most, as estimated by the log store (64 shards on a node: 64 MiB).
 pub const BYTES_MAX: usize = 1 << 20;
+/// What all of a node's entry caches may hold before appending shards shed down to
+/// [`SHARD_FLOOR_BYTES`]: 256 shards' full caches, as much as RocksDB's memtables and block
+/// cache together.
+pub const NODE_BYTES_MAX: usize = 256 << 20;
+/// What a shard keeps when the node is over its budget: about a hundred entries of a few
+/// hundred bytes, more than a follower in step lags behind (and always its newest entry, which
+/// every reader wants next).
+pub const SHARD_FLOOR_BYTES: usize = 64 << 10;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EntryCache {
     /// (entry, its encoded size), consecutive indexes.
     entries: VecDeque<(Entry, usize)>,
     bytes: usize,
     /// What every cache of the node holds, in bytes (this one's share is `bytes`).
     node_bytes: Gauge,
+    /// Past this in `node_bytes`, appends shed this cache down to [`SHARD_FLOOR_BYTES`].
+    node_bytes_max: usize,
+}
+
+impl Default for EntryCache {
+    /// A cache counted alone, under the node budget.
+    fn default() -> Self {
+        EntryCache::counted_in(Gauge::default(), NODE_BYTES_MAX)
+    }
 }
 
 impl Drop for EntryCache {
@@ -61,9 +86,14 @@ pub(crate) fn gauge_bytes(bytes: usize) -> i64 {
 }
 
 impl EntryCache {
-    /// An empty cache whose bytes are counted in `node_bytes` too.
-    pub fn counted_in(node_bytes: Gauge) -> Self {
-        EntryCache { entries: VecDeque::new(), bytes: 0, node_bytes }
+    /// An empty cache whose bytes are counted in `node_bytes` too, which it helps keep
+    /// within `node_bytes_max` ([`NODE_BYTES_MAX`] on a node).
+    pub fn counted_in(node_bytes: Gauge, node_bytes_max: usize) -> Self {
+        EntryCache { entries: VecDeque::new(), bytes: 0, node_bytes, node_bytes_max }
+    }
+
+    fn node_over_budget(&self) -> bool {
+        usize::try_from(self.node_bytes.get()).is_ok_and(|b| b > self.node_bytes_max)
     }
 
     pub fn bytes(&self) -> usize {
@@ -103,7 +133,10 @@ impl EntryCache {
         }
         // An entry larger than the whole budget is not kept at all (the run stays contiguous:
         // only the oldest entries leave).
-        while self.entries.len() > ENTRIES_MAX || self.bytes > BYTES_MAX {
+        while self.entries.len() > ENTRIES_MAX
+            || self.bytes > BYTES_MAX
+            || (self.bytes > SHARD_FLOOR_BYTES && self.entries.len() > 1 && self.node_over_budget())
+        {
             self.pop_front();
         }
     }
@@ -227,8 +260,8 @@ mod tests {
     #[test]
     fn the_node_gauge_follows_every_cache_and_release_gives_memory_back() {
         let node = Gauge::default();
-        let mut a = EntryCache::counted_in(node.clone());
-        let mut b = EntryCache::counted_in(node.clone());
+        let mut a = EntryCache::counted_in(node.clone(), NODE_BYTES_MAX);
+        let mut b = EntryCache::counted_in(node.clone(), NODE_BYTES_MAX);
         a.append((1..=10).map(|i| entry(1, i)).collect());
         b.append((1..=5).map(|i| entry(1, i)).collect());
         assert_eq!(node.get(), 1500);
@@ -246,5 +279,48 @@ mod tests {
         assert_eq!(node.get(), 100, "a dropped cache leaves the count");
         a.clear();
         assert_eq!(node.get(), 0);
+    }
+
+    #[test]
+    fn past_the_node_budget_appending_shards_shed_their_oldest_down_to_a_floor() {
+        let quarter = BYTES_MAX / 4;
+        let small = 1024;
+        let sized = |index: u64, bytes: usize| (entry(1, index).0, bytes);
+
+        // Budget two and a half full caches; two are full; a third fills up.
+        let node = Gauge::default();
+        let budget = BYTES_MAX * 5 / 2;
+        let mut c: Vec<EntryCache> =
+            (0..3).map(|_| EntryCache::counted_in(node.clone(), budget)).collect();
+        for cache in &mut c[..2] {
+            cache.append((1..=4).map(|i| sized(i, quarter)).collect());
+        }
+        for i in 1..=4 {
+            c[2].append(vec![sized(i, quarter)]);
+        }
+        // It shed just enough of its oldest to bring the node back within the budget.
+        assert_eq!(node.get(), budget as i64);
+        assert_eq!(indexes(c[2].get(3, 5)), Some(vec![(1, 3), (1, 4)]));
+        assert_eq!(indexes(c[2].get(2, 3)), None);
+        assert_eq!(c[0].bytes() + c[1].bytes(), 2 * BYTES_MAX, "the others keep theirs");
+
+        // Where its own shedding cannot bring the node back, an appender keeps its floor.
+        let node = Gauge::default();
+        let mut full = EntryCache::counted_in(node.clone(), BYTES_MAX);
+        let mut busy = EntryCache::counted_in(node.clone(), BYTES_MAX);
+        full.append((1..=4).map(|i| sized(i, quarter)).collect());
+        busy.append((1..=400).map(|i| sized(i, small)).collect());
+        let kept = busy.bytes();
+        assert!(kept > SHARD_FLOOR_BYTES - small && kept <= SHARD_FLOOR_BYTES, "kept {kept}");
+        assert_eq!(busy.last_index(), Some(400), "the newest entries");
+        // A huge entry alone is still kept: every reader wants the newest entry next.
+        busy.append(vec![sized(401, quarter)]);
+        assert_eq!(indexes(busy.get(401, 402)), Some(vec![(1, 401)]));
+
+        // Within the budget again (the full one's shard fell asleep), nothing is shed.
+        full.release();
+        let before = busy.bytes();
+        busy.append((402..=500).map(|i| sized(i, small)).collect());
+        assert_eq!(busy.bytes(), before + 99 * small);
     }
 }

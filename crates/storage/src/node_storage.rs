@@ -59,7 +59,10 @@ impl NodeStorage {
             .unwrap_or_else(|p| p.into_inner())
             .entry(shard)
             .or_insert_with(|| {
-                let cache = EntryCache::counted_in(self.metrics.entry_cache_bytes.clone());
+                let cache = EntryCache::counted_in(
+                    self.metrics.entry_cache_bytes.clone(),
+                    crate::entry_cache::NODE_BYTES_MAX,
+                );
                 Arc::new(LogShared::new(cache))
             })
             .clone();
