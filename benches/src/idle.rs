@@ -19,8 +19,9 @@
 //! embedded router: persistent connections, the leaders known), so each shard is met as the
 //! window left it (asleep, with quiescence on); and right after each, a second write to the
 //! same shard, now awake: the pair says what waking costs. The client is opened, and has
-//! written once to every shard, before the settling period, so neither connecting nor finding
-//! leaders is in the figures (and the shards have gone back to sleep since).
+//! written once to every shard, before the (last) settling period, after any kill, so neither
+//! connecting nor finding leaders is in the figures (and the shards have gone back to sleep
+//! since). Its own periodic map refresh (every 30 s) is the only request in the window.
 //!
 //! With `down`, that many nodes are killed (-9) after the settling period, and the survivors
 //! are measured after a second one: what a cluster with a node lost costs at rest. Every
@@ -159,14 +160,15 @@ pub async fn measure(spec: &IdleSpec) -> Result<Vec<IdlePoint>> {
     let mut cluster = lab::start_cluster_tuned(nodes, shards, rf, None, tuning).await?;
     let (busy_writes, busy_errors) =
         if busy.is_zero() { (0, 0) } else { busy_phase(&cluster, busy).await? };
-    let client = wake_client(&cluster, shards).await?;
-    tokio::time::sleep(settle).await;
     if down > 0 {
+        tokio::time::sleep(settle).await;
         for id in (nodes - down + 1)..=nodes {
             cluster.kill(id)?;
         }
-        tokio::time::sleep(settle).await;
     }
+    // Warmed after any kill, so it knows the leaders the survivors elected.
+    let client = wake_client(&cluster, shards).await?;
+    tokio::time::sleep(settle).await;
     let ids = cluster.running();
     let mut before = Vec::new();
     for &id in &ids {

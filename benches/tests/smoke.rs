@@ -124,7 +124,7 @@ async fn idle_measurement_reads_every_nodes_cpu_and_memory() -> anyhow::Result<(
             p.rocksdb_mib > 0.0 && p.rocksdb_mib < p.rss_mib,
             "RocksDB's memory, part of the RSS: {p:?}"
         );
-        anyhow::ensure!(p.caches_mib >= 0.0 && p.caches_mib < p.rss_mib, "caches: {p:?}");
+        anyhow::ensure!(p.caches_mib < p.rss_mib, "caches: {p:?}");
         anyhow::ensure!(p.busy_s == 2.0 && p.busy_writes > 0, "the busy phase wrote: {p:?}");
         anyhow::ensure!(
             p.wake_write_p50_ms > 0.0 && p.wake_write_max_ms >= p.wake_write_p50_ms,

@@ -21,8 +21,9 @@
 //!
 //! A per-shard bound alone would let a node with a thousand shards keep a gigabyte of entries
 //! nobody will read again, so the cache is also released whole when its shard goes to sleep
-//! (see the node's `quiesce`): a group may only sleep once every follower holds its last entry
-//! and everything is applied, so no reader needs the cached entries any more, and a woken
+//! (see the node's `quiesce`): a group may only sleep once every follower it waits for holds
+//! its last entry and everything is applied, so no reader needs the cached entries any more
+//! (a follower left out as gone reads RocksDB, like any follower far behind), and a woken
 //! group fills its cache again from the entries it appends. What all of a node's caches hold
 //! is one gauge ([`EntryCache::counted_in`]), so the bound can be watched, not assumed.
 //!
@@ -31,8 +32,11 @@
 //! shard's oldest entries until the node is within the budget again or the shard is down to
 //! [`SHARD_FLOOR_BYTES`] (what its followers and its apply read next, at the rates these
 //! shards see; always its newest entry); the shards that stopped appending give theirs back
-//! when they fall asleep, a second later. No global eviction order is kept: the shards that
-//! write are the ones that pay, which is cheap and needs no lock beyond their own.
+//! when they fall asleep, a second or so later. No global eviction order is kept: the shards
+//! that write are the ones that pay, which is cheap and needs no lock beyond their own. The
+//! price: where idle shards cannot sleep (quiescence off, a move or a transfer pending, no
+//! quorum), they keep their entries and the writing shards stay at their floors, reading
+//! more from RocksDB; memory stays bounded either way.
 //!
 //! One thing the cache gives up: entries it serves are the ones written from memory, so their
 //! CRC is not checked again. Damage to a recent entry on disk is found when it is next read
@@ -131,8 +135,8 @@ impl EntryCache {
             self.add_bytes(size);
             self.entries.push_back((entry, size));
         }
-        // An entry larger than the whole budget is not kept at all (the run stays contiguous:
-        // only the oldest entries leave).
+        // An entry larger than the shard's whole budget is not kept at all (the run stays
+        // contiguous: only the oldest entries leave). The node budget keeps the newest entry.
         while self.entries.len() > ENTRIES_MAX
             || self.bytes > BYTES_MAX
             || (self.bytes > SHARD_FLOOR_BYTES && self.entries.len() > 1 && self.node_over_budget())

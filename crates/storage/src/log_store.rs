@@ -48,7 +48,8 @@ pub struct ShardLogStore {
 
 /// What every handle of one shard's log shares: two caches of one log would go stale behind
 /// each other's writes.
-#[derive(Debug, Default)]
+/// Made only with [`LogShared::new`], so its cache is counted in the node's gauge and budget.
+#[derive(Debug)]
 pub struct LogShared {
     cache: Mutex<EntryCache>,
     committed: Mutex<CommittedHint>,

@@ -86,9 +86,15 @@ impl NodeStorage {
             memtables += read("rocksdb.cur-size-all-mem-tables").unwrap_or(0);
             table_readers += read("rocksdb.estimate-table-readers-mem").unwrap_or(0);
         }
-        // One block cache serves every family (`db::open`): read it once.
-        let block_cache =
-            self.db.property_int_value("rocksdb.block-cache-usage").ok().flatten().unwrap_or(0);
+        // One block cache serves every family of `ALL_CFS` (`db::open`): read it once, through
+        // one of them. Not through the DB itself: that asks the default family, which RocksDB
+        // opens with a small cache of its own that holds nothing of ours.
+        let block_cache = self
+            .db
+            .cf_handle(ALL_CFS[0])
+            .and_then(|cf| self.db.property_int_value_cf(cf, "rocksdb.block-cache-usage").ok())
+            .flatten()
+            .unwrap_or(0);
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.metrics.rocksdb_memtable_bytes.set(gauge(memtables));
         self.metrics.rocksdb_table_readers_bytes.set(gauge(table_readers));
@@ -214,4 +220,34 @@ fn tombstone_key(shard: ShardId) -> Vec<u8> {
     let mut k = b"tombstone/".to_vec();
     k.extend_from_slice(&shard.to_be_bytes());
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::CF_KV;
+
+    #[test]
+    fn rocksdb_memory_is_read_from_the_shared_block_cache_and_every_family() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = StorageMetrics::default();
+        let storage = NodeStorage::open(dir.path(), metrics.clone()).expect("open");
+        let kv = storage.db.cf_handle(CF_KV).expect("kv family");
+        for i in 0u32..2000 {
+            storage.db.put_cf(kv, i.to_be_bytes(), [7u8; 256]).expect("put");
+        }
+        storage.refresh_metrics();
+        assert!(metrics.rocksdb_memtable_bytes.get() > 2000 * 256, "the kv family's memtable");
+        // Flushed to a table and read back, the data blocks are in the shared cache.
+        storage.db.flush_cf(kv).expect("flush");
+        for i in 0u32..2000 {
+            assert!(storage.db.get_pinned_cf(kv, i.to_be_bytes()).expect("get").is_some());
+        }
+        storage.refresh_metrics();
+        assert!(
+            metrics.rocksdb_block_cache_bytes.get() > 2000 * 256 / 2,
+            "block cache: {}",
+            metrics.rocksdb_block_cache_bytes.get()
+        );
+    }
 }
