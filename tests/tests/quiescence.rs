@@ -42,26 +42,49 @@ async fn wait_all_quiet(c: &Cluster, timeout: Duration) -> Result<()> {
 
 /// [`wait_all_quiet`] on `nodes` only.
 async fn wait_quiet_on(c: &Cluster, nodes: &[u64], timeout: Duration) -> Result<()> {
-    let awake = std::sync::Mutex::new(Vec::new());
-    let waited = wait_for(timeout, "every replica quiesced", || async {
-        let mut now = Vec::new();
+    wait_none_left(timeout, "every replica quiesced", "awake", || async {
+        let mut awake = Vec::new();
         for &id in nodes {
             let st = c.status(id).await.ok()?;
             if !st.shards.iter().any(|s| s.shard_id < c.shard_count()) {
                 return None;
             }
-            now.extend(st.shards.iter().filter(|s| !s.quiesced).map(|s| {
+            awake.extend(st.shards.iter().filter(|s| !s.quiesced).map(|s| {
                 format!("node {id} shard {} role {} term {}", s.shard_id, s.role, s.term)
             }));
         }
-        let done = now.is_empty();
-        *awake.lock().unwrap_or_else(|p| p.into_inner()) = now;
-        done.then_some(())
+        Some(awake)
+    })
+    .await
+}
+
+/// Waits until `find` returns an empty list (`None`: cannot tell yet); on timeout names what
+/// the last look found, as `label: a; b; ...`.
+async fn wait_none_left<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    label: &str,
+    mut find: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Vec<String>>>,
+{
+    let last = std::sync::Mutex::new(Vec::new());
+    let waited = wait_for(timeout, what, || {
+        let found = find();
+        let last = &last;
+        async move {
+            let found = found.await?;
+            let done = found.is_empty();
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = found;
+            done.then_some(())
+        }
     })
     .await;
     waited.map_err(|e| {
-        let awake = awake.lock().unwrap_or_else(|p| p.into_inner()).join("; ");
-        e.context(format!("awake: {awake}"))
+        let last = last.lock().unwrap_or_else(|p| p.into_inner()).join("; ");
+        e.context(format!("{label}: {last}"))
     })
 }
 
@@ -146,27 +169,20 @@ async fn sleep_and_wake(c: &Cluster) -> Result<()> {
 async fn wait_caches_released(c: &Cluster) -> Result<()> {
     const GAUGES: [&str; 2] =
         ["ringkv_storage_entry_cache_bytes ", "ringkv_storage_session_cache_bytes "];
-    let held = std::sync::Mutex::new(Vec::new());
-    let waited = wait_for(Duration::from_secs(10), "sleeping shards' caches released", || async {
-        let mut now = Vec::new();
+    wait_none_left(Duration::from_secs(10), "sleeping shards' caches released", "held", || async {
+        let mut held = Vec::new();
         for id in c.running() {
             let metrics = c.metrics(id).await.ok()?;
             for gauge in GAUGES {
                 let line = metrics.lines().find(|l| l.starts_with(gauge))?;
                 if !line.ends_with(" 0") {
-                    now.push(format!("node {id}: {line}"));
+                    held.push(format!("node {id}: {line}"));
                 }
             }
         }
-        let done = now.is_empty();
-        *held.lock().unwrap_or_else(|p| p.into_inner()) = now;
-        done.then_some(())
+        Some(held)
     })
-    .await;
-    waited.map_err(|e| {
-        let held = held.lock().unwrap_or_else(|p| p.into_inner()).join("; ");
-        e.context(format!("held: {held}"))
-    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

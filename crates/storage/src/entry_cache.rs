@@ -43,6 +43,7 @@
 //! from disk (after a restart, or by a follower far behind), as with entries the RocksDB block
 //! cache serves.
 
+use crate::counted_bytes::CountedBytes;
 use crate::type_config::Entry;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::VecDeque;
@@ -64,10 +65,9 @@ pub const SHARD_FLOOR_BYTES: usize = 64 << 10;
 pub struct EntryCache {
     /// (entry, its encoded size), consecutive indexes.
     entries: VecDeque<(Entry, usize)>,
-    bytes: usize,
-    /// What every cache of the node holds, in bytes (this one's share is `bytes`).
-    node_bytes: Gauge,
-    /// Past this in `node_bytes`, appends shed this cache down to [`SHARD_FLOOR_BYTES`].
+    /// This cache's bytes, counted in the node's gauge too.
+    bytes: CountedBytes,
+    /// Past this in the node's gauge, appends shed this cache down to [`SHARD_FLOOR_BYTES`].
     node_bytes_max: usize,
 }
 
@@ -78,40 +78,23 @@ impl Default for EntryCache {
     }
 }
 
-impl Drop for EntryCache {
-    fn drop(&mut self) {
-        self.node_bytes.dec_by(gauge_bytes(self.bytes));
-    }
-}
-
-/// Bytes as a gauge value (a cache is bounded far below `i64::MAX`).
-pub(crate) fn gauge_bytes(bytes: usize) -> i64 {
-    i64::try_from(bytes).unwrap_or(i64::MAX)
-}
-
 impl EntryCache {
     /// An empty cache whose bytes are counted in `node_bytes` too, which it helps keep
     /// within `node_bytes_max` ([`NODE_BYTES_MAX`] on a node).
     pub fn counted_in(node_bytes: Gauge, node_bytes_max: usize) -> Self {
-        EntryCache { entries: VecDeque::new(), bytes: 0, node_bytes, node_bytes_max }
+        EntryCache {
+            entries: VecDeque::new(),
+            bytes: CountedBytes::in_node(node_bytes),
+            node_bytes_max,
+        }
     }
 
     fn node_over_budget(&self) -> bool {
-        usize::try_from(self.node_bytes.get()).is_ok_and(|b| b > self.node_bytes_max)
+        usize::try_from(self.bytes.node()).is_ok_and(|b| b > self.node_bytes_max)
     }
 
     pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    fn add_bytes(&mut self, n: usize) {
-        self.bytes += n;
-        self.node_bytes.inc_by(gauge_bytes(n));
-    }
-
-    fn sub_bytes(&mut self, n: usize) {
-        self.bytes -= n;
-        self.node_bytes.dec_by(gauge_bytes(n));
+        self.bytes.get()
     }
 
     fn first_index(&self) -> Option<u64> {
@@ -132,14 +115,16 @@ impl EntryCache {
             self.clear();
         }
         for (entry, size) in written {
-            self.add_bytes(size);
+            self.bytes.add(size);
             self.entries.push_back((entry, size));
         }
         // An entry larger than the shard's whole budget is not kept at all (the run stays
         // contiguous: only the oldest entries leave). The node budget keeps the newest entry.
         while self.entries.len() > ENTRIES_MAX
-            || self.bytes > BYTES_MAX
-            || (self.bytes > SHARD_FLOOR_BYTES && self.entries.len() > 1 && self.node_over_budget())
+            || self.bytes.get() > BYTES_MAX
+            || (self.bytes.get() > SHARD_FLOOR_BYTES
+                && self.entries.len() > 1
+                && self.node_over_budget())
         {
             self.pop_front();
         }
@@ -149,7 +134,7 @@ impl EntryCache {
     pub fn truncate_from(&mut self, from: u64) {
         while self.last_index().is_some_and(|last| last >= from) {
             if let Some((_, size)) = self.entries.pop_back() {
-                self.sub_bytes(size);
+                self.bytes.sub(size);
             }
         }
     }
@@ -163,7 +148,7 @@ impl EntryCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
-        self.sub_bytes(self.bytes);
+        self.bytes.clear();
     }
 
     /// Empties the cache and gives its memory back (its shard went to sleep). `clear` keeps
@@ -175,7 +160,7 @@ impl EntryCache {
 
     fn pop_front(&mut self) {
         if let Some((_, size)) = self.entries.pop_front() {
-            self.sub_bytes(size);
+            self.bytes.sub(size);
         }
     }
 
@@ -251,12 +236,12 @@ mod tests {
         assert_eq!(indexes(c.get(5, 6)), Some(vec![(1, 5)]));
         c.append((11..=(10 + ENTRIES_MAX as u64)).map(|i| entry(1, i)).collect());
         assert_eq!(c.entries.len(), ENTRIES_MAX);
-        assert_eq!(c.bytes, ENTRIES_MAX * 100);
+        assert_eq!(c.bytes(), ENTRIES_MAX * 100);
         assert_eq!(c.last_index(), Some(10 + ENTRIES_MAX as u64));
         let big = (entry(1, 11 + ENTRIES_MAX as u64).0, BYTES_MAX + 1);
         c.append(vec![big]);
         assert_eq!(c.entries.len(), 0, "an entry over the whole budget is not kept");
-        assert_eq!(c.bytes, 0);
+        assert_eq!(c.bytes(), 0);
         c.append(vec![entry(1, 12 + ENTRIES_MAX as u64)]);
         assert_eq!(c.first_index(), Some(12 + ENTRIES_MAX as u64));
     }

@@ -21,6 +21,7 @@
 
 pub mod codec;
 pub mod command;
+mod counted_bytes;
 pub mod db;
 pub mod entry_cache;
 pub mod fault;

@@ -21,7 +21,7 @@
 //! first write per client reads its record once), and what all of a node's session caches hold
 //! is one gauge.
 
-use crate::entry_cache::gauge_bytes;
+use crate::counted_bytes::CountedBytes;
 use crate::sessions::SessionRecord;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
@@ -39,31 +39,14 @@ pub(crate) type SessionChange = Option<(SessionRecord, usize)>;
 #[derive(Debug, Default)]
 pub struct SessionCache {
     records: HashMap<u64, (SessionRecord, usize)>,
-    bytes: usize,
-    /// What every session cache of the node holds, in bytes.
-    node_bytes: Gauge,
-}
-
-impl Drop for SessionCache {
-    fn drop(&mut self) {
-        self.node_bytes.dec_by(gauge_bytes(self.bytes));
-    }
+    /// This cache's bytes, counted in the node's gauge too.
+    bytes: CountedBytes,
 }
 
 impl SessionCache {
     /// An empty cache whose bytes are counted in `node_bytes` too.
     pub fn counted_in(node_bytes: Gauge) -> Self {
-        SessionCache { records: HashMap::new(), bytes: 0, node_bytes }
-    }
-
-    fn add_bytes(&mut self, n: usize) {
-        self.bytes += n;
-        self.node_bytes.inc_by(gauge_bytes(n));
-    }
-
-    fn sub_bytes(&mut self, n: usize) {
-        self.bytes -= n;
-        self.node_bytes.dec_by(gauge_bytes(n));
+        SessionCache { records: HashMap::new(), bytes: CountedBytes::in_node(node_bytes) }
     }
 
     /// The client's record, if the cache holds it (a miss says nothing: read RocksDB).
@@ -75,18 +58,18 @@ impl SessionCache {
     pub(crate) fn absorb(&mut self, changes: impl IntoIterator<Item = (u64, SessionChange)>) {
         for (client, change) in changes {
             if let Some((_, size)) = self.records.remove(&client) {
-                self.sub_bytes(size + RECORD_OVERHEAD_BYTES);
+                self.bytes.sub(size + RECORD_OVERHEAD_BYTES);
             }
             let Some((rec, size)) = change else { continue };
             if size > RECORD_BYTES_MAX {
                 continue;
             }
             if self.records.len() >= CLIENTS_MAX
-                || self.bytes + size + RECORD_OVERHEAD_BYTES > BYTES_MAX
+                || self.bytes.get() + size + RECORD_OVERHEAD_BYTES > BYTES_MAX
             {
                 self.clear();
             }
-            self.add_bytes(size + RECORD_OVERHEAD_BYTES);
+            self.bytes.add(size + RECORD_OVERHEAD_BYTES);
             self.records.insert(client, (rec, size));
         }
     }
@@ -94,7 +77,7 @@ impl SessionCache {
     /// Forgets everything (the shard's data was replaced).
     pub(crate) fn clear(&mut self) {
         self.records.clear();
-        self.sub_bytes(self.bytes);
+        self.bytes.clear();
     }
 
     /// Empties the cache and gives its memory back (its shard went to sleep).
@@ -146,11 +129,11 @@ mod tests {
         for client in 0..(CLIENTS_MAX as u64 * 3) {
             c.absorb([(client, Some((rec(client), RECORD_BYTES_MAX)))]);
             assert!(c.len() <= CLIENTS_MAX);
-            assert!(c.bytes <= BYTES_MAX);
+            assert!(c.bytes.get() <= BYTES_MAX);
             assert_eq!(c.get(client), Some(rec(client)), "the newest record is kept");
         }
         let size: usize = c.records.values().map(|(_, s)| s + RECORD_OVERHEAD_BYTES).sum();
-        assert_eq!(c.bytes, size, "the byte count matches what is held");
+        assert_eq!(c.bytes.get(), size, "the byte count matches what is held");
     }
 
     #[test]
